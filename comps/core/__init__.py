@@ -1,0 +1,1 @@
+"""The service kit shared by every ChatQnA service and the gateway."""

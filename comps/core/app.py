@@ -1,0 +1,215 @@
+"""The one way to build a service: `create_app(settings, backend, routers)` and `serve(app, settings)`.
+
+What every service gets from here:
+- lifespan: logging and tracing set up, the shared HTTP client opened, the backend warmed up in the
+  background (liveness answers at once, readiness says 503 with the reason until it is done), and on
+  shutdown in-flight requests drained before the backend and the client close;
+- ``GET /v1/health_check`` (liveness), ``GET /v1/ready`` (really asks the backend), ``GET /metrics``;
+- the error envelope for every non-2xx answer, request ids, a server span per request;
+- optional bearer-token auth and CORS for configured origins only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, runtime_checkable
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from comps.core.errors import NotReady, ServiceError, error_envelope, install_error_handlers
+from comps.core.http import HttpClient
+from comps.core.observability import ObservabilityMiddleware, setup_logging, setup_tracing
+from comps.core.settings import ServiceSettings
+
+log = logging.getLogger("comps.app")
+
+OPEN_PATHS = frozenset({"/v1/health_check", "/v1/ready", "/metrics"})
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a service's backend must offer the kit. Heavy loading happens in `warm_up`, never in __init__."""
+
+    name: str
+
+    async def warm_up(self, http: HttpClient) -> None:
+        """Load models, open connections. Runs once, in the background, after the server starts."""
+
+    async def check_ready(self) -> dict[str, Any]:
+        """Really check the backend and its dependencies; raise `NotReady` with the reason if not ready.
+
+        Returns details for the readiness answer (model name, dimensions, ...)."""
+
+    async def close(self) -> None:
+        """Release what `warm_up` opened."""
+
+
+class ServiceState:
+    """Per-app state: the backend, the shared HTTP client and how warm-up went."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.http = HttpClient()
+        self.warm = False
+        self.warm_error: str | None = None
+        self.started_at = time.time()
+
+    def require_ready(self) -> Backend:
+        if self.warm_error:
+            raise NotReady(f"{self.backend.name} backend failed to start: {self.warm_error}")
+        if not self.warm:
+            raise NotReady(f"{self.backend.name} backend is warming up")
+        return self.backend
+
+
+def state_of(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+def ready_backend(request: Request) -> Backend:
+    """FastAPI dependency: the backend, or 503 until it has warmed up."""
+    return state_of(request).require_ready()
+
+
+def http_client(request: Request) -> HttpClient:
+    """FastAPI dependency: the process's shared HTTP client."""
+    return state_of(request).http
+
+
+def create_app(
+    settings: ServiceSettings,
+    *,
+    backend: Backend,
+    routers: Sequence[APIRouter] = (),
+    title: str | None = None,
+    version: str = "0.1.0",
+) -> FastAPI:
+    state = ServiceState(backend)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        setup_logging(settings.service_name, settings.log_format, settings.log_level)
+        setup_tracing(settings.service_name, settings.otlp_endpoint)
+        await state.http.start()
+        warm_task = asyncio.create_task(_warm_up(state), name="warm-up")
+        try:
+            yield
+        finally:
+            warm_task.cancel()
+            await asyncio.gather(warm_task, return_exceptions=True)
+            try:
+                await backend.close()
+            finally:
+                await state.http.close()
+            log.info("%s stopped", settings.service_name)
+
+    app = FastAPI(title=title or settings.service_name, version=version, lifespan=lifespan)
+    app.state.service = state
+    app.state.settings = settings
+    install_error_handlers(app)
+
+    @app.get("/v1/health_check", tags=["ops"])
+    async def health_check() -> JSONResponse:
+        """Liveness: the process serves requests. Fails only when warm-up failed for good."""
+        if state.warm_error:
+            return JSONResponse(
+                status_code=503,
+                content=error_envelope(f"warm-up failed: {state.warm_error}", "service_unavailable"),
+            )
+        return JSONResponse({"status": "ok", "service": settings.service_name})
+
+    @app.get("/v1/ready", tags=["ops"])
+    async def ready() -> JSONResponse:
+        """Readiness: the backend is loaded and its dependencies answer right now."""
+        try:
+            backend_ready = state.require_ready()
+            details = await asyncio.wait_for(backend_ready.check_ready(), 10)
+        except ServiceError as exc:
+            return JSONResponse(status_code=503, content=error_envelope(exc.message, "service_unavailable"))
+        except (asyncio.TimeoutError, TimeoutError):
+            return JSONResponse(
+                status_code=503, content=error_envelope("readiness check timed out", "service_unavailable")
+            )
+        except Exception as exc:  # a dependency failing in an unexpected way is still "not ready"
+            return JSONResponse(
+                status_code=503, content=error_envelope(f"not ready: {exc}", "service_unavailable")
+            )
+        return JSONResponse(
+            {"status": "ready", "service": settings.service_name, "backend": backend.name, **details}
+        )
+
+    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for router in routers:
+        app.include_router(router)
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"], allow_headers=["*"]
+        )
+    if settings.api_key is not None:
+        app.add_middleware(BearerAuthMiddleware, token=settings.api_key.get_secret_value())
+    app.add_middleware(ObservabilityMiddleware, service=settings.service_name)
+    return app
+
+
+async def _warm_up(state: ServiceState) -> None:
+    started = time.perf_counter()
+    try:
+        await state.backend.warm_up(state.http)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        state.warm_error = f"{type(exc).__name__}: {exc}"
+        log.exception("warm-up of %s failed", state.backend.name)
+        return
+    state.warm = True
+    log.info("%s backend ready in %.2fs", state.backend.name, time.perf_counter() - started)
+
+
+class BearerAuthMiddleware:
+    """Requires ``Authorization: Bearer <token>`` on every route but health, readiness and metrics."""
+
+    def __init__(self, app, token: str) -> None:  # noqa: ANN001
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] == "http" and scope.get("path") not in OPEN_PATHS and scope.get("method") != "OPTIONS":
+            given = dict(scope.get("headers", [])).get(b"authorization", b"")
+            scheme, _, token = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.token):
+                resp = JSONResponse(
+                    status_code=401,
+                    content=error_envelope("missing or invalid bearer token", "authentication_error"),
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def serve(app: FastAPI, settings: ServiceSettings) -> None:
+    """Run ``app`` until SIGINT/SIGTERM; in-flight requests get ``drain_timeout_s`` to finish."""
+    setup_logging(settings.service_name, settings.log_format, settings.log_level)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        lifespan="on",
+    )
+    uvicorn.Server(config).run()

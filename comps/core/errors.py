@@ -1,0 +1,164 @@
+"""One error envelope for every non-2xx answer, and the small exception tree behind it.
+
+Every service raises these; `install_error_handlers` maps them (and FastAPI's own errors) once,
+at the boundary, to ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("comps.errors")
+
+
+class ServiceError(Exception):
+    """Base of every error a service answers with."""
+
+    status_code: int = 500
+    error_type: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def envelope(self) -> dict[str, Any]:
+        return error_envelope(self.message, self.error_type, self.param, self.code)
+
+
+class BadRequest(ServiceError):
+    """The request is malformed or asks for something impossible."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class NotFound(ServiceError):
+    """The thing asked for does not exist."""
+
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class PayloadTooLarge(ServiceError):
+    """The request body or an uploaded file is over the configured limit."""
+
+    status_code = 413
+    error_type = "invalid_request_error"
+
+
+class UnsupportedMediaType(ServiceError):
+    """The uploaded content is of a type this service cannot read."""
+
+    status_code = 415
+    error_type = "invalid_request_error"
+
+
+class Overloaded(ServiceError):
+    """The service's queue is full; retry after the given number of seconds."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: int = 1, code: str | None = "queue_full") -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
+
+
+class NotReady(ServiceError):
+    """The service or one of its dependencies is not ready yet."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+
+
+class UpstreamError(ServiceError):
+    """A service this one called failed or answered with an error."""
+
+    status_code = 502
+    error_type = "upstream_error"
+
+    def __init__(self, message: str, *, node: str | None = None, status: int | None = None, **kw: Any) -> None:
+        kw.setdefault("code", node)
+        super().__init__(message, **kw)
+        self.node = node
+        self.upstream_status = status
+
+
+class UpstreamUnavailable(UpstreamError):
+    """A service this one needs cannot be reached, or says it is not ready."""
+
+    status_code = 503
+    error_type = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    """A service this one called did not answer in time."""
+
+    status_code = 504
+    error_type = "upstream_timeout"
+
+
+class ConfigError(Exception):
+    """Invalid configuration, found at start-up; the message names the variable."""
+
+
+def error_envelope(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        return f"request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}", None
+    msg = first.get("msg", "invalid value")
+    more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+    return (f"{param}: {msg}" if param else msg) + more, param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.warning("%s: %s", type(exc).__name__, exc.message)
+        return _json(exc.status_code, exc.envelope(), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return _json(400, error_envelope(message, "invalid_request_error", param, "invalid_value"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        if exc.status_code >= 500:
+            type_ = "internal_error"
+        return _json(exc.status_code, error_envelope(str(exc.detail), type_), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error: %s", exc)
+        return _json(500, error_envelope("internal server error", "internal_error"))

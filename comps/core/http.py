@@ -1,0 +1,132 @@
+"""One shared aiohttp session per process for calls to other services, with explicit timeouts.
+
+Errors are mapped here, once, to the kit's upstream exceptions naming the service that failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+
+from comps.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from comps.core.observability import outgoing_headers
+
+
+class HttpClient:
+    """Owns the process's aiohttp session; created in the app's lifespan, closed with it."""
+
+    def __init__(self, *, connect_timeout_s: float = 5.0, pool_size: int = 512) -> None:
+        self._connect_timeout_s = connect_timeout_s
+        self._pool_size = pool_size
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._pool_size, limit_per_host=self._pool_size, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout_s),
+                json_serialize=lambda o: json.dumps(o, ensure_ascii=False),
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("HttpClient used before start()")
+        return self._session
+
+    async def request_json(
+        self,
+        method: str,
+        url: str,
+        *,
+        node: str,
+        timeout_s: float,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Send one request and return the decoded JSON body; any failure names ``node``."""
+        async with self.stream(method, url, node=node, timeout_s=timeout_s, json_body=json_body, headers=headers) as resp:
+            try:
+                return await asyncio.wait_for(resp.json(content_type=None), timeout_s)
+            except (json.JSONDecodeError, aiohttp.ContentTypeError) as exc:
+                raise UpstreamError(f"{node} answered with a body that is not JSON: {exc}", node=node) from exc
+            except (asyncio.TimeoutError, TimeoutError) as exc:
+                raise UpstreamTimeout(f"{node} did not finish its answer within {timeout_s:g}s", node=node) from exc
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        node: str,
+        timeout_s: float,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+        read_timeout_s: float | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Open a request whose 2xx response the caller reads (e.g. a stream).
+
+        ``timeout_s`` bounds the time until the response headers; ``read_timeout_s`` bounds each
+        read after that (default: the same).
+        """
+        hdrs = outgoing_headers(headers)
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=min(self._connect_timeout_s, timeout_s), sock_read=read_timeout_s or timeout_s
+        )
+        try:
+            resp = await asyncio.wait_for(
+                self.session.request(method, url, json=json_body, headers=hdrs, timeout=timeout), timeout_s
+            )
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            raise UpstreamTimeout(f"{node} did not answer within {timeout_s:g}s", node=node) from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise UpstreamUnavailable(f"{node} is unreachable at {url}: {exc}", node=node) from exc
+        try:
+            if resp.status >= 400:
+                raise await _upstream_status_error(resp, node)
+            yield resp
+        except (asyncio.TimeoutError, TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(f"{node} stalled for more than {read_timeout_s or timeout_s:g}s", node=node) from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise UpstreamError(f"{node} broke off its answer: {exc}", node=node) from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise UpstreamError(f"{node} dropped the connection: {exc}", node=node) from exc
+        finally:
+            resp.release()
+
+
+async def _upstream_status_error(resp: aiohttp.ClientResponse, node: str) -> UpstreamError:
+    text = (await resp.text(errors="replace"))[:2000]
+    detail = text
+    try:
+        body = json.loads(text)
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            detail = body["error"].get("message", text)
+        elif isinstance(body, dict) and "detail" in body:
+            detail = str(body["detail"])
+    except json.JSONDecodeError:
+        pass
+    message = f"{node} answered HTTP {resp.status}: {detail}"
+    if resp.status in (502, 503) or resp.status == 429:
+        return UpstreamUnavailable(message, node=node, status=resp.status)
+    if resp.status == 504:
+        return UpstreamTimeout(message, node=node, status=resp.status)
+    err = UpstreamError(message, node=node, status=resp.status)
+    if 400 <= resp.status < 500:
+        # The caller's request was refused downstream (e.g. a prompt over the context window):
+        # that is the client's error, passed through with its status, not a 502.
+        err.status_code = resp.status
+        err.error_type = "invalid_request_error"
+    return err

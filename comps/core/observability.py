@@ -1,0 +1,150 @@
+"""Logs with a request id, Prometheus metrics and OpenTelemetry tracing, set up once per process.
+
+The request id and the trace context travel in a context variable and in the headers of every
+outgoing call made through `comps.core.http`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+import uuid
+
+from opentelemetry import trace
+from opentelemetry.propagate import extract, inject
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import Counter, Histogram
+
+REQUEST_ID_HEADER = "x-request-id"
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+HTTP_REQUESTS = Counter(
+    "chatqna_http_requests_total", "HTTP requests answered", ["service", "route", "method", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "chatqna_http_request_duration_seconds",
+    "Time from request start to the last byte of the response",
+    ["service", "route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        body = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "request_id": getattr(record, "request_id", "-"),
+        }
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return json.dumps(body, ensure_ascii=False)
+
+
+def setup_logging(service: str, fmt: str = "plain", level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RequestIdFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s {service} [%(request_id)s] %(name)s: %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+def setup_tracing(service: str, otlp_endpoint: str | None) -> None:
+    """Install the SDK tracer provider; spans are exported over OTLP only when an endpoint is set."""
+    if isinstance(trace.get_tracer_provider(), TracerProvider):
+        return
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    if otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint.rstrip("/") + "/v1/traces"))
+        )
+    trace.set_tracer_provider(provider)
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer("chatqna")
+
+
+def outgoing_headers(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Headers for a call to another service: request id and W3C trace context."""
+    headers = dict(extra or {})
+    rid = request_id_var.get()
+    if rid != "-":
+        headers[REQUEST_ID_HEADER] = rid
+    inject(headers)
+    return headers
+
+
+class ObservabilityMiddleware:
+    """Pure ASGI middleware (streaming-safe): request id, server span, access log and metrics."""
+
+    def __init__(self, app, service: str) -> None:  # noqa: ANN001 - ASGI app
+        self.app = app
+        self.service = service
+        self.log = logging.getLogger("comps.access")
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        rid = headers.get(REQUEST_ID_HEADER) or _new_id()
+        token = request_id_var.set(rid)
+        status = 500
+        start = time.perf_counter()
+
+        async def send_wrapper(message) -> None:  # noqa: ANN001
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(REQUEST_ID_HEADER.encode(), rid.encode())]
+            await send(message)
+
+        method = scope.get("method", "GET")
+        ctx = extract(headers)
+        with tracer().start_as_current_span(
+            f"{method} {scope.get('path', '')}", context=ctx, kind=trace.SpanKind.SERVER
+        ) as span:
+            try:
+                await self.app(scope, receive, send_wrapper)
+            finally:
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                elapsed = time.perf_counter() - start
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.status_code", status)
+                span.update_name(f"{method} {route}")
+                HTTP_REQUESTS.labels(self.service, route, method, str(status)).inc()
+                HTTP_LATENCY.labels(self.service, route, method).observe(elapsed)
+                if route not in ("/metrics", "/v1/health_check", "/v1/ready"):
+                    self.log.info("%s %s %d %.1fms", method, scope.get("path", ""), status, elapsed * 1000)
+                request_id_var.reset(token)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,89 @@
+"""Settings: one pydantic-settings class per service, read once at start-up.
+
+Each service subclasses `ServiceSettings` with its own ``env_prefix`` (``EMBEDDING_``, ``LLM_``...).
+Settings that every process shares (log format, tracing endpoint) are read from their usual,
+unprefixed names. `load_settings` turns a validation failure into a `ConfigError` whose message
+names the environment variable to fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from comps.core.errors import ConfigError
+
+S = TypeVar("S", bound="ServiceSettings")
+
+
+class ServiceSettings(BaseSettings):
+    """What every service process needs; subclasses add their own fields and env prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True, populate_by_name=True)
+
+    service_name: str = "service"
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+    log_format: Literal["plain", "json"] = Field(
+        default="plain", validation_alias=AliasChoices("LOG_FORMAT", "log_format")
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level")
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "otlp_endpoint"),
+        description="OTLP/HTTP collector base URL; no spans are exported when unset.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="When set, every route but health, readiness and metrics needs this bearer token."
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS (none by default).")
+    drain_timeout_s: float = Field(default=30.0, ge=0, description="Seconds to finish in-flight requests on shutdown.")
+    models_dir: Path = Field(
+        default=Path("models"),
+        validation_alias=AliasChoices("CHATQNA_MODELS_DIR", "models_dir"),
+        description="Where model names that are not paths are looked up.",
+    )
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable that sets ``field`` (its first alias, or prefix + name)."""
+        info = cls.model_fields[field]
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            return str(alias.choices[0])
+        if isinstance(alias, str):
+            return alias
+        return (cls.model_config.get("env_prefix") or "") .upper() + field.upper()
+
+    @classmethod
+    def env_names(cls) -> set[str]:
+        """Every environment variable this settings class reads (its first name for each field)."""
+        return {cls.env_name(name) for name in cls.model_fields}
+
+
+def resolve_model_path(name_or_path: str, models_dir: Path) -> Path:
+    """A model given as a path is used as is; a bare name is looked up under ``models_dir``."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_absolute() or candidate.exists():
+        return candidate
+    return models_dir / name_or_path
+
+
+def load_settings(cls: type[S], **overrides: object) -> S:
+    """Read ``cls`` from the environment once; a bad value raises `ConfigError` naming the variable."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = err.get("loc") or ("?",)
+            field = str(loc[0])
+            var = cls.env_name(field) if field in cls.model_fields else field
+            value = err.get("input")
+            lines.append(f"{var}={value!r}: {err.get('msg')}")
+        raise ConfigError(f"invalid configuration for {cls.__name__}: " + "; ".join(lines)) from None

@@ -1,0 +1,1 @@
+"""The Redis vector store shared by the retriever (reads) and dataprep (writes): one schema, one place."""

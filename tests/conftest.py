@@ -1,0 +1,53 @@
+"""Shared fixtures: real Redis and real service processes on free 127.0.0.1 ports."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from comps.runtime.process import free_port
+from tests.support.procs import MODELS, Service, start_service
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    from comps.runtime.models import DEFAULT_MODELS, present
+
+    missing = [m.name for m in DEFAULT_MODELS if not present(m, MODELS)]
+    if missing:
+        pytest.fail(f"models missing from {MODELS}: {missing}; run `chatqna models fetch` (make test does)")
+    return MODELS
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis with vector search: REDIS_URL if set, else the embedded server on a free port."""
+    external = os.environ.get("REDIS_URL")
+    if external:
+        yield external
+        return
+    from comps.runtime.redis_server import EmbeddedRedis
+
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis"), free_port()) as server:
+        yield server.url
+
+
+@pytest.fixture
+def service_factory(tmp_path: Path) -> Iterator:
+    """Start services with `service_factory(module, env_prefix, env)`; all are stopped after the test."""
+    started: list[Service] = []
+
+    def start(module: str, env_prefix: str, env: dict[str, str] | None = None, **kw) -> Service:
+        svc = start_service(module, env_prefix, env, log_dir=tmp_path, **kw)
+        started.append(svc)
+        return svc
+
+    yield start
+    for svc in reversed(started):
+        svc.stop()

@@ -1,0 +1,60 @@
+"""Start real service processes on free 127.0.0.1 ports for tests, and stop exactly what was started."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from comps.runtime.process import ManagedProcess, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = REPO / "models"
+
+
+@dataclass
+class Service:
+    name: str
+    url: str
+    port: int
+    process: ManagedProcess
+
+    def stop(self) -> int | None:
+        return self.process.stop()
+
+
+def start_service(
+    module: str,
+    env_prefix: str,
+    env: dict[str, str] | None = None,
+    *,
+    name: str | None = None,
+    wait: str = "ready",
+    timeout_s: float = 180.0,
+    log_dir: Path | None = None,
+    port: int | None = None,
+) -> Service:
+    """``python -m <module>`` on a free port; waits for ``/v1/ready`` (or ``/v1/health_check``)."""
+    port = port or free_port()
+    name = name or module.rsplit(".", 1)[-1]
+    full_env = {
+        f"{env_prefix}HOST": "127.0.0.1",
+        f"{env_prefix}PORT": str(port),
+        "CHATQNA_MODELS_DIR": str(MODELS),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        **(env or {}),
+    }
+    proc = ManagedProcess(
+        name, [sys.executable, "-m", module], env=full_env, cwd=REPO,
+        log_file=(log_dir / f"{name}-{port}.log") if log_dir else None,
+    )  # fmt: skip
+    proc.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        path = "/v1/ready" if wait == "ready" else "/v1/health_check"
+        proc.wait_http_ready(url + path, timeout_s)
+    except Exception:
+        proc.stop()
+        raise
+    return Service(name, url, port, proc)
