@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from comps.core.errors import NotReady, ServiceError, error_envelope, install_error_handlers
 from comps.core.http import HttpClient
-from comps.core.observability import ObservabilityMiddleware, setup_logging, setup_tracing
+from comps.core.observability import ObservabilityMiddleware, flush_spans, setup_logging, setup_tracing
 from comps.core.settings import ServiceSettings
 
 log = logging.getLogger("comps.app")
@@ -110,6 +110,7 @@ def create_app(
                 await backend.close()
             finally:
                 await state.http.close()
+                flush_spans()
             log.info("%s stopped", settings.service_name)
 
     app = FastAPI(title=title or settings.service_name, version=version, lifespan=lifespan)

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
 from comps.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from comps.core.observability import outgoing_headers
+
+T = TypeVar("T")
 
 
 class HttpClient:
@@ -130,3 +134,17 @@ async def _upstream_status_error(resp: aiohttp.ClientResponse, node: str) -> Ups
         err.status_code = resp.status
         err.error_type = "invalid_request_error"
     return err
+
+
+async def wait_until_up(probe: Callable[[], Awaitable[T]], *, what: str, wait_s: float, log: logging.Logger) -> T:
+    """Call ``probe`` until it stops failing with `UpstreamUnavailable`/`UpstreamTimeout` (an upstream that is
+    still starting), for at most ``wait_s`` seconds; other errors, and the last one, are raised."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return await probe()
+        except (UpstreamUnavailable, UpstreamTimeout) as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.info("waiting for %s: %s", what, exc.message)
+            await asyncio.sleep(1.0)

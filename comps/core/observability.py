@@ -86,6 +86,13 @@ def setup_tracing(service: str, otlp_endpoint: str | None) -> None:
     trace.set_tracer_provider(provider)
 
 
+def flush_spans() -> None:
+    """Export what is buffered (on shutdown: a process ended by a signal runs no atexit hooks)."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.force_flush(5000)
+
+
 def tracer() -> trace.Tracer:
     return trace.get_tracer("chatqna")
 

@@ -175,3 +175,44 @@ def test_embedded_redis_keeps_data_across_restart(tmp_path: Path) -> None:
         res = client.ft("persist").search("vault")
         assert res.total == 1 and res.docs[0].id == "persist:chunk:d:1:0"
         client.close()
+
+
+def test_spans_are_exported_over_otlp_when_configured(service_factory) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    bodies: list[bytes] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            bodies.append((self.path, self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    collector = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    try:
+        svc = service_factory(MODULE, "RELAY_", {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.server_address[1]}",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        })  # fmt: skip
+        trace_id = "0af7651916cd43dd8448eb211c80319c"
+        httpx.post(f"{svc.url}/v1/echo", json={"text": "a"}, headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"})
+        deadline = time.monotonic() + 10
+        while not any(bytes.fromhex(trace_id) in body for _, body in bodies):
+            assert time.monotonic() < deadline, f"no span with the trace id reached the collector: {len(bodies)} posts"
+            time.sleep(0.1)
+        assert all(path == "/v1/traces" for path, _ in bodies)
+        assert any(b"POST /v1/echo" in body for _, body in bodies)
+    finally:
+        collector.shutdown()
+
+
+def test_no_export_without_endpoint(relay_pair) -> None:
+    # nothing configured: the service works and exposes no exporter errors in its log
+    up, _ = relay_pair
+    assert httpx.post(f"{up.url}/v1/echo", json={"text": "b"}).status_code == 200
+    assert "Exception while exporting" not in up.process.last_output(200)
