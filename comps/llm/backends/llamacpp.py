@@ -1,0 +1,122 @@
+"""The default backend: a GGUF served in-process by llama.cpp with batched decoding (see engine.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from comps.core.errors import BadRequest, NotReady
+from comps.core.http import HttpClient
+from comps.core.settings import resolve_model_path
+from comps.llm.backends import Event, Finished, Started
+from comps.llm.chat_template import ChatTemplate, load_template_source
+from comps.llm.engine import Engine, SamplingParams, Sequence
+from comps.llm.protocol import ChatCompletionRequest, ModelCard
+from comps.llm.settings import LLMSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    tokens: list[int]
+    params: SamplingParams
+
+
+class LlamaCppBackend:
+    name = "llama-cpp"
+
+    def __init__(self, settings: LLMSettings) -> None:
+        self.settings = settings
+        self.model_name = Path(settings.model).name
+        self.engine: Engine | None = None
+        self.template: ChatTemplate | None = None
+
+    async def warm_up(self, http: HttpClient) -> None:
+        s = self.settings
+        path = resolve_model_path(s.model, s.models_dir)
+        self.engine = await asyncio.to_thread(
+            Engine, path, n_ctx=s.n_ctx, n_batch=s.n_batch, parallel=s.parallel, n_threads=s.n_threads,
+            n_gpu_layers=s.n_gpu_layers, use_extra_bufts=s.use_extra_bufts,
+        )  # fmt: skip
+        source = await asyncio.to_thread(load_template_source, s.chat_template, self.engine.chat_template())
+        self.template = ChatTemplate(source, bos_token=self.engine.bos_token, eos_token=self.engine.eos_token)
+        self.engine.start()
+
+    async def check_ready(self) -> dict[str, Any]:
+        engine = self.engine
+        if engine is None or not engine.alive():
+            raise NotReady(f"the generation engine is not running: {engine.error if engine else 'not loaded'}")
+        return {"model": self.model_name, "n_ctx": engine.n_ctx, "parallel": engine.parallel,
+                "n_batch": engine.n_batch, "n_threads": engine.n_threads}  # fmt: skip
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.close)
+
+    async def models(self) -> list[ModelCard]:
+        return [ModelCard(id=self.model_name)]
+
+    async def prepare(self, request: ChatCompletionRequest) -> Prepared:
+        assert self.engine is not None and self.template is not None
+        tokens = await asyncio.to_thread(self._prompt_tokens, request)
+        n_ctx, n_prompt = self.engine.n_ctx, len(tokens)
+        max_tokens = request.token_limit()
+        if max_tokens is None:
+            max_tokens = max(1, min(self.settings.default_max_tokens, n_ctx - n_prompt))
+        if n_prompt + max_tokens > n_ctx:
+            raise BadRequest(
+                f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+                f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the completion). "
+                "Please reduce the length of the messages or completion.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            top_k=request.top_k or 0,
+            seed=request.seed,
+            presence_penalty=request.presence_penalty,
+            frequency_penalty=request.frequency_penalty,
+            stop=tuple(request.stop_list()),
+        )
+        return Prepared(tokens, params)
+
+    def _prompt_tokens(self, request: ChatCompletionRequest) -> list[int]:
+        tokens = self.engine.tokenize(self.template.render(request.messages))
+        if not tokens:
+            raise BadRequest("the messages render to an empty prompt", param="messages")
+        return tokens
+
+    async def generate(self, prepared: Prepared) -> AsyncIterator[Event]:
+        assert self.engine is not None
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def emit(event: object) -> None:  # engine thread
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
+
+        seq = Sequence(prepared.tokens, prepared.params, emit)
+        self.engine.submit(seq)
+        finished = False
+        try:
+            yield Started(self.model_name)
+            while True:
+                event = await queue.get()
+                if isinstance(event, Exception):
+                    finished = True
+                    raise event
+                if isinstance(event, Finished):
+                    finished = True
+                yield event
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self.engine.cancel(seq)

@@ -1,0 +1,276 @@
+"""The logic behind the routes: a fair bounded admission queue, OpenAI answers and streams built
+from backend events, metrics, and stopping a generation as soon as its client goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import Counter, Gauge, Histogram
+
+from comps.core.errors import Overloaded, ServiceError, error_envelope
+from comps.llm.backends import Delta, Event, Finished, LLMBackend, Started
+from comps.llm.protocol import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    DeltaMessage,
+    PromptTokensDetails,
+    Usage,
+    completion_id,
+    now,
+)
+
+log = logging.getLogger("comps.llm.service")
+T = TypeVar("T")
+
+QUEUE_DEPTH = Gauge("chatqna_llm_queue_depth", "Requests waiting for a generation slot")
+ACTIVE = Gauge("chatqna_llm_active_sequences", "Requests holding a generation slot")
+REJECTED = Counter("chatqna_llm_rejected_requests", "Requests refused with 429 because the queue was full")
+GENERATED_TOKENS = Counter("chatqna_llm_generated_tokens", "Completion tokens generated")
+PROMPT_TOKENS = Counter("chatqna_llm_prompt_tokens", "Prompt tokens of finished generations")
+TTFT = Histogram(
+    "chatqna_llm_time_to_first_token_seconds",
+    "From the request's arrival (queueing included) to its first generated token",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+TPOT = Histogram(
+    "chatqna_llm_time_per_output_token_seconds",
+    "Mean time between tokens after the first, per generation",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2),
+)
+
+
+class AdmissionQueue:
+    """At most ``parallel`` holders at once; up to ``max_queue`` wait in FIFO order; beyond: 429."""
+
+    def __init__(self, parallel: int, max_queue: int) -> None:
+        self.parallel = parallel
+        self.max_queue = max_queue
+        self.active = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._hold_s = 5.0  # moving average of how long a slot is held: the basis of Retry-After
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> float:
+        """Wait for a slot (FIFO); returns the time it was granted, for `release`."""
+        if self.active < self.parallel and not self._waiters:
+            self.active += 1
+            self._gauges()
+            return time.monotonic()
+        if len(self._waiters) >= self.max_queue:
+            REJECTED.inc()
+            retry = self._hold_s * (len(self._waiters) + 1) / self.parallel
+            raise Overloaded(
+                f"the LLM queue is full ({self.active} generating, {len(self._waiters)} waiting); retry later",
+                retry_after=max(1, min(60, math.ceil(retry))),
+            )
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._gauges()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # granted just as the waiter went away: pass it on
+                self._hand_over()
+            else:
+                self._waiters.remove(fut)
+            self._gauges()
+            raise
+        return time.monotonic()
+
+    def release(self, granted_at: float) -> None:
+        self._hold_s = 0.8 * self._hold_s + 0.2 * (time.monotonic() - granted_at)
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # the slot moves to the next waiter; `active` stays
+                self._gauges()
+                return
+        self.active -= 1
+        self._gauges()
+
+    def _gauges(self) -> None:
+        ACTIVE.set(self.active)
+        QUEUE_DEPTH.set(len(self._waiters))
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _until_disconnect(request: Request, aw: Awaitable[T]) -> T:
+    """Await ``aw`` unless the client disconnects first; then cancel it and raise `_ClientGone`."""
+    work = asyncio.ensure_future(aw)
+    watch = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        work.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if work.done():
+        return work.result()
+    work.cancel()
+    await asyncio.gather(work, return_exceptions=True)
+    raise _ClientGone
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class _Meter:
+    """Token counts and timings of one generation, recorded as they happen."""
+
+    def __init__(self, arrived: float) -> None:
+        self.arrived = arrived
+        self.first: float | None = None
+        self.last = 0.0
+        self.counted = 0
+
+    def delta(self, event: Delta) -> None:
+        if event.tokens:
+            self.last = time.perf_counter()
+            if self.first is None:
+                self.first = self.last
+                TTFT.observe(self.first - self.arrived)
+            GENERATED_TOKENS.inc(event.tokens)
+            self.counted += event.tokens
+
+    def finished(self, event: Finished) -> None:
+        if event.completion_tokens > self.counted:
+            GENERATED_TOKENS.inc(event.completion_tokens - self.counted)
+        PROMPT_TOKENS.inc(event.prompt_tokens)
+        if self.first is not None and event.completion_tokens > 1:
+            TPOT.observe((self.last - self.first) / (event.completion_tokens - 1))
+
+
+class ChatService:
+    def __init__(self, parallel: int, max_queue: int) -> None:
+        self.queue = AdmissionQueue(parallel, max_queue)
+
+    async def chat(self, req: ChatCompletionRequest, backend: LLMBackend, request: Request) -> Response:
+        arrived = time.perf_counter()
+        prepared = await backend.prepare(req)  # 400 before anything waits
+        try:
+            granted = await _until_disconnect(request, self.queue.acquire())
+        except _ClientGone:
+            return Response(status_code=499)
+        events = backend.generate(prepared)
+        try:
+            started = await _until_disconnect(request, anext(events))
+            if not isinstance(started, Started):
+                raise ServiceError(f"the {backend.name} backend did not start the generation properly")
+        except BaseException as exc:
+            await events.aclose()
+            self.queue.release(granted)
+            if isinstance(exc, _ClientGone):
+                return Response(status_code=499)
+            raise
+        meter = _Meter(arrived)
+        if req.stream:
+            return StreamingResponse(
+                self._stream(req, started, events, meter, granted),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            body = await _until_disconnect(request, self._collect(started, events, meter))
+        except _ClientGone:
+            return Response(status_code=499)
+        finally:
+            await events.aclose()
+            self.queue.release(granted)
+        return JSONResponse(body)
+
+    async def _collect(self, started: Started, events: AsyncIterator[Event], meter: _Meter) -> dict[str, Any]:
+        parts: list[str] = []
+        async for event in events:
+            if isinstance(event, Delta):
+                meter.delta(event)
+                parts.append(event.text)
+            elif isinstance(event, Finished):
+                meter.finished(event)
+                return ChatCompletion(
+                    id=completion_id(),
+                    created=now(),
+                    model=started.model,
+                    choices=[Choice(message=AssistantMessage(content="".join(parts)), finish_reason=event.reason)],
+                    usage=_usage(event),
+                ).model_dump()
+        raise ServiceError("the generation ended without finishing")
+
+    async def _stream(
+        self, req: ChatCompletionRequest, started: Started, events: AsyncIterator[Event], meter: _Meter, granted: float
+    ) -> AsyncIterator[str]:
+        cid, created, model = completion_id(), now(), started.model
+
+        def chunk(delta: DeltaMessage, finish: str | None = None) -> str:
+            return _sse(ChatCompletionChunk(
+                id=cid, created=created, model=model, choices=[ChunkChoice(delta=delta, finish_reason=finish)]
+            ))  # fmt: skip
+
+        try:
+            yield chunk(DeltaMessage(role="assistant", content=""))
+            async for event in events:
+                if isinstance(event, Delta):
+                    meter.delta(event)
+                    if event.text:
+                        yield chunk(DeltaMessage(content=event.text))
+                elif isinstance(event, Finished):
+                    meter.finished(event)
+                    yield chunk(DeltaMessage(), event.reason)
+                    if req.include_usage():
+                        usage = ChatCompletionChunk(id=cid, created=created, model=model, choices=[], usage=_usage(event))
+                        yield _sse(usage)
+                    break
+            else:
+                raise ServiceError("the generation ended without finishing")
+        except ServiceError as exc:
+            yield f"data: {json.dumps(exc.envelope(), ensure_ascii=False)}\n\n"
+        except Exception as exc:  # never a broken stream: the client gets the error and [DONE]
+            log.exception("generation failed mid-stream")
+            yield f"data: {json.dumps(error_envelope(f'generation failed: {exc}', 'internal_error'))}\n\n"
+        finally:
+            await events.aclose()
+            self.queue.release(granted)
+        yield "data: [DONE]\n\n"
+
+
+def _sse(body: ChatCompletionChunk) -> str:
+    """One event as OpenAI sends it: unset delta fields left out, ``finish_reason`` always there."""
+    data = body.model_dump()
+    for choice in data["choices"]:
+        choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+    if data["usage"] is None:
+        del data["usage"]
+    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def _usage(event: Finished) -> Usage:
+    return Usage(
+        prompt_tokens=event.prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        total_tokens=event.prompt_tokens + event.completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=event.cached_tokens),
+    )

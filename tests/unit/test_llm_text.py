@@ -1,0 +1,79 @@
+"""Stop strings and incremental UTF-8 decoding of generated tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from comps.llm.text import StopMatcher, TextStream
+
+pytestmark = pytest.mark.unit
+
+
+def feed_all(matcher: StopMatcher, pieces: list[str]) -> tuple[str, bool]:
+    out = []
+    for piece in pieces:
+        text, stopped = matcher.feed(piece)
+        out.append(text)
+        if stopped:
+            return "".join(out), True
+    return "".join(out) + matcher.flush(), False
+
+
+def test_no_stops_passes_text_through_at_once() -> None:
+    m = StopMatcher([])
+    assert m.feed("Hello") == ("Hello", False)
+    assert m.flush() == ""
+
+
+def test_stop_inside_one_piece_cuts_before_it() -> None:
+    assert feed_all(StopMatcher(["END"]), ["abc END def"]) == ("abc ", True)
+
+
+def test_stop_split_across_pieces_is_never_emitted() -> None:
+    m = StopMatcher(["</answer>"])
+    assert m.feed("The sky is blue.</an") == ("The sky is blue.", False)  # "</an" held back
+    assert m.feed("swer> more") == ("", True)
+
+
+def test_held_text_is_released_when_it_stops_matching() -> None:
+    m = StopMatcher(["STOP"])
+    assert m.feed("ST") == ("", False)
+    assert m.feed("ART") == ("START", False)
+
+
+def test_earliest_of_several_stops_wins() -> None:
+    assert feed_all(StopMatcher(["world", "lo"]), ["hel", "lo world"]) == ("hel", True)
+
+
+def test_unfinished_prefix_is_flushed_at_the_end() -> None:
+    assert feed_all(StopMatcher(["###"]), ["a #", "#"]) == ("a ##", False)
+
+
+def test_empty_stop_strings_are_ignored() -> None:
+    assert StopMatcher(["", ""]).feed("x") == ("x", False)
+
+
+def test_multibyte_character_split_across_tokens() -> None:
+    stream = TextStream([])
+    data = "Grüße 東京 🙂".encode()
+    out = []
+    for i in range(len(data)):  # one byte per "token": the worst case
+        text, _ = stream.feed(data[i : i + 1])
+        out.append(text)
+    out.append(stream.finish())
+    assert "".join(out) == "Grüße 東京 🙂"
+    assert all("\ufffd" not in t for t in out)
+
+
+def test_incomplete_utf8_at_the_end_becomes_a_replacement_character() -> None:
+    stream = TextStream([])
+    assert stream.feed("ok ".encode() + "é".encode()[:1]) == ("ok ", False)
+    assert stream.finish() == "\ufffd"
+
+
+def test_non_ascii_stop_split_inside_a_character() -> None:
+    stream = TextStream(["café"])
+    pieces = [b"un ca", "f".encode(), "é".encode()[:1], "é".encode()[1:] + b" noir"]
+    texts = [stream.feed(p) for p in pieces]
+    assert "".join(t for t, _ in texts) == "un "
+    assert texts[-1][1] is True
