@@ -75,13 +75,13 @@ def state_of(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-def ready_backend(request: Request) -> Backend:
-    """FastAPI dependency: the backend, or 503 until it has warmed up."""
+async def ready_backend(request: Request) -> Backend:
+    """FastAPI dependency: the backend, or 503 until it has warmed up (async: no thread hop per request)."""
     return state_of(request).require_ready()
 
 
-def http_client(request: Request) -> HttpClient:
-    """FastAPI dependency: the process's shared HTTP client."""
+async def http_client(request: Request) -> HttpClient:
+    """FastAPI dependency: the process's shared HTTP client (async: no thread hop per request)."""
     return state_of(request).http
 
 
@@ -113,7 +113,14 @@ def create_app(
                 flush_spans()
             log.info("%s stopped", settings.service_name)
 
-    app = FastAPI(title=title or settings.service_name, version=version, lifespan=lifespan)
+    # FastAPI's own telemetry would add a second server span and spans per dependency to every request;
+    # the kit traces requests itself (ObservabilityMiddleware) and exports Prometheus metrics.
+    app = FastAPI(
+        title=title or settings.service_name,
+        version=version,
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+    )
     app.state.service = state
     app.state.settings = settings
     install_error_handlers(app)

@@ -58,9 +58,12 @@ class HttpClient:
         timeout_s: float,
         json_body: Any = None,
         headers: dict[str, str] | None = None,
+        content: bytes | None = None,
     ) -> Any:
         """Send one request and return the decoded JSON body; any failure names ``node``."""
-        async with self.stream(method, url, node=node, timeout_s=timeout_s, json_body=json_body, headers=headers) as resp:
+        async with self.stream(
+            method, url, node=node, timeout_s=timeout_s, json_body=json_body, headers=headers, content=content
+        ) as resp:
             try:
                 return await asyncio.wait_for(resp.json(content_type=None), timeout_s)
             except (json.JSONDecodeError, aiohttp.ContentTypeError) as exc:
@@ -79,20 +82,25 @@ class HttpClient:
         json_body: Any = None,
         headers: dict[str, str] | None = None,
         read_timeout_s: float | None = None,
+        content: bytes | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Open a request whose 2xx response the caller reads (e.g. a stream).
 
         ``timeout_s`` bounds the time until the response headers; ``read_timeout_s`` bounds each
-        read after that (default: the same).
+        read after that (default: the same). ``content`` is a JSON body already encoded (instead of
+        ``json_body``), for callers that serialize with pydantic or orjson.
         """
         hdrs = outgoing_headers(headers)
+        if content is not None:
+            hdrs.setdefault("Content-Type", "application/json")
         timeout = aiohttp.ClientTimeout(
             total=None, connect=min(self._connect_timeout_s, timeout_s), sock_read=read_timeout_s or timeout_s
         )
         try:
-            resp = await asyncio.wait_for(
-                self.session.request(method, url, json=json_body, headers=hdrs, timeout=timeout), timeout_s
-            )
+            async with asyncio.timeout(timeout_s):  # unlike wait_for, no extra task per call
+                resp = await self.session.request(
+                    method, url, json=json_body, data=content, headers=hdrs, timeout=timeout
+                )
         except (asyncio.TimeoutError, TimeoutError) as exc:
             raise UpstreamTimeout(f"{node} did not answer within {timeout_s:g}s", node=node) from exc
         except aiohttp.ClientConnectionError as exc:
@@ -123,7 +131,15 @@ async def _upstream_status_error(resp: aiohttp.ClientResponse, node: str) -> Ups
     except json.JSONDecodeError:
         pass
     message = f"{node} answered HTTP {resp.status}: {detail}"
-    if resp.status in (502, 503) or resp.status == 429:
+    if resp.status == 429:
+        # Overloaded downstream: the caller should retry later, so say 429 and pass Retry-After on.
+        busy = UpstreamUnavailable(
+            message, node=node, status=429, headers={"Retry-After": resp.headers.get("Retry-After", "1")}
+        )
+        busy.status_code = 429
+        busy.error_type = "rate_limit_error"
+        return busy
+    if resp.status in (502, 503):
         return UpstreamUnavailable(message, node=node, status=resp.status)
     if resp.status == 504:
         return UpstreamTimeout(message, node=node, status=resp.status)

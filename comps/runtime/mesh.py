@@ -24,6 +24,7 @@ class ServiceSpec:
     env_prefix: str
     needs: tuple[str, ...] = ()  # other services it calls
     uses_redis: bool = False
+    settings: str = ""  # "module:Class" of its settings (what it reads from the environment)
 
     def available(self) -> bool:
         return importlib.util.find_spec(self.module) is not None
@@ -32,13 +33,26 @@ class ServiceSpec:
 # Start order; the gateway comes last. Every service reads <PREFIX>HOST and <PREFIX>PORT, and
 # <PREFIX><NEED>_URL for each service it calls.
 SERVICES: tuple[ServiceSpec, ...] = (
-    ServiceSpec("embedding", "comps.embedding", "embedding_port", "EMBEDDING_"),
-    ServiceSpec("reranker", "comps.reranker", "reranker_port", "RERANKER_"),
-    ServiceSpec("llm", "comps.llm", "llm_port", "LLM_"),
-    ServiceSpec("retriever", "comps.retriever", "retriever_port", "RETRIEVER_", ("embedding",), uses_redis=True),
-    ServiceSpec("dataprep", "comps.dataprep", "dataprep_port", "DATAPREP_", ("embedding",), uses_redis=True),
     ServiceSpec(
-        "gateway", "megaservice", "gateway_port", "GATEWAY_", ("embedding", "retriever", "reranker", "llm")
+        "embedding", "comps.embedding", "embedding_port", "EMBEDDING_",
+        settings="comps.embedding.settings:EmbeddingSettings",
+    ),
+    ServiceSpec(
+        "reranker", "comps.reranker", "reranker_port", "RERANKER_",
+        settings="comps.reranker.settings:RerankerSettings",
+    ),
+    ServiceSpec("llm", "comps.llm", "llm_port", "LLM_", settings="comps.llm.settings:LLMSettings"),
+    ServiceSpec(
+        "retriever", "comps.retriever", "retriever_port", "RETRIEVER_", ("embedding",), uses_redis=True,
+        settings="comps.retriever.settings:RetrieverSettings",
+    ),
+    ServiceSpec(
+        "dataprep", "comps.dataprep", "dataprep_port", "DATAPREP_", ("embedding",), uses_redis=True,
+        settings="comps.dataprep.settings:DataprepSettings",
+    ),
+    ServiceSpec(
+        "gateway", "megaservice", "gateway_port", "GATEWAY_", ("embedding", "retriever", "reranker", "llm"),
+        settings="megaservice.settings:GatewaySettings",
     ),
 )
 

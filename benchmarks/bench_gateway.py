@@ -1,0 +1,325 @@
+"""The gateway against OPEA's orchestrator (opea-comps 1.5), on the same instant stub services, in one run.
+
+    .venv/bin/python benchmarks/bench_gateway.py [--quick]
+
+Starts (127.0.0.1 only): the four stubs in one process (tests/support/stubs.py), our gateway
+(``python -m megaservice``) and OPEA's ChatQnA megaservice (benchmarks/opea_chatqna.py, run from its own
+virtualenv, .state/opea-venv, created here when missing: ``python3 -m venv`` + ``pip install
+opea-comps==1.5``). Both run the 4-hop graph embedding -> retriever -> reranker -> llm. Measures:
+
+- overhead: latency through a gateway minus calling the four stubs directly, one request at a time (p50, p99);
+- requests/s at concurrency 1, 16, 64, non-streaming and streaming (20 chunks), fixed duration each;
+- gateway CPU per request (utime+stime of its process, /proc/<pid>/stat, over the concurrency-16 runs);
+- streaming with the LLM stub sending 20 chunks 10 ms apart: time to first token and the gap between
+  chunks as the client sees them (direct, ours, OPEA);
+- head-of-line blocking: latency of other streaming requests (concurrency 8) while one request's LLM
+  takes 2 s to send its first byte, against the same load without it.
+
+Every phase is bounded in time; requests time out after 30 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from comps.runtime.process import free_port, http_status  # noqa: E402
+
+OPEA_VENV = REPO / ".state" / "opea-venv"
+LOGS = REPO / ".state" / "bench"
+TICK = os.sysconf("SC_CLK_TCK")
+QUESTION = "What does the stub know about the Zorblax project?"
+
+
+def ensure_opea_venv() -> Path:
+    python = OPEA_VENV / "bin" / "python"
+    probe = [str(python), "-c", "import comps.cores.mega.orchestrator"]
+    if python.exists() and subprocess.run(probe, capture_output=True, cwd="/").returncode == 0:
+        return python
+    print(f"creating {OPEA_VENV} with opea-comps==1.5 (about 35 s)...", flush=True)
+    subprocess.run(["python3", "-m", "venv", str(OPEA_VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "opea-comps==1.5"], check=True)
+    return python
+
+
+class Proc:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log = (LOGS / f"{name}.log").open("w")
+        self.name = name
+        self.proc = subprocess.Popen(
+            argv, env={**os.environ, **env}, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15 of stat)
+
+    def wait_http(self, url: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while http_status(url) != 200:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not start; see {self.log.name}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+@dataclass
+class Run:
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    elapsed: float = 0.0
+    cpu_s: float = 0.0
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
+
+    def pct(self, p: float) -> float:
+        xs = sorted(self.latencies)
+        return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
+
+
+class Client:
+    def __init__(self, session: aiohttp.ClientSession, stubs: dict[str, str]) -> None:
+        self.s = session
+        self.stubs = stubs
+
+    async def direct(self, stream: bool = False) -> None:
+        """The four hops, called straight (our contracts), as a gateway would."""
+        post = self.s.post
+        async with post(self.stubs["embedding"] + "/v1/embeddings", json={"input": QUESTION}) as r:
+            vec = (await r.json())["data"][0]["embedding"]
+        async with post(self.stubs["retriever"] + "/v1/retrieval", json={"text": QUESTION, "embedding": vec, "k": 4}) as r:
+            docs = (await r.json())["documents"]
+        async with post(self.stubs["reranker"] + "/rerank", json={"query": QUESTION, "texts": [d["text"] for d in docs], "top_n": 3}) as r:
+            await r.json()
+        body = {"messages": [{"role": "user", "content": QUESTION}], "stream": stream}
+        async with post(self.stubs["llm"] + "/v1/chat/completions", json=body) as r:
+            await r.read()
+
+    async def gateway(self, url: str, stream: bool, question: str = QUESTION) -> None:
+        body = orjson.dumps({"messages": [{"role": "user", "content": question}], "stream": stream})
+        async with self.s.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+            await r.read()
+            if r.status != 200:
+                raise RuntimeError(f"HTTP {r.status}")
+
+    async def token_times(self, url: str | None, opea: bool = False) -> tuple[float, list[float]]:
+        """Stream one answer; returns the time to the first content chunk and the gaps between chunks."""
+        start = time.perf_counter()
+        if url is None:  # direct: the three hops, then the LLM's own stream
+            await self.direct_prefix()
+            req = self.s.post(self.stubs["llm"] + "/v1/chat/completions",
+                              json={"messages": [{"role": "user", "content": QUESTION}], "stream": True})  # fmt: skip
+        else:
+            req = self.s.post(url, json={"messages": [{"role": "user", "content": QUESTION}], "stream": True})
+        times = []
+        async with req as r:
+            async for line in r.content:
+                if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                    continue
+                payload = line[6:].strip()
+                if opea:
+                    has = payload not in (b"b''", b'b""')
+                else:
+                    choices = orjson.loads(payload).get("choices") or [{}]
+                    has = bool(choices[0].get("delta", {}).get("content"))
+                if has:
+                    times.append(time.perf_counter())
+        return times[0] - start, [b - a for a, b in zip(times, times[1:])]
+
+    async def direct_prefix(self) -> None:
+        post = self.s.post
+        async with post(self.stubs["embedding"] + "/v1/embeddings", json={"input": QUESTION}) as r:
+            vec = (await r.json())["data"][0]["embedding"]
+        async with post(self.stubs["retriever"] + "/v1/retrieval", json={"text": QUESTION, "embedding": vec, "k": 4}) as r:
+            docs = (await r.json())["documents"]
+        async with post(self.stubs["reranker"] + "/rerank", json={"query": QUESTION, "texts": [d["text"] for d in docs], "top_n": 3}) as r:
+            await r.json()
+
+
+async def load(call: Callable[[], Awaitable[None]], concurrency: int, *, duration_s: float | None = None,
+               count: int | None = None, proc: Proc | None = None) -> Run:  # fmt: skip
+    """``concurrency`` workers calling ``call`` until ``count`` calls or ``duration_s`` seconds."""
+    run = Run()
+    started = time.perf_counter()
+    deadline = started + (duration_s or 3600)
+    remaining = [count if count is not None else 10**9]
+    cpu0 = proc.cpu_s() if proc else 0.0
+
+    async def worker() -> None:
+        while remaining[0] > 0 and time.perf_counter() < deadline:
+            remaining[0] -= 1
+            t0 = time.perf_counter()
+            try:
+                await call()
+                run.latencies.append(time.perf_counter() - t0)
+            except Exception:
+                run.errors += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    run.elapsed = time.perf_counter() - started
+    run.cpu_s = (proc.cpu_s() - cpu0) if proc else 0.0
+    return run
+
+
+async def set_llm(session: aiohttp.ClientSession, llm: str, **knobs: object) -> None:
+    async with session.post(llm + "/_knobs", json=knobs) as r:
+        r.raise_for_status()
+
+
+async def bench(quick: bool, ours: Proc, opea: Proc, urls: dict[str, str], stubs: dict[str, str]) -> list[tuple]:
+    n_seq = 100 if quick else 300
+    dur = 1.5 if quick else 3.0
+    rows: list[tuple] = []
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+        c = Client(session, stubs)
+        await set_llm(session, stubs["llm"], tokens=20, chunk_delay_s=0.0)
+        gw = {"ours": urls["ours"] + "/v1/chatqna", "opea": urls["opea"] + "/v1/chatqna"}
+        procs = {"ours": ours, "opea": opea}
+        for name in ("ours", "opea"):  # warm both up (connections, first-call imports)
+            await load(lambda n=name: c.gateway(gw[n], False), 4, count=50)
+            await load(lambda n=name: c.gateway(gw[n], True), 4, count=50)
+
+        # 1. overhead at concurrency 1 (non-streaming), interleaved in rounds to share any machine noise
+        runs = {k: Run() for k in ("direct", "ours", "opea")}
+        for _ in range(5):
+            for key in runs:
+                call = c.direct if key == "direct" else (lambda k=key: c.gateway(gw[k], False))
+                r = await load(call, 1, count=n_seq // 5)
+                runs[key].latencies += r.latencies
+                runs[key].errors += r.errors
+        d50, d99 = runs["direct"].pct(50), runs["direct"].pct(99)
+        over = {k: (runs[k].pct(50) - d50, runs[k].pct(99) - d99) for k in ("ours", "opea")}
+        rows.append(("direct 4 hops p50 / p99 (ms)", f"{d50 * 1e3:.2f} / {d99 * 1e3:.2f}", "", "", ""))
+        rows.append(("overhead p50 (ms)", f"{over['ours'][0] * 1e3:.2f}", f"{over['opea'][0] * 1e3:.2f}",
+                     _ratio(over["opea"][0], over["ours"][0]), "<= 2 ms"))  # fmt: skip
+        rows.append(("overhead p99 (ms)", f"{over['ours'][1] * 1e3:.2f}", f"{over['opea'][1] * 1e3:.2f}",
+                     _ratio(over["opea"][1], over["ours"][1]), ""))  # fmt: skip
+
+        # 2. throughput and CPU per request
+        for stream in (False, True):
+            mode = "stream" if stream else "json"
+            for conc in (1, 16, 64):
+                res = {}
+                for name in ("ours", "opea"):
+                    res[name] = await load(lambda n=name: c.gateway(gw[n], stream), conc, duration_s=dur, proc=procs[name])
+                target = {(False, 64): ">= 3x", (True, 64): ">= 5x"}.get((stream, conc), "")
+                rows.append((f"req/s {mode} c={conc}", f"{res['ours'].rps:.0f}", f"{res['opea'].rps:.0f}",
+                             _ratio(res["ours"].rps, res["opea"].rps), target))  # fmt: skip
+                errs = res["ours"].errors + res["opea"].errors
+                if errs:
+                    rows.append((f"  errors {mode} c={conc}", str(res["ours"].errors), str(res["opea"].errors), "", ""))
+                if conc == 16:
+                    cpu = {k: res[k].cpu_s / max(1, len(res[k].latencies)) for k in res}
+                    rows.append((f"CPU ms/request {mode} (c=16)", f"{cpu['ours'] * 1e3:.2f}", f"{cpu['opea'] * 1e3:.2f}",
+                                 _ratio(cpu["opea"], cpu["ours"]), "<= 1/4 of OPEA"))  # fmt: skip
+
+        # 3. streaming: TTFT and the gap between chunks (LLM stub: 20 chunks, 10 ms apart)
+        await set_llm(session, stubs["llm"], tokens=20, chunk_delay_s=0.01)
+        n_tok = 10 if quick else 20
+        measured: dict[str, tuple[list[float], list[float]]] = {}
+        for key, url in (("direct", None), ("ours", gw["ours"]), ("opea", gw["opea"])):
+            ttfts, gaps = [], []
+            for _ in range(n_tok):
+                ttft, gap = await c.token_times(url, opea=key == "opea")
+                ttfts.append(ttft)
+                gaps += gap
+            measured[key] = (ttfts, gaps)
+        med = {k: (statistics.median(v[0]), statistics.median(v[1]), max(v[1])) for k, v in measured.items()}
+        rows.append(("stream TTFT p50 (ms), direct " + f"{med['direct'][0] * 1e3:.1f}", f"{med['ours'][0] * 1e3:.1f}",
+                     f"{med['opea'][0] * 1e3:.1f}", _ratio(med["opea"][0], med["ours"][0]), ""))  # fmt: skip
+        rows.append(("chunk gap p50 (ms), direct " + f"{med['direct'][1] * 1e3:.2f}", f"{med['ours'][1] * 1e3:.2f}",
+                     f"{med['opea'][1] * 1e3:.2f}", "", "= direct"))  # fmt: skip
+        rows.append(("chunk gap max (ms), direct " + f"{med['direct'][2] * 1e3:.2f}", f"{med['ours'][2] * 1e3:.2f}",
+                     f"{med['opea'][2] * 1e3:.2f}", "", ""))  # fmt: skip
+
+        # 4. a slow LLM first byte (2 s) must not stall other requests
+        await set_llm(session, stubs["llm"], tokens=20, chunk_delay_s=0.0)
+        window = 1.5
+        hol = {}
+        for name in ("ours", "opea"):
+            base = await load(lambda n=name: c.gateway(gw[n], True), 8, duration_s=window)
+            slow = asyncio.create_task(c.gateway(gw[name], True, question=QUESTION + " [slow-first-byte]"))
+            await asyncio.sleep(0.1)
+            during = await load(lambda n=name: c.gateway(gw[n], True), 8, duration_s=window)
+            await slow
+            hol[name] = (base, during)
+        for label, p in (("p50", 50), ("max", 100)):
+            cells = [f"{hol[k][0].pct(p) * 1e3:.1f} -> {hol[k][1].pct(p) * 1e3:.1f}" for k in ("ours", "opea")]
+            rows.append((f"others' latency {label} (ms), slow LLM first byte", *cells, "", "unchanged"))
+    return rows
+
+
+def _ratio(num: float, den: float) -> str:
+    return f"{num / den:.1f}x" if den > 0 and num > 0 else "-"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the benchmark)")
+    args = ap.parse_args()
+    opea_python = ensure_opea_venv()
+    ports = {name: free_port() for name in ("embedding", "retriever", "reranker", "llm")}
+    stubs = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    ours_port, opea_port = free_port(), free_port()
+    procs: list[Proc] = []
+    try:
+        procs.append(stub := Proc("stubs", [sys.executable, "-m", "tests.support.stubs", *map(str, ports.values())], {}))
+        stub.wait_http(stubs["llm"] + "/v1/ready")
+        ours = Proc("gateway", [sys.executable, "-m", "megaservice"], {
+            "GATEWAY_PORT": str(ours_port), **{f"GATEWAY_{k.upper()}_URL": v for k, v in stubs.items()},
+        })  # fmt: skip
+        procs.append(ours)
+        opea = Proc("opea", [str(opea_python), str(REPO / "benchmarks" / "opea_chatqna.py")], {
+            "OPEA_PORT": str(opea_port), "PYTHONWARNINGS": "ignore",
+            **{f"STUB_{k.upper()}": f"127.0.0.1:{p}" for k, p in ports.items()},
+        })  # fmt: skip
+        procs.append(opea)
+        ours.wait_http(f"http://127.0.0.1:{ours_port}/v1/ready")
+        opea.wait_http(f"http://127.0.0.1:{opea_port}/v1/health_check")
+        urls = {"ours": f"http://127.0.0.1:{ours_port}", "opea": f"http://127.0.0.1:{opea_port}"}
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
+        rows = asyncio.run(bench(args.quick, ours, opea, urls, stubs))
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    header = ("metric", "ours", "OPEA 1.5", "ratio", "target")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
+    print(f"\ngateway vs OPEA ServiceOrchestrator, 4 hops on instant stubs, {os.cpu_count()} CPUs")
+    for r in [header, *rows]:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Dataprep: documents and URLs in, chunks with embeddings into the vector store, as jobs."""

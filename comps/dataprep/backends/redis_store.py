@@ -1,0 +1,105 @@
+"""Redis (with the search module) as dataprep's store; all key layout and transactions are in
+`comps.vectorstore` (`schema`, `documents`). Job status lives in ``dataprep:job:<id>`` hashes (fields of
+`JobInfo`, unset ones absent) with a TTL,
+indexed by the sorted set ``dataprep:jobs`` (score: creation time)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from comps.core.http import HttpClient
+from comps.dataprep.settings import DataprepSettings
+from comps.vectorstore import documents, schema
+from comps.vectorstore.client import check_redis, redacted, redis_errors
+from comps.vectorstore.documents import Chunk, DocumentRecord
+
+JOB_PREFIX = "dataprep:job:"
+JOBS_INDEX = "dataprep:jobs"
+
+
+class RedisDocumentStore:
+    name = "redis"
+
+    def __init__(self, settings: DataprepSettings) -> None:
+        self.settings = settings
+        self.where = redacted(settings.redis_url)
+        self._redis: aioredis.Redis | None = None
+
+    async def warm_up(self, http: HttpClient) -> None:
+        """Opens the client; Redis itself may come up later (readiness says so until it does)."""
+        self._redis = schema.connect(self.settings.redis_url)
+
+    async def check_ready(self) -> dict[str, Any]:
+        await check_redis(self.r, self.where)
+        return {"redis": self.where, "default_collection": self.settings.index_name}
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    @property
+    def r(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise RuntimeError("RedisDocumentStore used before warm_up()")
+        return self._redis
+
+    async def ensure_collection(self, collection: str, dim: int, model: str) -> None:
+        with redis_errors(self.where):
+            await schema.ensure_index(self.r, collection, dim, model=model, algorithm=self.settings.index_algorithm)
+
+    async def get_document(self, collection: str, doc_id: str) -> DocumentRecord | None:
+        with redis_errors(self.where):
+            return await documents.get_document(self.r, collection, doc_id)
+
+    async def list_documents(self, collection: str) -> list[DocumentRecord]:
+        with redis_errors(self.where):
+            return await documents.list_documents(self.r, collection)
+
+    async def replace_document(
+        self, collection: str, record: DocumentRecord, chunks: Sequence[Chunk]
+    ) -> DocumentRecord:
+        with redis_errors(self.where):
+            return await documents.replace_document(self.r, collection, record, chunks)
+
+    async def delete_document(self, collection: str, doc_id: str) -> DocumentRecord | None:
+        with redis_errors(self.where):
+            return await documents.delete_document(self.r, collection, doc_id)
+
+    async def delete_all(self, collection: str) -> int:
+        with redis_errors(self.where):
+            return await documents.delete_all(self.r, collection)
+
+    async def save_job(self, job: dict[str, Any]) -> None:
+        key = JOB_PREFIX + job["job_id"]
+        with redis_errors(self.where):
+            async with self.r.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                pipe.hset(key, mapping={k: str(v) for k, v in job.items() if v is not None})
+                pipe.expire(key, self.settings.job_ttl_s)
+                pipe.zadd(JOBS_INDEX, {job["job_id"]: job["created_at"]})
+                pipe.zremrangebyrank(JOBS_INDEX, 0, -self.settings.jobs_kept - 1)
+                await pipe.execute()
+
+    async def load_job(self, job_id: str) -> dict[str, Any] | None:
+        with redis_errors(self.where):
+            raw = await self.r.hgetall(JOB_PREFIX + job_id)
+        return _decode(raw) if raw else None
+
+    async def recent_jobs(self, limit: int) -> list[dict[str, Any]]:
+        with redis_errors(self.where):
+            ids = await self.r.zrevrange(JOBS_INDEX, 0, limit - 1)
+            if not ids:
+                return []
+            async with self.r.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hgetall(JOB_PREFIX + job_id.decode())
+                raws = await pipe.execute()
+        return [_decode(raw) for raw in raws if raw]
+
+
+def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}

@@ -1,0 +1,232 @@
+"""Document bytes -> text sections -> chunks. Blocking work: call `parse_document` from a thread.
+
+Every format becomes a list of `Section`s (a PDF: one per page, so a chunk keeps its page number).
+Markdown, HTML and .docx become Markdown (headings as ``#``), split first at headings
+(MarkdownHeaderTextSplitter) so a chunk does not straddle two sections, then recursively by size;
+other formats are split recursively (paragraphs, lines, words). A document that cannot be read raises
+`ParseError` with the precise reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass
+
+from comps.dataprep.protocol import DocumentKind
+
+MARKDOWN_KINDS = frozenset({"markdown", "html", "docx"})
+HEADERS = [("#", "h1"), ("##", "h2"), ("###", "h3"), ("####", "h4")]
+_BLANK_RUN = re.compile(r"\n\s*\n")
+_HTML_BLOCKS = (
+    "p", "div", "section", "article", "main", "header", "li", "ul", "ol", "table", "tr", "pre", "blockquote",
+    "br", "hr", "dd", "dt", "figcaption", "address",
+)  # fmt: skip
+_HTML_DROP = ("script", "style", "noscript", "template", "svg", "head", "nav", "footer", "form", "iframe")
+
+
+class ParseError(ValueError):
+    """The document cannot be read; the message says why."""
+
+
+@dataclass(frozen=True)
+class Section:
+    text: str
+    page: int | None = None  # 1-based page (PDF); None for formats without pages
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    text: str
+    page: int | None = None
+
+
+def parse_document(data: bytes, kind: DocumentKind, chunk_size: int, chunk_overlap: int) -> list[TextChunk]:
+    """Extract and split; raises `ParseError` when the document has no readable text."""
+    sections = extract(data, kind)
+    chunks = split(sections, markdown=kind in MARKDOWN_KINDS, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    if not chunks:
+        raise ParseError(f"no text found in the {kind} document")
+    return chunks
+
+
+def extract(data: bytes, kind: DocumentKind) -> list[Section]:
+    extractors = {
+        "text": lambda d: [Section(decode_text(d))],
+        "markdown": lambda d: [Section(decode_text(d))],
+        "html": lambda d: [Section(html_to_markdown(d))],
+        "pdf": pdf_pages,
+        "docx": lambda d: [Section(docx_to_markdown(d))],
+        "csv": lambda d: [Section(csv_to_text(decode_text(d)))],
+        "json": lambda d: [Section(json_to_text(decode_text(d)))],
+        "jsonl": lambda d: [Section(jsonl_to_text(decode_text(d)))],
+    }
+    return [s for s in extractors[kind](data) if s.text.strip()]
+
+
+def split(sections: list[Section], *, markdown: bool, chunk_size: int, chunk_overlap: int) -> list[TextChunk]:
+    from langchain_text_splitters import MarkdownHeaderTextSplitter, RecursiveCharacterTextSplitter
+
+    recursive = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    chunks: list[TextChunk] = []
+    for section in sections:
+        parts = [section.text]
+        if markdown:
+            by_heading = MarkdownHeaderTextSplitter(HEADERS, strip_headers=False)
+            parts = [_rstrip_lines(doc.page_content) for doc in by_heading.split_text(section.text)]
+        for part in parts:
+            for text in recursive.split_text(part):
+                if text.strip():
+                    chunks.append(TextChunk(text.strip(), section.page))
+    return chunks
+
+
+def _rstrip_lines(text: str) -> str:
+    return "\n".join(line.rstrip() for line in text.splitlines())
+
+
+# ----------------------------------------------------------------------------------------------- formats
+
+
+def decode_text(data: bytes) -> str:
+    """UTF-8 (BOM or not); other 8-bit text as Latin-1; binary content is refused."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        if b"\x00" in data[:8192]:
+            raise ParseError("the file is binary, not text (it contains NUL bytes)") from None
+        return data.decode("latin-1")
+
+
+def pdf_pages(data: bytes) -> list[Section]:
+    from pypdf import PdfReader
+    from pypdf.errors import DependencyError, PdfReadError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            try:
+                opened = reader.decrypt("")  # many PDFs are encrypted with an empty user password
+            except DependencyError as exc:
+                raise ParseError(f"the PDF is encrypted with a cipher this server cannot open: {exc}") from None
+            if not opened:
+                raise ParseError("the PDF is encrypted and needs a password")
+        pages = [Section(page.extract_text() or "", n) for n, page in enumerate(reader.pages, start=1)]
+    except ParseError:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as exc:
+        raise ParseError(f"the PDF is corrupt or unreadable: {exc}") from None
+    if not any(p.text.strip() for p in pages):
+        raise ParseError(
+            f"the PDF has {len(pages)} page(s) but no extractable text (scanned images need OCR, which is not done)"
+        )
+    return pages
+
+
+def html_to_markdown(data: bytes) -> str:
+    """Visible text of an HTML page with headings as Markdown ``#`` lines and blocks as paragraphs."""
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(data, "lxml")
+    title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    for tag in soup(_HTML_DROP):
+        tag.decompose()
+    for level in range(1, 7):
+        for h in soup.find_all(f"h{level}"):
+            h.replace_with(f"\n\n{'#' * level} {h.get_text(' ', strip=True)}\n\n")
+    for tag in soup.find_all(_HTML_BLOCKS):
+        tag.insert_after("\n\n")
+    paragraphs = [" ".join(p.split()) for p in _BLANK_RUN.split(soup.get_text())]
+    body = "\n\n".join(p for p in paragraphs if p)
+    if title and not body.startswith("#"):
+        body = f"# {title}\n\n{body}"
+    return body
+
+
+def docx_to_markdown(data: bytes) -> str:
+    import zipfile
+
+    import docx
+    from docx.table import Table
+
+    try:
+        document = docx.Document(io.BytesIO(data))
+    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise ParseError(f"not a readable .docx (Word 2007+) file: {exc}") from None
+    except Exception as exc:  # python-docx raises its own types for broken packages
+        raise ParseError(f"not a readable .docx (Word 2007+) file: {type(exc).__name__}: {exc}") from None
+    blocks: list[str] = []
+    for item in document.iter_inner_content():
+        if isinstance(item, Table):
+            for row in item.rows:
+                cells = [c.text.strip() for c in row.cells]
+                if any(cells):
+                    blocks.append(" | ".join(cells))
+            continue
+        text = item.text.strip()
+        if not text:
+            continue
+        style = (item.style.name if item.style is not None else "") or ""
+        level = 1 if style == "Title" else _heading_level(style)
+        blocks.append(f"{'#' * level} {text}" if level else text)
+    return "\n\n".join(blocks)
+
+
+def _heading_level(style: str) -> int:
+    if style.startswith("Heading "):
+        tail = style[len("Heading ") :]
+        if tail.isdigit():
+            return min(int(tail), 6)
+    return 0
+
+
+def csv_to_text(text: str) -> str:
+    """One line per row: ``header: value; header: value``."""
+    sample = text[:16384]
+    try:
+        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(sample, delimiters=",;\t|")
+    except csv.Error:
+        dialect = csv.excel
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text), dialect) if any(c.strip() for c in row)]
+    except csv.Error as exc:
+        raise ParseError(f"the CSV is malformed: {exc}") from None
+    if not rows:
+        return ""
+    header, body = rows[0], rows[1:]
+    if not body:
+        return "; ".join(header)
+    lines = []
+    for row in body:
+        names = header + [f"column {i + 1}" for i in range(len(header), len(row))]
+        lines.append("; ".join(f"{h.strip()}: {v.strip()}" for h, v in zip(names, row, strict=False) if v.strip()))
+    return "\n".join(lines)
+
+
+def json_to_text(text: str) -> str:
+    """A list: one record per paragraph; anything else: pretty-printed."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ParseError(f"invalid JSON: {exc}") from None
+    if isinstance(value, list):
+        return "\n\n".join(_record(v) for v in value)
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=1)
+
+
+def jsonl_to_text(text: str) -> str:
+    records = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(_record(json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise ParseError(f"line {n} is not valid JSON: {exc}") from None
+    return "\n\n".join(records)
+
+
+def _record(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)

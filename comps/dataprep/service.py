@@ -1,0 +1,290 @@
+"""The logic behind the dataprep routes: accepting ingest requests as jobs, running a job (read ->
+parse and chunk -> embed -> replace the document atomically), listing and deleting documents.
+
+`DataprepService` is the app's backend for the kit: warm-up opens the store, the URL fetcher, the spool
+folder and the job workers; readiness needs Redis with search AND the embedding service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+
+from comps.core.errors import BadRequest, NotFound, ServiceError
+from comps.core.http import HttpClient
+from comps.dataprep.backends import DocumentStore
+from comps.dataprep.embedder import ChunkEmbedder
+from comps.dataprep.jobs import Job, JobRunner, KeyedLocks
+from comps.dataprep.parsing import ParseError, parse_document
+from comps.dataprep.protocol import (
+    CONTENT_TYPES,
+    DeleteRequest,
+    DocumentInfo,
+    DocumentKind,
+    IngestOptions,
+    IngestResponse,
+    JobInfo,
+    JobRef,
+    document_id,
+    kind_of,
+)
+from comps.dataprep.settings import DataprepSettings
+from comps.dataprep.uploads import read_ingest_form
+from comps.dataprep.urls import FetchFailed, UrlFetcher, UrlRefused, check_url
+from comps.vectorstore.documents import Chunk, CollectionMissing, DocumentRecord
+from comps.vectorstore.schema import validate_collection
+
+log = logging.getLogger("comps.dataprep")
+
+
+class DataprepService:
+    def __init__(self, settings: DataprepSettings, store: DocumentStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.name = f"dataprep-{store.name}"
+        self.embedder = ChunkEmbedder(settings)
+        self.fetcher = UrlFetcher(
+            allow_private=settings.allow_private_urls,
+            timeout_s=settings.url_timeout_s,
+            max_bytes=settings.max_file_bytes,
+            max_redirects=settings.max_redirects,
+        )
+        self.locks = KeyedLocks()
+        self.runner: JobRunner | None = None
+        self.spool: Path | None = None
+        self._own_spool = False
+        self._http: HttpClient | None = None
+
+    # ------------------------------------------------------------------------------ kit backend protocol
+
+    async def warm_up(self, http: HttpClient) -> None:
+        self._http = http
+        await self.store.warm_up(http)
+        await self.fetcher.start()
+        self.embedder.start(http)
+        if self.settings.spool_dir is not None:
+            self.spool = self.settings.spool_dir
+            await asyncio.to_thread(self.spool.mkdir, parents=True, exist_ok=True)
+        else:
+            self.spool = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="chatqna-dataprep-"))
+            self._own_spool = True
+        self.runner = JobRunner(
+            workers=self.settings.workers,
+            max_queued=self.settings.max_queued_jobs,
+            kept=self.settings.jobs_kept,
+            run=self._run,
+            save=self.store.save_job,
+        )
+        self.runner.start()
+
+    async def check_ready(self) -> dict[str, Any]:
+        assert self._http is not None
+        details = await self.store.check_ready()
+        details.update(await self.embedder.check_ready(self._http))
+        return details
+
+    async def close(self) -> None:
+        try:
+            if self.runner is not None:
+                await self.runner.stop()
+            await self.embedder.close()
+            await self.fetcher.close()
+        finally:
+            await self.store.close()
+            if self._own_spool and self.spool is not None:
+                await asyncio.to_thread(shutil.rmtree, self.spool, True)
+
+    # ---------------------------------------------------------------------------------------- requests
+
+    def collection(self, name: str | None) -> str:
+        return validate_collection(name or self.settings.index_name)
+
+    async def ingest(self, request: Request) -> IngestResponse:
+        assert self.runner is not None and self.spool is not None
+        limits = self.settings
+        form = await read_ingest_form(
+            request, spool_dir=self.spool, max_file_bytes=limits.max_file_bytes, max_files=limits.max_files
+        )
+        try:
+            fields = form.fields
+            try:
+                options = IngestOptions(
+                    chunk_size=fields.get("chunk_size") or 1500,
+                    chunk_overlap=fields.get("chunk_overlap") or 100,
+                    collection=fields.get("collection") or self.settings.index_name,
+                    tags=fields.get("tags"),
+                    link_list=fields.get("link_list"),
+                )
+            except ValidationError as exc:
+                message, param = _first_error(exc)
+                raise BadRequest(message, param=param, code="invalid_value") from None
+            self.collection(options.collection)
+            if not form.uploads and not options.link_list:
+                raise BadRequest("nothing to ingest: send files and/or link_list", param="files")
+            if len(form.uploads) + len(options.link_list) > self.settings.max_files:
+                raise BadRequest(f"more than {limits.max_files} files and links in one request", param="link_list")
+            for url in options.link_list:
+                try:
+                    await check_url(url, allow_private=self.settings.allow_private_urls)
+                except UrlRefused as exc:
+                    raise BadRequest(str(exc), param="link_list", code="url_refused") from None
+            common = dict(
+                collection=options.collection,
+                chunk_size=options.chunk_size,
+                chunk_overlap=options.chunk_overlap,
+                tags=options.tags,
+            )
+            jobs = [Job(source=u.filename, upload=u, **common) for u in form.uploads]  # type: ignore[arg-type]
+            jobs += [Job(source=url, **common) for url in options.link_list]  # type: ignore[arg-type]
+            self.runner.submit(jobs)
+        except BaseException:
+            await asyncio.to_thread(form.discard)
+            raise
+        await asyncio.gather(*(self.runner.save(job) for job in jobs))
+        return IngestResponse(jobs=[JobRef(job_id=j.job_id, source=j.source, status=j.status) for j in jobs])
+
+    async def job(self, job_id: str) -> JobInfo:
+        assert self.runner is not None
+        job = self.runner.get(job_id)
+        if job is not None:
+            return job.info()
+        saved = await self.store.load_job(job_id)
+        if saved is None:
+            raise NotFound(f"no job {job_id!r} (unknown, or older than DATAPREP_JOB_TTL_S)", param="job_id")
+        return JobInfo.model_validate(saved)
+
+    async def jobs_by_id(self, ids: list[str]) -> list[JobInfo]:
+        """These jobs, newest first; ids of jobs that are not known are left out."""
+        found = []
+        for job_id in dict.fromkeys(ids):
+            try:
+                found.append(await self.job(job_id))
+            except NotFound:
+                continue
+        return sorted(found, key=lambda j: j.created_at, reverse=True)
+
+    async def jobs(self, limit: int) -> list[JobInfo]:
+        """The newest jobs: this process's own (live) ones, and those the store remembers."""
+        assert self.runner is not None
+        found = {j.job_id: j.info() for j in self.runner.recent()}
+        for saved in await self.store.recent_jobs(limit):
+            found.setdefault(saved["job_id"], JobInfo.model_validate(saved))
+        return sorted(found.values(), key=lambda j: j.created_at, reverse=True)[:limit]
+
+    async def documents(self, collection: str | None) -> list[DocumentInfo]:
+        records = await self.store.list_documents(self.collection(collection))
+        return [_document_info(r) for r in records]
+
+    async def delete(self, req: DeleteRequest) -> int:
+        collection = self.collection(req.collection)
+        if req.file_path == "all":
+            return await self.store.delete_all(collection)
+        for doc_id in (req.file_path, document_id(collection, req.file_path)):
+            if await self.store.delete_document(collection, doc_id) is not None:
+                return 1
+        raise NotFound(
+            f"no document {req.file_path!r} (by id or source) in collection {collection!r}", param="file_path"
+        )
+
+    # --------------------------------------------------------------------------------------------- jobs
+
+    async def _run(self, job: Job) -> None:
+        assert self.runner is not None
+        job.status = "running"
+        await self.runner.save(job)
+        started = time.perf_counter()
+        try:
+            await self._ingest(job)
+        except (ParseError, UrlRefused, FetchFailed, CollectionMissing) as exc:
+            job.finish("failed", str(exc))
+        except ServiceError as exc:
+            job.finish("failed", exc.message)
+        except asyncio.CancelledError:
+            raise  # JobRunner.stop fails and saves it
+        except Exception as exc:
+            log.exception("job %s (%s) failed", job.job_id, job.source)
+            job.finish("failed", f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            if job.upload is not None:
+                await asyncio.to_thread(job.upload.discard)
+        log.info(
+            "job %s %s: %s (%d chunks, %.2fs)%s", job.job_id, job.status, job.source, job.chunks_total,
+            time.perf_counter() - started, f": {job.error}" if job.error else "",
+        )  # fmt: skip
+        await self.runner.save(job)
+
+    async def _ingest(self, job: Job) -> None:
+        assert self._http is not None and self.runner is not None
+        load, size, kind, digest = await self._content(job)
+        job.doc_id = document_id(job.collection, job.source)
+        tags = ",".join(job.tags)
+        async with self.locks.hold((job.collection, job.doc_id)):
+            existing = await self.store.get_document(job.collection, job.doc_id)
+            wanted = (digest, job.chunk_size, job.chunk_overlap, tags)
+            if existing and (existing.sha256, existing.chunk_size, existing.chunk_overlap, existing.tags) == wanted:
+                job.finish("skipped")
+                return
+            chunks = await asyncio.to_thread(lambda: parse_document(load(), kind, job.chunk_size, job.chunk_overlap))
+            job.chunks_total = len(chunks)
+            await self.runner.save(job)
+
+            async def progress(n: int) -> None:
+                job.chunks_embedded += n
+                await self.runner.save(job)  # type: ignore[union-attr]
+
+            vectors, model = await self.embedder.embed([c.text for c in chunks], progress)
+            await self.store.ensure_collection(job.collection, int(vectors.shape[1]), model)
+            record = DocumentRecord(
+                doc_id=job.doc_id, source=job.source, sha256=digest, tags=tags, content_type=kind,
+                size_bytes=size, chunk_size=job.chunk_size, chunk_overlap=job.chunk_overlap, model=model,
+            )  # fmt: skip
+            stored = [Chunk(c.text, v, c.page) for c, v in zip(chunks, vectors, strict=True)]
+            await self.store.replace_document(job.collection, record, stored)
+        job.finish("succeeded")
+
+    async def _content(self, job: Job) -> tuple[Callable[[], bytes], int, DocumentKind, str]:
+        """How to get the job's bytes (an upload is read in the parsing thread, so waiting jobs hold no
+        content), their size, the parser kind and the sha256."""
+        upload = job.upload
+        if upload is not None:
+            return upload.path.read_bytes, upload.size, upload.kind, upload.sha256
+        fetched = await self.fetcher.fetch(job.source)
+        if not fetched.data:
+            raise FetchFailed(f"{fetched.url} answered with an empty body")
+        kind = CONTENT_TYPES.get(fetched.content_type) or kind_of(fetched.url.split("?", 1)[0].split("#", 1)[0])
+        if kind is None:
+            raise FetchFailed(
+                f"{fetched.url} answered with content type {fetched.content_type or 'none'!r}, which cannot be ingested"
+            )
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(fetched.data).hexdigest())
+        return (lambda: fetched.data), len(fetched.data), kind, digest
+
+
+def _document_info(record: DocumentRecord) -> DocumentInfo:
+    return DocumentInfo(
+        doc_id=record.doc_id,
+        source=record.source,
+        chunks=record.chunks,
+        sha256=record.sha256,
+        updated_at=record.updated_at,
+        tags=[t for t in record.tags.split(",") if t],
+    )
+
+
+def _first_error(exc: ValidationError) -> tuple[str, str | None]:
+    err = exc.errors()[0]
+    param = ".".join(str(p) for p in err.get("loc", ())) or None
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if param is None:  # the model-level rule: chunk_overlap < chunk_size
+        return msg, "chunk_overlap"
+    return f"{param}: {msg}", param

@@ -1,0 +1,70 @@
+"""Settings of the dataprep service (env prefix ``DATAPREP_``), read once at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from comps.core.settings import ServiceSettings
+
+MiB = 1024 * 1024
+
+
+class DataprepSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="DATAPREP_", extra="ignore", frozen=True)
+
+    service_name: str = "dataprep"
+    port: int = Field(default=6007, ge=0, le=65535)
+    backend: str = Field(default="redis", description="Document store backend: redis.")
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379",
+        validation_alias=AliasChoices("REDIS_URL", "redis_url"),
+        description="Redis with the search module (Redis Stack, Redis 8, or valkey + RediSearch).",
+    )
+    index_name: str = Field(
+        default="rag-redis",
+        validation_alias=AliasChoices("INDEX_NAME", "index_name"),
+        description="Collection written to when a request names none.",
+    )
+    index_algorithm: Literal["HNSW", "FLAT"] = Field(default="HNSW", description="Vector index of new collections.")
+
+    embedding_url: str | None = Field(default=None, description="Embedding service base URL (OpenAI /v1/embeddings).")
+    embedding_api_key: SecretStr | None = Field(default=None, description="Bearer token for the embedding service.")
+    embedding_model: str | None = Field(default=None, description="`model` sent to the embedding service, if any.")
+    embedding_batch_size: int = Field(
+        default=64, ge=1, le=512, description="Chunks per embedding request (the longest waiting chunks, of all jobs)."
+    )
+    embedding_concurrency: int = Field(
+        default=2, ge=1, le=64, description="Embedding requests in flight: 2 keeps the model busy during a round trip."
+    )
+    embedding_timeout_s: float = Field(default=120.0, gt=0, description="Per embedding request.")
+
+    workers: int = Field(
+        default=16, ge=1, le=256, description="Jobs processed at once (their chunks share the embedding requests)."
+    )
+    max_queued_jobs: int = Field(default=1000, ge=1, description="Jobs waiting; beyond that ingest answers 429.")
+    max_file_bytes: int = Field(default=50 * MiB, ge=1, description="Largest upload or URL body; over it: 413.")
+    max_files: int = Field(default=100, ge=1, description="Most files in one ingest request.")
+    spool_dir: Path | None = Field(default=None, description="Where uploads wait for their job; default: a temp dir.")
+    job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="How long job status stays in Redis.")
+    jobs_kept: int = Field(default=1000, ge=10, description="Finished jobs listed by GET /v1/dataprep/jobs.")
+
+    allow_private_urls: bool = Field(
+        default=False, description="Fetch URLs that resolve to private, loopback, link-local or multicast addresses."
+    )
+    url_timeout_s: float = Field(default=30.0, gt=0, description="Per URL fetch (connect + whole body).")
+    max_redirects: int = Field(default=5, ge=0, le=20)
+
+    @field_validator("index_name")
+    @classmethod
+    def _valid_collection(cls, value: str) -> str:
+        from comps.vectorstore.schema import validate_collection
+
+        try:
+            return validate_collection(value)
+        except Exception as exc:  # BadRequest -> a ValueError that load_settings reports with the variable
+            raise ValueError(str(exc)) from None

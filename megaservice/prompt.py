@@ -1,0 +1,93 @@
+"""Text work of ChatQnA: the retrieval query of a conversation and the prompt that carries the passages.
+
+Retrieval query (multi-turn): the latest user turn alone, except for a follow-up: when it has at most
+`FOLLOW_UP_WORDS` words or contains a word that points back (it, they, this, those, he, her, ...;
+see `POINTING_WORDS`), the previous user turn is put before it. "What is the capital of France?" then
+"And its population?" searches "What is the capital of France?\\nAnd its population?". The whole
+history still reaches the LLM; only the search uses this shorter query.
+
+Prompt: the conversation as it came, with its last user turn replaced by `DEFAULT_TEMPLATE` (or the
+request's ``chat_template``) filled with the numbered passages and the question.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from comps.llm.protocol import ChatMessage
+from megaservice.protocol import Message
+
+FOLLOW_UP_WORDS = 5
+POINTING_WORDS = frozenset(
+    "it its it's itself they them their theirs this these those he him his she her hers".split()
+)
+_WORD = re.compile(r"[a-z']+")
+_SLOT = re.compile(r"\{(context|question)\}")
+
+DEFAULT_TEMPLATE = """Answer the question using only the passages below. If the passages do not contain the answer, say that you do not know.
+
+Passages:
+{context}
+
+Question: {question}"""
+
+NO_PASSAGES = "(no passages were found)"
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A passage handed to the LLM, with where it came from."""
+
+    id: str
+    text: str
+    source: str | None
+    doc_id: str | None = None
+    page: int | None = None
+    score: float | None = None
+
+
+def user_turns(chat: Sequence[Message]) -> list[str]:
+    return [text for m in chat if m.role == "user" and (text := m.text().strip())]
+
+
+def retrieval_query(chat: Sequence[Message]) -> str:
+    """The text to search with: the latest user turn, preceded by the one before for a follow-up."""
+    turns = user_turns(chat)
+    latest = turns[-1]
+    if len(turns) < 2:
+        return latest
+    words = _WORD.findall(latest.lower())
+    if len(words) <= FOLLOW_UP_WORDS or not POINTING_WORDS.isdisjoint(words):
+        return f"{turns[-2]}\n{latest}"
+    return latest
+
+
+def format_passages(passages: Sequence[Passage]) -> str:
+    """``[n] (source: name, page p)`` then the text, one block per passage."""
+    if not passages:
+        return NO_PASSAGES
+    blocks = []
+    for n, p in enumerate(passages, 1):
+        where = p.source or "unknown"
+        if p.page is not None:
+            where += f", page {p.page}"
+        blocks.append(f"[{n}] (source: {where})\n{p.text.strip()}")
+    return "\n\n".join(blocks)
+
+
+def rag_messages(chat: Sequence[Message], passages: Sequence[Passage], template: str | None) -> list[ChatMessage]:
+    """The conversation with its last user turn turned into the RAG prompt."""
+    last = max(i for i, m in enumerate(chat) if m.role == "user" and m.text().strip())
+    slots = {"context": format_passages(passages), "question": chat[last].text().strip()}
+    prompt = _SLOT.sub(lambda m: slots[m.group(1)], template or DEFAULT_TEMPLATE)  # one pass: text is not re-read
+    return [
+        ChatMessage(role=m.role, content=prompt if i == last else m.text())
+        for i, m in enumerate(chat)
+    ]
+
+
+def plain_messages(chat: Sequence[Message]) -> list[ChatMessage]:
+    """The conversation as it came (no retrieval, no passages)."""
+    return [ChatMessage(role=m.role, content=m.text()) for m in chat]

@@ -1,0 +1,192 @@
+"""The gateway's contract: ``POST /v1/chatqna`` (also ``POST /v1/chat/completions``).
+
+A request is an OpenAI chat request plus OPEA's retrieval knobs, a ``collection``, metadata ``filters``
+and a choice of pipeline; the simpler shape that existing frontends send
+(``{"messages", "stream", "context", "meta"}``) is the same model with fewer fields. Unknown fields
+are ignored (frontends send extras); bad values of known fields get a 400 naming the field.
+
+Answers are OpenAI's: a ``chat.completion`` (model and usage from the LLM), or ``chat.completion.chunk``
+events ending with ``data: [DONE]``. Each carries ``sources`` (top level; on the first chunk when
+streaming): the passages given to the LLM, best first. OpenAI clients ignore the extra field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from comps.llm.protocol import ChatCompletion, StreamOptions, TextPart
+from comps.retriever.protocol import FilterKey, FilterValue, SearchType
+
+PipelineName = Literal["rag-rerank", "rag", "llm-only"]
+PIPELINES: tuple[str, ...] = ("rag-rerank", "rag", "llm-only")
+
+
+class Message(BaseModel):
+    """One chat turn. Text parts are joined with newlines; tool and function roles are refused."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(part.text for part in self.content)
+
+
+class ContextPassage(BaseModel):
+    """A passage the caller supplies (OPEA frontends' ``context``); used before any retrieved one."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    text: str = Field(min_length=1, max_length=20_000)
+    source: str | None = None
+
+
+class ChatQnARequest(BaseModel):
+    """An OpenAI chat request with retrieval knobs. Every retrieval field has OPEA's default except ``top_n``
+    (3, so more than one passage reaches the LLM)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    # -- OpenAI chat fields (forwarded to the LLM) --
+    messages: str | list[Message] = Field(description="The conversation, or the question as a plain string.")
+    model: str | None = Field(default=None, description="Forwarded; the answer names the model that really ran.")
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="0 means greedy decoding.")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = Field(default=False, description="Stream chat.completion.chunk events (false, as in OpenAI).")
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, description="Only 1 is supported.")
+    tools: list[Any] | None = Field(default=None, description="Not supported; refused when given.")
+
+    # -- Retrieval (OPEA's knobs, same defaults) --
+    k: int = Field(default=4, ge=1, le=100, description="Passages retrieved.")
+    fetch_k: int = Field(default=20, ge=1, le=1000, description="Candidates for mmr and hybrid.")
+    search_type: SearchType = "similarity"
+    score_threshold: float = Field(default=0.2, ge=-1, le=1, description="For similarity_score_threshold.")
+    distance_threshold: float | None = Field(default=None, ge=0, le=2, description="For similarity_distance_threshold.")
+    lambda_mult: float = Field(default=0.5, ge=0, le=1, description="mmr: 1 = relevance only, 0 = diversity only.")
+    top_n: int = Field(default=3, ge=1, le=100, description="Passages the reranker keeps.")
+    chat_template: str | None = Field(
+        default=None, max_length=20_000, description="Prompt for the last turn, with {context} and {question}."
+    )
+    collection: str | None = Field(default=None, description="Collection to search; default: the retriever's.")
+    filters: dict[FilterKey, FilterValue] | None = Field(default=None, description="Metadata pre-filters, AND-ed.")
+
+    # -- Which pipeline --
+    pipeline: PipelineName | None = Field(default=None, description="Default: the gateway's GATEWAY_PIPELINE.")
+    retrieval: bool | None = Field(default=None, description="false: answer without retrieval (llm-only).")
+    rerank: bool | None = Field(default=None, description="false: skip the reranker (rag).")
+
+    # -- OPEA frontends' shape --
+    context: list[str | ContextPassage] | None = Field(
+        default=None, max_length=50, description="Caller-provided passages, added before the retrieved ones."
+    )
+    meta: dict[str, Any] | None = Field(default=None, description="Accepted and ignored (OPEA UI's auth_token).")
+
+    @field_validator("messages")
+    @classmethod
+    def _has_user_turn(cls, value: str | list[Message]) -> str | list[Message]:
+        if isinstance(value, str):
+            if not value.strip():
+                raise PydanticCustomError("empty_question", "must not be empty")
+            return value
+        if not value:
+            raise PydanticCustomError("empty_messages", "must contain at least one message")
+        if not any(m.role == "user" and m.text().strip() for m in value):
+            raise PydanticCustomError("no_user_turn", "must contain a user message with text")
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int) -> int:
+        if value != 1:
+            raise PydanticCustomError("one_choice", "only n=1 is supported")
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+        if value:
+            raise PydanticCustomError("no_tools", "tools are not supported by this gateway")
+        return value
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_slots(cls, value: str | None) -> str | None:
+        if value is not None and ("{context}" not in value or "{question}" not in value):
+            raise PydanticCustomError("template_slots", "must contain both {context} and {question}")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 16:
+            raise PydanticCustomError("too_many_stops", "at most 16 stop strings")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatQnARequest:
+        if self.search_type == "similarity_distance_threshold" and self.distance_threshold is None:
+            raise PydanticCustomError(
+                "missing_distance_threshold", "search_type similarity_distance_threshold needs distance_threshold"
+            )
+        if self.pipeline is not None:
+            implied = _implied_pipeline(self.pipeline, self.retrieval, self.rerank)
+            if implied != self.pipeline:
+                said = ", ".join(
+                    f"{name}={str(value).lower()}"
+                    for name, value in (("retrieval", self.retrieval), ("rerank", self.rerank))
+                    if value is not None
+                )
+                raise PydanticCustomError("pipeline_conflict", f"pipeline {self.pipeline} contradicts {said}")
+        return self
+
+    def chat(self) -> list[Message]:
+        """The conversation as messages (a plain string is one user turn)."""
+        if isinstance(self.messages, str):
+            return [Message(role="user", content=self.messages)]
+        return self.messages
+
+    def pipeline_for(self, default: str) -> str:
+        """The pipeline this request runs: ``pipeline`` if given, else the default narrowed by the switches."""
+        return self.pipeline or _implied_pipeline(default, self.retrieval, self.rerank)
+
+
+def _implied_pipeline(base: str, retrieval: bool | None, rerank: bool | None) -> str:
+    """``retrieval: false`` means llm-only; with retrieval on, ``rerank`` picks rag-rerank or rag."""
+    if retrieval is False or (base == "llm-only" and not retrieval):
+        return "llm-only"
+    if rerank is None:
+        return "rag-rerank" if base == "llm-only" else base
+    return "rag-rerank" if rerank else "rag"
+
+
+class Source(BaseModel):
+    """A passage given to the LLM: where it came from and how well it matched."""
+
+    id: str = Field(description="The chunk's key in the store, or context-<n> for a caller's passage.")
+    source: str | None = Field(description="File name or URL of the document.")
+    doc_id: str | None = None
+    page: int | None = None
+    score: float | None = Field(description="Reranker score, else retrieval score; none for caller passages.")
+    text: str = Field(description="The start of the passage.")
+
+
+class ChatQnACompletion(ChatCompletion):
+    """The non-streaming answer: the LLM's completion (real model, true usage) plus its sources."""
+
+    sources: list[Source]

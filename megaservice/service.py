@@ -1,0 +1,183 @@
+"""ChatQnA: run the request's pipeline, then answer as OpenAI does, with the passages used as ``sources``.
+
+Before the answer starts, a failing hop is an HTTP error naming the node (the kit's envelope: 502, 503,
+504, or the LLM's own 4xx such as a prompt over its context window). Once a stream has started, a
+failure is one SSE error event followed by ``data: [DONE]``. A client that goes away cancels the work
+in flight; during a stream that closes the LLM connection, which stops the generation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import aiohttp
+import orjson
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+from prometheus_client import Counter, Histogram
+from starlette.background import BackgroundTask
+
+from comps.core.disconnect import ClientGone, until_disconnect
+from comps.core.errors import ServiceError, UpstreamError, error_envelope
+from comps.core.http import HttpClient
+from megaservice.adapters import Question
+from megaservice.graph import NODE_ERRORS
+from megaservice.pipelines import Pipeline
+from megaservice.prompt import Passage
+from megaservice.protocol import ChatQnACompletion, ChatQnARequest, Source
+from megaservice.settings import GatewaySettings
+from megaservice.sse import DONE, data_of, error_event, event, event_blocks
+
+log = logging.getLogger("megaservice")
+
+_TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+REQUESTS = Counter("chatqna_gateway_requests_total", "ChatQnA requests by pipeline and mode", ["pipeline", "mode"])
+TTFT = Histogram(
+    "chatqna_gateway_time_to_first_token_seconds",
+    "Streaming: from the request's arrival to the first content chunk sent",
+    ["pipeline"],
+    buckets=_TTFT_BUCKETS,
+)
+LLM_TTFT = Histogram(
+    "chatqna_gateway_llm_time_to_first_token_seconds",
+    "Streaming: from the LLM call to its first content chunk",
+    buckets=_TTFT_BUCKETS,
+)
+CLIENT_GONE = Counter("chatqna_gateway_client_disconnects_total", "Requests whose client left before the end")
+
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class ChatQnA:
+    def __init__(self, settings: GatewaySettings, pipelines: dict[str, Pipeline]) -> None:
+        self.default = settings.pipeline
+        self.pipelines = pipelines
+        self.snippet = settings.source_snippet_chars
+        self._counts = {(p, s): REQUESTS.labels(p, "stream" if s else "json") for p in pipelines for s in (False, True)}
+
+    async def answer(self, req: ChatQnARequest, http: HttpClient, request: Request) -> Response:
+        arrived = time.perf_counter()
+        pipe = self.pipelines[req.pipeline_for(self.default)]
+        q = Question.of(req, retrieves=pipe.name != "llm-only")
+        self._counts[pipe.name, req.stream].inc()
+        try:
+            if not req.stream:
+                return await until_disconnect(request, self._complete(pipe, q, http))
+            stream = await until_disconnect(request, self._open(pipe, q, http, arrived))
+        except ClientGone:
+            CLIENT_GONE.inc()
+            return Response(status_code=499)
+        return StreamingResponse(
+            stream.events(),
+            media_type="text/event-stream",
+            headers=STREAM_HEADERS,
+            background=BackgroundTask(stream.close),
+        )
+
+    async def _complete(self, pipe: Pipeline, q: Question, http: HttpClient) -> Response:
+        answers, llm_request = await pipe.graph.prepare(http, q)
+        sources = self.sources(pipe.passages(q, answers))
+        completion = await pipe.graph.call_terminal(http, llm_request)
+        body = ChatQnACompletion.model_construct(**dict(completion), sources=sources)
+        return Response(body.__pydantic_serializer__.to_json(body), media_type="application/json")
+
+    async def _open(self, pipe: Pipeline, q: Question, http: HttpClient, arrived: float) -> _Relay:
+        answers, llm_request = await pipe.graph.prepare(http, q)
+        sources = [s.model_dump() for s in self.sources(pipe.passages(q, answers))]
+        stack = AsyncExitStack()
+        called = time.perf_counter()
+        resp = await stack.enter_async_context(pipe.graph.open_stream(http, llm_request))
+        return _Relay(stack, resp, pipe.name, sources, arrived, called)
+
+    def sources(self, passages: list[Passage]) -> list[Source]:
+        n = self.snippet
+        return [
+            Source(id=p.id, source=p.source, doc_id=p.doc_id, page=p.page, score=p.score, text=p.text[:n])
+            for p in passages
+        ]
+
+
+class _Relay:
+    """Passes the LLM's events on as they come; adds ``sources`` to the first one and ends every stream
+    with ``[DONE]``, after an error event if the LLM's stream broke."""
+
+    def __init__(
+        self,
+        stack: AsyncExitStack,
+        resp: aiohttp.ClientResponse,
+        pipeline: str,
+        sources: list[dict[str, object]],
+        arrived: float,
+        called: float,
+    ) -> None:
+        self.stack = stack
+        self.resp = resp
+        self.pipeline = pipeline
+        self.sources = sources
+        self.arrived = arrived
+        self.called = called
+        self.first = True
+        self.timed = False
+
+    async def events(self) -> AsyncIterator[bytes]:
+        try:
+            async with self.stack:  # closes (and so stops) the LLM stream however this ends
+                async for blocks in event_blocks(self.resp.content):
+                    out = []
+                    for block in blocks:
+                        data = data_of(block)
+                        if data is None:
+                            continue
+                        if data == b"[DONE]":
+                            out.append(DONE)
+                            yield b"".join(out)
+                            return
+                        out.append(event(self._inspect(data)))
+                    if out:
+                        yield b"".join(out)  # what arrived together leaves together: no waiting
+            NODE_ERRORS.labels("llm", "stream_error").inc()
+            yield error_event(UpstreamError("llm ended its stream without [DONE]", node="llm"))
+        except ServiceError as exc:  # mapped by the kit (stall, broken connection); counted by the graph
+            yield error_event(exc)
+        except Exception as exc:  # never a broken stream: the client gets the error, then [DONE]
+            log.exception("relaying the LLM stream failed")
+            yield event(orjson.dumps(error_envelope(f"relaying the answer failed: {exc}", "internal_error")))
+        yield DONE
+
+    def _inspect(self, data: bytes) -> bytes:
+        """Sources onto the first chunk; time to first token at the first content; errors counted."""
+        if self.first or not self.timed:
+            chunk = _json(data)
+            if self.first:
+                self.first = False
+                if isinstance(chunk, dict) and "choices" in chunk:
+                    chunk["sources"] = self.sources
+                    data = orjson.dumps(chunk)
+            if not self.timed and _has_content(chunk):
+                self.timed = True
+                now = time.perf_counter()
+                TTFT.labels(self.pipeline).observe(now - self.arrived)
+                LLM_TTFT.observe(now - self.called)
+        if data.startswith(b'{"error"'):
+            NODE_ERRORS.labels("llm", "stream_error").inc()
+        return data
+
+    async def close(self) -> None:
+        await self.stack.aclose()
+
+
+def _json(data: bytes) -> object:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _has_content(chunk: object) -> bool:
+    if not isinstance(chunk, dict):
+        return False
+    choices = chunk.get("choices")
+    return bool(choices) and bool(choices[0].get("delta", {}).get("content"))

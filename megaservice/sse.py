@@ -1,0 +1,53 @@
+"""Server-sent events as OpenAI streams them: ``data: <json>\\n\\n`` events, ending with ``data: [DONE]``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+
+from comps.core.errors import ServiceError
+
+DONE = b"data: [DONE]\n\n"
+
+
+def event(data: bytes) -> bytes:
+    return b"data: " + data + b"\n\n"
+
+
+def error_event(exc: ServiceError) -> bytes:
+    """The envelope of a failure after the stream started (then `DONE` follows)."""
+    return event(orjson.dumps(exc.envelope()))
+
+
+async def event_blocks(content: aiohttp.StreamReader) -> AsyncIterator[list[bytes]]:
+    """The complete events of an SSE stream, as they arrive: each read yields the events it completed
+    (several when they came together, so they are passed on together, never held back). Each block
+    is an event's lines without its blank line; CRLF line ends become LF."""
+    pending = b""
+    while chunk := await content.readany():
+        data = pending + chunk
+        if b"\r" in data:
+            keep_cr = data.endswith(b"\r")  # its LF may come with the next read
+            data = data.replace(b"\r\n", b"\n")
+            if keep_cr:
+                data = data[:-1]
+        else:
+            keep_cr = False
+        *blocks, pending = data.split(b"\n\n")
+        if keep_cr:
+            pending += b"\r"
+        if blocks:
+            yield blocks
+    if pending.strip():
+        yield [pending.rstrip(b"\r\n")]
+
+
+def data_of(block: bytes) -> bytes | None:
+    """An event's data (its ``data:`` lines joined by newlines); None for an event without data
+    (a comment or keep-alive)."""
+    if block.startswith(b"data: ") and b"\n" not in block:  # what OpenAI-style servers send
+        return block[6:]
+    lines = [line[6:] if line.startswith(b"data: ") else line[5:] for line in block.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(lines) if lines else None

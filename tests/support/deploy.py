@@ -1,0 +1,230 @@
+"""Read the deployment files the way their tools do, offline: compose projects (with `include` and YAML
+anchors resolved), kustomize renders, set_env.sh's exports, and each service's settings class."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from comps.core.settings import ServiceSettings
+from comps.runtime.mesh import SERVICES, ServiceSpec
+from comps.runtime.settings import RuntimeSettings
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO / ".venv" / "bin"
+COMPOSE_DIR = REPO / "docker_compose"
+K8S_DIR = REPO / "kubernetes"
+SET_ENV = REPO / "set_env.sh"
+
+# The files an operator starts (`docker compose -f FILE up`), by profile.
+PROFILES = {
+    "cpu": COMPOSE_DIR / "cpu" / "compose.yaml",
+    "nvidia": COMPOSE_DIR / "nvidia" / "compose.yaml",
+    "nvidia-vllm": COMPOSE_DIR / "nvidia" / "compose.vllm.yaml",
+}
+KUSTOMIZATIONS = {
+    "base": K8S_DIR / "base",
+    "cpu": K8S_DIR / "overlays" / "cpu",
+    "nvidia": K8S_DIR / "overlays" / "nvidia",
+}
+SPECS = {spec.name: spec for spec in SERVICES}
+MODEL_SERVICES = ("embedding", "reranker", "llm")  # the ones that load a model from /models
+
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}, ${VAR:+alt}
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
+
+
+# --- settings classes ---------------------------------------------------------------------------------
+
+def settings_class(spec: ServiceSpec) -> type[ServiceSettings]:
+    """The service's settings class (ServiceSpec.settings, "module:Class").
+
+    A service whose settings module does not exist yet is skipped, unless CHATQNA_REQUIRE_ALL=1 (then
+    it fails). A module that exists without that class always fails."""
+    module_name, _, class_name = spec.settings.partition(":")
+    try:
+        found = importlib.util.find_spec(module_name)
+    except ModuleNotFoundError:
+        found = None
+    if found is None:
+        message = f"{spec.name}: settings module {module_name} does not exist yet"
+        if os.environ.get("CHATQNA_REQUIRE_ALL") == "1":
+            pytest.fail(message + " (CHATQNA_REQUIRE_ALL=1)")
+        pytest.skip(message)
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    assert isinstance(cls, type) and issubclass(cls, ServiceSettings), (
+        f"{spec.settings} (comps/runtime/mesh.py) is not a ServiceSettings subclass"
+    )
+    return cls
+
+
+def default_port(spec: ServiceSpec) -> int:
+    """The service's port: its settings default, which must equal the local mesh's (RuntimeSettings)."""
+    port = settings_class(spec).model_fields["port"].default
+    mesh_port = RuntimeSettings.model_fields[spec.port_attr].default
+    assert port == mesh_port, (
+        f"{spec.name}: settings default port {port} != RuntimeSettings.{spec.port_attr} {mesh_port}"
+    )
+    return port
+
+
+def runtime_env_names() -> set[str]:
+    """The variables RuntimeSettings (`chatqna` CLI, local mesh) reads."""
+    return {str(f.validation_alias.choices[0]) for f in RuntimeSettings.model_fields.values()}
+
+
+def wiring(spec: ServiceSpec) -> dict[str, str]:
+    """What a container deployment must tell a service: listen on every interface, where each service it
+    calls is (service name as host name, default port), and where Redis is."""
+    env = {f"{spec.env_prefix}HOST": "0.0.0.0"}
+    for need in spec.needs:
+        env[f"{spec.env_prefix}{need.upper()}_URL"] = f"http://{need}:{default_port(SPECS[need])}"
+    if spec.uses_redis:
+        env["REDIS_URL"] = "redis://redis:6379"
+    return env
+
+
+# --- compose ------------------------------------------------------------------------------------------
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    with path.open() as f:
+        data = yaml.safe_load(f)  # resolves anchors and `<<` merge keys, as compose does
+    assert isinstance(data, dict), f"{path} is not a mapping"
+    return data
+
+
+def _merge(base: Any, override: Any) -> Any:
+    """Compose's merge, for what these files override: mappings merge key by key; anything else is replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = _merge(base[key], value) if key in base else value
+        return merged
+    return override
+
+
+def compose_project(path: Path) -> dict[str, Any]:
+    """The compose model of ``path`` before interpolation: its includes merged in (each include's file
+    list merged in order, as `docker compose` does), top-level `x-` extensions dropped."""
+    data = load_yaml(path)
+    project: dict[str, Any] = {"services": {}, "volumes": {}}
+    for entry in data.get("include", []):
+        files = entry if isinstance(entry, str) else entry["path"]
+        files = [files] if isinstance(files, str) else files
+        merged: dict[str, Any] = {}
+        for name in files:
+            merged = _merge(merged, load_yaml((path.parent / name).resolve()))
+        for section in ("services", "volumes"):
+            clash = set(project[section]) & set(merged.get(section) or {})
+            assert not clash, f"{path}: included {section} {clash} defined twice"
+            project[section].update(merged.get(section) or {})
+    for section in ("services", "volumes"):
+        clash = set(project[section]) & set(data.get(section) or {})
+        assert not clash, f"{path}: {section} {clash} conflict with included ones"
+        project[section].update(data.get(section) or {})
+    project["name"] = data.get("name")
+    return project
+
+
+def strings(node: Any) -> list[str]:
+    """Every string in a parsed YAML tree (keys and values)."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for k, v in node.items() for s in strings(k) + strings(v)]
+    if isinstance(node, list):
+        return [s for item in node for s in strings(item)]
+    return []
+
+
+def interpolations(node: Any) -> list[tuple[str, str, str]]:
+    """(variable, operator, argument) of every ${...} in ``node``; operator "" for a bare ${VAR}."""
+    return [(m[1], m[2] or "", m[3] or "") for s in strings(node) for m in INTERPOLATION.finditer(s)]
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose's interpolation of one value with ``env``; a required variable that is missing raises."""
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        name, op, arg = m[1], m[2] or "", m[3] or ""
+        present = name in env and (env[name] != "" or not op.startswith(":"))
+        if op in ("?", ":?") and not present:
+            raise KeyError(f"{name}: {arg}")
+        if op in ("-", ":-") and not present:
+            return arg
+        if op in ("+", ":+"):
+            return arg if present else ""
+        return env.get(name, "")
+
+    return INTERPOLATION.sub(sub, value)
+
+
+def environment(service: dict[str, Any]) -> dict[str, str | None]:
+    """A compose service's `environment` as a mapping (None: passed through from the shell)."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    return {k: (None if v is None else str(v)) for k, v in env.items()}
+
+
+# --- set_env.sh ---------------------------------------------------------------------------------------
+
+def source_set_env(env: dict[str, str] | None = None, times: int = 1) -> subprocess.CompletedProcess[str]:
+    """Source set_env.sh ``times`` times in a clean `bash` with `set -euo pipefail`; prints `env -0`."""
+    script = "set -euo pipefail\n" + f'source "{SET_ENV}"\n' * times + "env -0\n"
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run(
+        ["bash", "-c", script], env={**base, **(env or {})}, capture_output=True, text=True, timeout=30, cwd=REPO
+    )
+
+
+def exported(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in result.stdout.split("\0") if "=" in item)
+
+
+def set_env_exports() -> dict[str, str]:
+    """What set_env.sh exports in a clean shell (only the variables it adds)."""
+    before = exported(source_set_env(times=0))
+    result = source_set_env()
+    assert result.returncode == 0, result.stderr
+    return {k: v for k, v in exported(result).items() if k not in before and k not in ("SHLVL", "_", "PWD", "OLDPWD")}
+
+
+# --- kubernetes ---------------------------------------------------------------------------------------
+
+def kubectl() -> str:
+    path = shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None)
+    if path is None:
+        pytest.skip("kubectl is not installed: `kubectl kustomize` renders the kustomizations offline")
+    return path
+
+
+def kustomize(name: str) -> tuple[str, list[dict[str, Any]]]:
+    """`kubectl kustomize` of one kustomization: the rendered text and its resources."""
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(KUSTOMIZATIONS[name])], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, f"kubectl kustomize {KUSTOMIZATIONS[name]} failed:\n{result.stderr}"
+    return result.stdout, [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def config_map(docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The data of the one settings ConfigMap (its generated name carries a hash suffix)."""
+    maps = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("chatqna-config")]
+    assert len(maps) == 1, f"expected one chatqna-config ConfigMap, found {[m['metadata']['name'] for m in maps]}"
+    return maps[0]["data"]

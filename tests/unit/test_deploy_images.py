@@ -1,0 +1,121 @@
+"""docker/: each image installs only its service's extra (no torch where no model runs), runs as a
+non-root user, checks readiness, and builds from a context that holds what it copies."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomllib
+
+import pytest
+
+from tests.support.deploy import REPO, SPECS, default_port
+
+pytestmark = pytest.mark.unit
+
+DOCKERFILES = {"cpu": REPO / "docker" / "Dockerfile", "cuda-llm": REPO / "docker" / "Dockerfile.llm-cuda"}
+MODEL_RUNTIMES = {"torch", "sentence-transformers", "transformers", "llama-cpp-python"}
+
+
+def extras() -> dict[str, list[str]]:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
+def closure(extra: str) -> dict[str, str]:
+    """Requirement name -> requirement of one extra of pyproject.toml, with chatqna[...] expanded."""
+    found: dict[str, str] = {}
+    for req in extras()[extra]:
+        name = re.match(r"[A-Za-z0-9_.\-]+", req)[0].lower().replace("_", "-")
+        if name == "chatqna":
+            for inner in re.search(r"\[(.*)\]", req)[1].split(","):
+                found.update(closure(inner.strip()))
+        else:
+            found[name] = req
+    return found
+
+
+def instructions(path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
+    text = re.sub(r"\\\n", " ", "\n".join(lines))
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in text.splitlines() if line.strip()]
+
+
+def stages(path) -> list[list[tuple[str, str]]]:
+    out: list[list[tuple[str, str]]] = []
+    for ins in instructions(path):
+        if ins[0] == "FROM":
+            out.append([])
+        if out:
+            out[-1].append(ins)
+    return out
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_each_service_has_an_extra_and_only_model_services_pull_a_model_runtime(name: str) -> None:
+    deps = set(closure(name))
+    if name in ("embedding", "reranker"):
+        assert closure(name)["torch"] == "torch==2.13.0"
+        assert "llama-cpp-python" not in deps
+    elif name == "llm":
+        assert "llama-cpp-python" in deps and "torch" not in deps
+    else:
+        assert not deps & MODEL_RUNTIMES, f"the {name} image would carry {deps & MODEL_RUNTIMES}"
+
+
+@pytest.mark.parametrize("kind", list(DOCKERFILES))
+def test_images_install_one_extra_and_run_as_non_root_with_a_readiness_healthcheck(kind: str) -> None:
+    build, runtime = stages(DOCKERFILES[kind])
+    runs = " ".join(args for ins, args in build if ins == "RUN")
+    assert 'pip install' in runs and '".[${SERVICE}]"' in runs, "installs exactly one extra"
+    env = " ".join(args for ins, args in runtime if ins == "ENV")
+    assert "CHATQNA_READY_URL=http://127.0.0.1:${PORT}/v1/ready" in env
+    assert "CHATQNA_MODULE=${MODULE}" in env and "CHATQNA_MODELS_DIR=/models" in env
+    assert [args for ins, args in runtime if ins == "USER"] == ["10001:10001"]
+    health = [args for ins, args in runtime if ins == "HEALTHCHECK"]
+    assert len(health) == 1 and "os.environ['CHATQNA_READY_URL']" in health[0]
+    assert runtime[-1] == ("CMD", '["/bin/sh", "-c", "exec python -m \\"$CHATQNA_MODULE\\""]')
+    assert not any(ins == "RUN" and ("apt-get install" in args and "cmake" in args) for ins, args in runtime), (
+        "compilers belong in the build stage"
+    )
+
+
+def test_cpu_image_pins_torch_to_the_cpu_build_by_default() -> None:
+    text = DOCKERFILES["cpu"].read_text()
+    assert "ARG TORCH_VARIANT=cpu" in text
+    assert 'echo "torch==2.13.0+${TORCH_VARIANT}" > /tmp/constraints.txt' in text
+    assert "https://download.pytorch.org/whl/${TORCH_VARIANT}" in text
+    assert "HF_HUB_OFFLINE=1" in text  # no model hub at run time: models come from /models
+
+
+def test_cuda_llm_image_builds_llama_cpp_with_cuda_on_a_cuda_base() -> None:
+    build, runtime = stages(DOCKERFILES["cuda-llm"])
+    assert build[0][1].startswith("nvidia/cuda:${CUDA_VERSION}-devel-")
+    assert runtime[0][1].startswith("nvidia/cuda:${CUDA_VERSION}-runtime-")
+    runs = " ".join(args for ins, args in build if ins == "RUN")
+    assert "-DGGML_CUDA=on" in runs and "-DGGML_NATIVE=OFF" in runs
+    assert ("ARG", "SERVICE=llm") in build and ("ARG", "MODULE=comps.llm") in runtime
+    assert ("ARG", f"PORT={default_port(SPECS['llm'])}") in runtime
+
+
+def test_build_context_holds_what_the_images_copy_and_nothing_else() -> None:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+    def sent(path: str) -> bool:  # .dockerignore semantics: the last matching pattern wins
+        keep = True
+        for pattern in patterns:
+            negate = pattern.startswith("!")
+            pat = pattern.lstrip("!").rstrip("/")
+            if fnmatch.fnmatch(path, pat) or path.startswith(pat + "/"):
+                keep = negate
+        return keep
+
+    for dockerfile in DOCKERFILES.values():
+        for ins, args in instructions(dockerfile):
+            if ins == "COPY" and "--from" not in args:
+                for source in args.split()[:-1]:
+                    assert (REPO / source).exists(), f"{dockerfile.name} copies {source}, which does not exist"
+                    assert sent(source), f"{source} is excluded by .dockerignore"
+    for heavy in (".venv", "models", ".git", "tests", ".state"):
+        assert not sent(heavy), f"{heavy} would be sent to the Docker daemon"
