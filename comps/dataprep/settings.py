@@ -5,31 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from comps.core.settings import ServiceSettings
+from comps.vectorstore.settings import VectorStoreSettings
 
 MiB = 1024 * 1024
 
 
-class DataprepSettings(ServiceSettings):
+class DataprepSettings(VectorStoreSettings):
     model_config = SettingsConfigDict(env_prefix="DATAPREP_", extra="ignore", frozen=True)
 
     service_name: str = "dataprep"
     port: int = Field(default=6007, ge=0, le=65535)
     backend: str = Field(default="redis", description="Document store backend: redis.")
 
-    redis_url: str = Field(
-        default="redis://127.0.0.1:6379",
-        validation_alias=AliasChoices("REDIS_URL", "redis_url"),
-        description="Redis with the search module (Redis Stack, Redis 8, or valkey + RediSearch).",
-    )
-    index_name: str = Field(
-        default="rag-redis",
-        validation_alias=AliasChoices("INDEX_NAME", "index_name"),
-        description="Collection written to when a request names none.",
-    )
     index_algorithm: Literal["HNSW", "FLAT"] = Field(default="HNSW", description="Vector index of new collections.")
 
     embedding_url: str | None = Field(default=None, description="Embedding service base URL (OpenAI /v1/embeddings).")
@@ -58,13 +48,3 @@ class DataprepSettings(ServiceSettings):
     )
     url_timeout_s: float = Field(default=30.0, gt=0, description="Per URL fetch (connect + whole body).")
     max_redirects: int = Field(default=5, ge=0, le=20)
-
-    @field_validator("index_name")
-    @classmethod
-    def _valid_collection(cls, value: str) -> str:
-        from comps.vectorstore.schema import validate_collection
-
-        try:
-            return validate_collection(value)
-        except Exception as exc:  # BadRequest -> a ValueError that load_settings reports with the variable
-            raise ValueError(str(exc)) from None

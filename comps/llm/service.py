@@ -9,13 +9,14 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Counter, Gauge, Histogram
 
+from comps.core.disconnect import ClientGone, until_disconnect
 from comps.core.errors import Overloaded, ServiceError, error_envelope
 from comps.llm.backends import Delta, Event, Finished, LLMBackend, Started
 from comps.llm.protocol import (
@@ -112,33 +113,6 @@ class AdmissionQueue:
         QUEUE_DEPTH.set(len(self._waiters))
 
 
-class _ClientGone(Exception):
-    pass
-
-
-async def _until_disconnect(request: Request, aw: Awaitable[T]) -> T:
-    """Await ``aw`` unless the client disconnects first; then cancel it and raise `_ClientGone`."""
-    work = asyncio.ensure_future(aw)
-    watch = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        work.cancel()
-        raise
-    finally:
-        watch.cancel()
-    if work.done():
-        return work.result()
-    work.cancel()
-    await asyncio.gather(work, return_exceptions=True)
-    raise _ClientGone
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 class _Meter:
     """Token counts and timings of one generation, recorded as they happen."""
 
@@ -173,18 +147,18 @@ class ChatService:
         arrived = time.perf_counter()
         prepared = await backend.prepare(req)  # 400 before anything waits
         try:
-            granted = await _until_disconnect(request, self.queue.acquire())
-        except _ClientGone:
+            granted = await until_disconnect(request, self.queue.acquire())
+        except ClientGone:
             return Response(status_code=499)
         events = backend.generate(prepared)
         try:
-            started = await _until_disconnect(request, anext(events))
+            started = await until_disconnect(request, anext(events))
             if not isinstance(started, Started):
                 raise ServiceError(f"the {backend.name} backend did not start the generation properly")
         except BaseException as exc:
             await events.aclose()
             self.queue.release(granted)
-            if isinstance(exc, _ClientGone):
+            if isinstance(exc, ClientGone):
                 return Response(status_code=499)
             raise
         meter = _Meter(arrived)
@@ -195,8 +169,8 @@ class ChatService:
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         try:
-            body = await _until_disconnect(request, self._collect(started, events, meter))
-        except _ClientGone:
+            body = await until_disconnect(request, self._collect(started, events, meter))
+        except ClientGone:
             return Response(status_code=499)
         finally:
             await events.aclose()

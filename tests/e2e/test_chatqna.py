@@ -22,7 +22,6 @@ import pytest
 from comps.runtime.mesh import Supervisor
 from comps.runtime.process import free_port
 from comps.runtime.settings import RuntimeSettings
-from tests.support.procs import MODELS
 
 pytestmark = pytest.mark.e2e
 

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from comps.core.errors import NotReady, UpstreamTimeout, UpstreamUnavailable
+from comps.core.errors import NotReady
 from comps.core.http import HttpClient
 from comps.retriever.embedder import QueryEmbedder
 from comps.retriever.settings import RetrieverSettings
 from comps.vectorstore import schema, search
+from comps.vectorstore.client import check_redis, redacted, redis_errors
 from comps.vectorstore.search import CollectionSummary, Hit, Query
-
-PING_TIMEOUT_S = 3.0
 
 
 class RedisRetriever:
@@ -29,7 +21,7 @@ class RedisRetriever:
     def __init__(self, settings: RetrieverSettings, embedder: QueryEmbedder) -> None:
         self.settings = settings
         self.embedder = embedder
-        self.where = _without_password(settings.redis_url)
+        self.where = redacted(settings.redis_url)
         self._redis: aioredis.Redis | None = None
         self._http: HttpClient | None = None
 
@@ -39,17 +31,7 @@ class RedisRetriever:
         self._redis = schema.connect(self.settings.redis_url)
 
     async def check_ready(self) -> dict[str, Any]:
-        r = self._client()
-        try:
-            await asyncio.wait_for(r.ping(), PING_TIMEOUT_S)
-            await asyncio.wait_for(r.execute_command("FT._LIST"), PING_TIMEOUT_S)
-        except ResponseError as exc:
-            raise NotReady(
-                f"redis at {self.where} has no search module ({exc}); "
-                "use Redis Stack, Redis 8 or valkey with RediSearch"
-            ) from exc
-        except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError) as exc:
-            raise NotReady(f"redis at {self.where} is unreachable: {exc or type(exc).__name__}") from exc
+        await check_redis(self._client(), self.where)
         assert self._http is not None
         return {
             "redis": self.where,
@@ -60,11 +42,11 @@ class RedisRetriever:
         }
 
     async def search(self, collection: str, query: Query) -> list[Hit]:
-        with _redis_errors(self.where):
+        with redis_errors(self.where):
             return await search.search(self._client(), collection, query)
 
     async def collections(self) -> list[CollectionSummary]:
-        with _redis_errors(self.where):
+        with redis_errors(self.where):
             return await search.describe_collections(self._client())
 
     async def close(self) -> None:
@@ -77,24 +59,3 @@ class RedisRetriever:
             raise NotReady("redis backend is not started")
         return self._redis
 
-
-@contextmanager
-def _redis_errors(where: str) -> Iterator[None]:
-    """Redis being down or slow becomes a 503/504 naming redis, not a 500."""
-    try:
-        yield
-    except RedisTimeoutError as exc:
-        raise UpstreamTimeout(f"redis at {where} did not answer in time: {exc}", node="redis") from exc
-    except RedisConnectionError as exc:
-        raise UpstreamUnavailable(f"redis at {where} is unreachable: {exc}", node="redis") from exc
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" if parts.username else f":***@{host}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
