@@ -41,11 +41,12 @@ class Question:
     query: str
     given: list[Passage]  # the request's ``context``
     retrieves: bool  # False for llm-only
+    rag_temperature: float | None = None  # used for a RAG answer when the request sets no temperature
 
     @classmethod
-    def of(cls, request: ChatQnARequest, *, retrieves: bool) -> Question:
+    def of(cls, request: ChatQnARequest, *, retrieves: bool, rag_temperature: float | None = None) -> Question:
         chat = request.chat()
-        return cls(request, chat, retrieval_query(chat), caller_passages(request.context), retrieves)
+        return cls(request, chat, retrieval_query(chat), caller_passages(request.context), retrieves, rag_temperature)
 
 
 def caller_passages(context: list[str | ContextPassage] | None) -> list[Passage]:
@@ -136,6 +137,8 @@ def chat_request(q: Question, passages: list[Passage]) -> ChatCompletionRequest:
     r = q.request
     rag = q.retrieves or passages
     fields = {name: value for name in _LLM_FIELDS if (value := getattr(r, name)) is not None}
+    if rag and r.temperature is None and q.rag_temperature is not None:
+        fields["temperature"] = q.rag_temperature
     if r.stream:
         fields["stream"] = True
         if r.stream_options is not None:

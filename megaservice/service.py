@@ -56,12 +56,13 @@ class ChatQnA:
         self.default = settings.pipeline
         self.pipelines = pipelines
         self.snippet = settings.source_snippet_chars
+        self.rag_temperature = settings.rag_temperature
         self._counts = {(p, s): REQUESTS.labels(p, "stream" if s else "json") for p in pipelines for s in (False, True)}
 
     async def answer(self, req: ChatQnARequest, http: HttpClient, request: Request) -> Response:
         arrived = time.perf_counter()
         pipe = self.pipelines[req.pipeline_for(self.default)]
-        q = Question.of(req, retrieves=pipe.name != "llm-only")
+        q = Question.of(req, retrieves=pipe.name != "llm-only", rag_temperature=self.rag_temperature)
         self._counts[pipe.name, req.stream].inc()
         try:
             if not req.stream:

@@ -50,6 +50,13 @@ class GatewaySettings(ServiceSettings):
         default=120.0, gt=0, description="Streaming: longest silence of the LLM (before its first byte too)."
     )
     ready_timeout_s: float = Field(default=2.0, gt=0, description="Per-service limit of the readiness probes.")
+    rag_temperature: float | None = Field(
+        default=0.0,
+        ge=0.0,
+        le=2.0,
+        description="Temperature of answers grounded in passages when the request sets none (OpenAI's 1.0 makes "
+        "small models wander off the passages; 0 is greedy). Unset: the LLM's own default.",
+    )
     source_snippet_chars: int = Field(default=300, ge=0, description="Characters of each passage shown in sources.")
 
     @model_validator(mode="before")

@@ -94,7 +94,8 @@ def test_a_non_streamed_answer_is_the_llms_completion_with_its_sources(client: h
     assert retrieval["text"] == QUESTION and len(retrieval["embedding"]) == 384 and retrieval["k"] == 4
     assert mesh.seen["reranker"] == [{"query": QUESTION, "texts": [d["text"] for d in DOCS], "top_n": 3}]
     llm = mesh.seen["llm"][0]
-    assert set(llm) == {"messages"}  # nothing the client did not set, not even stream
+    # nothing the client did not set, not even stream; only the gateway's greedy default for RAG answers
+    assert set(llm) == {"messages", "temperature"} and llm["temperature"] == 0.0
     prompt = llm["messages"][0]["content"]
     assert prompt.index(DOCS[3]["text"]) < prompt.index(DOCS[2]["text"]) < prompt.index(DOCS[1]["text"])
     assert DOCS[0]["text"] not in prompt and prompt.endswith(f"Question: {QUESTION}")

@@ -311,3 +311,13 @@ def test_the_gateway_imports_only_the_services_contracts() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_rag_answers_default_to_the_gateway_temperature_unless_the_request_sets_one() -> None:
+    docs = [a.Passage(id="1", text="x", source="s")]
+    greedy = a.chat_request(a.Question.of(req(), retrieves=True, rag_temperature=0.0), docs)
+    assert greedy.temperature == 0.0
+    chosen = a.chat_request(a.Question.of(req(temperature=0.7), retrieves=True, rag_temperature=0.0), docs)
+    assert chosen.temperature == 0.7
+    plain = a.chat_request(a.Question.of(req(), retrieves=False, rag_temperature=0.0), [])
+    assert plain.temperature == 1.0  # no passages: the LLM protocol's OpenAI default
