@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -20,12 +21,12 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol, runtime_checkable
 
 import uvicorn
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from comps.core.errors import NotReady, ServiceError, error_envelope, install_error_handlers
+from comps.core.errors import BadRequest, NotReady, ServiceError, error_envelope, install_error_handlers
 from comps.core.http import HttpClient
 from comps.core.observability import ObservabilityMiddleware, flush_spans, setup_logging, setup_tracing
 from comps.core.settings import ServiceSettings
@@ -85,6 +86,40 @@ async def http_client(request: Request) -> HttpClient:
     return state_of(request).http
 
 
+async def strict_json_body(request: Request) -> None:
+    """FastAPI dependency of every route: a JSON body must be strict JSON (RFC 8259), else 400.
+
+    Python's parser (which FastAPI uses) also accepts ``NaN``/``Infinity`` literals and lone surrogate
+    escapes such as ``"\\ud800"``, which make strings that are not Unicode text: tokenizers, llama.cpp and
+    the UTF-8 encoding of any answer echoing them then fail with a 500. The body FastAPI already parsed
+    (routes with a body only) is cached on the request; writing it back out as UTF-8 with
+    ``allow_nan=False`` finds both in one C pass."""
+    if getattr(request.scope.get("route"), "body_field", None) is None:
+        return
+    if not is_json(request.headers.get("content-type")) or not await request.body():
+        return
+    try:
+        json.dumps(await request.json(), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = ord(exc.object[exc.start])
+        raise BadRequest(
+            f"request body is not valid JSON: lone surrogate \\u{bad:04x} in a string (not Unicode text)",
+            code="invalid_value",
+        ) from None
+    except ValueError:
+        raise BadRequest(
+            "request body is not valid JSON: NaN and Infinity are not JSON numbers", code="invalid_value"
+        ) from None
+    except RecursionError:  # parsed a little less deep in the stack than here
+        raise BadRequest("request body is not valid JSON: nested too deeply", code="invalid_value") from None
+
+
+def is_json(content_type: str | None) -> bool:
+    """Whether FastAPI parses a body of this Content-Type as JSON: application/json or application/*+json."""
+    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
+
+
 def create_app(
     settings: ServiceSettings,
     *,
@@ -120,6 +155,7 @@ def create_app(
         version=version,
         lifespan=lifespan,
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        dependencies=[Depends(strict_json_body)],
     )
     app.state.service = state
     app.state.settings = settings

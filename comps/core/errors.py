@@ -125,20 +125,32 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+_JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+
+
+def _validation_answer(exc: RequestValidationError) -> tuple[int, str, str | None]:
+    """Status, message and param for a validation error; the body as a whole gets a message of its own."""
     errors = exc.errors()
     if not errors:
-        return "invalid request", None
+        return 400, "invalid request", None
     first = errors[0]
     loc = [str(p) for p in first.get("loc", ())]
+    if loc == ["body"]:
+        value = first.get("input")
+        if first.get("type") == "missing":
+            return 400, "request body is required: a JSON object (Content-Type: application/json)", None
+        if isinstance(value, (bytes, bytearray)):  # FastAPI reads JSON only when the Content-Type says so
+            return 415, "request body must be JSON sent with Content-Type: application/json", None
+        if first.get("type") == "model_attributes_type":
+            return 400, f"request body must be a JSON object, not {_JSON_KINDS.get(type(value), 'null')}", None
     if loc and loc[0] in ("body", "query", "path", "header"):  # where it was, not a field name
         loc = loc[1:]
     param = ".".join(loc) or None
     if first.get("type") == "json_invalid":
-        return f"request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}", None
+        return 400, f"request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}", None
     msg = first.get("msg", "invalid value")
     more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
-    return (f"{param}: {msg}" if param else msg) + more, param
+    return 400, (f"{param}: {msg}" if param else msg) + more, param
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -150,17 +162,55 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
-        return _json(400, error_envelope(message, "invalid_request_error", param, "invalid_value"))
+        status, message, param = _validation_answer(exc)
+        return _json(status, error_envelope(message, "invalid_request_error", param, "invalid_value"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         if exc.status_code >= 500:
             type_ = "internal_error"
-        return _json(exc.status_code, error_envelope(str(exc.detail), type_), getattr(exc, "headers", None))
+        message = str(exc.detail)
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):  # FastAPI's "error parsing"
+            message = "request body is not valid JSON: nested too deeply"
+        elif exc.status_code == 400 and isinstance(exc.__cause__, ValueError):  # e.g. bytes that are not UTF-8
+            message = f"request body is not valid JSON: {exc.__cause__}"
+        return _json(exc.status_code, error_envelope(message, type_), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
+    async def _unhandled(_: Request, exc: Exception) -> JSONResponse:  # errors of the middlewares themselves
         log.exception("unhandled error: %s", exc)
         return _json(500, error_envelope("internal server error", "internal_error"))
+
+    app.add_middleware(UnhandledErrors)  # the first added is the innermost: it sees route errors first
+
+
+class UnhandledErrors:
+    """Answers an unexpected exception of a route with the 500 envelope, and keeps the connection.
+
+    Starlette's own catch-all (the ``Exception`` handler above) re-raises after answering, and uvicorn then
+    closes the keep-alive connection without ``Connection: close``: the client's NEXT request on that
+    connection, an innocent one, fails with "connection reset". An exception after the answer started (a
+    broken stream) still propagates: the connection must close then."""
+
+    def __init__(self, app) -> None:  # noqa: ANN001 - ASGI app
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message) -> None:  # noqa: ANN001
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if started:
+                raise
+            log.exception("unhandled error: %s", exc)
+            await _json(500, error_envelope("internal server error", "internal_error"))(scope, receive, send)

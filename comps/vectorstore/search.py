@@ -114,7 +114,7 @@ def build_filter(filters: Mapping[str, FilterValue] | None) -> str:
             tags = []
             for v in values:
                 text = str(v).strip() if not isinstance(v, bool) else ""
-                if not text:
+                if not text or "\x00" in text:  # RediSearch's parser ends the query at a NUL: a syntax error
                     raise BadRequest(f"filter {key!r} has an empty or invalid value {v!r}", param=f"filters.{key}")
                 tags.append(schema.escape_tag(text))
             clauses.append(f"@{key}:{{{' | '.join(tags)}}}")

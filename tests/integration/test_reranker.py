@@ -4,7 +4,6 @@ the lexical-fusion backend on facts no model could know, and the remote backend 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +12,11 @@ import httpx
 import pytest
 
 from tests.support.procs import REPO, start_service
+from tests.support.tiny_models import build_tiny_cross_encoder
 
 pytestmark = pytest.mark.integration
 
 MODULE = "comps.reranker"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 QUERY = "How long is the warranty on the pump?"
 TEXTS = [
     "The pump carries a two year warranty on parts.",
@@ -31,20 +30,8 @@ LONG = "pump warranty " * 400  # about 800 tokens with the query, over the model
 
 @pytest.fixture(scope="module")
 def tiny_model(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer BertForSequenceClassification (one label) with MiniLM's tokenizer: a CrossEncoder offline."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    folder = tmp_path_factory.mktemp("tiny-cross-encoder")
-    for name in TOKENIZER_FILES:
-        shutil.copy(models_dir / "all-MiniLM-L6-v2" / name, folder / name)
-    config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=512, num_labels=1, initializer_range=0.5,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    return folder
+    """A 2-layer cross-encoder with MiniLM's tokenizer (see tests/support/tiny_models.py)."""
+    return build_tiny_cross_encoder(models_dir, tmp_path_factory.mktemp("tiny-cross-encoder"))
 
 
 @pytest.fixture(scope="module")

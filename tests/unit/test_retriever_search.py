@@ -48,6 +48,7 @@ def test_filter_injection_is_escaped() -> None:
         ),
         ({"tags": []}, "filter 'tags' is an empty list"),
         ({"source": "  "}, "filter 'source' has an empty or invalid value '  '"),
+        ({"doc_id": ["ok", "a\x00b"]}, "filter 'doc_id' has an empty or invalid value 'a\\x00b'"),
         ({"page": "two"}, "filter 'page' must be a whole number, got 'two'"),
         ({"page": 2.5}, "filter 'page' must be a whole number, got 2.5"),
         ({"page": [1, True]}, "filter 'page' must be a whole number, got True"),
