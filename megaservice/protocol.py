@@ -17,27 +17,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from comps.llm.protocol import ChatCompletion, StreamOptions, TextPart
+from comps.llm.protocol import ChatCompletion, ChatMessage, StreamOptions
 from comps.retriever.protocol import FilterKey, FilterValue, SearchType
 
 PipelineName = Literal["rag-rerank", "rag", "llm-only"]
 PIPELINES: tuple[str, ...] = ("rag-rerank", "rag", "llm-only")
 
 
-class Message(BaseModel):
-    """One chat turn. Text parts are joined with newlines; tool and function roles are refused."""
+class Message(ChatMessage):
+    """One chat turn, as the LLM's contract has it, but tolerant of extra fields frontends send.
+    Text parts are joined with newlines; tool and function roles are refused."""
 
     model_config = ConfigDict(extra="ignore")
-
-    role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart] | None = None
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "\n".join(part.text for part in self.content)
 
 
 class ContextPassage(BaseModel):
