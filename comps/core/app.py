@@ -26,7 +26,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from comps.core.errors import BadRequest, NotReady, ServiceError, error_envelope, install_error_handlers
+from comps.core.errors import BadRequest, NotReady, PayloadTooLarge, ServiceError, error_envelope, install_error_handlers
 from comps.core.http import HttpClient
 from comps.core.observability import ObservabilityMiddleware, flush_spans, setup_logging, setup_tracing
 from comps.core.settings import ServiceSettings
@@ -204,6 +204,8 @@ def create_app(
         )
     if settings.api_key is not None:
         app.add_middleware(BearerAuthMiddleware, token=settings.api_key.get_secret_value())
+    if settings.max_body_bytes is not None:
+        app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(ObservabilityMiddleware, service=settings.service_name)
     return app
 
@@ -220,6 +222,40 @@ async def _warm_up(state: ServiceState) -> None:
         return
     state.warm = True
     log.info("%s backend ready in %.2fs", state.backend.name, time.perf_counter() - started)
+
+
+class BodyLimitMiddleware:
+    """413 for a request body over ``limit`` bytes: at once from Content-Length, or while a chunked body
+    is read (the read fails with `PayloadTooLarge`, which the error handlers answer as 413)."""
+
+    def __init__(self, app, limit: int) -> None:  # noqa: ANN001
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            resp = JSONResponse(status_code=413, content=self._too_large().envelope())
+            await resp(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited_receive():  # noqa: ANN202
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body is over the limit of {self.limit} bytes", code="body_too_large")
 
 
 class BearerAuthMiddleware:

@@ -171,6 +171,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code >= 500:
             type_ = "internal_error"
         message = str(exc.detail)
+        if isinstance(exc.__cause__, ServiceError):  # raised while FastAPI read the body (e.g. over the limit)
+            return _json(exc.__cause__.status_code, exc.__cause__.envelope(), exc.__cause__.headers)
         if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):  # FastAPI's "error parsing"
             message = "request body is not valid JSON: nested too deeply"
         elif exc.status_code == 400 and isinstance(exc.__cause__, ValueError):  # e.g. bytes that are not UTF-8

@@ -42,6 +42,12 @@ class ServiceSettings(BaseSettings):
         default=None, description="When set, every route but health, readiness and metrics needs this bearer token."
     )
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS (none by default).")
+    max_body_bytes: int | None = Field(
+        default=16 * 1024 * 1024,
+        ge=1,
+        description="Largest request body; over it: 413 (checked on Content-Length and while reading). "
+        "None: no limit beyond the service's own.",
+    )
     drain_timeout_s: float = Field(default=30.0, ge=0, description="Seconds to finish in-flight requests on shutdown.")
     models_dir: Path = Field(
         default=Path("models"),

@@ -37,6 +37,9 @@ class DataprepSettings(VectorStoreSettings):
         default=16, ge=1, le=256, description="Jobs processed at once (their chunks share the embedding requests)."
     )
     max_queued_jobs: int = Field(default=1000, ge=1, description="Jobs waiting; beyond that ingest answers 429.")
+    max_body_bytes: int | None = Field(
+        default=None, ge=1, description="No whole-body limit: uploads are streamed and limited per file."
+    )
     max_file_bytes: int = Field(default=50 * MiB, ge=1, description="Largest upload or URL body; over it: 413.")
     max_files: int = Field(default=100, ge=1, description="Most files in one ingest request.")
     spool_dir: Path | None = Field(default=None, description="Where uploads wait for their job; default: a temp dir.")

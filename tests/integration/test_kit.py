@@ -216,3 +216,23 @@ def test_no_export_without_endpoint(relay_pair) -> None:
     up, _ = relay_pair
     assert httpx.post(f"{up.url}/v1/echo", json={"text": "b"}).status_code == 200
     assert "Exception while exporting" not in up.process.last_output(200)
+
+
+def test_request_bodies_over_the_limit_get_413(service_factory) -> None:
+    svc = service_factory(MODULE, "RELAY_", {"RELAY_MAX_BODY_BYTES": "1000"})
+    r = httpx.post(f"{svc.url}/v1/echo", json={"text": "x" * 2000})
+    assert r.status_code == 413
+    assert r.json()["error"] == {
+        "message": "request body is over the limit of 1000 bytes", "type": "invalid_request_error",
+        "param": None, "code": "body_too_large",
+    }  # fmt: skip
+
+    def chunked():  # no Content-Length: the limit is enforced while the body is read
+        yield b'{"text": "'
+        for _ in range(20):
+            yield b"y" * 100
+        yield b'"}'
+
+    r = httpx.post(f"{svc.url}/v1/echo", content=chunked(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    assert httpx.post(f"{svc.url}/v1/echo", json={"text": "small"}).json() == {"text": "small"}
