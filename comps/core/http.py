@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import aiohttp
+from pydantic import SecretStr
 
 from comps.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from comps.core.observability import outgoing_headers
@@ -152,7 +153,19 @@ async def _upstream_status_error(resp: aiohttp.ClientResponse, node: str) -> Ups
     return err
 
 
-async def wait_until_up(probe: Callable[[], Awaitable[T]], *, what: str, wait_s: float, log: logging.Logger) -> T:
+def bearer(key: SecretStr | str | None) -> dict[str, str]:
+    """The ``Authorization`` header for an API key, or no header when there is none."""
+    if isinstance(key, SecretStr):
+        key = key.get_secret_value()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+WARM_UP_WAIT_S = 300.0  # how long a remote backend's warm-up keeps asking a server that is not up yet
+
+
+async def wait_until_up(
+    probe: Callable[[], Awaitable[T]], *, what: str, log: logging.Logger, wait_s: float = WARM_UP_WAIT_S
+) -> T:
     """Call ``probe`` until it stops failing with `UpstreamUnavailable`/`UpstreamTimeout` (an upstream that is
     still starting), for at most ``wait_s`` seconds; other errors, and the last one, are raised."""
     deadline = time.monotonic() + wait_s

@@ -26,7 +26,7 @@ import numpy as np
 from prometheus_client import Counter, Histogram
 
 from comps.core.errors import NotReady, UpstreamError
-from comps.core.http import HttpClient
+from comps.core.http import HttpClient, bearer
 from comps.dataprep.settings import DataprepSettings
 
 log = logging.getLogger("comps.dataprep.embedder")
@@ -61,8 +61,7 @@ class ChunkEmbedder:
         self.concurrency = settings.embedding_concurrency
         self.timeout_s = settings.embedding_timeout_s
         self.model = settings.embedding_model
-        key = settings.embedding_api_key
-        self.headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+        self.headers = bearer(settings.embedding_api_key)
         self._pool: list[_Item] = []
         self._arrivals = itertools.count()
         self._owners = itertools.count()

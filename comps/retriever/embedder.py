@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from comps.core.errors import UpstreamError, UpstreamUnavailable
-from comps.core.http import HttpClient
+from comps.core.http import HttpClient, bearer
 
 NODE = "embedding"
 READY_TIMEOUT_S = 2.0
@@ -15,7 +15,7 @@ class QueryEmbedder:
     def __init__(self, url: str | None, *, timeout_s: float, api_key: str | None = None) -> None:
         self.url = url.rstrip("/") if url else None
         self.timeout_s = timeout_s
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.headers = bearer(api_key)
 
     async def embed(self, http: HttpClient, text: str) -> list[float]:
         if self.url is None:

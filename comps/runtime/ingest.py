@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from comps.core.http import bearer
 from comps.dataprep.protocol import FINISHED, SUPPORTED_EXTENSIONS, kind_of
 
 BATCH_FILES = 20
@@ -114,7 +115,7 @@ async def run(
     """Upload ``paths`` and poll until every job has finished; returns the jobs by id (their last state)."""
     files = collect(paths)
     base = url.rstrip("/")
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = bearer(api_key)
     jobs: dict[str, dict[str, Any]] = {}
     timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=300)
     async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:

@@ -13,14 +13,13 @@ from typing import Any
 import numpy as np
 
 from comps.core.errors import ConfigError, NotReady, UpstreamError
-from comps.core.http import HttpClient, wait_until_up
+from comps.core.http import HttpClient, bearer, wait_until_up
 from comps.embedding.backends import Embedded
 from comps.embedding.settings import EmbeddingSettings
 
 log = logging.getLogger("comps.embedding.remote")
 
 NODE = "remote-embedding"
-WARM_UP_WAIT_S = 300.0  # how long warm-up keeps asking a remote that is not up yet
 
 
 class RemoteEmbedder:
@@ -33,16 +32,14 @@ class RemoteEmbedder:
         self.base_url = settings.remote_url.rstrip("/")
         self.model_name = settings.remote_model or self.base_url
         self.dimension = 0
-        self.headers = (
-            {"Authorization": f"Bearer {settings.remote_api_key.get_secret_value()}"} if settings.remote_api_key else {}
-        )
+        self.headers = bearer(settings.remote_api_key)
         self._http: HttpClient | None = None
 
     async def warm_up(self, http: HttpClient) -> None:
         self._http = http
         probe = await wait_until_up(
             lambda: self.embed(["ping"], truncate=True),
-            what="the remote embedding server", wait_s=WARM_UP_WAIT_S, log=log,
+            what="the remote embedding server", log=log,
         )  # fmt: skip
         self.dimension = int(probe.vectors.shape[1])
 

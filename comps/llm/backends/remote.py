@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from comps.core.errors import ConfigError, NotReady, ServiceError, UpstreamError
-from comps.core.http import HttpClient
+from comps.core.http import HttpClient, bearer
 from comps.llm.backends import Delta, Event, Finished, Started
 from comps.llm.protocol import ChatCompletionRequest, ModelCard
 from comps.llm.settings import LLMSettings
@@ -31,8 +31,7 @@ class RemoteBackend:
             raise ConfigError("LLM_BACKEND=remote needs LLM_REMOTE_URL (the server's base URL)")
         base = settings.remote_url.rstrip("/")
         self.base = base[: -len("/v1")] if base.endswith("/v1") else base
-        key = settings.remote_api_key
-        self.headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+        self.headers = bearer(settings.remote_api_key)
         self.model = settings.remote_model
         self.timeout_s = settings.remote_timeout_s
         self.http: HttpClient | None = None

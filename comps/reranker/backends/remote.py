@@ -6,13 +6,12 @@ import logging
 from typing import Any
 
 from comps.core.errors import ConfigError, NotReady, UpstreamError
-from comps.core.http import HttpClient, wait_until_up
+from comps.core.http import HttpClient, bearer, wait_until_up
 from comps.reranker.settings import RerankerSettings
 
 log = logging.getLogger("comps.reranker.remote")
 
 NODE = "remote-reranker"
-WARM_UP_WAIT_S = 300.0  # how long warm-up keeps asking a remote that is not up yet
 
 
 class RemoteReranker:
@@ -23,14 +22,12 @@ class RemoteReranker:
             raise ConfigError("RERANKER_BACKEND=remote needs RERANKER_REMOTE_URL (the server's base URL)")
         self.settings = settings
         self.base_url = settings.remote_url.rstrip("/")
-        self.headers = (
-            {"Authorization": f"Bearer {settings.remote_api_key.get_secret_value()}"} if settings.remote_api_key else {}
-        )
+        self.headers = bearer(settings.remote_api_key)
         self._http: HttpClient | None = None
 
     async def warm_up(self, http: HttpClient) -> None:
         self._http = http
-        await wait_until_up(self._probe, what="the remote reranker", wait_s=WARM_UP_WAIT_S, log=log)
+        await wait_until_up(self._probe, what="the remote reranker", log=log)
 
     async def _probe(self) -> list[float]:
         return await self.score("ping", ["ping"], truncate=True, raw=False)
