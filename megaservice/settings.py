@@ -7,10 +7,11 @@ OPEA's names are accepted too, where the ``GATEWAY_`` one is not set: ``EMBEDDIN
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from comps.core.settings import ServiceSettings
@@ -59,6 +60,73 @@ class GatewaySettings(ServiceSettings):
     )
     source_snippet_chars: int = Field(default=300, ge=0, description="Characters of each passage shown in sources.")
 
+    # -- the mesh behind the door --
+    dataprep_url: str = "http://127.0.0.1:6007"
+    dataprep_timeout_s: float = Field(default=300.0, gt=0, description="Longest wait for a proxied dataprep call.")
+    internal_api_key: SecretStr | None = Field(
+        default=None,
+        description="The mesh's internal token: sent as a bearer token to every internal service (their "
+        "<SERVICE>_API_KEY).",
+    )
+    default_collection: str = Field(
+        default="rag-redis",
+        validation_alias=AliasChoices("INDEX_NAME", "default_collection"),
+        description="The shared collection a request that names none searches and ingests into.",
+    )
+
+    # -- identity (comps/identity) --
+    auth_enabled: bool = Field(
+        default=True,
+        validate_default=True,
+        description="false: no accounts, every caller is an anonymous admin; then only a loopback host is allowed.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        validate_default=True,
+        validation_alias=AliasChoices("DATABASE_URL", "database_url"),
+        description="PostgreSQL of users, keys, tokens and collection owners (postgresql://...).",
+    )
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        validate_default=True,
+        description="HS256 signing secret of access tokens; at least 32 characters, required with auth.",
+    )
+    access_token_ttl_s: int = Field(default=900, ge=30, le=86_400, description="Lifetime of an access JWT.")
+    refresh_token_ttl_s: int = Field(default=30 * 86_400, ge=300, description="Lifetime of a refresh token.")
+    open_registration: bool = Field(default=False, description="Anyone may POST /v1/auth/register.")
+    admin_user: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CHATQNA_ADMIN_USER", "admin_user"),
+        description="The first admin, created at start when no admin exists.",
+    )
+    admin_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("CHATQNA_ADMIN_PASSWORD", "admin_password")
+    )
+    login_max_failures: int = Field(
+        default=5, ge=1, description="Failed logins per account or address within login_window_s before 429."
+    )
+    login_window_s: float = Field(default=300.0, gt=0)
+    principal_cache_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=5,
+        description="How long an API key or user lookup is reused; a revoked key or disabled user stops working "
+        "within this time on every replica.",
+    )
+    oidc_issuer: str | None = Field(default=None, description="OIDC issuer URL (Entra ID, Keycloak, ...).")
+    oidc_audience: str | None = Field(default=None, description="Expected `aud` of external tokens (default: client id).")
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_redirect_url: str | None = Field(
+        default=None, description="This gateway's callback URL for the browser flow (.../v1/auth/oidc/callback)."
+    )
+    oidc_scopes: str = "openid profile email"
+    oidc_username_claim: str = Field(default="preferred_username", description="Claim that is the username.")
+    oidc_roles_claim: str = Field(
+        default="roles", description="Dotted path of the roles claim: Entra `roles`, Keycloak `realm_access.roles`."
+    )
+    oidc_admin_roles: list[str] = Field(default_factory=lambda: ["admin"], description="Role values that make an admin.")
+
     @model_validator(mode="before")
     @classmethod
     def _opea_names(cls, data: Any) -> Any:
@@ -73,3 +141,43 @@ class GatewaySettings(ServiceSettings):
         if "port" not in data and env.get("MEGA_SERVICE_PORT"):
             data["port"] = env["MEGA_SERVICE_PORT"]
         return data
+
+    @field_validator("auth_enabled")
+    @classmethod
+    def _loopback_without_auth(cls, value: bool, info: ValidationInfo) -> bool:
+        host = info.data.get("host", "127.0.0.1")
+        if not value and not is_loopback(host):
+            raise ValueError(f"auth may be off only on a loopback address, and GATEWAY_HOST is {host!r}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_with_auth(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("auth_enabled", True) and not value:
+            raise ValueError("required while auth is on (GATEWAY_AUTH_ENABLED): postgresql://user:pass@host/db")
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if not info.data.get("auth_enabled", True):
+            return value
+        secret = value.get_secret_value() if value else ""
+        if not secret:
+            raise ValueError("required while auth is on: a random string of 32+ characters (openssl rand -hex 32)")
+        if len(secret) < 32 or secret.lower() in WEAK_SECRETS or len(set(secret)) < 8:
+            raise ValueError("too weak: use a random string of 32+ characters (openssl rand -hex 32)")
+        return value
+
+
+WEAK_SECRETS = frozenset({"changeme", "change-me", "secret", "default", "please-change-me" * 2})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address to bind to) is only reachable from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -81,6 +81,8 @@ class Mesh:
             env["REDIS_URL"] = self.redis_url
         for need in spec.needs:
             env[f"{spec.env_prefix}{need.upper()}_URL"] = self.url(need)
+        if spec.name == "gateway":
+            env["GATEWAY_AUTH_ENABLED"] = "false"  # TODO(identity): embedded PostgreSQL + first admin
         env.update(self.overrides.get(spec.name, {}))
         return env
 

@@ -269,7 +269,10 @@ class StubMesh:
         return f"http://127.0.0.1:{self.ports[name]}"
 
     def env(self, prefix: str = "GATEWAY_") -> dict[str, str]:
-        return {f"{prefix}{name.upper()}_URL": self.url(name) for name in self.ports}
+        env = {f"{prefix}{name.upper()}_URL": self.url(name) for name in self.ports}
+        if prefix == "GATEWAY_":
+            env["GATEWAY_AUTH_ENABLED"] = "false"  # stubs test the pipeline; identity has tests of its own
+        return env
 
     def start(self) -> StubMesh:
         self._thread.start()
