@@ -48,6 +48,24 @@ class BadRequest(ServiceError):
     error_type = "invalid_request_error"
 
 
+class Unauthorized(ServiceError):
+    """No credentials, or credentials that are not valid (malformed, expired, wrongly signed, revoked)."""
+
+    status_code = 401
+    error_type = "authentication_error"
+
+    def __init__(self, message: str, *, code: str | None = "invalid_credentials", **kw: Any) -> None:
+        kw.setdefault("headers", {"WWW-Authenticate": 'Bearer realm="chatqna"'})
+        super().__init__(message, code=code, **kw)
+
+
+class Forbidden(ServiceError):
+    """Authenticated, but not allowed to do this."""
+
+    status_code = 403
+    error_type = "permission_error"
+
+
 class NotFound(ServiceError):
     """The thing asked for does not exist."""
 
