@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Counter, Gauge, Histogram
+from starlette.types import Receive, Scope, Send
 
 from comps.core.disconnect import ClientGone, until_disconnect
 from comps.core.errors import Overloaded, ServiceError, error_envelope
@@ -139,6 +140,47 @@ class _Meter:
             TPOT.observe((self.last - self.first) / (event.completion_tokens - 1))
 
 
+class _Lease:
+    """A granted slot and the generation holding it; `release` closes the generation and frees the slot,
+    once, whoever calls it first (the stream's own ``finally`` or the response's lifecycle)."""
+
+    def __init__(self, queue: AdmissionQueue, granted: float, events: AsyncIterator[Event]) -> None:
+        self.queue = queue
+        self.granted = granted
+        self.events = events
+        self.released = False
+
+    async def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        try:
+            await self.events.aclose()  # type: ignore[attr-defined]
+        finally:
+            self.queue.release(self.granted)
+
+
+class _LeasedStream(StreamingResponse):
+    """A streamed answer that frees its slot when the response ends, however it ends: its body generator
+    may never start at all (the client left before the first chunk was asked for), and then its own
+    ``finally`` never runs."""
+
+    def __init__(self, body: AsyncIterator[str], lease: _Lease) -> None:
+        super().__init__(
+            body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        self.lease = lease
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            finally:
+                await self.lease.release()
+
+
 class ChatService:
     def __init__(self, parallel: int, max_queue: int) -> None:
         self.queue = AdmissionQueue(parallel, max_queue)
@@ -162,19 +204,15 @@ class ChatService:
                 return Response(status_code=499)
             raise
         meter = _Meter(arrived)
+        lease = _Lease(self.queue, granted, events)
         if req.stream:
-            return StreamingResponse(
-                self._stream(req, started, events, meter, granted),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
+            return _LeasedStream(self._stream(req, started, meter, lease), lease)
         try:
             body = await until_disconnect(request, self._collect(started, events, meter))
         except ClientGone:
             return Response(status_code=499)
         finally:
-            await events.aclose()
-            self.queue.release(granted)
+            await lease.release()
         return JSONResponse(body)
 
     async def _collect(self, started: Started, events: AsyncIterator[Event], meter: _Meter) -> dict[str, Any]:
@@ -195,8 +233,9 @@ class ChatService:
         raise ServiceError("the generation ended without finishing")
 
     async def _stream(
-        self, req: ChatCompletionRequest, started: Started, events: AsyncIterator[Event], meter: _Meter, granted: float
+        self, req: ChatCompletionRequest, started: Started, meter: _Meter, lease: _Lease
     ) -> AsyncIterator[str]:
+        events = lease.events
         cid, created, model = completion_id(), now(), started.model
 
         def chunk(delta: DeltaMessage, finish: str | None = None) -> str:
@@ -226,8 +265,7 @@ class ChatService:
             log.exception("generation failed mid-stream")
             yield f"data: {json.dumps(error_envelope(f'generation failed: {exc}', 'internal_error'))}\n\n"
         finally:
-            await events.aclose()
-            self.queue.release(granted)
+            await lease.release()
         yield "data: [DONE]\n\n"
 
 
