@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from comps.core.errors import ConfigError, NotReady, UpstreamError
-from comps.core.http import HttpClient, bearer, wait_until_up
+from comps.core.http import HttpClient, bearer, read_json, wait_until_up
 from comps.embedding.backends import Embedded
 from comps.embedding.settings import EmbeddingSettings
 
@@ -86,7 +86,7 @@ class RemoteEmbedder:
             "POST", f"{self.base_url}/embed", node=NODE, timeout_s=self.settings.remote_timeout_s,
             json_body=body, headers=self.headers,
         ) as resp:  # fmt: skip
-            answer = await resp.json(content_type=None)
+            answer = await read_json(resp, NODE)
             return answer, int(resp.headers.get("x-compute-tokens", "0"))
 
     async def _openai(self, http: HttpClient, texts: list[str]) -> tuple[Any, int]:
