@@ -97,8 +97,18 @@ class Mesh:
         )
 
 
+RESTART_BASE_S = 0.5  # backoff before the first restart of a crashed child; doubled per crash in a row
+RESTART_MAX_S = 30.0
+STABLE_S = 60.0  # a child up this long has stopped crashing: its backoff starts over
+
+
+def restart_delay(crashes_in_a_row: int) -> float:
+    return min(RESTART_MAX_S, RESTART_BASE_S * 2 ** max(0, crashes_in_a_row - 1))
+
+
 class Supervisor:
-    """Starts Redis (unless REDIS_URL is set) and the services, waits for readiness, stops them all."""
+    """Starts Redis (unless REDIS_URL is set) and the services, waits for readiness, restarts any child that
+    dies (with backoff) until stopped, stops them all."""
 
     def __init__(self, settings: RuntimeSettings, *, only: set[str] | None = None, out: Callable[[str], None] = print):
         self.settings = settings
@@ -108,6 +118,9 @@ class Supervisor:
         self.procs: dict[str, ManagedProcess] = {}
         self.mesh: Mesh | None = None
         self.ready_s: dict[str, float] = {}
+        self.restarts: dict[str, int] = {}  # child -> times restarted
+        self._crashes: dict[str, int] = {}  # child -> crashes in a row
+        self._started_at: dict[str, float] = {}
 
     def selected(self) -> list[ServiceSpec]:
         specs = [s for s in SERVICES if self.only is None or s.name in self.only]
@@ -158,15 +171,44 @@ class Supervisor:
             rows.append((name, self.mesh.url(name) if self.mesh else "", f"ready in {self.ready_s.get(name, 0):.1f}s"))
         return rows
 
-    def watch(self, stop: threading.Event) -> str | None:
-        """Block until ``stop`` is set or a child dies; returns the name of a child that died."""
-        while not stop.wait(0.5):
-            for name, proc in self.procs.items():
-                if not proc.running():
-                    return name
-            if self.redis and not self.redis.process.running():
-                return "redis"
-        return None
+    def watch(self, stop: threading.Event, poll_s: float = 0.2) -> None:
+        """Block until ``stop`` is set, restarting every child that dies (Redis included), after a backoff
+        that doubles with each crash in a row (`restart_delay`); each restart is counted and logged."""
+        due: dict[str, float] = {}  # child -> when it is restarted
+        while not stop.wait(poll_s):
+            now = time.monotonic()
+            for name, proc in self._children().items():
+                if proc.running():
+                    if now - self._started_at.get(name, now) > STABLE_S:
+                        self._crashes[name] = 0  # up long enough: the next crash starts the backoff over
+                    continue
+                if name not in due:
+                    self._crashes[name] = self._crashes.get(name, 0) + 1
+                    delay = restart_delay(self._crashes[name])
+                    due[name] = now + delay
+                    code = proc.proc.returncode if proc.proc else None
+                    self.out(f"{name} exited with code {code}; restarting it in {delay:.1f}s "
+                             f"(crash {self._crashes[name]} in a row)")  # fmt: skip
+                elif now >= due[name]:
+                    del due[name]
+                    self._restart(name, proc)
+
+    def _children(self) -> dict[str, ManagedProcess]:
+        children = dict(self.procs)
+        if self.redis:
+            children["redis"] = self.redis.process
+        return children
+
+    def _restart(self, name: str, proc: ManagedProcess) -> None:
+        proc.stop()  # reaps it and closes its log
+        try:
+            proc.start()
+        except OSError as exc:  # e.g. the interpreter vanished: try again after the next backoff
+            self.out(f"could not restart {name}: {exc}")
+            return
+        self._started_at[name] = time.monotonic()
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        self.out(f"{name} restarted (pid {proc.pid}, restart {self.restarts[name]})")
 
     def stop(self) -> None:
         for name in reversed(list(self.procs)):
@@ -176,7 +218,7 @@ class Supervisor:
 
 
 def run_up(settings: RuntimeSettings, only: set[str] | None, out: Callable[[str], None]) -> int:
-    """`chatqna up`: start, report, and run until Ctrl-C/SIGTERM or until a service dies."""
+    """`chatqna up`: start, report, and run until Ctrl-C/SIGTERM; a child that dies is restarted."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -191,11 +233,9 @@ def run_up(settings: RuntimeSettings, only: set[str] | None, out: Callable[[str]
     for name, url, note in sup.table():
         out(f"  {name:<{width}}  {url:<28}  {note}")
     out("Ctrl-C stops everything.\n")
-    dead = sup.watch(stop)
-    if dead:
-        out(f"{dead} exited unexpectedly; stopping the mesh")
-    else:
-        out("stopping the mesh")
+    sup.watch(stop)
+    restarted = ", ".join(f"{name} x{n}" for name, n in sup.restarts.items())
+    out(f"stopping the mesh{f' (restarts: {restarted})' if restarted else ''}")
     sup.stop()
-    return 1 if dead else 0
+    return 0
 
