@@ -42,6 +42,11 @@ ACTIVE = Gauge("chatqna_llm_active_sequences", "Requests holding a generation sl
 REJECTED = Counter("chatqna_llm_rejected_requests", "Requests refused with 429 because the queue was full")
 GENERATED_TOKENS = Counter("chatqna_llm_generated_tokens", "Completion tokens generated")
 PROMPT_TOKENS = Counter("chatqna_llm_prompt_tokens", "Prompt tokens of finished generations")
+QUEUE_WAIT = Histogram(
+    "chatqna_llm_queue_wait_seconds",
+    "From the request's admission to the queue to its generation slot (0 when a slot was free)",
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60),
+)
 TTFT = Histogram(
     "chatqna_llm_time_to_first_token_seconds",
     "From the request's arrival (queueing included) to its first generated token",
@@ -73,6 +78,7 @@ class AdmissionQueue:
         if self.active < self.parallel and not self._waiters:
             self.active += 1
             self._gauges()
+            QUEUE_WAIT.observe(0)
             return time.monotonic()
         if len(self._waiters) >= self.max_queue:
             REJECTED.inc()
@@ -82,6 +88,7 @@ class AdmissionQueue:
                 retry_after=max(1, min(60, math.ceil(retry))),
             )
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queued_at = time.monotonic()
         self._waiters.append(fut)
         self._gauges()
         try:
@@ -93,7 +100,9 @@ class AdmissionQueue:
                 self._waiters.remove(fut)
             self._gauges()
             raise
-        return time.monotonic()
+        granted = time.monotonic()
+        QUEUE_WAIT.observe(granted - queued_at)
+        return granted
 
     def release(self, granted_at: float) -> None:
         self._hold_s = 0.8 * self._hold_s + 0.2 * (time.monotonic() - granted_at)
