@@ -318,7 +318,7 @@ class Engine:
             seq = self._pending.popleft()
             try:
                 self._admit_one(seq)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one sequence broke, not the engine
                 self._fail(seq, exc)
 
     def _admit_one(self, seq: Sequence) -> None:
@@ -410,7 +410,7 @@ class Engine:
             try:
                 token = L.llama_sampler_sample(seq.sampler, self._ctx, index)
                 self._on_token(seq, token)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one sequence broke, not the engine
                 self._fail(seq, exc)
 
     def _on_token(self, seq: Sequence, token: int) -> None:

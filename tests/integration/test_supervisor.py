@@ -3,6 +3,7 @@ stopping it still stops everything (issue 12, defect 8)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sys
@@ -60,7 +61,7 @@ def test_a_killed_child_is_restarted_and_counted(supervised: tuple[Supervisor, l
 def test_backoff_doubles_and_is_capped() -> None:
     delays = [restart_delay(n) for n in range(1, 12)]
     assert delays[:3] == [0.5, 1.0, 2.0]
-    assert all(b >= a for a, b in zip(delays, delays[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(delays))
     assert delays[-1] == RESTART_MAX_S
 
 
