@@ -45,7 +45,7 @@ PROMPT_TOKENS = Counter("chatqna_llm_prompt_tokens", "Prompt tokens of finished 
 QUEUE_WAIT = Histogram(
     "chatqna_llm_queue_wait_seconds",
     "From the request's admission to the queue to its generation slot (0 when a slot was free)",
-    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60),
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300),
 )
 TTFT = Histogram(
     "chatqna_llm_time_to_first_token_seconds",
