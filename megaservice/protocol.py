@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from comps.llm.protocol import ChatCompletion, ChatMessage, StreamOptions
+from comps.llm.protocol import MAX_STOP_CHARS, ChatCompletion, ChatMessage, StreamOptions
 from comps.retriever.protocol import FilterKey, FilterValue, SearchType
 
 PipelineName = Literal["rag-rerank", "rag", "llm-only"]
@@ -127,6 +127,8 @@ class ChatQnARequest(BaseModel):
     def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > 16:
             raise PydanticCustomError("too_many_stops", "at most 16 stop strings")
+        if any(len(s) > MAX_STOP_CHARS for s in ([value] if isinstance(value, str) else value or [])):
+            raise PydanticCustomError("stop_too_long", f"a stop string is longer than {MAX_STOP_CHARS} characters")
         return value
 
     @model_validator(mode="after")
