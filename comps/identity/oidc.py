@@ -17,6 +17,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 import time
@@ -38,6 +39,9 @@ HTTP_TIMEOUT_S = 10.0
 LEEWAY_S = 30  # clock skew allowed for exp, nbf and iat
 JWKS_MIN_REFRESH_S = 30.0  # an unknown kid fetches the JWKS again at most this often
 METADATA_TTL_S = 3600.0  # discovery document and JWKS are fetched again after this
+VERIFIED_CACHE_S = 60.0  # a verified token is answered from memory for at most this long (never past its exp)
+VERIFIED_CACHE_SIZE = 4096
+MAX_TOKEN_CHARS = 16384
 USERNAME_FALLBACKS = ("preferred_username", "upn", "email")  # then `sub`
 REQUIRED_CLAIMS = ["iss", "sub", "aud", "exp", "iat"]
 
@@ -151,6 +155,7 @@ class OIDCVerifier:
         self._keys: dict[str | None, _Key] = {}
         self._fetched_at: float | None = None  # last successful JWKS fetch
         self._tried_at: float | None = None  # last attempt, successful or not
+        self._verified: dict[bytes, tuple[float, ExternalIdentity]] = {}  # sha256(token) -> (until, identity)
 
     @property
     def issuer(self) -> str:
@@ -168,18 +173,32 @@ class OIDCVerifier:
 
     def looks_like_mine(self, token: str) -> bool:
         """Cheap routing test, no verification: is this a JWT whose unverified `iss` is our issuer?"""
-        if token.count(".") != 2:
+        parts = token.split(".")
+        if len(parts) != 3 or len(token) > MAX_TOKEN_CHARS:
             return False
-        try:
-            claims = jwt.decode(token, options={"verify_signature": False})
-        except jwt.InvalidTokenError:
-            return False
-        iss = claims.get("iss")
+        claims = _segment_json(parts[1])
+        iss = claims.get("iss") if isinstance(claims, dict) else None
         return isinstance(iss, str) and iss.rstrip("/") == self._issuer
 
     async def verify(self, token: str) -> ExternalIdentity:
-        """The identity of a bearer (access) token of the issuer; `Unauthorized` for any bad token."""
-        return self._identity(await self._decode(token, audience=self._audience))
+        """The identity of a bearer (access) token of the issuer; `Unauthorized` for any bad token.
+
+        A token verified before is answered from memory until its `exp`, for at most `VERIFIED_CACHE_S`, and
+        only while the issuer's keys are the ones it was verified with."""
+        if len(token) > MAX_TOKEN_CHARS:
+            raise Unauthorized("malformed bearer token: too long", code="invalid_token")
+        await self._keys_now()  # keys that are due are renewed first, which empties the cache
+        digest = hashlib.sha256(token.encode()).digest()  # the cache holds no tokens
+        now = time.time()
+        hit = self._verified.get(digest)
+        if hit is not None and now < hit[0]:
+            return hit[1]
+        claims = await self._decode(token, audience=self._audience)
+        identity = self._identity(claims)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]  # the oldest entry
+        self._verified[digest] = (min(float(claims["exp"]), now + VERIFIED_CACHE_S), identity)
+        return identity
 
     async def authorization_url(self, *, state: str, code_verifier: str, nonce: str) -> str:
         """Where to send the browser: the issuer's authorization endpoint, code flow with PKCE (S256)."""
@@ -252,10 +271,11 @@ class OIDCVerifier:
     # -- verification ---------------------------------------------------------------------------------------
 
     async def _decode(self, token: str, *, audience: str) -> dict[str, Any]:
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
-            raise Unauthorized("malformed bearer token: not a JWT", code="invalid_token") from None
+        # Read here rather than with PyJWT's get_unverified_header, which checks every segment a second time;
+        # the header is covered by the signature, and PyJWT reads it again below (with alg pinned).
+        header = _segment_json(token.split(".", 1)[0]) if token.count(".") == 2 else None
+        if not isinstance(header, dict):
+            raise Unauthorized("malformed bearer token: not a JWT", code="invalid_token")
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in ACCEPTED_ALGS:
             raise Unauthorized(
@@ -314,7 +334,9 @@ class OIDCVerifier:
         if value is not None:
             log.debug("roles claim %s is a %s, not a list: no roles", self.config.roles_claim, type(value).__name__)
         elif "_claim_names" in claims or claims.get("hasgroups"):
-            log.debug("token of %s carries a group overage instead of %s: no roles", self._issuer, self.config.roles_claim)
+            log.debug(
+                "token of %s carries a group overage instead of %s: no roles", self._issuer, self.config.roles_claim
+            )
         return frozenset()
 
     def _code_flow(self) -> tuple[str, str]:
@@ -346,7 +368,9 @@ class OIDCVerifier:
                 try:
                     await self._fetch()
                 except UpstreamError as exc:
-                    log.warning("keeping the cached keys of %s, fetching them again failed: %s", self._issuer, exc.message)
+                    log.warning(
+                        "keeping the cached keys of %s, fetching them again failed: %s", self._issuer, exc.message
+                    )
         return self._keys
 
     def _may_try(self) -> bool:
@@ -383,6 +407,7 @@ class OIDCVerifier:
         if not keys:
             raise UpstreamError(f"the JWKS of {self._issuer} holds no usable signing key", node=NODE)
         self._keys, self._fetched_at = keys, self._clock()
+        self._verified.clear()  # a withdrawn key's tokens must verify again (and fail)
         log.info("JWKS of %s loaded: %d signing key(s)", self._issuer, len(keys))
 
     async def _get(self, url: str) -> Any:
@@ -484,6 +509,14 @@ def _unauthorized(exc: jwt.InvalidTokenError, issuer: str) -> Unauthorized:
         if isinstance(exc, kind):
             return Unauthorized(message, code=code)
     return Unauthorized(f"token of {issuer} is not valid ({type(exc).__name__})", code="invalid_token")
+
+
+def _segment_json(segment: str) -> Any:
+    """The JSON value of a base64url JWT segment, unverified; None when it is not one."""
+    try:
+        return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except ValueError:  # not base64 (binascii.Error), not UTF-8, not JSON
+        return None
 
 
 def _b64url(data: bytes) -> str:

@@ -95,7 +95,10 @@ BAD_TOKENS: dict[str, tuple[Callable[[TestIssuer], str], str]] = {
     "alg none": (lambda i: i.forge_alg_none(), "algorithm 'none'"),
     "HS256 keyed with the public key": (lambda i: i.forge_hs256_with_public_key(), "algorithm 'HS256'"),
     "unknown kid": (lambda i: i.mint(key=new_rsa_key()), "key id"),
-    "published kid, other key": (lambda i: i.mint(key=dataclasses.replace(new_rsa_key(), kid=i.keys[0].kid)), "signature"),
+    "published kid, other key": (
+        lambda i: i.mint(key=dataclasses.replace(new_rsa_key(), kid=i.keys[0].kid)),
+        "signature",
+    ),
     "embedded jwk header": (
         lambda i: i.mint(key=(k := new_rsa_key()), headers={"jwk": k.jwk, "kid": "attacker"}),
         "key id",
@@ -107,6 +110,7 @@ BAD_TOKENS: dict[str, tuple[Callable[[TestIssuer], str], str]] = {
     "garbage": (lambda i: "not-a-jwt", "malformed"),
     "three garbage parts": (lambda i: "abc.def.ghi", "malformed"),
     "empty": (lambda i: "", "malformed"),
+    "huge": (lambda i: i.mint({"pad": "x" * 20000}), "too long"),
 }
 
 
@@ -120,7 +124,7 @@ def _tamper(token: str) -> str:
 
 def _relabel(token: str, alg: str, **header_changes: Any) -> str:
     """The same token and signature with another header (alg, kid)."""
-    header_b64, payload, sig = token.split(".")
+    _, payload, sig = token.split(".")
     header = jwt.get_unverified_header(token)
     header.update(alg=alg, **header_changes)
     header = {k: v for k, v in header.items() if v is not None}
@@ -214,7 +218,8 @@ def test_looks_like_mine(issuer: TestIssuer) -> None:
         assert v.looks_like_mine(issuer.mint())
         assert v.looks_like_mine(issuer.mint(drop=("exp",)))  # routing only; verify() refuses it
         ours = jwt.encode({"iss": "chatqna", "sub": "1", "exp": int(time.time()) + 60}, "s" * 32, algorithm="HS256")
-        for other in (ours, "sk-abc123", "", "a.b.c", issuer.mint({"iss": issuer.url + "x"})):
+        strangers = (ours, "sk-abc123", "", "a.b.c", "a.!!.c", "a.bnVsbA.c", issuer.mint({"iss": issuer.url + "x"}))
+        for other in (*strangers, issuer.mint({"pad": "x" * 20000})):
             assert not v.looks_like_mine(other)
 
     with_verifier(config(issuer), body)
@@ -228,19 +233,20 @@ def test_keys_are_cached_and_rotation_is_followed(issuer: TestIssuer) -> None:
 
     async def body(v: OIDCVerifier) -> None:
         before = issuer.hits.copy()
-        await v.verify(issuer.mint())
+        token = issuer.mint()
+        await v.verify(token)
         await v.verify(issuer.mint(key=issuer.keys[1]))
         assert issuer.hits["jwks"] - before["jwks"] == 1 and issuer.hits["discovery"] - before["discovery"] == 1
+        assert (await v.verify(token)).username == "jane"  # verified before: from memory
 
-        old = issuer.keys[0]
-        new = issuer.rotate_keys()
+        new = issuer.rotate_keys()  # the key of `token` is withdrawn
         clock.now += JWKS_MIN_REFRESH_S
         assert (await v.verify(issuer.mint(key=new))).username == "jane"  # unknown kid: JWKS fetched again
         assert issuer.hits["jwks"] - before["jwks"] == 2
         assert issuer.hits["discovery"] - before["discovery"] == 1  # the discovery document is kept
         clock.now += JWKS_MIN_REFRESH_S
-        with pytest.raises(Unauthorized, match="key id"):  # the withdrawn key no longer verifies
-            await v.verify(issuer.mint(key=old))
+        with pytest.raises(Unauthorized, match="key id"):  # the withdrawn key no longer verifies, cached or not
+            await v.verify(token)
 
     with_verifier(config(issuer), body, clock)
 

@@ -58,9 +58,10 @@ class SigningKey:
         return data
 
     def public_pem(self) -> bytes:
-        return self.private.public_key().public_bytes(
+        pem: bytes = self.private.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
+        return pem
 
 
 def new_rsa_key(kid: str | None = None, *, publish_alg: bool = False) -> SigningKey:
