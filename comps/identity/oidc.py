@@ -515,7 +515,7 @@ def _segment_json(segment: str) -> Any:
     """The JSON value of a base64url JWT segment, unverified; None when it is not one."""
     try:
         return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except ValueError:  # not base64 (binascii.Error), not UTF-8, not JSON
+    except (ValueError, RecursionError):  # not base64 (binascii.Error), not UTF-8, not JSON, nested too deep
         return None
 
 

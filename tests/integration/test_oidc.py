@@ -111,7 +111,12 @@ BAD_TOKENS: dict[str, tuple[Callable[[TestIssuer], str], str]] = {
     "three garbage parts": (lambda i: "abc.def.ghi", "malformed"),
     "empty": (lambda i: "", "malformed"),
     "huge": (lambda i: i.mint({"pad": "x" * 20000}), "too long"),
+    "deeply nested header": (lambda i: _b64(b"[" * 5000) + "." + i.mint().split(".", 1)[1], "not a JWT"),
 }
+
+
+def _b64(data: bytes) -> str:
+    return jwt.utils.base64url_encode(data).decode()
 
 
 def _tamper(token: str) -> str:
@@ -218,7 +223,17 @@ def test_looks_like_mine(issuer: TestIssuer) -> None:
         assert v.looks_like_mine(issuer.mint())
         assert v.looks_like_mine(issuer.mint(drop=("exp",)))  # routing only; verify() refuses it
         ours = jwt.encode({"iss": "chatqna", "sub": "1", "exp": int(time.time()) + 60}, "s" * 32, algorithm="HS256")
-        strangers = (ours, "sk-abc123", "", "a.b.c", "a.!!.c", "a.bnVsbA.c", issuer.mint({"iss": issuer.url + "x"}))
+        nested = "a." + _b64(b"[" * 5000) + ".c"
+        strangers = (
+            ours,
+            "sk-abc123",
+            "",
+            "a.b.c",
+            "a.!!.c",
+            "a.bnVsbA.c",
+            nested,
+            issuer.mint({"iss": issuer.url + "x"}),
+        )
         for other in (*strangers, issuer.mint({"pad": "x" * 20000})):
             assert not v.looks_like_mine(other)
 
