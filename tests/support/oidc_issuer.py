@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import sys
 import threading
 import time
 from collections import Counter
@@ -118,6 +119,16 @@ class TestIssuer:
     @property
     def url(self) -> str:
         return self.base + REALM_PATH
+
+    def gateway_env(self, prefix: str = "GATEWAY_") -> dict[str, str]:
+        """The gateway's settings for this provider (set ``redirect_uri`` to the gateway's callback first)."""
+        return {
+            f"{prefix}OIDC_ISSUER": self.url,
+            f"{prefix}OIDC_AUDIENCE": self.api_audience,
+            f"{prefix}OIDC_CLIENT_ID": self.client_id,
+            f"{prefix}OIDC_CLIENT_SECRET": self.client_secret,
+            f"{prefix}OIDC_REDIRECT_URL": self.redirect_uri,
+        }
 
     # -- keys and tokens ------------------------------------------------------------------------------------
 
@@ -277,3 +288,17 @@ def _jws(header: dict[str, Any], claims: dict[str, Any], sign: Any) -> str:
 def redirect_params(location: str) -> dict[str, str]:
     """The query of a redirect's Location as a dict."""
     return dict(parse_qsl(urlsplit(location).query))
+
+
+def main(argv: list[str]) -> None:
+    """``python -m tests.support.oidc_issuer [PORT]``: serve the provider until interrupted, printing a token."""
+    issuer = TestIssuer(port=int(argv[0]) if argv else 0).start()
+    print(f"issuer {issuer.url}\naccess token (aud {issuer.api_audience}, 5 min):\n{issuer.mint()}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        issuer.stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
