@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -15,7 +16,7 @@ import aiohttp
 import jwt
 import pytest
 
-from comps.core.errors import Unauthorized, UpstreamError, UpstreamUnavailable
+from comps.core.errors import BadRequest, ConfigError, Unauthorized, UpstreamError, UpstreamUnavailable
 from comps.core.http import HttpClient
 from comps.identity.oidc import JWKS_MIN_REFRESH_S, METADATA_TTL_S, OIDCConfig, OIDCVerifier, new_pkce
 from comps.runtime.process import free_port
@@ -323,6 +324,22 @@ def test_issuer_url_must_match_discovery(issuer: TestIssuer) -> None:
     assert verify(cfg, issuer.mint()).username == "jane"
     with pytest.raises(UpstreamError, match="404"):
         verify(config(issuer, issuer=issuer.base + "/realms/other"), issuer.mint())
+    issuer.discovery_issuer = "https://login.example.test/other"
+    try:
+        with pytest.raises(UpstreamError, match=re.escape("names the issuer 'https://login.example.test/other'")):
+            verify(config(issuer), issuer.mint())
+    finally:
+        issuer.discovery_issuer = None
+
+
+def test_configuration_errors(issuer: TestIssuer) -> None:
+    with pytest.raises(ConfigError, match="GATEWAY_OIDC_AUDIENCE"):
+        OIDCVerifier(OIDCConfig(issuer=issuer.url), HttpClient())
+    api_only = config(issuer, redirect_url=None)
+    assert verify(api_only, issuer.mint()).username == "jane"
+    with pytest.raises(BadRequest, match="GATEWAY_OIDC_REDIRECT_URL"):
+        with_verifier(api_only, lambda v: v.authorization_url(state="s", code_verifier=new_pkce()[0], nonce="n"))
+    assert "test-client-secret" not in repr(config(issuer))
 
 
 # -- browser flow: authorization code + PKCE -------------------------------------------------------------------

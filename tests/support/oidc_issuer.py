@@ -103,6 +103,7 @@ class TestIssuer:
         }
     )
     port: int = 0
+    discovery_issuer: str | None = None  # publish another issuer in the discovery document (a misconfiguration)
     hits: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -203,7 +204,7 @@ class TestIssuer:
         self.hits["discovery"] += 1
         return web.json_response(
             {
-                "issuer": self.url,
+                "issuer": self.discovery_issuer or self.url,
                 "authorization_endpoint": self.url + "/authorize",
                 "token_endpoint": self.url + "/token",
                 "jwks_uri": self.url + "/jwks",
