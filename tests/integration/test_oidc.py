@@ -20,7 +20,7 @@ from comps.core.errors import BadRequest, ConfigError, Unauthorized, UpstreamErr
 from comps.core.http import HttpClient
 from comps.identity.oidc import JWKS_MIN_REFRESH_S, METADATA_TTL_S, OIDCConfig, OIDCVerifier, new_pkce
 from comps.runtime.process import free_port
-from tests.support.oidc_issuer import TestIssuer, new_ec_key, new_rsa_key, redirect_params
+from tests.support.oidc_issuer import SigningKey, TestIssuer, new_rsa_key, redirect_params
 
 pytestmark = pytest.mark.integration
 
@@ -33,10 +33,15 @@ def issuer() -> Iterator[TestIssuer]:
         yield provider
 
 
+@pytest.fixture(scope="module")
+def first_keys(issuer: TestIssuer) -> list[SigningKey]:
+    return list(issuer.keys)
+
+
 @pytest.fixture(autouse=True)
-def _fresh_keys(issuer: TestIssuer) -> None:
-    """Each test starts from one published RSA key (signs by default) and one EC key."""
-    issuer.keys = [new_rsa_key(), new_ec_key()]
+def _first_keys(issuer: TestIssuer, first_keys: list[SigningKey]) -> None:
+    """Each test starts from the same published keys: an RSA key (signs by default) and an EC key."""
+    issuer.keys = list(first_keys)
 
 
 class Clock:
