@@ -11,12 +11,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import AliasChoices
 
 from comps.core.settings import ServiceSettings
 from comps.runtime.mesh import SERVICES, ServiceSpec
@@ -91,7 +93,9 @@ def default_port(spec: ServiceSpec) -> int:
 
 def runtime_env_names() -> set[str]:
     """The variables RuntimeSettings (`chatqna` CLI, local mesh) reads."""
-    return {str(f.validation_alias.choices[0]) for f in RuntimeSettings.model_fields.values()}
+    aliases = [f.validation_alias for f in RuntimeSettings.model_fields.values()]
+    assert all(isinstance(a, AliasChoices) for a in aliases), "RuntimeSettings names each variable (_env)"
+    return {str(a.choices[0]) for a in aliases if isinstance(a, AliasChoices)}
 
 
 def callers() -> dict[str, set[str]]:
@@ -248,8 +252,9 @@ def source_set_env(
         "CHATQNA_STATE_DIR": str(state_dir or scratch_state_dir()),
     }
     return subprocess.run(
-        ["bash", "-c", script], env={**base, **(env or {})}, capture_output=True, text=True, timeout=30, cwd=REPO
-    )
+        ["bash", "-c", script],
+        env={**base, **(env or {})}, capture_output=True, text=True, timeout=30, cwd=REPO, check=False,
+    )  # fmt: skip
 
 
 def exported(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
@@ -266,6 +271,17 @@ def set_env_exports() -> dict[str, str]:
 
 # --- kubernetes ---------------------------------------------------------------------------------------
 
+def dev_tool(name: str) -> str:
+    """A command-line tool of the dev extra: from the checkout's .venv, the running interpreter's
+    environment (a shared venv), or PATH. Missing: a failure, not a skip (CI must run it)."""
+    for folder in (VENV_BIN, Path(sys.executable).parent):
+        if (folder / name).exists():
+            return str(folder / name)
+    found = shutil.which(name)
+    assert found, f"{name} is missing: install the dev extra (pip install -e '.[dev]')"
+    return found
+
+
 def kubectl() -> str:
     path = shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None)
     if path is None:
@@ -276,7 +292,7 @@ def kubectl() -> str:
 def kustomize(name: str) -> tuple[str, list[dict[str, Any]]]:
     """`kubectl kustomize` of one kustomization: the rendered text and its resources."""
     result = subprocess.run(
-        [kubectl(), "kustomize", str(KUSTOMIZATIONS[name])], capture_output=True, text=True, timeout=120
+        [kubectl(), "kustomize", str(KUSTOMIZATIONS[name])], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, f"kubectl kustomize {KUSTOMIZATIONS[name]} failed:\n{result.stderr}"
     return result.stdout, [d for d in yaml.safe_load_all(result.stdout) if d]

@@ -4,7 +4,6 @@ the gateway may be exposed, NetworkPolicies let only callers in, and secrets com
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,10 +18,10 @@ from tests.support.deploy import (
     SECRET_NAME,
     SECRET_VARS,
     SPECS,
-    VENV_BIN,
     by_kind,
     callers,
     config_map,
+    dev_tool,
     kustomize,
 )
 
@@ -50,13 +49,13 @@ def server(deployment: dict) -> dict:
 
 @pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
 def test_renders_and_validates_against_the_kubernetes_schemas(name: str, rendered, tmp_path: Path) -> None:
-    tool = VENV_BIN / "kubernetes-validate"
-    exe = str(tool) if tool.exists() else shutil.which("kubernetes-validate")
-    assert exe, "kubernetes-validate is missing: install the dev extra (pip install -e '.[dev]')"
+    exe = dev_tool("kubernetes-validate")
     manifest = tmp_path / f"{name}.yaml"
     manifest.write_text(rendered[name][0])
     # --strict rejects unknown fields; the schemas ship with the package (no network).
-    result = subprocess.run([exe, "--strict", "--quiet", str(manifest)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [exe, "--strict", "--quiet", str(manifest)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ERROR" not in result.stdout + result.stderr
 
@@ -181,14 +180,13 @@ def test_postgres_is_a_statefulset_with_a_volume_and_a_readiness_probe(docs: lis
     env = {e["name"]: e for e in container["env"]}
     assert env["PGDATA"]["value"].startswith("/var/lib/postgresql/data/")  # below lost+found of the volume root
     assert env["POSTGRES_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": K8S_SECRET, "key": "POSTGRES_PASSWORD"}}
-    probe = container["readinessProbe"]["exec"]["command"]
-    assert probe == ["pg_isready", "-h", "127.0.0.1", "-U", env["POSTGRES_USER"]["value"], "-d", env["POSTGRES_DB"]["value"]]
+    user, db = env["POSTGRES_USER"]["value"], env["POSTGRES_DB"]["value"]
+    assert container["readinessProbe"]["exec"]["command"] == ["pg_isready", "-h", "127.0.0.1", "-U", user, "-d", db]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     service = by_kind(docs, "Service")["postgres"]["spec"]
     assert service["ports"] == [{"name": "postgres", "port": 5432, "targetPort": "postgres"}]
     gateway = {e["name"]: e for e in server(by_kind(docs, "Deployment")["gateway"])["env"]}
-    user, db = env["POSTGRES_USER"]["value"], env["POSTGRES_DB"]["value"]
     assert gateway["DATABASE_URL"]["value"] == f"postgresql://{user}:$(POSTGRES_PASSWORD)@postgres:5432/{db}"
     names = list(gateway)
     assert names.index("POSTGRES_PASSWORD") < names.index("DATABASE_URL"), "$(VAR) expands earlier entries only"
