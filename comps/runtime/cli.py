@@ -216,15 +216,17 @@ def _with_identity(action):  # noqa: ANN001, ANN202
     import asyncio
 
     from comps.core.errors import ServiceError
+    import secrets
+
     from comps.identity.service import IdentityService
-    from comps.runtime.mesh import state_secret
     from comps.sqlstore import Database, migrate
 
     async def run(url: str):  # noqa: ANN202
         db = Database(url, pool_size=1)
         try:
             await migrate(db)
-            return await action(IdentityService(db, jwt_secret=state_secret(RuntimeSettings().state_dir, "jwt_secret")))
+            # Managing accounts signs no token: any secret will do here.
+            return await action(IdentityService(db, jwt_secret=secrets.token_urlsafe(32)))
         finally:
             await db.close()
 
