@@ -125,6 +125,8 @@ class Dependencies:
             return node.name, exc.message
 
     async def close(self) -> None:
+        if self.auth.authenticator is not None:
+            await self.auth.authenticator.identity.close()
         if self.db is not None:
             await self.db.close()
 
