@@ -313,19 +313,26 @@ def main() -> None:
         ours.wait_http(f"http://127.0.0.1:{ours_port}/v1/ready")
         opea.wait_http(f"http://127.0.0.1:{opea_port}/v1/health_check")
         urls = {"ours": f"http://127.0.0.1:{ours_port}", "opea": f"http://127.0.0.1:{opea_port}"}
-        try:
-            import uvloop
-
-            uvloop.install()
-        except ImportError:
-            pass
+        install_uvloop()
         rows = asyncio.run(bench(args.quick, ours, opea, urls, stubs))
     finally:
         for p in reversed(procs):
             p.stop()
-    header = ("metric", "ours", "OPEA 1.5", "ratio", "target")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
-    print(f"\ngateway vs OPEA ServiceOrchestrator, 4 hops on instant stubs, {os.cpu_count()} CPUs")
+    print_table("gateway vs OPEA ServiceOrchestrator", ("metric", "ours", "OPEA 1.5", "ratio", "target"), rows)
+
+
+def install_uvloop() -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+
+def print_table(title: str, header: tuple[str, ...], rows: list[tuple]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print(f"\n{title}, 4 hops on instant stubs, {os.cpu_count()} CPUs")
     for r in [header, *rows]:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)))
 
@@ -414,21 +421,12 @@ def main_auth(quick: bool) -> None:
             jwt_token = login["access_token"]
             key = httpx.post(urls["on"] + "/v1/auth/keys", json={"name": "bench"},
                              headers={"Authorization": f"Bearer {jwt_token}"}).json()["key"]  # fmt: skip
-            try:
-                import uvloop
-
-                uvloop.install()
-            except ImportError:
-                pass
+            install_uvloop()
             rows = asyncio.run(bench_auth(quick, procs, urls, stubs, {"jwt": jwt_token, "key": key}))
         finally:
             for p in reversed(started):
                 p.stop()
-    header = ("metric", "value", "vs off", "", "target")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
-    print(f"\ngateway auth off vs on (JWT, API key), 4 hops on instant stubs, {os.cpu_count()} CPUs")
-    for r in [header, *rows]:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)))
+    print_table("gateway auth off vs on (JWT, API key)", ("metric", "value", "vs off", "", "target"), rows)
 
 
 if __name__ == "__main__":
