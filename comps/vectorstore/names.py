@@ -14,6 +14,5 @@ def validate_collection(name: str, *, param: str = "collection") -> str:
         raise BadRequest(
             f"collection name {name!r} is invalid: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit",
             param=param,
-            code="invalid_value",
         )
     return name

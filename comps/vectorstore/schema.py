@@ -11,6 +11,7 @@ A collection ``c`` (OPEA's ``INDEX_NAME``, default ``rag-redis``) is:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +35,8 @@ PAGE = "page"
 CHUNK = "chunk"
 TAG_FIELDS = (SOURCE, DOC_ID, TAGS)
 NUMERIC_FIELDS = (PAGE, CHUNK)
+
+_TAG_SPECIAL = re.compile(r"([,.<>{}\[\]\"':;!@#$%^&*()\-+=~|/\\ ?])")
 
 def chunk_prefix(collection: str) -> str:
     return f"{collection}:chunk:"
