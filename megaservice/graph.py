@@ -77,7 +77,7 @@ class Node:
     read_timeout_s: float | None = None  # streaming only: longest wait between two events
     streaming: bool = False
     ready_path: str = "/v1/ready"
-    # Called with the hop's span (when recorded), request, validated answer and the upstream answers.
+    # Called with the hop's span (when recorded), request, validated answer (None: failed), upstream answers.
     describe: Callable[[Span, Any, Any, Mapping[str, Any]], None] | None = field(default=None, compare=False)
 
     @property
@@ -328,6 +328,8 @@ class Graph:
             except ServiceError as exc:
                 count_error(node.name, exc)
                 _mark_failed(span, exc)
+                if node.describe is not None and span.is_recording():
+                    node.describe(span, request, None, upstream or {})
                 raise
             finally:
                 step.latency.observe(time.perf_counter() - started)

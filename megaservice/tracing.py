@@ -84,33 +84,38 @@ class Tracing:
             span.set_attribute(A.OUTPUT_VALUE, answer)
             span.set_attribute(A.OUTPUT_MIME_TYPE, _TEXT)
 
-    # -- the hops (called by the graph with the hop's request, answer and upstream answers) --------------
+    # -- the hops (called by the graph with the hop's request, its answer or None when it failed, and the
+    # -- upstream answers) -----------------------------------------------------------------------------------
 
-    def embedding(self, span: Span, request: EmbeddingRequest, answer: EmbeddingResponse, _: Mapping[str, Any]) -> None:
+    def embedding(
+        self, span: Span, request: EmbeddingRequest, answer: EmbeddingResponse | None, _: Mapping[str, Any]
+    ) -> None:
         span.set_attribute(A.OPENINFERENCE_SPAN_KIND, Kind.EMBEDDING.value)
-        span.set_attribute(A.EMBEDDING_MODEL_NAME, answer.model)
         span.set_attribute(G.GEN_AI_OPERATION_NAME, "embeddings")
-        span.set_attribute(G.GEN_AI_RESPONSE_MODEL, answer.model)
-        span.set_attribute(G.GEN_AI_USAGE_INPUT_TOKENS, answer.usage.prompt_tokens)
         if self.content:
             texts = [request.input] if isinstance(request.input, str) else request.input
             for i, text in enumerate(texts):
                 span.set_attribute(f"{A.EMBEDDING_EMBEDDINGS}.{i}.{Emb.EMBEDDING_TEXT}", text)
+        if answer is not None:
+            span.set_attribute(A.EMBEDDING_MODEL_NAME, answer.model)
+            span.set_attribute(G.GEN_AI_RESPONSE_MODEL, answer.model)
+            span.set_attribute(G.GEN_AI_USAGE_INPUT_TOKENS, answer.usage.prompt_tokens)
 
-    def retriever(self, span: Span, request: RetrievalRequest, answer: RetrievalResponse, _: Mapping[str, Any]) -> None:
+    def retriever(
+        self, span: Span, request: RetrievalRequest, answer: RetrievalResponse | None, _: Mapping[str, Any]
+    ) -> None:
         span.set_attribute(A.OPENINFERENCE_SPAN_KIND, Kind.RETRIEVER.value)
         span.set_attribute(G.GEN_AI_OPERATION_NAME, "retrieval")
-        span.set_attribute(
-            A.METADATA, _dumps({"collection": answer.collection, "search_type": answer.search_type, "k": request.k})
-        )
+        meta = {"collection": request.collection, "search_type": request.search_type, "k": request.k}
+        span.set_attribute(A.METADATA, _dumps(meta if answer is None else {**meta, "collection": answer.collection}))
         if self.content and request.text is not None:
             span.set_attribute(A.INPUT_VALUE, request.text)
             span.set_attribute(A.INPUT_MIME_TYPE, _TEXT)
-        for i, doc in enumerate(answer.documents):
+        for i, doc in enumerate(answer.documents if answer is not None else ()):
             self._document(span, f"{A.RETRIEVAL_DOCUMENTS}.{i}", doc, doc.score)
 
     def reranker(
-        self, span: Span, request: RerankRequest, answer: list[RerankResult], upstream: Mapping[str, Any]
+        self, span: Span, request: RerankRequest, answer: list[RerankResult] | None, upstream: Mapping[str, Any]
     ) -> None:
         span.set_attribute(A.OPENINFERENCE_SPAN_KIND, Kind.RERANKER.value)
         span.set_attribute(G.GEN_AI_OPERATION_NAME, "rerank")
@@ -124,7 +129,7 @@ class Tracing:
             return
         for i, doc in enumerate(docs):
             self._document(span, f"{Rerank.RERANKER_INPUT_DOCUMENTS}.{i}", doc, doc.score)
-        for i, result in enumerate(answer):
+        for i, result in enumerate(answer or ()):
             if 0 <= result.index < len(docs):
                 self._document(span, f"{Rerank.RERANKER_OUTPUT_DOCUMENTS}.{i}", docs[result.index], result.score)
 
@@ -135,9 +140,13 @@ class Tracing:
         if self.content:
             span.set_attribute(f"{prefix}.{Doc.DOCUMENT_CONTENT}", doc.text)
 
-    def llm(self, span: Span, request: ChatCompletionRequest, answer: ChatCompletion, _: Mapping[str, Any]) -> None:
+    def llm(
+        self, span: Span, request: ChatCompletionRequest, answer: ChatCompletion | None, _: Mapping[str, Any]
+    ) -> None:
         """A whole (non-streamed) answer."""
         self.llm_request(span, request)
+        if answer is None:
+            return
         choice = answer.choices[0] if answer.choices else None
         self.llm_answer(
             span,
