@@ -6,10 +6,13 @@ receive it) into plain `Span` records the test reads back, and lets a test wait 
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "50"}
         ...
         spans = collector.wait_for(lambda spans: ..., timeout_s=20)
+
+For benchmarks: ``python -m tests.support.otlp PORT`` decodes and counts spans (keeping none) until killed.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -61,8 +64,10 @@ def _value(v: AnyValue) -> Any:
 class OtlpCollector:
     """Receives OTLP/HTTP protobuf trace exports; `spans` holds every span received, in arrival order."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0, keep: bool = True) -> None:
         self.spans: list[Span] = []
+        self.keep = keep
+        self.received = 0
         self.posts = 0
         self._changed = threading.Condition()
         collector = self
@@ -85,7 +90,7 @@ class OtlpCollector:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def _add(self, request: ExportTraceServiceRequest) -> None:
@@ -107,7 +112,9 @@ class OtlpCollector:
                         )
                     )
         with self._changed:
-            self.spans.extend(received)
+            if self.keep:
+                self.spans.extend(received)
+            self.received += len(received)
             self.posts += 1
             self._changed.notify_all()
 
@@ -138,3 +145,18 @@ class OtlpCollector:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str]) -> None:
+    collector = OtlpCollector(int(argv[0]), keep=False)
+    print(f"collecting on {collector.url}", flush=True)
+    try:
+        collector._server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print(f"received {collector.received} spans in {collector.posts} exports", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
