@@ -19,7 +19,7 @@ from opentelemetry.propagate import extract, inject
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from prometheus_client import Counter, Histogram
 
 from comps.core.caller import caller_headers_var
@@ -76,13 +76,16 @@ def setup_logging(service: str, fmt: str = "plain", level: str = "INFO") -> None
     logging.getLogger("uvicorn.access").disabled = True
 
 
-def setup_tracing(service: str, otlp_endpoint: str | None) -> None:
-    """Install the SDK tracer provider; spans are exported over OTLP only when an endpoint is set."""
+def setup_tracing(service: str, otlp_endpoint: str | None, sample_ratio: float = 1.0) -> None:
+    """Install the SDK tracer provider; spans are exported over OTLP only when an endpoint is set.
+
+    With an exporter, ``sample_ratio`` of the traces that start here are recorded (a caller's sampled flag
+    decides for the traces it started)."""
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         return
     # Without an exporter, a trace that no caller sampled is not recorded: its spans still carry and pass
     # on the trace context (traceparent) but cost half as much, since nothing would ever read them.
-    sampler = ParentBased(ALWAYS_ON if otlp_endpoint else ALWAYS_OFF)
+    sampler = ParentBased(TraceIdRatioBased(sample_ratio) if otlp_endpoint else ALWAYS_OFF)
     provider = TracerProvider(resource=Resource.create({"service.name": service}), sampler=sampler)
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

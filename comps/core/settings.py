@@ -38,6 +38,14 @@ class ServiceSettings(BaseSettings):
         validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "otlp_endpoint"),
         description="OTLP/HTTP collector base URL; no spans are exported when unset.",
     )
+    trace_sample_ratio: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        validation_alias=AliasChoices("OTEL_TRACES_SAMPLER_ARG", "trace_sample_ratio"),
+        description="Fraction of the traces starting at this service that are recorded and exported "
+        "(a caller's sampled flag decides for its own).",
+    )
     trace_content: bool = Field(
         default=False,
         validation_alias=AliasChoices("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "trace_content"),

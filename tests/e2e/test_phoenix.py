@@ -36,7 +36,7 @@ def phoenix_executable() -> Path | None:
 def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     exe = phoenix_executable()
     if exe is None:
-        pytest.skip("Arize Phoenix is not installed: `make phoenix` (or CHATQNA_PHOENIX=/path/to/phoenix)")
+        pytest.skip("Arize Phoenix is not installed: `make phoenix` installs and serves it (or CHATQNA_PHOENIX=/path/to/phoenix)")
     work = tmp_path_factory.mktemp("phoenix")
     port = free_port()
     env = {
