@@ -446,7 +446,10 @@ async def bench_tracing(quick: bool, procs: dict[str, Proc], urls: dict[str, str
     dur = 1.5 if quick else 3.0
     rows: list[tuple] = []
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+    # Each gateway idles while the others are measured: the client drops idle connections (2 s) before the
+    # server's keep-alive (5 s) does, so no request goes out on a connection the server is closing.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         c = Client(session, stubs)
         await set_llm(session, stubs["llm"], tokens=20, chunk_delay_s=0.0)
         for stream in (False, True):
