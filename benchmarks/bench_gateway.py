@@ -454,13 +454,13 @@ async def bench_tracing(quick: bool, procs: dict[str, Proc], urls: dict[str, str
         await set_llm(session, stubs["llm"], tokens=20, chunk_delay_s=0.0)
         for stream in (False, True):
             for mode in TRACING_MODES:
-                await load(lambda m=mode: c.gateway(urls[m] + "/v1/chatqna", stream), 8, count=100)
+                await load(lambda m=mode, s=stream: c.gateway(urls[m] + "/v1/chatqna", s), 8, count=100)
             rps: dict[str, list[float]] = {m: [] for m in TRACING_MODES}
             cpu: dict[str, list[float]] = {m: [] for m in TRACING_MODES}
             errors = dict.fromkeys(TRACING_MODES, 0)
             for _ in range(rounds):  # interleaved rounds share the machine's noise
                 for mode in TRACING_MODES:
-                    run = await load(lambda m=mode: c.gateway(urls[m] + "/v1/chatqna", stream), 64, duration_s=dur,
+                    run = await load(lambda m=mode, s=stream: c.gateway(urls[m] + "/v1/chatqna", s), 64, duration_s=dur,
                                      proc=procs[mode])  # fmt: skip
                     rps[mode].append(run.rps)
                     cpu[mode].append(run.cpu_s / max(1, len(run.latencies)))

@@ -97,6 +97,8 @@ class ChatQnA:
         called = time.perf_counter()
         resp, llm_span = await stack.enter_async_context(pipe.graph.open_stream(http, llm_request))
         recorder = self.tracing.stream(llm_span, llm_request, trace.get_current_span(), arrived, called)
+        if recorder is not None:
+            stack.callback(recorder.end)  # before the stream's span ends, however the relay ends
         return _Relay(stack, resp, pipe.name, sources, arrived, called, recorder)
 
     def sources(self, passages: list[Passage]) -> list[Source]:
@@ -134,23 +136,19 @@ class _Relay:
     async def events(self) -> AsyncIterator[bytes]:
         try:
             async with self.stack:  # closes (and so stops) the LLM stream however this ends
-                try:
-                    async for blocks in event_blocks(self.resp.content):
-                        out = []
-                        for block in blocks:
-                            data = data_of(block)
-                            if data is None:
-                                continue
-                            if data == b"[DONE]":
-                                out.append(DONE)
-                                yield b"".join(out)
-                                return
-                            out.append(event(self._inspect(data)))
-                        if out:
-                            yield b"".join(out)  # what arrived together leaves together: no waiting
-                finally:
-                    if self.recorder is not None:
-                        self.recorder.end()
+                async for blocks in event_blocks(self.resp.content):
+                    out = []
+                    for block in blocks:
+                        data = data_of(block)
+                        if data is None:
+                            continue
+                        if data == b"[DONE]":
+                            out.append(DONE)
+                            yield b"".join(out)
+                            return
+                        out.append(event(self._inspect(data)))
+                    if out:
+                        yield b"".join(out)  # what arrived together leaves together: no waiting
             NODE_ERRORS.labels("llm", "stream_error").inc()
             yield error_event(UpstreamError("llm ended its stream without [DONE]", node="llm"))
         except ServiceError as exc:  # mapped by the kit (stall, broken connection); counted by the graph

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -136,7 +136,7 @@ class OtlpCollector:
     def trace(self, trace_id: str) -> list[Span]:
         return [s for s in self.spans if s.trace_id == trace_id]
 
-    def start(self) -> OtlpCollector:
+    def start(self) -> Self:
         threading.Thread(target=self._server.serve_forever, name="otlp-collector", daemon=True).start()
         return self
 
@@ -144,7 +144,7 @@ class OtlpCollector:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> OtlpCollector:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
