@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from comps.core.ports import local_url
 from comps.runtime.settings import RuntimeSettings
 
 app = typer.Typer(help="ChatQnA: a self-hosted RAG chat backend.", no_args_is_help=True, add_completion=False)
@@ -58,7 +59,7 @@ def ingest(
     collection: Annotated[
         str | None, typer.Option(help="Collection to write to (default: the service's INDEX_NAME).")
     ] = None,
-    url: Annotated[str, typer.Option(help="Dataprep service base URL.")] = "http://127.0.0.1:6007",
+    url: Annotated[str, typer.Option(help="Dataprep service base URL.")] = local_url("dataprep"),
     chunk_size: Annotated[int, typer.Option(help="Chunk length in characters.")] = 1500,
     chunk_overlap: Annotated[int, typer.Option(help="Characters shared by neighbouring chunks.")] = 100,
     tags: Annotated[str | None, typer.Option(help="Comma-separated tags stored on every chunk.")] = None,

@@ -14,6 +14,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from comps.embedding.settings import DEFAULT_MODEL as EMBEDDING_DEFAULT_MODEL
+from comps.llm.settings import DEFAULT_MODEL as LLM_DEFAULT_MODEL
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -25,8 +28,9 @@ class ModelSpec:
     license: str = ""
 
 
-DEFAULT_LLM = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_EMBEDDING = "all-MiniLM-L6-v2"
+# The services' own defaults: the runtime fetches what they use (never the reverse).
+DEFAULT_LLM = LLM_DEFAULT_MODEL
+DEFAULT_EMBEDDING = EMBEDDING_DEFAULT_MODEL
 
 DEFAULT_MODELS = (
     ModelSpec(

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from comps.core.ports import PORTS
+
 
 def _env(name: str, default: object, description: str = "") -> object:
     return Field(default=default, validation_alias=AliasChoices(name), description=description)
@@ -20,11 +22,11 @@ class RuntimeSettings(BaseSettings):
     host: str = _env("CHATQNA_HOST", "127.0.0.1", "Address every local service binds to")
     redis_url: str | None = _env("REDIS_URL", None, "Use this Redis instead of starting the embedded one")
     redis_port: int = _env("CHATQNA_REDIS_PORT", 6379)
-    embedding_port: int = _env("EMBEDDING_PORT", 6000)
-    retriever_port: int = _env("RETRIEVER_PORT", 7000)
-    reranker_port: int = _env("RERANKER_PORT", 8000)
-    llm_port: int = _env("LLM_PORT", 9000)
-    dataprep_port: int = _env("DATAPREP_PORT", 6007)
-    gateway_port: int = _env("MEGA_SERVICE_PORT", 8888)
+    embedding_port: int = _env("EMBEDDING_PORT", PORTS["embedding"])
+    retriever_port: int = _env("RETRIEVER_PORT", PORTS["retriever"])
+    reranker_port: int = _env("RERANKER_PORT", PORTS["reranker"])
+    llm_port: int = _env("LLM_PORT", PORTS["llm"])
+    dataprep_port: int = _env("DATAPREP_PORT", PORTS["dataprep"])
+    gateway_port: int = _env("MEGA_SERVICE_PORT", PORTS["gateway"])
     ready_timeout_s: float = _env("CHATQNA_READY_TIMEOUT_S", 600.0, "How long `up` waits for every service")
     log_format: str = _env("LOG_FORMAT", "plain")

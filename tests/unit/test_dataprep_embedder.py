@@ -29,7 +29,7 @@ class FakeEmbeddings:
         if self.refuse and any(self.refuse in t for t in texts):
             raise UpstreamError("embedding answered HTTP 400: input too long", node=node, status=400)
         data = [{"index": i, "embedding": [float(len(t)), float(ord(t[0]))]} for i, t in enumerate(texts)]
-        return {"data": data[::-1], "model": "fake"}  # any order: indexes say which is which
+        return {"data": data[::-1], "model": "fake", "usage": {"prompt_tokens": 0, "total_tokens": 0}}  # any order: indexes say which is which
 
 
 def embedder(**settings: object) -> ChunkEmbedder:

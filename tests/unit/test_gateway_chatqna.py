@@ -3,11 +3,13 @@ SSE parsing, settings (with OPEA's variable names)."""
 
 from __future__ import annotations
 
+import json
 import asyncio
 import pytest
 from pydantic import ValidationError
 
-from comps.core.errors import UpstreamError
+from comps.core.errors import ConfigError, UpstreamError
+from comps.core.settings import load_settings
 from comps.embedding.protocol import EmbeddingResponse
 from comps.reranker.protocol import RerankResult
 from comps.retriever.protocol import RetrievalResponse
@@ -165,10 +167,10 @@ def test_the_retrieval_request_carries_the_vector_and_every_knob() -> None:
     q = a.Question.of(req(k=7, search_type="mmr", fetch_k=30, lambda_mult=0.3, collection="kb", filters={"tags": ["x"]}), retrieves=True)
     r = a.retrieve(q, emb)
     sent = r.__pydantic_serializer__.to_json(r, exclude_unset=True, exclude_none=True)
-    assert sent == (
-        b'{"text":"What is Zorblax?","embedding":[0.1,0.2],"collection":"kb","k":7,"search_type":"mmr",'
-        b'"fetch_k":30,"lambda_mult":0.3,"score_threshold":0.2,"filters":{"tags":["x"]}}'
-    )
+    assert json.loads(sent) == {
+        "text": "What is Zorblax?", "embedding": [0.1, 0.2], "collection": "kb", "k": 7, "search_type": "mmr",
+        "fetch_k": 30, "lambda_mult": 0.3, "score_threshold": 0.2, "filters": {"tags": ["x"]},
+    }  # fmt: skip
 
 
 def test_an_embedding_answer_without_one_vector_is_a_bad_answer() -> None:
@@ -321,3 +323,13 @@ def test_rag_answers_default_to_the_gateway_temperature_unless_the_request_sets_
     assert chosen.temperature == 0.7
     plain = a.chat_request(a.Question.of(req(), retrieves=False, rag_temperature=0.0), [])
     assert plain.temperature == 1.0  # no passages: the LLM protocol's OpenAI default
+
+
+@pytest.mark.parametrize("var", ["MEGA_SERVICE_PORT", "GATEWAY_PORT"])
+def test_a_bad_port_is_reported_under_the_variable_that_set_it(monkeypatch: pytest.MonkeyPatch, var: str) -> None:
+    for name in ("MEGA_SERVICE_PORT", "GATEWAY_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GATEWAY_AUTH_ENABLED", "false")
+    monkeypatch.setenv(var, "eighty")
+    with pytest.raises(ConfigError, match=f"{var}='eighty'"):
+        load_settings(GatewaySettings)
