@@ -114,7 +114,7 @@ def main() -> None:
     service = ManagedProcess(
         "embedding", [sys.executable, "-m", "comps.embedding"],
         env=env, cwd=REPO, sink=open(os.devnull, "w"),  # noqa: SIM115 - its last lines are kept for errors
-    )  # fmt: skip
+    )
     print(
         f"{args.texts} texts of ~{args.chars} chars (median {statistics.median(tokens):.0f} tokens), "
         f"{args.clients} clients, torch threads {threads}, {os.cpu_count()} CPUs"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import subprocess
@@ -133,7 +134,7 @@ class Client:
         if url is None:  # direct: the three hops, then the LLM's own stream
             await self.direct_prefix()
             req = self.s.post(self.stubs["llm"] + "/v1/chat/completions",
-                              json={"messages": [{"role": "user", "content": QUESTION}], "stream": True})  # fmt: skip
+                              json={"messages": [{"role": "user", "content": QUESTION}], "stream": True})
         else:
             req = self.s.post(url, json={"messages": [{"role": "user", "content": QUESTION}], "stream": True})
         times = []
@@ -149,7 +150,7 @@ class Client:
                     has = bool(choices[0].get("delta", {}).get("content"))
                 if has:
                     times.append(time.perf_counter())
-        return times[0] - start, [b - a for a, b in zip(times, times[1:])]
+        return times[0] - start, [b - a for a, b in itertools.pairwise(times)]
 
     async def direct_prefix(self) -> None:
         post = self.s.post
@@ -162,7 +163,7 @@ class Client:
 
 
 async def load(call: Callable[[], Awaitable[None]], concurrency: int, *, duration_s: float | None = None,
-               count: int | None = None, proc: Proc | None = None) -> Run:  # fmt: skip
+               count: int | None = None, proc: Proc | None = None) -> Run:
     """``concurrency`` workers calling ``call`` until ``count`` calls or ``duration_s`` seconds."""
     run = Run()
     started = time.perf_counter()
@@ -217,9 +218,9 @@ async def bench(quick: bool, ours: Proc, opea: Proc, urls: dict[str, str], stubs
         over = {k: (runs[k].pct(50) - d50, runs[k].pct(99) - d99) for k in ("ours", "opea")}
         rows.append(("direct 4 hops p50 / p99 (ms)", f"{d50 * 1e3:.2f} / {d99 * 1e3:.2f}", "", "", ""))
         rows.append(("overhead p50 (ms)", f"{over['ours'][0] * 1e3:.2f}", f"{over['opea'][0] * 1e3:.2f}",
-                     _ratio(over["opea"][0], over["ours"][0]), "<= 2 ms"))  # fmt: skip
+                     _ratio(over["opea"][0], over["ours"][0]), "<= 2 ms"))
         rows.append(("overhead p99 (ms)", f"{over['ours'][1] * 1e3:.2f}", f"{over['opea'][1] * 1e3:.2f}",
-                     _ratio(over["opea"][1], over["ours"][1]), ""))  # fmt: skip
+                     _ratio(over["opea"][1], over["ours"][1]), ""))
 
         # 2. throughput and CPU per request
         for stream in (False, True):
@@ -227,17 +228,17 @@ async def bench(quick: bool, ours: Proc, opea: Proc, urls: dict[str, str], stubs
             for conc in (1, 16, 64):
                 res = {}
                 for name in ("ours", "opea"):
-                    res[name] = await load(lambda n=name: c.gateway(gw[n], stream), conc, duration_s=dur, proc=procs[name])
+                    res[name] = await load(lambda n=name, s=stream: c.gateway(gw[n], s), conc, duration_s=dur, proc=procs[name])
                 target = {(False, 64): ">= 3x", (True, 64): ">= 5x"}.get((stream, conc), "")
                 rows.append((f"req/s {mode} c={conc}", f"{res['ours'].rps:.0f}", f"{res['opea'].rps:.0f}",
-                             _ratio(res["ours"].rps, res["opea"].rps), target))  # fmt: skip
+                             _ratio(res["ours"].rps, res["opea"].rps), target))
                 errs = res["ours"].errors + res["opea"].errors
                 if errs:
                     rows.append((f"  errors {mode} c={conc}", str(res["ours"].errors), str(res["opea"].errors), "", ""))
                 if conc == 16:
                     cpu = {k: res[k].cpu_s / max(1, len(res[k].latencies)) for k in res}
                     rows.append((f"CPU ms/request {mode} (c=16)", f"{cpu['ours'] * 1e3:.2f}", f"{cpu['opea'] * 1e3:.2f}",
-                                 _ratio(cpu["opea"], cpu["ours"]), "<= 1/4 of OPEA"))  # fmt: skip
+                                 _ratio(cpu["opea"], cpu["ours"]), "<= 1/4 of OPEA"))
 
         # 3. streaming: TTFT and the gap between chunks (LLM stub: 20 chunks, 10 ms apart)
         await set_llm(session, stubs["llm"], tokens=20, chunk_delay_s=0.01)
@@ -252,11 +253,11 @@ async def bench(quick: bool, ours: Proc, opea: Proc, urls: dict[str, str], stubs
             measured[key] = (ttfts, gaps)
         med = {k: (statistics.median(v[0]), statistics.median(v[1]), max(v[1])) for k, v in measured.items()}
         rows.append(("stream TTFT p50 (ms), direct " + f"{med['direct'][0] * 1e3:.1f}", f"{med['ours'][0] * 1e3:.1f}",
-                     f"{med['opea'][0] * 1e3:.1f}", _ratio(med["opea"][0], med["ours"][0]), ""))  # fmt: skip
+                     f"{med['opea'][0] * 1e3:.1f}", _ratio(med["opea"][0], med["ours"][0]), ""))
         rows.append(("chunk gap p50 (ms), direct " + f"{med['direct'][1] * 1e3:.2f}", f"{med['ours'][1] * 1e3:.2f}",
-                     f"{med['opea'][1] * 1e3:.2f}", "", "= direct"))  # fmt: skip
+                     f"{med['opea'][1] * 1e3:.2f}", "", "= direct"))
         rows.append(("chunk gap max (ms), direct " + f"{med['direct'][2] * 1e3:.2f}", f"{med['ours'][2] * 1e3:.2f}",
-                     f"{med['opea'][2] * 1e3:.2f}", "", ""))  # fmt: skip
+                     f"{med['opea'][2] * 1e3:.2f}", "", ""))
 
         # 4. a slow LLM first byte (2 s) must not stall other requests
         await set_llm(session, stubs["llm"], tokens=20, chunk_delay_s=0.0)
@@ -293,12 +294,12 @@ def main() -> None:
         stub.wait_http(stubs["llm"] + "/v1/ready")
         ours = Proc("gateway", [sys.executable, "-m", "megaservice"], {
             "GATEWAY_PORT": str(ours_port), **{f"GATEWAY_{k.upper()}_URL": v for k, v in stubs.items()},
-        })  # fmt: skip
+        })
         procs.append(ours)
         opea = Proc("opea", [str(opea_python), str(REPO / "benchmarks" / "opea_chatqna.py")], {
             "OPEA_PORT": str(opea_port), "PYTHONWARNINGS": "ignore",
             **{f"STUB_{k.upper()}": f"127.0.0.1:{p}" for k, p in ports.items()},
-        })  # fmt: skip
+        })
         procs.append(opea)
         ours.wait_http(f"http://127.0.0.1:{ours_port}/v1/ready")
         opea.wait_http(f"http://127.0.0.1:{opea_port}/v1/health_check")
@@ -317,7 +318,7 @@ def main() -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
     print(f"\ngateway vs OPEA ServiceOrchestrator, 4 hops on instant stubs, {os.cpu_count()} CPUs")
     for r in [header, *rows]:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)))
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths, strict=True)))
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ async def stream_once(session: aiohttp.ClientSession, url: str, messages: list, 
     return {"sent": sent, "first": first, "last": last, "tokens": tokens}
 
 
-def in_process_once(llm, messages: list, max_tokens: int) -> dict[str, float]:  # noqa: ANN001
+def in_process_once(llm, messages: list, max_tokens: int) -> dict[str, float]:
     sent = time.perf_counter()
     first = last = 0.0
     tokens = 0
@@ -92,7 +92,7 @@ def in_process_once(llm, messages: list, max_tokens: int) -> dict[str, float]:  
     return {"sent": sent, "first": first, "last": last, "tokens": tokens}
 
 
-def load_in_process(model: Path, threads: int, n_ctx: int):  # noqa: ANN201
+def load_in_process(model: Path, threads: int, n_ctx: int):
     import llama_cpp
     import llama_cpp.llama_cpp as lib
 
@@ -100,7 +100,7 @@ def load_in_process(model: Path, threads: int, n_ctx: int):  # noqa: ANN201
     # for it; the service runs with use_extra_bufts off (LLM_USE_EXTRA_BUFTS), so the baseline does too.
     defaults = lib.llama_model_default_params
 
-    def no_extra_bufts():  # noqa: ANN202
+    def no_extra_bufts():
         params = defaults()
         params.use_extra_bufts = False
         return params
@@ -125,8 +125,8 @@ async def bench(args: argparse.Namespace) -> None:
     env = {
         "LLM_PORT": str(port), "LLM_N_THREADS": str(args.threads), "LLM_N_CTX": str(args.n_ctx),
         "LLM_PARALLEL": str(args.concurrency), "LLM_MODEL": str(model), "LOG_LEVEL": "WARNING",
-    }  # fmt: skip
-    with open(os.devnull, "w") as sink:
+    }
+    with open(os.devnull, "w") as sink:  # noqa: ASYNC230 - a benchmark: the loop has nothing else to run
         service = ManagedProcess("llm", [sys.executable, "-m", "comps.llm"], env=env, cwd=REPO, sink=sink).start()
         try:
             service.wait_http_ready(f"{url}/v1/ready", 180)
@@ -157,7 +157,7 @@ async def bench(args: argparse.Namespace) -> None:
                     runs = await asyncio.gather(*(
                         stream_once(session, url, chat(PROMPTS[i % len(PROMPTS)]), args.max_tokens)
                         for i in range(args.concurrency)
-                    ))  # fmt: skip
+                    ))
                     multi.append(sum(r["tokens"] for r in runs) / (max(r["last"] for r in runs) - start))
         finally:
             service.stop()
@@ -172,16 +172,16 @@ async def bench(args: argparse.Namespace) -> None:
     svc_warm_ttft, local_warm_ttft = ttft_ms(svc_warm[1:]), ttft_ms(local_warm[1:])
     tokens = med(r["tokens"] for r in svc_runs)
     print(f"model {model.name}, {args.threads} threads, greedy, max_tokens {args.max_tokens} "
-          f"(median {tokens:.0f} tokens generated), medians of {args.rounds} rounds")  # fmt: skip
+          f"(median {tokens:.0f} tokens generated), medians of {args.rounds} rounds")
     print(f"single stream decode   service {svc_tps:7.1f} tok/s   in-process {local_tps:7.1f} tok/s   "
-          f"ratio {svc_tps / local_tps:.3f}  (target >= 0.95)")  # fmt: skip
+          f"ratio {svc_tps / local_tps:.3f}  (target >= 0.95)")
     print(f"TTFT, new prompt       service {svc_ttft:7.1f} ms      in-process {local_ttft:7.1f} ms      "
-          f"overhead {svc_ttft - local_ttft:+.1f} ms  (target <= 10 ms)")  # fmt: skip
+          f"overhead {svc_ttft - local_ttft:+.1f} ms  (target <= 10 ms)")
     print(f"TTFT, cached prompt    service {svc_warm_ttft:7.1f} ms      in-process {local_warm_ttft:7.1f} ms      "
-          f"overhead {svc_warm_ttft - local_warm_ttft:+.1f} ms  (target <= 10 ms)")  # fmt: skip
+          f"overhead {svc_warm_ttft - local_warm_ttft:+.1f} ms  (target <= 10 ms)")
     print(f"concurrency {args.concurrency}          aggregate {med(multi):7.1f} tok/s   "
           f"one stream {med(single_e2e):7.1f} tok/s   multiple {med(multi) / med(single_e2e):.2f}x  "
-          f"(target >= 2x; medians of {args.conc_rounds} rounds)")  # fmt: skip
+          f"(target >= 2x; medians of {args.conc_rounds} rounds)")
 
 
 def main() -> None:

@@ -211,7 +211,7 @@ class Graph:
                 raise GraphError(f"graph {self.name}: cycle {' -> '.join(cycle)}; a graph must be acyclic")
             state[name] = 1
             for src in self._steps[name].sources:
-                visit(src, path + [src])
+                visit(src, [*path, src])
             state[name] = 2
             order.append(name)
 

@@ -31,7 +31,7 @@ DEFAULT_TEMPLATE = """Answer the question using only the passages below. If the 
 Passages:
 {context}
 
-Question: {question}"""
+Question: {question}"""  # noqa: E501 - the prompt's first line is one line
 
 NO_PASSAGES = "(no passages were found)"
 

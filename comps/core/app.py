@@ -26,7 +26,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from comps.core.errors import BadRequest, NotReady, PayloadTooLarge, ServiceError, error_envelope, install_error_handlers
+from comps.core.errors import (
+    BadRequest,
+    NotReady,
+    PayloadTooLarge,
+    ServiceError,
+    error_envelope,
+    install_error_handlers,
+)
 from comps.core.http import HttpClient
 from comps.core.observability import ObservabilityMiddleware, flush_spans, setup_logging, setup_tracing
 from comps.core.settings import ServiceSettings
@@ -179,7 +186,7 @@ def create_app(
             details = await asyncio.wait_for(backend_ready.check_ready(), 10)
         except ServiceError as exc:
             return JSONResponse(status_code=503, content=error_envelope(exc.message, "service_unavailable"))
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             return JSONResponse(
                 status_code=503, content=error_envelope("readiness check timed out", "service_unavailable")
             )
@@ -228,11 +235,11 @@ class BodyLimitMiddleware:
     """413 for a request body over ``limit`` bytes: at once from Content-Length, or while a chunked body
     is read (the read fails with `PayloadTooLarge`, which the error handlers answer as 413)."""
 
-    def __init__(self, app, limit: int) -> None:  # noqa: ANN001
+    def __init__(self, app, limit: int) -> None:
         self.app = app
         self.limit = limit
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -243,7 +250,7 @@ class BodyLimitMiddleware:
             return
         seen = 0
 
-        async def limited_receive():  # noqa: ANN202
+        async def limited_receive():
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
@@ -261,11 +268,11 @@ class BodyLimitMiddleware:
 class BearerAuthMiddleware:
     """Requires ``Authorization: Bearer <token>`` on every route but health, readiness and metrics."""
 
-    def __init__(self, app, token: str) -> None:  # noqa: ANN001
+    def __init__(self, app, token: str) -> None:
         self.app = app
         self.token = token.encode()
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope.get("path") not in OPEN_PATHS and scope.get("method") != "OPTIONS":
             given = dict(scope.get("headers", [])).get(b"authorization", b"")
             scheme, _, token = given.partition(b" ")

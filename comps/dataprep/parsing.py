@@ -23,7 +23,7 @@ _BLANK_RUN = re.compile(r"\n\s*\n")
 _HTML_BLOCKS = (
     "p", "div", "section", "article", "main", "header", "li", "ul", "ol", "table", "tr", "pre", "blockquote",
     "br", "hr", "dd", "dt", "figcaption", "address",
-)  # fmt: skip
+)
 _HTML_DROP = ("script", "style", "noscript", "template", "svg", "head", "nav", "footer", "form", "iframe")
 
 

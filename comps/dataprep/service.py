@@ -220,7 +220,7 @@ class DataprepService:
         log.info(
             "job %s %s: %s (%d chunks, %.2fs)%s", job.job_id, job.status, job.source, job.chunks_total,
             time.perf_counter() - started, f": {job.error}" if job.error else "",
-        )  # fmt: skip
+        )
         await self.runner.save(job)
 
     async def _ingest(self, job: Job) -> None:
@@ -247,7 +247,7 @@ class DataprepService:
             record = DocumentRecord(
                 doc_id=job.doc_id, source=job.source, sha256=digest, tags=tags, content_type=kind,
                 size_bytes=size, chunk_size=job.chunk_size, chunk_overlap=job.chunk_overlap, model=model,
-            )  # fmt: skip
+            )
             stored = [Chunk(c.text, v, c.page) for c, v in zip(chunks, vectors, strict=True)]
             await self.store.replace_document(job.collection, record, stored)
         job.finish("succeeded")

@@ -151,7 +151,7 @@ class UrlFetcher:
         """The body of ``url``; `UrlRefused` or `FetchFailed` with the reason otherwise."""
         try:
             return await asyncio.wait_for(self._fetch(url), self.timeout_s)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             raise FetchFailed(f"{url} did not answer completely within {self.timeout_s:g}s") from None
 
     async def _fetch(self, url: str) -> Fetched:

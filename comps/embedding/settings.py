@@ -11,7 +11,6 @@ from comps.core.ports import PORTS
 from comps.core.settings import ServiceSettings
 from comps.core.torch_models import DeviceSetting
 
-
 DEFAULT_MODEL = "all-MiniLM-L6-v2"  # `chatqna models fetch` brings it into models/
 
 

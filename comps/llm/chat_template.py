@@ -75,7 +75,7 @@ class ChatTemplate:
                 eos_token=self.eos_token,
                 add_generation_prompt=True,
                 raise_exception=_raise,
-                strftime_now=lambda fmt: datetime.now().strftime(fmt),
+                strftime_now=lambda fmt: datetime.now().astimezone().strftime(fmt),
                 tools=None,
             )
         except (_TemplateError, jinja2.TemplateError) as exc:

@@ -79,8 +79,20 @@ class Sequence:
     """One request inside the engine; after `Engine.submit` only the engine thread changes it
     (except ``cancelled``, which any thread may set through `Engine.cancel`)."""
 
-    __slots__ = ("prompt", "params", "emit", "cancelled", "slot", "seq_id", "pos", "cached", "next_token",
-                 "generated", "sampler", "text")  # fmt: skip
+    __slots__ = (
+        "cached",
+        "cancelled",
+        "emit",
+        "generated",
+        "next_token",
+        "params",
+        "pos",
+        "prompt",
+        "sampler",
+        "seq_id",
+        "slot",
+        "text",
+    )
 
     def __init__(self, prompt: list[int], params: SamplingParams, emit: Callable[[Event | Exception], None]) -> None:
         self.prompt = prompt
@@ -108,14 +120,14 @@ def _llama_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
     """llama.cpp's warnings and errors go to our log; its chatter (model loading info) does not."""
     if level in (_GGML_WARN, _GGML_ERROR) and text:
         log.log(logging.WARNING if level == _GGML_WARN else logging.ERROR, "llama.cpp: %s",
-                text.decode("utf-8", "replace").rstrip())  # fmt: skip
+                text.decode("utf-8", "replace").rstrip())
 
 
 _LOG_CALLBACK = L.llama_log_callback(_llama_log)  # kept alive for the life of the process
 
 
 def _init_backend() -> None:
-    global _backend_ready
+    global _backend_ready  # noqa: PLW0603 - llama.cpp is initialised once per process
     with _backend_lock:
         if not _backend_ready:
             L.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p())
@@ -168,7 +180,7 @@ class Engine:
         self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
         if self.n_ctx > L.llama_model_n_ctx_train(self._model):
             log.warning("n_ctx %d is above the %d tokens the model was trained on", self.n_ctx,
-                        L.llama_model_n_ctx_train(self._model))  # fmt: skip
+                        L.llama_model_n_ctx_train(self._model))
         self._batch = L.llama_batch_init(n_batch, 0, 1)
         self._pieces: dict[int, bytes] = {}
         self.bos_token = self.token_text(L.llama_vocab_bos(self._vocab))
@@ -313,11 +325,11 @@ class Engine:
             seq.text = TextStream(list(seq.params.stop))
             self._active.append(seq)
 
-    def _make_sampler(self, p: SamplingParams):  # noqa: ANN202 - a llama_sampler pointer
+    def _make_sampler(self, p: SamplingParams):
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         if p.presence_penalty or p.frequency_penalty:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_penalties(
-                self.n_vocab, _PENALTY_LAST_N, 1.0, p.frequency_penalty, p.presence_penalty))  # fmt: skip
+                self.n_vocab, _PENALTY_LAST_N, 1.0, p.frequency_penalty, p.presence_penalty))
         if p.temperature <= 0:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
             return chain

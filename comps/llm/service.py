@@ -202,7 +202,7 @@ class ChatService:
         def chunk(delta: DeltaMessage, finish: str | None = None) -> str:
             return _sse(ChatCompletionChunk(
                 id=cid, created=created, model=model, choices=[ChunkChoice(delta=delta, finish_reason=finish)]
-            ))  # fmt: skip
+            ))
 
         try:
             yield chunk(DeltaMessage(role="assistant", content=""))

@@ -8,7 +8,6 @@ from pydantic_settings import SettingsConfigDict
 from comps.core.ports import PORTS
 from comps.core.settings import ServiceSettings
 
-
 DEFAULT_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"  # `chatqna models fetch` brings it into models/
 
 

@@ -126,7 +126,7 @@ class Supervisor:
             self.redis = EmbeddedRedis(
                 self.settings.state_dir / "redis", self.settings.redis_port,
                 log_file=self.settings.state_dir / "logs" / "redis.log",
-            ).start()  # fmt: skip
+            ).start()
             redis_url = self.redis.url
         self.mesh = Mesh(self.settings, redis_url or "")
         for spec in specs:

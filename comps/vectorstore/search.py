@@ -258,7 +258,7 @@ async def _knn(
         "RETURN", len(fields), *fields,
         "LIMIT", 0, k,
         "DIALECT", 2,
-    )  # fmt: skip
+    )
     return _rows(reply)
 
 
@@ -274,7 +274,7 @@ async def _range(
         "RETURN", len(fields), *fields,
         "LIMIT", 0, k,
         "DIALECT", 2,
-    )  # fmt: skip
+    )
     return _rows(reply)
 
 
@@ -290,7 +290,7 @@ async def _bm25(
         "RETURN", len(_FIELDS), *_FIELDS,
         "LIMIT", 0, n,
         "DIALECT", 2,
-    )  # fmt: skip
+    )
     return _rows(reply)
 
 

@@ -40,11 +40,11 @@ def sup(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     ports = {name: str(free_port()) for name in (
         "EMBEDDING_PORT", "RETRIEVER_PORT", "RERANKER_PORT", "LLM_PORT", "DATAPREP_PORT", "MEGA_SERVICE_PORT",
         "CHATQNA_REDIS_PORT",
-    )}  # fmt: skip
+    )}
     settings = RuntimeSettings(
         CHATQNA_STATE_DIR=tmp_path_factory.mktemp("state"), CHATQNA_MODELS_DIR=models_dir,
         CHATQNA_READY_TIMEOUT_S=300, **ports,
-    )  # fmt: skip
+    )
     supervisor = Supervisor(settings, out=lambda line: None)
     supervisor.start()
     try:
@@ -113,7 +113,7 @@ def test_an_answer_names_its_source_first(oai: openai.OpenAI, collection: str) -
     done = oai.chat.completions.create(
         model="any", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48,
         extra_body={"collection": collection},
-    )  # fmt: skip
+    )
     sources = done.model_extra["sources"]
     assert sources[0]["source"] == "zorblax.txt" and "Idris Vantablack" in sources[0]["text"]
     assert 1 <= len(sources) <= 3 and all(s["score"] is not None for s in sources)
@@ -126,7 +126,7 @@ def test_a_streamed_answer_is_exact_openai_sse_with_sources_on_the_first_chunk(o
     chunks = list(oai.chat.completions.create(
         model="any", messages=[{"role": "user", "content": "What is the official fruit of Pelmora?"}], temperature=0,
         max_tokens=32, stream=True, stream_options={"include_usage": True}, extra_body={"collection": collection},
-    ))  # fmt: skip
+    ))
     assert chunks[0].model_extra["sources"][0]["source"] == "pelmora.md"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
@@ -172,7 +172,7 @@ def test_bad_fields_get_the_error_envelope(gateway: str) -> None:
 
 def test_a_client_leaving_stops_the_generation(sup: Supervisor, gateway: str) -> None:
     story = {"messages": "Write a very long story about a dragon who learns to cook.", "retrieval": False,
-             "temperature": 0}  # fmt: skip
+             "temperature": 0}
     # Greedy decoding: this prompt runs to the token limit (so a short count below is the client's doing).
     full = httpx.post(f"{gateway}/v1/chatqna", json={**story, "max_tokens": 120}, timeout=120).json()
     assert full["choices"][0]["finish_reason"] == "length"
@@ -198,13 +198,13 @@ def test_a_killed_reranker_is_a_503_naming_it(sup: Supervisor, gateway: str, col
     ready = httpx.get(f"{gateway}/v1/ready", timeout=10)
     assert ready.status_code == 503 and ready.json()["error"]["message"].startswith("not ready: reranker (")
     ok = httpx.post(f"{gateway}/v1/chatqna", json={"messages": QUESTION, "collection": collection, "rerank": False,
-                                                  "max_tokens": 8}, timeout=120)  # fmt: skip
+                                                  "max_tokens": 8}, timeout=120)
     assert ok.status_code == 200
 
 
 def test_an_llm_killed_mid_stream_ends_the_stream_with_an_error_event(sup: Supervisor, gateway: str) -> None:
     body = {"messages": "Write a very long story about a dragon who learns to cook.", "retrieval": False,
-            "stream": True, "max_tokens": 400}  # fmt: skip
+            "stream": True, "max_tokens": 400}
     with httpx.stream("POST", f"{gateway}/v1/chatqna", json=body, timeout=60) as r:
         lines = r.iter_lines()
         for line in lines:

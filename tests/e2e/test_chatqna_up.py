@@ -21,7 +21,7 @@ from tests.support.procs import REPO
 pytestmark = pytest.mark.e2e
 
 PORTS = ("EMBEDDING_PORT", "RETRIEVER_PORT", "RERANKER_PORT", "LLM_PORT", "DATAPREP_PORT", "MEGA_SERVICE_PORT",
-         "CHATQNA_REDIS_PORT")  # fmt: skip
+         "CHATQNA_REDIS_PORT")
 
 
 def children_of(pid: int) -> set[int]:
@@ -49,14 +49,14 @@ def alive(pid: int) -> bool:
 def test_chatqna_up_serves_and_stops_cleanly(models_dir: Path, tmp_path: Path) -> None:
     ports = {name: str(free_port()) for name in PORTS}
     env = {**os.environ, **ports, "CHATQNA_STATE_DIR": str(tmp_path / "state"), "CHATQNA_MODELS_DIR": str(models_dir),
-           "PYTHONUNBUFFERED": "1"}  # fmt: skip
+           "PYTHONUNBUFFERED": "1"}
     env.pop("REDIS_URL", None)
     cli = Path(sys.executable).with_name("chatqna")  # the installed console script
     argv = [str(cli)] if cli.exists() else [sys.executable, "-m", "comps.runtime.cli"]
     up = subprocess.Popen(
         [*argv, "up", "--no-fetch-models"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in up.stdout], daemon=True).start()  # type: ignore[union-attr]
     table: list[str] = []
@@ -79,7 +79,7 @@ def test_chatqna_up_serves_and_stops_cleanly(models_dir: Path, tmp_path: Path) -
         assert len(children) >= 7
 
         r = httpx.post(f"http://127.0.0.1:{ports['MEGA_SERVICE_PORT']}/v1/chatqna",
-                       json={"messages": "What is ChatQnA?", "max_tokens": 8}, timeout=120)  # fmt: skip
+                       json={"messages": "What is ChatQnA?", "max_tokens": 8}, timeout=120)
         assert r.status_code == 200, r.text
         assert r.json()["object"] == "chat.completion" and r.json()["sources"] == []  # nothing ingested yet
 

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import numpy as np
@@ -59,7 +60,7 @@ def corpus() -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def embedding(models_dir, tmp_path_factory) -> Iterator[Service]:  # noqa: ANN001
+def embedding(models_dir, tmp_path_factory) -> Iterator[Service]:
     svc = start_service(
         "comps.embedding", "EMBEDDING_", {"EMBEDDING_DEVICE": "cpu"}, log_dir=tmp_path_factory.mktemp("embedding")
     )
@@ -78,23 +79,23 @@ def dataprep_env(redis_url: str, embedding_url: str, **extra: str) -> dict[str, 
 
 
 @pytest.fixture(scope="module")
-def dataprep(redis_url, embedding, tmp_path_factory) -> Iterator[Service]:  # noqa: ANN001
+def dataprep(redis_url, embedding, tmp_path_factory) -> Iterator[Service]:
     svc = start_service(
         "comps.dataprep", "DATAPREP_", dataprep_env(redis_url, embedding.url),
         log_dir=tmp_path_factory.mktemp("dataprep"),
-    )  # fmt: skip
+    )
     yield svc
     svc.stop()
 
 
 @pytest.fixture(scope="module")
-def client(dataprep) -> Iterator[httpx.Client]:  # noqa: ANN001
+def client(dataprep) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=dataprep.url, timeout=60) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def r(redis_url) -> Iterator[redis.Redis]:  # noqa: ANN001
+def r(redis_url) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
@@ -103,19 +104,19 @@ def r(redis_url) -> Iterator[redis.Redis]:  # noqa: ANN001
 class LocalSite:
     """A tiny HTTP server on 127.0.0.1 with a few fixed pages."""
 
-    PAGES = {
+    PAGES: ClassVar[dict[str, tuple[int, str, bytes]]] = {
         "/page.html": (200, "text/html; charset=utf-8", b"<html><body><h1>Harbor</h1><p>The ferry leaves at nine.</p></body></html>"),
         "/notes.md": (200, "application/octet-stream", b"# Lighthouse\n\nThe lamp turns every ten seconds.\n"),
         "/image": (200, "image/png", b"\x89PNG\r\n\x1a\n...."),
         "/missing": (404, "text/plain", b"not here"),
     }
-    REDIRECTS = {"/to-file": "file:///etc/passwd", "/to-page": "/page.html"}
+    REDIRECTS: ClassVar[dict[str, str]] = {"/to-file": "file:///etc/passwd", "/to-page": "/page.html"}
 
     def __init__(self) -> None:
         site = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 if self.path in site.REDIRECTS:
                     self.send_response(302)
                     self.send_header("Location", site.REDIRECTS[self.path])
@@ -387,11 +388,10 @@ def test_bad_requests_are_refused_and_touch_nothing(client: httpx.Client, r: red
     before = snapshot(r, "guarded")
     jobs_before = client.get("/v1/dataprep/jobs", params={"limit": 1000}).json()["jobs"]
     cases = [*BAD_REQUESTS, ({}, {"link_list": [f"{site.url}/page.html"]}, 400, "(set DATAPREP_ALLOW_PRIVATE_URLS=true")]
-    for files, fields, status, message in cases:
-        fields = {"collection": "guarded", **fields}
+    for bad_files, bad_fields, status, message in cases:
+        fields = {"collection": "guarded", **bad_fields}
         # a good file along with the bad part: the whole request is refused, nothing is queued
-        if "nothing to ingest" not in message:
-            files = {"good.txt": b"a good file", **files}
+        files = bad_files if "nothing to ingest" in message else {"good.txt": b"a good file", **bad_files}
         msg = error_of(ingest(client, files, **fields), status)
         assert message in msg, (fields, msg)
     msg = error_of(client.post("/v1/dataprep/ingest", json={"link_list": []}), 415)

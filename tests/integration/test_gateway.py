@@ -87,7 +87,7 @@ def test_a_non_streamed_answer_is_the_llms_completion_with_its_sources(client: h
     assert [s["id"] for s in body["sources"]] == [DOCS[3]["id"], DOCS[2]["id"], DOCS[1]["id"]]
     assert body["sources"][0] == {
         "id": DOCS[3]["id"], "source": "doc3.txt", "doc_id": "doc3", "page": None, "score": 0.99, "text": DOCS[3]["text"],
-    }  # fmt: skip
+    }
     # What each hop was sent.
     assert mesh.seen["embedding"] == [{"input": QUESTION}]
     retrieval = mesh.seen["retriever"][0]
@@ -103,7 +103,7 @@ def test_a_non_streamed_answer_is_the_llms_completion_with_its_sources(client: h
 
 def test_the_openai_client_works_with_only_a_base_url_change(oai: openai.OpenAI, mesh: StubMesh) -> None:
     done = oai.chat.completions.create(model="anything", messages=[{"role": "user", "content": QUESTION}],
-                                       temperature=0, max_tokens=50, seed=7)  # fmt: skip
+                                       temperature=0, max_tokens=50, seed=7)
     assert done.choices[0].message.content == "".join(TOKENS)
     assert done.model == "stub-llm" and done.usage is not None and done.usage.prompt_tokens == 11
     assert [s["id"] for s in done.model_extra["sources"]] == [DOCS[3]["id"], DOCS[2]["id"], DOCS[1]["id"]]
@@ -114,7 +114,7 @@ def test_the_openai_client_works_with_only_a_base_url_change(oai: openai.OpenAI,
 
 def test_a_stream_is_real_chat_completion_chunks_with_sources_first(oai: openai.OpenAI, client: httpx.Client) -> None:
     stream = oai.chat.completions.create(model="m", messages=[{"role": "user", "content": QUESTION}], stream=True,
-                                         stream_options={"include_usage": True})  # fmt: skip
+                                         stream_options={"include_usage": True})
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert [s["id"] for s in chunks[0].model_extra["sources"]] == [DOCS[3]["id"], DOCS[2]["id"], DOCS[1]["id"]]
@@ -136,12 +136,12 @@ def test_the_frontend_seed_shape_adds_the_callers_passages(client: httpx.Client,
         "messages": [{"role": "user", "content": QUESTION}], "stream": False,
         "context": ["The caller says Zorblax is blue.", {"text": "And square.", "source": "notes.md"}],
         "meta": {"auth_token": ""},
-    })  # fmt: skip
+    })
     assert r.status_code == 200
     sources = r.json()["sources"]
     assert [(s["id"], s["source"], s["score"]) for s in sources[:2]] == [
         ("context-0", "request", None), ("context-1", "notes.md", None),
-    ]  # fmt: skip
+    ]
     assert len(sources) == 5
     prompt = mesh.seen["llm"][0]["messages"][-1]["content"]
     assert "[1] (source: request)\nThe caller says Zorblax is blue." in prompt
@@ -239,7 +239,7 @@ def test_an_llm_400_is_passed_through_as_the_clients_error(client: httpx.Client,
     mesh.knobs["llm"].message = "prompt (5000 tokens) + max_tokens (512) exceed the context window (4096)"
     for stream in (False, True):
         err = assert_error(client.post("/v1/chatqna", json={"messages": QUESTION, "stream": stream}), 400, "llm",
-                           "exceed the context window (4096)")  # fmt: skip
+                           "exceed the context window (4096)")
         assert err["type"] == "invalid_request_error"
 
 
@@ -254,7 +254,7 @@ def test_a_full_llm_queue_is_a_429_with_retry_after(client: httpx.Client, mesh: 
 def test_an_answer_that_breaks_the_contract_is_a_502(client: httpx.Client, mesh: StubMesh) -> None:
     mesh.knobs["retriever"].documents = [{"id": "x", "text": "no metadata", "score": 1.0}]
     assert_error(client.post("/v1/chatqna", json={"messages": QUESTION}), 502, "retriever",
-                 "retriever answered with an unexpected body: documents.0.metadata: Field required")  # fmt: skip
+                 "retriever answered with an unexpected body: documents.0.metadata: Field required")
 
 
 # -- failures during a stream -----------------------------------------------------------------------
@@ -345,7 +345,7 @@ def test_readiness_follows_the_services_of_the_graph(client: httpx.Client, mesh:
     assert client.get("/v1/ready").status_code == 200
 
 
-def test_a_service_down_before_the_request_is_a_503_naming_it(mesh: StubMesh, tmp_path) -> None:  # noqa: ANN001
+def test_a_service_down_before_the_request_is_a_503_naming_it(mesh: StubMesh, tmp_path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     env = {**mesh.env(), "GATEWAY_RERANKER_URL": dead}
     # wait for liveness only: readiness is expected to say 503 while the reranker is down
@@ -373,14 +373,14 @@ def test_metrics_count_hops_errors_and_time_to_first_token(client: httpx.Client,
     assert 'chatqna_gateway_requests_total{mode="stream",pipeline="rag-rerank"}' in text
 
 
-def test_the_api_key_guards_the_chat_routes(mesh: StubMesh, tmp_path) -> None:  # noqa: ANN001
+def test_the_api_key_guards_the_chat_routes(mesh: StubMesh, tmp_path) -> None:
     svc = start_service("megaservice", "GATEWAY_", {**mesh.env(), "GATEWAY_API_KEY": "s3cret"}, name="gateway-auth",
-                        log_dir=tmp_path, timeout_s=60)  # fmt: skip
+                        log_dir=tmp_path, timeout_s=60)
     try:
         r = httpx.post(f"{svc.url}/v1/chatqna", json={"messages": QUESTION}, timeout=10)
         assert_error(r, 401, None, "missing or invalid bearer token")
         ok = httpx.post(f"{svc.url}/v1/chatqna", json={"messages": QUESTION}, timeout=10,
-                        headers={"Authorization": "Bearer s3cret"})  # fmt: skip
+                        headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
         assert httpx.get(f"{svc.url}/v1/ready", timeout=10).status_code == 200
     finally:

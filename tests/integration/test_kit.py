@@ -88,7 +88,7 @@ def test_request_id_and_trace_context_cross_two_processes(relay_pair) -> None:
     assert r.headers["x-request-id"] == "req-abc-123"
     seen = r.json()["seen_downstream"]
     assert seen["request_id"] == "req-abc-123"
-    version, tid, span_id, _ = seen["traceparent"].split("-")
+    _, tid, span_id, _ = seen["traceparent"].split("-")
     assert tid == trace_id and span_id != "00f067aa0ba902b7"
     # without a request id, one is generated and still propagated
     r = httpx.get(f"{up.url}/v1/relay")
@@ -165,7 +165,7 @@ def test_embedded_redis_keeps_data_across_restart(tmp_path: Path) -> None:
             await r.hset(schema.chunk_key("persist", "d", 1, 0), mapping={
                 "text": "the vault code is 7741", "embedding": schema.vector_bytes([1, 0, 0]),
                 "source": "a.txt", "doc_id": "d", "page": 1, "chunk": 0,
-            })  # fmt: skip
+            })
             await r.aclose()
 
         asyncio.run(write())
@@ -183,7 +183,7 @@ def test_spans_are_exported_over_otlp_when_configured(service_factory) -> None:
     bodies: list[bytes] = []
 
     class Collector(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             bodies.append((self.path, self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")
@@ -198,7 +198,7 @@ def test_spans_are_exported_over_otlp_when_configured(service_factory) -> None:
         svc = service_factory(MODULE, "RELAY_", {
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.server_address[1]}",
             "OTEL_BSP_SCHEDULE_DELAY": "100",
-        })  # fmt: skip
+        })
         trace_id = "0af7651916cd43dd8448eb211c80319c"
         httpx.post(f"{svc.url}/v1/echo", json={"text": "a"}, headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"})
         deadline = time.monotonic() + 10
@@ -225,7 +225,7 @@ def test_request_bodies_over_the_limit_get_413(service_factory) -> None:
     assert r.json()["error"] == {
         "message": "request body is over the limit of 1000 bytes", "type": "invalid_request_error",
         "param": None, "code": "body_too_large",
-    }  # fmt: skip
+    }
 
     def chunked():  # no Content-Length: the limit is enforced while the body is read
         yield b'{"text": "'

@@ -98,7 +98,7 @@ class Stubs:
             headers = {"Retry-After": knobs.retry_after} if knobs.status == 429 else None
             envelope = {"error": {"message": knobs.message, "type": "stub", "param": None, "code": None}}
             return knobs, body, web.Response(status=knobs.status, body=orjson.dumps(envelope),
-                                             content_type="application/json", headers=headers)  # fmt: skip
+                                             content_type="application/json", headers=headers)
         return knobs, body, None
 
     @staticmethod
@@ -114,16 +114,15 @@ class Stubs:
             knobs = self.knobs[name]
             if not knobs.ready:
                 return web.Response(status=503, body=orjson.dumps({"error": {"message": f"{name} stub is warming up"}}),
-                                    content_type="application/json")  # fmt: skip
+                                    content_type="application/json")
             return self._json({"status": "ready", "service": name})
 
         async def set_knobs(request: web.Request) -> web.Response:
             """Benchmarks change a stub in another process: {"chunk_delay_s": 0.01, "tokens": 20, ...}."""
             knobs = self.knobs[name]
             for key, value in (await request.json()).items():
-                if key == "tokens" and isinstance(value, int):
-                    value = [f" t{i}" for i in range(value)]
-                setattr(knobs, key, value)
+                tokens = [f" t{i}" for i in range(value)] if key == "tokens" and isinstance(value, int) else None
+                setattr(knobs, key, value if tokens is None else tokens)
             return self._json({"ok": True})
 
         app.router.add_post("/_knobs", set_knobs)
@@ -159,7 +158,7 @@ class Stubs:
             return error
         docs = knobs.documents[: body.get("k", 4)]
         return self._json({"query": body.get("text"), "collection": body.get("collection") or "rag-redis",
-                           "search_type": body.get("search_type", "similarity"), "documents": docs})  # fmt: skip
+                           "search_type": body.get("search_type", "similarity"), "documents": docs})
 
     async def opea_retrieval(self, request: web.Request) -> web.Response:
         knobs, body, error = await self._common("retriever", request)
@@ -167,7 +166,7 @@ class Stubs:
             return error
         docs = knobs.documents[: body.get("k", 4)]
         return self._json({"id": "x", "retrieved_docs": [{"text": d["text"]} for d in docs],
-                           "initial_query": body.get("text"), "top_n": 1})  # fmt: skip
+                           "initial_query": body.get("text"), "top_n": 1})
 
     async def rerank(self, request: web.Request) -> web.Response:
         _, body, error = await self._common("reranker", request)
@@ -200,7 +199,7 @@ class Stubs:
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
                              "logprobs": None}],
                 "usage": {"prompt_tokens": 11, "completion_tokens": len(knobs.tokens), "total_tokens": 11 + len(knobs.tokens)},
-            })  # fmt: skip
+            })
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         self.llm_streams_open += 1
@@ -208,7 +207,7 @@ class Stubs:
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
             return b"data: " + orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
                                              "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                             "finish_reason": finish}], **extra}) + b"\n\n"  # fmt: skip
+                                             "finish_reason": finish}], **extra}) + b"\n\n"
 
         try:
             await resp.write(chunk({"role": "assistant", "content": ""}))
@@ -216,7 +215,8 @@ class Stubs:
                 if knobs.chunk_delay_s:
                     await asyncio.sleep(knobs.chunk_delay_s)
                 if knobs.fail_after is not None and n == knobs.fail_after:
-                    await resp.write(b'data: {"error":{"message":"stub generation failed","type":"internal_error","param":null,"code":null}}\n\n')
+                    error = {"message": "stub generation failed", "type": "internal_error", "param": None, "code": None}
+                    await resp.write(b"data: " + orjson.dumps({"error": error}) + b"\n\n")
                     await resp.write(b"data: [DONE]\n\n")
                     return resp
                 if knobs.cut_after is not None and n == knobs.cut_after:
@@ -227,7 +227,7 @@ class Stubs:
             if (body.get("stream_options") or {}).get("include_usage"):
                 usage = {"prompt_tokens": 11, "completion_tokens": len(knobs.tokens), "total_tokens": 11 + len(knobs.tokens)}
                 await resp.write(b"data: " + orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                 "model": model, "choices": [], "usage": usage}) + b"\n\n")  # fmt: skip
+                                 "model": model, "choices": [], "usage": usage}) + b"\n\n")
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
         finally:

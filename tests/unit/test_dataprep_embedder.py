@@ -22,7 +22,7 @@ class FakeEmbeddings:
         self.requests: list[list[str]] = []
         self.refuse = refuse
 
-    async def request_json(self, method: str, url: str, *, node: str, timeout_s: float, json_body, headers):  # noqa: ANN001, ANN201
+    async def request_json(self, method: str, url: str, *, node: str, timeout_s: float, json_body, headers):
         texts = json_body["input"]
         self.requests.append(texts)
         await asyncio.sleep(0.001)
@@ -43,7 +43,7 @@ def test_jobs_share_requests_of_similar_lengths_and_get_their_own_vectors() -> N
         emb.start(fake)  # type: ignore[arg-type]
         done: dict[str, int] = {"a": 0, "b": 0}
 
-        def progress(job: str):  # noqa: ANN202
+        def progress(job: str):
             async def report(n: int) -> None:
                 done[job] += n
 

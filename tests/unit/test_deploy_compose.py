@@ -16,12 +16,12 @@ from tests.support.deploy import (
     REPO,
     SPECS,
     VENV_BIN,
-    load_yaml,
     compose_project,
     default_port,
     environment,
     interpolate,
     interpolations,
+    load_yaml,
     set_env_exports,
     strings,
 )

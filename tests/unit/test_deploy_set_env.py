@@ -13,9 +13,9 @@ from tests.support.deploy import (
     COMPOSE_DIR,
     REPO,
     SET_ENV,
-    load_yaml,
     exported,
     interpolations,
+    load_yaml,
     set_env_exports,
     settings_class,
     source_set_env,
@@ -44,7 +44,7 @@ def test_exports_what_the_compose_profiles_require_and_nothing_they_do_not_read(
     # HOST_IP is for the operator's own commands (README's curl examples); everything else feeds compose.
     assert set(exports) - {"HOST_IP"} <= read, f"set_env.sh exports what no compose file reads: {set(exports) - read}"
     assert {"HOST_IP", "CHATQNA_MODELS_DIR", "LLM_MODEL", "EMBEDDING_MODEL", "INDEX_NAME",
-            "MEGA_SERVICE_PORT", "DATAPREP_PORT"} <= set(exports)  # fmt: skip
+            "MEGA_SERVICE_PORT", "DATAPREP_PORT"} <= set(exports)
 
 
 def test_values_point_at_this_checkout_and_this_host() -> None:

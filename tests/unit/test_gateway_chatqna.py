@@ -3,8 +3,9 @@ SSE parsing, settings (with OPEA's variable names)."""
 
 from __future__ import annotations
 
-import json
 import asyncio
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -38,7 +39,7 @@ def test_defaults_follow_openai_and_opea_but_keep_three_passages() -> None:
     r = req()
     assert (r.stream, r.k, r.fetch_k, r.score_threshold, r.lambda_mult, r.search_type) == (
         False, 4, 20, 0.2, 0.5, "similarity",
-    )  # fmt: skip
+    )
     assert r.top_n == 3
     assert r.chat() == [Message(role="user", content="What is Zorblax?")]
 
@@ -47,11 +48,11 @@ def test_the_frontend_seed_shape_is_accepted() -> None:
     r = ChatQnARequest.model_validate(
         {"messages": [{"role": "user", "content": "hi"}], "stream": False,
          "context": ["first passage", {"text": "second", "source": "b.txt"}], "meta": {"auth_token": ""}}
-    )  # fmt: skip
+    )
     q = a.Question.of(r, retrieves=True)
     assert [(p.id, p.source, p.text) for p in q.given] == [
         ("context-0", "request", "first passage"), ("context-1", "b.txt", "second"),
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize(
@@ -113,13 +114,13 @@ def test_a_short_follow_up_gets_the_previous_user_turn() -> None:
 
 def test_a_pointing_word_makes_a_long_turn_a_follow_up() -> None:
     chat = msgs(("user", "Tell me about the Zorblax reactor."), ("assistant", "..."),
-                ("user", "How much power does it produce at full load in winter?"))  # fmt: skip
+                ("user", "How much power does it produce at full load in winter?"))
     assert retrieval_query(chat).startswith("Tell me about the Zorblax reactor.\n")
 
 
 def test_a_self_contained_turn_stands_alone() -> None:
     chat = msgs(("user", "What is the capital of France?"), ("assistant", "Paris."),
-                ("user", "Which river flows through Budapest in Hungary?"))  # fmt: skip
+                ("user", "Which river flows through Budapest in Hungary?"))
     assert retrieval_query(chat) == "Which river flows through Budapest in Hungary?"
 
 
@@ -157,7 +158,7 @@ DOCS = RetrievalResponse.model_validate({
          "metadata": {"source": f"d{i}.txt", "doc_id": f"d{i}", "page": i, "chunk": 0, "tags": []}}
         for i in range(4)
     ],
-})  # fmt: skip
+})
 
 
 def test_the_retrieval_request_carries_the_vector_and_every_knob() -> None:
@@ -170,7 +171,7 @@ def test_the_retrieval_request_carries_the_vector_and_every_knob() -> None:
     assert json.loads(sent) == {
         "text": "What is Zorblax?", "embedding": [0.1, 0.2], "collection": "kb", "k": 7, "search_type": "mmr",
         "fetch_k": 30, "lambda_mult": 0.3, "score_threshold": 0.2, "filters": {"tags": ["x"]},
-    }  # fmt: skip
+    }
 
 
 def test_an_embedding_answer_without_one_vector_is_a_bad_answer() -> None:
@@ -193,7 +194,7 @@ def test_reranked_passages_follow_the_reranker_after_the_callers_own() -> None:
     passages = a.reranked_passages(q, DOCS, ranked)
     assert [(p.id, p.score) for p in passages] == [
         ("context-0", None), ("c:chunk:d2:1:0", 0.8), ("c:chunk:d0:1:0", 0.5), ("c:chunk:d1:1:0", 0.1),
-    ]  # fmt: skip
+    ]
     assert passages[1].source == "d2.txt" and passages[1].page == 2
     with pytest.raises(BadAnswer, match="reranker answered index 9 for 4 texts"):
         a.reranked_passages(q, DOCS, [RerankResult(index=9, score=1.0)])
@@ -240,7 +241,7 @@ def _blocks(*reads: bytes) -> list[list[bytes]]:
 def test_events_are_passed_on_per_read_and_split_across_reads_are_joined() -> None:
     assert _blocks(b'data: {"a":1}\n\ndata: {"b"', b':2}\n\n', b"data: [DONE]\n\n") == [
         [b'data: {"a":1}'], [b'data: {"b":2}'], [b"data: [DONE]"],
-    ]  # fmt: skip
+    ]
     assert _blocks(b"data: 1\n\ndata: 2\n\ndata: 3\n\n") == [[b"data: 1", b"data: 2", b"data: 3"]]
 
 

@@ -113,7 +113,7 @@ def test_two_terminal_nodes_are_refused() -> None:
 def test_the_terminal_must_be_the_streaming_node() -> None:
     with pytest.raises(GraphError) as err:
         Graph("g", Inp, [a_node(), b_node(), llm_node(streaming=False)],
-              [Edge("a", to_a), Edge("b", to_b), Edge("llm", to_llm)])  # fmt: skip
+              [Edge("a", to_a), Edge("b", to_b), Edge("llm", to_llm)])
     assert "the terminal node 'llm' is not a streaming node; streaming nodes are: (none)" in str(err.value)
 
 
@@ -190,7 +190,7 @@ def test_independent_nodes_run_concurrently(monkeypatch: pytest.MonkeyPatch) -> 
         return LReq(prompt=f"{a.a}{b.b}")
 
     graph = Graph("g", Inp, [a_node(), b_node(), llm_node()],
-                  [Edge("a", to_a), Edge("b", b_from_input), Edge("llm", to_llm_both)])  # fmt: skip
+                  [Edge("a", to_a), Edge("b", b_from_input), Edge("llm", to_llm_both)])
     running: list[str] = []
     overlap: list[set[str]] = []
 

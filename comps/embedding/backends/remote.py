@@ -40,7 +40,7 @@ class RemoteEmbedder:
         probe = await wait_until_up(
             lambda: self.embed(["ping"], truncate=True),
             what="the remote embedding server", log=log,
-        )  # fmt: skip
+        )
         self.dimension = int(probe.vectors.shape[1])
 
     async def check_ready(self) -> dict[str, Any]:
@@ -85,7 +85,7 @@ class RemoteEmbedder:
         async with http.stream(
             "POST", f"{self.base_url}/embed", node=NODE, timeout_s=self.settings.remote_timeout_s,
             json_body=body, headers=self.headers,
-        ) as resp:  # fmt: skip
+        ) as resp:
             answer = await resp.json(content_type=None)
             return answer, int(resp.headers.get("x-compute-tokens", "0"))
 
@@ -96,6 +96,6 @@ class RemoteEmbedder:
         answer = await http.request_json(
             "POST", f"{self.base_url}/v1/embeddings", node=NODE, timeout_s=self.settings.remote_timeout_s,
             json_body=body, headers=self.headers,
-        )  # fmt: skip
+        )
         data = sorted(answer["data"], key=lambda d: d["index"])
         return [d["embedding"] for d in data], int((answer.get("usage") or {}).get("prompt_tokens", 0))

@@ -71,7 +71,7 @@ class RemoteBackend:
         async with self.http.stream(
             "POST", f"{self.base}/v1/chat/completions", node=NODE, timeout_s=self.timeout_s,
             json_body=body, headers=self.headers,
-        ) as resp:  # fmt: skip
+        ) as resp:
             started = False
             reason: str | None = None
             usage: dict[str, Any] = {}

@@ -49,7 +49,7 @@ class RemoteReranker:
         answer = await self._http.request_json(
             "POST", f"{self.base_url}/rerank", node=NODE, timeout_s=self.settings.remote_timeout_s,
             json_body=body, headers=self.headers,
-        )  # fmt: skip
+        )
         scores: list[float | None] = [None] * len(texts)
         try:
             for item in answer:
