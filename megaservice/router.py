@@ -131,6 +131,7 @@ def _document_request_model(app: FastAPI) -> None:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(model.pop("$defs", {}))
             components["ChatQnARequest"] = model
+            app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

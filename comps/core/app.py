@@ -25,6 +25,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from comps.core.errors import (
     BadRequest,
@@ -80,7 +81,8 @@ class ServiceState:
 
 
 def state_of(request: Request) -> ServiceState:
-    return request.app.state.service
+    state: ServiceState = request.app.state.service
+    return state
 
 
 async def ready_backend(request: Request) -> Backend:
@@ -235,11 +237,11 @@ class BodyLimitMiddleware:
     """413 for a request body over ``limit`` bytes: at once from Content-Length, or while a chunked body
     is read (the read fails with `PayloadTooLarge`, which the error handlers answer as 413)."""
 
-    def __init__(self, app, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -250,7 +252,7 @@ class BodyLimitMiddleware:
             return
         seen = 0
 
-        async def limited_receive():
+        async def limited_receive() -> Message:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
@@ -268,11 +270,11 @@ class BodyLimitMiddleware:
 class BearerAuthMiddleware:
     """Requires ``Authorization: Bearer <token>`` on every route but health, readiness and metrics."""
 
-    def __init__(self, app, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
         self.token = token.encode()
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("path") not in OPEN_PATHS and scope.get("method") != "OPTIONS":
             given = dict(scope.get("headers", [])).get(b"authorization", b"")
             scheme, _, token = given.partition(b" ")

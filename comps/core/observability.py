@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from prometheus_client import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "x-request-id"
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -118,12 +119,12 @@ def outgoing_headers(extra: dict[str, str] | None = None) -> dict[str, str]:
 class ObservabilityMiddleware:
     """Pure ASGI middleware (streaming-safe): request id, server span, access log and metrics."""
 
-    def __init__(self, app, service: str) -> None:
+    def __init__(self, app: ASGIApp, service: str) -> None:
         self.app = app
         self.service = service
         self.log = logging.getLogger("comps.access")
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -133,7 +134,7 @@ class ObservabilityMiddleware:
         status = 500
         start = time.perf_counter()
 
-        async def send_wrapper(message) -> None:
+        async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

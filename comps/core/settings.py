@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -93,7 +93,7 @@ def resolve_model_path(name_or_path: str, models_dir: Path) -> Path:
     return models_dir / name_or_path
 
 
-def load_settings(cls: type[S], **overrides: object) -> S:
+def load_settings(cls: type[S], **overrides: Any) -> S:
     """Read ``cls`` from the environment once; a bad value raises `ConfigError` naming the variable."""
     try:
         return cls(**overrides)

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from comps.dataprep.protocol import DocumentKind
@@ -53,7 +54,7 @@ def parse_document(data: bytes, kind: DocumentKind, chunk_size: int, chunk_overl
 
 
 def extract(data: bytes, kind: DocumentKind) -> list[Section]:
-    extractors = {
+    extractors: dict[str, Callable[[bytes], list[Section]]] = {
         "text": lambda d: [Section(decode_text(d))],
         "markdown": lambda d: [Section(decode_text(d))],
         "html": lambda d: [Section(html_to_markdown(d))],

@@ -91,7 +91,7 @@ async def resolve(host: str, port: int) -> tuple[bool, list[IPAddress]]:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise UrlRefused(f"host {host!r} does not resolve: {exc}") from None
-    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
     if not addresses:
         raise UrlRefused(f"host {host!r} resolves to no address")
     return False, addresses
@@ -177,7 +177,7 @@ class UrlFetcher:
                             raise FetchFailed(f"{current} is larger than the limit of {self.max_bytes} bytes")
                     return Fetched(current, bytes(body), resp.content_type.lower() if resp.content_type else "")
             except aiohttp.ClientConnectorError as exc:
-                raise FetchFailed(f"cannot connect to {current}: {exc.os_error or exc}") from None
+                raise FetchFailed(f"cannot connect to {current}: {exc.os_error}") from None
             except aiohttp.ClientError as exc:
                 raise FetchFailed(f"fetching {current} failed: {type(exc).__name__}: {exc}") from None
         raise FetchFailed(f"{url} redirected more than {self.max_redirects} times")

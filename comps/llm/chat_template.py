@@ -19,7 +19,7 @@ from comps.llm.protocol import ChatMessage
 class _IgnoreGeneration(jinja2.ext.Extension):
     """Pass-through for HuggingFace's ``{% generation %}`` tag."""
 
-    tags = {"generation"}
+    tags = {"generation"}  # noqa: RUF012 - jinja2.ext.Extension declares it an instance attribute
 
     def parse(self, parser: jinja2.parser.Parser) -> list[jinja2.nodes.Node]:
         parser.stream.skip(1)

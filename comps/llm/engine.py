@@ -25,11 +25,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import llama_cpp as L
 
 from comps.core.errors import ServiceError
 from comps.llm.backends import Delta, Event, Finished
+from comps.llm.protocol import FinishReason
 from comps.llm.text import TextStream
 
 log = logging.getLogger("comps.llm.engine")
@@ -99,14 +101,14 @@ class Sequence:
         self.params = params
         self.emit = emit
         self.cancelled = False
-        self.slot: Slot | None = None
+        self.slot: Slot  # set when admitted, like text
         self.seq_id = -1
         self.pos = 0  # tokens of this sequence in the KV cache
         self.cached = 0  # prompt tokens found in the slot's cache
         self.next_token = -1  # sampled, not yet decoded; -1 while the prompt is being read
         self.generated = 0
-        self.sampler = None
-        self.text: TextStream | None = None
+        self.sampler: Any = None  # the llama_sampler chain while admitted
+        self.text: TextStream
 
 
 _backend_lock = threading.Lock()
@@ -325,7 +327,7 @@ class Engine:
             seq.text = TextStream(list(seq.params.stop))
             self._active.append(seq)
 
-    def _make_sampler(self, p: SamplingParams):
+    def _make_sampler(self, p: SamplingParams) -> Any:
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         if p.presence_penalty or p.frequency_penalty:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_penalties(
@@ -416,9 +418,9 @@ class Engine:
             seq.emit(Delta(text, 1))
             seq.next_token = token
 
-    def _finish(self, seq: Sequence, reason: str, last: Delta, *, flush: bool = True) -> None:
+    def _finish(self, seq: Sequence, reason: FinishReason, last: Delta, *, flush: bool = True) -> None:
         tail = seq.text.finish() if flush else ""
         if last.text or tail or last.tokens:
             seq.emit(Delta(last.text + tail, last.tokens))
-        seq.emit(Finished(reason, len(seq.prompt), seq.generated, seq.cached))  # type: ignore[arg-type]
+        seq.emit(Finished(reason, len(seq.prompt), seq.generated, seq.cached))
         self._remove(seq, keep_cache=True)

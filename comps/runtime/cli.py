@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -86,7 +86,7 @@ def ingest(
         docs = progress.add_task("documents", total=None)
         chunks = progress.add_task("chunks embedded", total=None)
 
-        def update(jobs: dict[str, dict]) -> None:
+        def update(jobs: dict[str, dict[str, Any]]) -> None:
             done = sum(1 for j in jobs.values() if j["status"] in ("succeeded", "failed", "skipped"))
             progress.update(docs, total=len(jobs), completed=done)
             total = sum(j.get("chunks_total") or 0 for j in jobs.values())

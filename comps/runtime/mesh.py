@@ -128,14 +128,14 @@ class Supervisor:
                 log_file=self.settings.state_dir / "logs" / "redis.log",
             ).start()
             redis_url = self.redis.url
-        self.mesh = Mesh(self.settings, redis_url or "")
+        mesh = self.mesh = Mesh(self.settings, redis_url or "")
         for spec in specs:
-            self.procs[spec.name] = self.mesh.process(spec).start()
+            self.procs[spec.name] = mesh.process(spec).start()
         errors: dict[str, str] = {}
 
         def wait(name: str, proc: ManagedProcess) -> None:
             try:
-                proc.wait_http_ready(f"{self.mesh.url(name)}/v1/ready", self.settings.ready_timeout_s)
+                proc.wait_http_ready(f"{mesh.url(name)}/v1/ready", self.settings.ready_timeout_s)
                 self.ready_s[name] = time.monotonic() - started
             except ProcessFailed as exc:
                 errors[name] = str(exc)

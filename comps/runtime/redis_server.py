@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.resources
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from comps.runtime.process import ManagedProcess, ProcessFailed
 
@@ -77,7 +77,7 @@ class EmbeddedRedis:
         self.stop()
 
 
-def _module_names(client) -> list:
+def _module_names(client: Any) -> list[Any]:
     names = []
     for entry in client.execute_command("MODULE", "LIST"):
         if isinstance(entry, dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -10,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from comps.core.ports import PORTS
 
 
-def _env(name: str, default: object, description: str = "") -> object:
+def _env(name: str, default: object, description: str = "") -> Any:
     return Field(default=default, validation_alias=AliasChoices(name), description=description)
 
 

@@ -38,6 +38,7 @@ SearchType = Literal[
 SEARCH_TYPES: tuple[str, ...] = get_args(SearchType)
 FILTER_KEYS: tuple[str, ...] = (schema.SOURCE, schema.DOC_ID, schema.TAGS, schema.PAGE)
 FilterValue = str | int | float | Sequence[str | int | float]
+Filters = Mapping[Any, FilterValue]  # any keys: `build_filter` refuses the unknown ones
 
 RRF_K = 60  # reciprocal rank fusion constant: score(d) = sum over rankings of 1 / (RRF_K + rank(d))
 MAX_TEXT_TERMS = 32  # most distinct words of the query sent to BM25
@@ -60,7 +61,7 @@ class Query:
     lambda_mult: float = 0.5
     score_threshold: float = 0.2
     distance_threshold: float | None = None
-    filters: Mapping[str, FilterValue] | None = None
+    filters: Filters | None = None
     ef_runtime: int | None = None  # HNSW search breadth; None: the index's own EF_RUNTIME
 
 
@@ -89,7 +90,7 @@ class CollectionSummary:
 # ---------------------------------------------------------------------------------------------- filters
 
 
-def build_filter(filters: Mapping[str, FilterValue] | None) -> str:
+def build_filter(filters: Filters | None) -> str:
     """A RediSearch pre-filter for ``filters`` ("" when there is none); keys are AND-ed, list values OR-ed."""
     if not filters:
         return ""
@@ -121,7 +122,7 @@ def build_filter(filters: Mapping[str, FilterValue] | None) -> str:
     return " ".join(clauses)
 
 
-def _page_number(value: object) -> int:
+def _page_number(value: Any) -> int:
     try:
         number = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
@@ -227,7 +228,9 @@ async def _run(
             hits = [h for h in hits if h.score >= q.score_threshold]
         return hits
     if kind == "similarity_distance_threshold":
-        rows = await _range(r, collection, blob, q.k, float(q.distance_threshold), flt)
+        if q.distance_threshold is None:
+            raise BadRequest(f"search_type {kind} needs distance_threshold", param="distance_threshold")
+        rows = await _range(r, collection, blob, q.k, q.distance_threshold, flt)
         return [_hit(row) for row in rows]
     fetch_k = max(q.fetch_k, q.k)
     if kind == "mmr":
@@ -302,7 +305,7 @@ def _rows(reply: Any) -> list[tuple[str, dict[str, bytes]]]:
     return [(_str(reply[i]), _fields(reply[i + 1])) for i in range(1, len(reply) - 1, 2)]
 
 
-def _get(reply: dict, name: str, default: Any = None) -> Any:
+def _get(reply: dict[Any, Any], name: str, default: Any = None) -> Any:
     """A RESP3 map entry, whether the client decodes keys or not."""
     return reply.get(name.encode(), reply.get(name, default))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,17 +86,18 @@ class LlamaCppBackend:
         return Prepared(tokens, params)
 
     def _prompt_tokens(self, request: ChatCompletionRequest) -> list[int]:
+        assert self.engine is not None and self.template is not None, "used before warm_up()"
         tokens = self.engine.tokenize(self.template.render(request.messages))
         if not tokens:
             raise BadRequest("the messages render to an empty prompt", param="messages")
         return tokens
 
-    async def generate(self, prepared: Prepared) -> AsyncIterator[Event]:
+    async def generate(self, prepared: Prepared) -> AsyncGenerator[Event, None]:
         assert self.engine is not None
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
+        queue: asyncio.Queue[Event | Exception] = asyncio.Queue()
 
-        def emit(event: object) -> None:  # engine thread
+        def emit(event: Event | Exception) -> None:  # engine thread
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, event)
             except RuntimeError:  # the loop is closed: nobody is listening any more
