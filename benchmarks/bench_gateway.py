@@ -110,15 +110,9 @@ class Client:
 
     async def direct(self, stream: bool = False) -> None:
         """The four hops, called straight (our contracts), as a gateway would."""
-        post = self.s.post
-        async with post(self.stubs["embedding"] + "/v1/embeddings", json={"input": QUESTION}) as r:
-            vec = (await r.json())["data"][0]["embedding"]
-        async with post(self.stubs["retriever"] + "/v1/retrieval", json={"text": QUESTION, "embedding": vec, "k": 4}) as r:
-            docs = (await r.json())["documents"]
-        async with post(self.stubs["reranker"] + "/rerank", json={"query": QUESTION, "texts": [d["text"] for d in docs], "top_n": 3}) as r:
-            await r.json()
+        await self.direct_prefix()
         body = {"messages": [{"role": "user", "content": QUESTION}], "stream": stream}
-        async with post(self.stubs["llm"] + "/v1/chat/completions", json=body) as r:
+        async with self.s.post(self.stubs["llm"] + "/v1/chat/completions", json=body) as r:
             await r.read()
 
     async def gateway(self, url: str, stream: bool, question: str = QUESTION) -> None:
@@ -153,6 +147,7 @@ class Client:
         return times[0] - start, [b - a for a, b in itertools.pairwise(times)]
 
     async def direct_prefix(self) -> None:
+        """The three hops before the LLM, called straight."""
         post = self.s.post
         async with post(self.stubs["embedding"] + "/v1/embeddings", json={"input": QUESTION}) as r:
             vec = (await r.json())["data"][0]["embedding"]

@@ -254,25 +254,25 @@ async def _knn(
     ef_clause, params = ("", ["vec", blob]) if ef is None else (" EF_RUNTIME $ef", ["vec", blob, "ef", ef])
     base = f"({flt})" if flt else "*"
     fields = (*_FIELDS, _DISTANCE, *((schema.EMBEDDING,) if with_vectors else ()))
-    reply = await r.execute_command(
-        "FT.SEARCH", collection, f"{base}=>[KNN {k} @{schema.EMBEDDING} $vec{ef_clause} AS {_DISTANCE}]",
-        "PARAMS", len(params), *params,
-        "SORTBY", _DISTANCE, "ASC",
-        "RETURN", len(fields), *fields,
-        "LIMIT", 0, k,
-        "DIALECT", 2,
-    )
-    return _rows(reply)
+    query = f"{base}=>[KNN {k} @{schema.EMBEDDING} $vec{ef_clause} AS {_DISTANCE}]"
+    return await _nearest(r, collection, query, params, fields, k)
 
 
 async def _range(
     r: aioredis.Redis, collection: str, blob: bytes, k: int, radius: float, flt: str
 ) -> list[tuple[str, dict[str, bytes]]]:
     vector_range = f"@{schema.EMBEDDING}:[VECTOR_RANGE $radius $vec]=>{{$YIELD_DISTANCE_AS: {_DISTANCE}}}"
-    fields = (*_FIELDS, _DISTANCE)
+    query = f"({flt} {vector_range})" if flt else vector_range
+    return await _nearest(r, collection, query, ["radius", radius, "vec", blob], (*_FIELDS, _DISTANCE), k)
+
+
+async def _nearest(
+    r: aioredis.Redis, collection: str, query: str, params: list[Any], fields: tuple[str, ...], k: int
+) -> list[tuple[str, dict[str, bytes]]]:
+    """The ``k`` rows of a vector query (KNN or range), closest first."""
     reply = await r.execute_command(
-        "FT.SEARCH", collection, f"({flt} {vector_range})" if flt else vector_range,
-        "PARAMS", 4, "radius", radius, "vec", blob,
+        "FT.SEARCH", collection, query,
+        "PARAMS", len(params), *params,
         "SORTBY", _DISTANCE, "ASC",
         "RETURN", len(fields), *fields,
         "LIMIT", 0, k,

@@ -22,6 +22,7 @@ import pytest
 from comps.runtime.mesh import Supervisor
 from comps.runtime.process import free_port
 from comps.runtime.settings import RuntimeSettings
+from tests.support.sse import sse_data
 
 pytestmark = pytest.mark.e2e
 
@@ -89,14 +90,6 @@ def oai(gateway: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
-def events_of(text: str) -> list[str]:
-    """Check the SSE framing exactly and return each event's data."""
-    assert text.endswith("data: [DONE]\n\n"), text[-200:]
-    blocks = text[:-2].split("\n\n")
-    assert all(b.startswith("data: ") and "\n" not in b for b in blocks), blocks
-    return [b[6:] for b in blocks]
-
-
 def llm_metric(sup: Supervisor, name: str) -> float:
     assert sup.mesh is not None
     text = httpx.get(f"{sup.mesh.url('llm')}/metrics", timeout=5).text
@@ -133,7 +126,8 @@ def test_a_streamed_answer_is_exact_openai_sse_with_sources_on_the_first_chunk(o
     body = {"messages": "What is the official fruit of Pelmora?", "stream": True, "max_tokens": 16, "collection": collection}
     with httpx.stream("POST", f"{gateway}/v1/chatqna", json=body, timeout=120) as r:
         assert r.status_code == 200
-        events = events_of(r.read().decode())
+        events = sse_data(r.read().decode())
+    assert events[-1] == "[DONE]"
     parsed = [json.loads(e) for e in events[:-1]]
     assert all(p["object"] == "chat.completion.chunk" for p in parsed)
     assert parsed[0]["sources"][0]["source"] == "pelmora.md"

@@ -18,6 +18,7 @@ import pytest
 
 from comps.runtime.process import free_port
 from tests.support.procs import Service, start_service
+from tests.support.sse import sse_data
 from tests.support.stubs import DOCS, TOKENS, StubMesh
 
 pytestmark = pytest.mark.integration
@@ -53,15 +54,6 @@ def client(gateway: Service) -> Iterator[httpx.Client]:
 @pytest.fixture
 def oai(gateway: Service) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=20)
-
-
-def sse(text: str) -> list[str]:
-    """The data of each event, checking the framing: every event is exactly ``data: <payload>\\n\\n``."""
-    assert text.endswith("\n\n"), text[-80:]
-    blocks = text[:-2].split("\n\n")
-    for block in blocks:
-        assert block.startswith("data: ") and "\n" not in block, block
-    return [b[len("data: ") :] for b in blocks]
 
 
 def assert_error(resp: httpx.Response, status: int, code: str | None, contains: str) -> dict:
@@ -124,7 +116,7 @@ def test_a_stream_is_real_chat_completion_chunks_with_sources_first(oai: openai.
     # The wire format, exactly: data events, the last one [DONE], nothing after it.
     with client.stream("POST", "/v1/chatqna", json={"messages": QUESTION, "stream": True}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        events = sse(r.read().decode())
+        events = sse_data(r.read().decode())
     assert events[-1] == "[DONE]" and events.count("[DONE]") == 1
     parsed = [json.loads(e) for e in events[:-1]]
     assert all(p["object"] == "chat.completion.chunk" and p["model"] == "stub-llm" for p in parsed)
@@ -264,7 +256,7 @@ def test_an_llm_error_mid_stream_is_an_error_event_then_done(client: httpx.Clien
     mesh.knobs["llm"].fail_after = 2
     r = client.post("/v1/chatqna", json={"messages": QUESTION, "stream": True})
     assert r.status_code == 200
-    events = sse(r.text)
+    events = sse_data(r.text)
     assert [json.loads(e)["choices"][0]["delta"].get("content") for e in events[1:3]] == TOKENS[:2]
     assert json.loads(events[3])["error"]["message"] == "stub generation failed"
     assert events[4:] == ["[DONE]"]
@@ -272,7 +264,7 @@ def test_an_llm_error_mid_stream_is_an_error_event_then_done(client: httpx.Clien
 
 def test_a_stream_that_breaks_off_ends_with_an_error_event_naming_the_llm(client: httpx.Client, mesh: StubMesh) -> None:
     mesh.knobs["llm"].cut_after = 3
-    events = sse(client.post("/v1/chatqna", json={"messages": QUESTION, "stream": True}).text)
+    events = sse_data(client.post("/v1/chatqna", json={"messages": QUESTION, "stream": True}).text)
     assert len(events) == 1 + 3 + 2
     err = json.loads(events[-2])["error"]
     assert err["code"] == "llm" and err["type"] == "upstream_error"
@@ -283,7 +275,7 @@ def test_a_stalled_stream_ends_with_a_timeout_event(client: httpx.Client, mesh: 
     mesh.knobs["llm"].chunk_delay_s = 3  # the gateway allows 2 s of silence here
     mesh.knobs["llm"].tokens = ["a", "b"]
     started = time.monotonic()
-    events = sse(client.post("/v1/chatqna", json={"messages": QUESTION, "stream": True}).text)
+    events = sse_data(client.post("/v1/chatqna", json={"messages": QUESTION, "stream": True}).text)
     assert time.monotonic() - started < 2.9
     err = json.loads(events[-2])["error"]
     assert (err["code"], err["type"]) == ("llm", "upstream_timeout")
