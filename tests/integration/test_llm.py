@@ -65,7 +65,10 @@ def vocab(models_dir):
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     tok = Llama(str(models_dir / DEFAULT_LLM), vocab_only=True, verbose=False)
-    special = lambda t: tok.detokenize([t], special=True).decode()  # noqa: E731
+
+    def special(token: int) -> str:
+        return str(tok.detokenize([token], special=True).decode())
+
     fmt = Jinja2ChatFormatter(tok.metadata["tokenizer.chat_template"], eos_token=special(tok.token_eos()),
                               bos_token=special(tok.token_bos()))
 
