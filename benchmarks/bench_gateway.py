@@ -319,11 +319,8 @@ def main() -> None:
     finally:
         for p in reversed(procs):
             p.stop()
-    header = ("metric", "ours", "OPEA 1.5", "ratio", "target")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
-    print(f"\ngateway vs OPEA ServiceOrchestrator, 4 hops on instant stubs, {os.cpu_count()} CPUs")
-    for r in [header, *rows]:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths, strict=True)))
+    title = f"gateway vs OPEA ServiceOrchestrator, 4 hops on instant stubs, {os.cpu_count()} CPUs"
+    print_table(title, ("metric", "ours", "OPEA 1.5", "ratio", "target"), rows)
 
 
 async def bench_auth(quick: bool, procs: dict[str, Proc], urls: dict[str, str], stubs: dict[str, str],
@@ -420,9 +417,13 @@ def main_auth(quick: bool) -> None:
         finally:
             for p in reversed(started):
                 p.stop()
-    header = ("metric", "value", "vs off", "", "target")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
-    print(f"\ngateway auth off vs on (JWT, API key), 4 hops on instant stubs, {os.cpu_count()} CPUs")
+    title = f"gateway auth off vs on (JWT, API key), 4 hops on instant stubs, {os.cpu_count()} CPUs"
+    print_table(title, ("metric", "value", "vs off", "", "target"), rows)
+
+
+def print_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print(f"\n{title}")
     for r in [header, *rows]:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths, strict=True)))
 
