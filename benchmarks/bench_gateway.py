@@ -309,18 +309,28 @@ def main() -> None:
         ours.wait_http(f"http://127.0.0.1:{ours_port}/v1/ready")
         opea.wait_http(f"http://127.0.0.1:{opea_port}/v1/health_check")
         urls = {"ours": f"http://127.0.0.1:{ours_port}", "opea": f"http://127.0.0.1:{opea_port}"}
-        try:
-            import uvloop
-
-            uvloop.install()
-        except ImportError:
-            pass
+        install_uvloop()
         rows = asyncio.run(bench(args.quick, ours, opea, urls, stubs))
     finally:
         for p in reversed(procs):
             p.stop()
-    title = f"gateway vs OPEA ServiceOrchestrator, 4 hops on instant stubs, {os.cpu_count()} CPUs"
-    print_table(title, ("metric", "ours", "OPEA 1.5", "ratio", "target"), rows)
+    print_table("gateway vs OPEA ServiceOrchestrator", ("metric", "ours", "OPEA 1.5", "ratio", "target"), rows)
+
+
+def install_uvloop() -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+
+def print_table(title: str, header: tuple[str, ...], rows: list[tuple]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print(f"\n{title}, 4 hops on instant stubs, {os.cpu_count()} CPUs")
+    for r in [header, *rows]:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths, strict=True)))
 
 
 async def bench_auth(quick: bool, procs: dict[str, Proc], urls: dict[str, str], stubs: dict[str, str],
@@ -407,25 +417,12 @@ def main_auth(quick: bool) -> None:
             jwt_token = login["access_token"]
             key = httpx.post(urls["on"] + "/v1/auth/keys", json={"name": "bench"},
                              headers={"Authorization": f"Bearer {jwt_token}"}).json()["key"]
-            try:
-                import uvloop
-
-                uvloop.install()
-            except ImportError:
-                pass
+            install_uvloop()
             rows = asyncio.run(bench_auth(quick, procs, urls, stubs, {"jwt": jwt_token, "key": key}))
         finally:
             for p in reversed(started):
                 p.stop()
-    title = f"gateway auth off vs on (JWT, API key), 4 hops on instant stubs, {os.cpu_count()} CPUs"
-    print_table(title, ("metric", "value", "vs off", "", "target"), rows)
-
-
-def print_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print(f"\n{title}")
-    for r in [header, *rows]:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths, strict=True)))
+    print_table("gateway auth off vs on (JWT, API key)", ("metric", "value", "vs off", "", "target"), rows)
 
 
 if __name__ == "__main__":

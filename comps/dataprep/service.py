@@ -42,7 +42,7 @@ from comps.dataprep.settings import DataprepSettings
 from comps.dataprep.uploads import read_ingest_form
 from comps.dataprep.urls import FetchFailed, UrlFetcher, UrlRefused, check_url
 from comps.vectorstore.documents import Chunk, CollectionMissing, DocumentRecord
-from comps.vectorstore.schema import validate_collection
+from comps.vectorstore.names import validate_collection
 
 log = logging.getLogger("comps.dataprep")
 

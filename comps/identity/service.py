@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import secrets
 import time
 import uuid
@@ -26,10 +25,11 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from comps.core.errors import BadRequest, Forbidden, NotFound, Overloaded, ServiceError, Unauthorized
+from comps.core.errors import Forbidden, NotFound, Overloaded, ServiceError, Unauthorized
 from comps.identity.models import ApiKey, Collection, RefreshToken, User
 from comps.identity.protocol import CollectionInfo, KeyCreated, KeyInfo, TokenPair, UserInfo
 from comps.sqlstore.db import Database
+from comps.vectorstore.names import validate_collection
 
 log = logging.getLogger("comps.identity")
 
@@ -37,7 +37,6 @@ ISSUER = "chatqna"
 AUDIENCE = "chatqna"
 KEY_PREFIX = "sk-"
 REFRESH_PREFIX = "rt-"
-COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 V = TypeVar("V")
 
 
@@ -169,14 +168,7 @@ def personal_collection(user_id: uuid.UUID | str) -> str:
 
 
 def valid_collection(name: str) -> str:
-    if not COLLECTION_RE.match(name):
-        raise BadRequest(
-            f"collection name {name!r} is invalid: use 1-64 letters, digits, '_', '-' or '.', starting with a letter "
-            "or digit",
-            param="name",
-            code="invalid_value",
-        )
-    return name
+    return validate_collection(name, param="name")
 
 
 def _now() -> datetime:

@@ -19,7 +19,8 @@ from comps.retriever.protocol import (
     RetrievedDocument,
 )
 from comps.retriever.settings import RetrieverSettings
-from comps.vectorstore import schema, search
+from comps.vectorstore import search
+from comps.vectorstore.names import validate_collection
 
 QUERY_LATENCY = Histogram(
     "chatqna_retriever_query_seconds",
@@ -46,7 +47,7 @@ class RetrieverService:
         self.embedding = embedding
 
     async def retrieve(self, backend: Retriever, http: HttpClient, req: RetrievalRequest) -> RetrievalResponse:
-        collection = schema.validate_collection(req.collection or self.settings.index_name)
+        collection = validate_collection(req.collection or self.settings.index_name)
         search.build_filter(req.filters)  # bad filter values fail before an embedding is paid for
         vector: list[float] | np.ndarray | None = req.embedding
         if vector is None:

@@ -31,6 +31,7 @@ from redis.exceptions import ResponseError
 
 from comps.core.errors import BadRequest
 from comps.vectorstore import schema
+from comps.vectorstore.names import validate_collection
 
 SearchType = Literal[
     "similarity", "similarity_score_threshold", "similarity_distance_threshold", "mmr", "hybrid"
@@ -187,7 +188,7 @@ def _normalize(m: np.ndarray) -> np.ndarray:
 
 async def search(r: aioredis.Redis, collection: str, query: Query) -> list[Hit]:
     """Run ``query`` against ``collection``; best first. Bad input raises `BadRequest`."""
-    schema.validate_collection(collection)
+    validate_collection(collection)
     if query.search_type not in SEARCH_TYPES:
         raise BadRequest(
             f"search_type {query.search_type!r} is not one of {', '.join(SEARCH_TYPES)}", param="search_type"

@@ -91,3 +91,21 @@ def test_open_registration_makes_a_plain_user_once(gateway: Service) -> None:
                         json={"username": name + "x", "password": "long-enough-1", "role": "admin"}, timeout=30)
     assert sneaky.status_code == 400
     assert login(gateway, name, "long-enough-1").json()["user"]["role"] == "user"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"DATABASE_URL": "postgresql://u:p@127.0.0.1:1/x"}, "GATEWAY_JWT_SECRET"),
+        ({"DATABASE_URL": "postgresql://u:p@127.0.0.1:1/x", "GATEWAY_JWT_SECRET": "changeme"}, "GATEWAY_JWT_SECRET"),
+        ({"GATEWAY_JWT_SECRET": secrets.token_urlsafe(40)}, "DATABASE_URL"),
+        ({"GATEWAY_AUTH_ENABLED": "false", "GATEWAY_HOST": "0.0.0.0"}, "GATEWAY_AUTH_ENABLED"),
+    ],
+    ids=["no-secret", "default-secret", "no-database", "auth-off-on-a-public-address"],
+)
+def test_an_insecure_gateway_refuses_to_start_naming_the_variable(env: dict[str, str], named: str) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_") and k != "DATABASE_URL"}
+    started = subprocess.run([sys.executable, "-m", "megaservice"], cwd=REPO, env={**clean, **env},
+                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert started.returncode == 2, started.stderr
+    assert named in started.stderr
