@@ -1,6 +1,11 @@
 """The gateway against OPEA's orchestrator (opea-comps 1.5), on the same instant stub services, in one run.
 
     .venv/bin/python benchmarks/bench_gateway.py [--quick]
+    .venv/bin/python benchmarks/bench_gateway.py --auth [--quick]   # auth off vs JWT vs API key, same stubs
+
+With ``--auth``: two of our gateways on the same stubs, one with accounts off and one with accounts on (an
+embedded PostgreSQL in a temporary folder); the same requests with no credentials (off), an access JWT and an
+API key (on), interleaved in rounds: overhead p50/p99 over the direct hops, and gateway CPU per request at c=16.
 
 Starts (127.0.0.1 only): the four stubs in one process (tests/support/stubs.py), our gateway
 (``python -m megaservice``) and OPEA's ChatQnA megaservice (benchmarks/opea_chatqna.py, run from its own
@@ -282,7 +287,11 @@ def _ratio(num: float, den: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the benchmark)")
+    ap.add_argument("--auth", action="store_true", help="auth off vs JWT vs API key instead of OPEA")
     args = ap.parse_args()
+    if args.auth:
+        main_auth(args.quick)
+        return
     opea_python = ensure_opea_venv()
     ports = {name: free_port() for name in ("embedding", "retriever", "reranker", "llm")}
     stubs = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
@@ -292,7 +301,8 @@ def main() -> None:
         procs.append(stub := Proc("stubs", [sys.executable, "-m", "tests.support.stubs", *map(str, ports.values())], {}))
         stub.wait_http(stubs["llm"] + "/v1/ready")
         ours = Proc("gateway", [sys.executable, "-m", "megaservice"], {
-            "GATEWAY_PORT": str(ours_port), **{f"GATEWAY_{k.upper()}_URL": v for k, v in stubs.items()},
+            "GATEWAY_PORT": str(ours_port), "GATEWAY_AUTH_ENABLED": "false",
+            **{f"GATEWAY_{k.upper()}_URL": v for k, v in stubs.items()},
         })  # fmt: skip
         procs.append(ours)
         opea = Proc("opea", [str(opea_python), str(REPO / "benchmarks" / "opea_chatqna.py")], {
@@ -303,21 +313,120 @@ def main() -> None:
         ours.wait_http(f"http://127.0.0.1:{ours_port}/v1/ready")
         opea.wait_http(f"http://127.0.0.1:{opea_port}/v1/health_check")
         urls = {"ours": f"http://127.0.0.1:{ours_port}", "opea": f"http://127.0.0.1:{opea_port}"}
-        try:
-            import uvloop
-
-            uvloop.install()
-        except ImportError:
-            pass
+        install_uvloop()
         rows = asyncio.run(bench(args.quick, ours, opea, urls, stubs))
     finally:
         for p in reversed(procs):
             p.stop()
-    header = ("metric", "ours", "OPEA 1.5", "ratio", "target")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
-    print(f"\ngateway vs OPEA ServiceOrchestrator, 4 hops on instant stubs, {os.cpu_count()} CPUs")
+    print_table("gateway vs OPEA ServiceOrchestrator", ("metric", "ours", "OPEA 1.5", "ratio", "target"), rows)
+
+
+def install_uvloop() -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+
+def print_table(title: str, header: tuple[str, ...], rows: list[tuple]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print(f"\n{title}, 4 hops on instant stubs, {os.cpu_count()} CPUs")
     for r in [header, *rows]:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)))
+
+
+async def bench_auth(quick: bool, procs: dict[str, Proc], urls: dict[str, str], stubs: dict[str, str],
+                     creds: dict[str, str]) -> list[tuple]:  # fmt: skip
+    n_seq = 200 if quick else 600
+    dur = 1.5 if quick else 3.0
+    rows: list[tuple] = []
+    timeout = aiohttp.ClientTimeout(total=30)
+    body = orjson.dumps({"messages": [{"role": "user", "content": QUESTION}]})
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+        c = Client(session, stubs)
+        await set_llm(session, stubs["llm"], tokens=20, chunk_delay_s=0.0)
+        modes = {"off": ("off", None), "jwt": ("on", creds["jwt"]), "api key": ("on", creds["key"])}
+
+        def call(mode: str) -> Callable[[], Awaitable[None]]:
+            which, token = modes[mode]
+            headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+
+            async def one() -> None:
+                async with session.post(urls[which] + "/v1/chatqna", data=body, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"HTTP {r.status}")
+
+            return one
+
+        for mode in modes:
+            await load(call(mode), 4, count=100)
+        runs = {k: Run() for k in ("direct", *modes)}
+        for _ in range(10):  # interleaved rounds share the machine's noise
+            for key in runs:
+                r = await load(c.direct if key == "direct" else call(key), 1, count=n_seq // 10)
+                runs[key].latencies += r.latencies
+                runs[key].errors += r.errors
+        d50, d99 = runs["direct"].pct(50), runs["direct"].pct(99)
+        rows.append(("direct 4 hops p50 / p99 (ms)", f"{d50 * 1e3:.3f} / {d99 * 1e3:.3f}", "", "", ""))
+        for mode in modes:
+            o50, o99 = runs[mode].pct(50) - d50, runs[mode].pct(99) - d99
+            added = "" if mode == "off" else f"{(runs[mode].pct(50) - runs['off'].pct(50)) * 1e3:+.3f}"
+            rows.append((f"overhead p50 / p99 (ms), {mode}", f"{o50 * 1e3:.3f} / {o99 * 1e3:.3f}", added,
+                         f"errors {runs[mode].errors}", "added p50 <= 0.1 ms" if mode != "off" else ""))  # fmt: skip
+        cpu: dict[str, float] = {}
+        for _ in range(2):
+            for mode in modes:
+                res = await load(call(mode), 16, duration_s=dur, proc=procs[modes[mode][0]])
+                cpu[mode] = cpu.get(mode, 0.0) + res.cpu_s / max(1, len(res.latencies)) / 2
+        for mode in modes:
+            ratio = "" if mode == "off" else f"{cpu[mode] / cpu['off']:.3f}x"
+            rows.append((f"CPU ms/request (c=16), {mode}", f"{cpu[mode] * 1e3:.3f}", ratio, "",
+                         "<= 1.05x off" if mode != "off" else ""))  # fmt: skip
+    return rows
+
+
+def main_auth(quick: bool) -> None:
+    import tempfile
+
+    import httpx
+
+    from comps.runtime.postgres_server import EmbeddedPostgres
+
+    ports = {name: free_port() for name in ("embedding", "retriever", "reranker", "llm")}
+    stubs = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    off_port, on_port = free_port(), free_port()
+    urls = {"off": f"http://127.0.0.1:{off_port}", "on": f"http://127.0.0.1:{on_port}"}
+    admin = ("bench-admin", "bench-" + os.urandom(8).hex())
+    started: list[Proc] = []
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedPostgres(Path(tmp) / "pg", free_port()) as pg:
+        try:
+            started.append(stub := Proc("stubs", [sys.executable, "-m", "tests.support.stubs", *map(str, ports.values())], {}))
+            stub.wait_http(stubs["llm"] + "/v1/ready")
+            hops = {f"GATEWAY_{k.upper()}_URL": v for k, v in stubs.items()}
+            procs = {
+                "off": Proc("gateway-auth-off", [sys.executable, "-m", "megaservice"],
+                            {"GATEWAY_PORT": str(off_port), "GATEWAY_AUTH_ENABLED": "false", **hops}),
+                "on": Proc("gateway-auth-on", [sys.executable, "-m", "megaservice"], {
+                    "GATEWAY_PORT": str(on_port), "DATABASE_URL": pg.url, "GATEWAY_JWT_SECRET": os.urandom(32).hex(),
+                    "CHATQNA_ADMIN_USER": admin[0], "CHATQNA_ADMIN_PASSWORD": admin[1], **hops,
+                }),
+            }  # fmt: skip
+            started += procs.values()
+            for name, proc in procs.items():
+                proc.wait_http(urls[name] + "/v1/ready")
+            login = httpx.post(urls["on"] + "/v1/auth/login", json={"username": admin[0], "password": admin[1]}).json()
+            jwt_token = login["access_token"]
+            key = httpx.post(urls["on"] + "/v1/auth/keys", json={"name": "bench"},
+                             headers={"Authorization": f"Bearer {jwt_token}"}).json()["key"]  # fmt: skip
+            install_uvloop()
+            rows = asyncio.run(bench_auth(quick, procs, urls, stubs, {"jwt": jwt_token, "key": key}))
+        finally:
+            for p in reversed(started):
+                p.stop()
+    print_table("gateway auth off vs on (JWT, API key)", ("metric", "value", "vs off", "", "target"), rows)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,9 @@ class GatewaySettings(ServiceSettings):
     # -- the mesh behind the door --
     dataprep_url: str = "http://127.0.0.1:6007"
     dataprep_timeout_s: float = Field(default=300.0, gt=0, description="Longest wait for a proxied dataprep call.")
+    max_upload_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1, description="Largest upload to /v1/dataprep/ingest (dataprep limits each file)."
+    )
     internal_api_key: SecretStr | None = Field(
         default=None,
         description="The mesh's internal token: sent as a bearer token to every internal service (their "
@@ -103,7 +106,10 @@ class GatewaySettings(ServiceSettings):
         default=None, validation_alias=AliasChoices("CHATQNA_ADMIN_PASSWORD", "admin_password")
     )
     login_max_failures: int = Field(
-        default=5, ge=1, description="Failed logins per account or address within login_window_s before 429."
+        default=5, ge=1, description="Failed logins per account within login_window_s before 429."
+    )
+    login_max_failures_per_address: int = Field(
+        default=50, ge=1, description="Failed logins per client address within login_window_s before 429."
     )
     login_window_s: float = Field(default=300.0, gt=0)
     principal_cache_s: float = Field(
@@ -146,6 +152,9 @@ class GatewaySettings(ServiceSettings):
     @classmethod
     def _loopback_without_auth(cls, value: bool, info: ValidationInfo) -> bool:
         host = info.data.get("host", "127.0.0.1")
+        if value and info.data.get("api_key") is not None:
+            raise ValueError("GATEWAY_API_KEY (one shared token) is for a gateway without accounts; with auth on, "
+                             "each user makes API keys (POST /v1/auth/keys)")
         if not value and not is_loopback(host):
             raise ValueError(f"auth may be off only on a loopback address, and GATEWAY_HOST is {host!r}")
         return value
@@ -170,7 +179,7 @@ class GatewaySettings(ServiceSettings):
         return value
 
 
-WEAK_SECRETS = frozenset({"changeme", "change-me", "secret", "default", "please-change-me" * 2})
+WEAK_SECRETS = frozenset({"changeme", "change-me", "secret", "default", "password"})
 
 
 def is_loopback(host: str) -> bool:

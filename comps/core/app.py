@@ -127,7 +127,11 @@ def create_app(
     routers: Sequence[APIRouter] = (),
     title: str | None = None,
     version: str = "0.1.0",
+    middleware: Sequence[tuple[type, dict[str, Any]]] = (),
+    body_limits: dict[str, int] | None = None,
 ) -> FastAPI:
+    """The service's app. ``middleware`` (class, kwargs) runs inside CORS and the body limit, outside the routes
+    (e.g. the gateway's authentication); ``body_limits`` sets other limits than max_body_bytes for some paths."""
     state = ServiceState(backend)
 
     @asynccontextmanager
@@ -198,6 +202,8 @@ def create_app(
     for router in routers:
         app.include_router(router)
 
+    for cls, kwargs in middleware:
+        app.add_middleware(cls, **kwargs)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"], allow_headers=["*"]
@@ -205,7 +211,7 @@ def create_app(
     if settings.api_key is not None:
         app.add_middleware(BearerAuthMiddleware, token=settings.api_key.get_secret_value())
     if settings.max_body_bytes is not None:
-        app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+        app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, paths=body_limits or {})
     app.add_middleware(ObservabilityMiddleware, service=settings.service_name)
     return app
 
@@ -228,17 +234,19 @@ class BodyLimitMiddleware:
     """413 for a request body over ``limit`` bytes: at once from Content-Length, or while a chunked body
     is read (the read fails with `PayloadTooLarge`, which the error handlers answer as 413)."""
 
-    def __init__(self, app, limit: int) -> None:  # noqa: ANN001
+    def __init__(self, app, limit: int, paths: dict[str, int] | None = None) -> None:  # noqa: ANN001
         self.app = app
         self.limit = limit
+        self.paths = paths or {}
 
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.paths.get(scope.get("path", ""), self.limit)
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            resp = JSONResponse(status_code=413, content=self._too_large().envelope())
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            resp = JSONResponse(status_code=413, content=self._too_large(limit).envelope())
             await resp(scope, receive, send)
             return
         seen = 0
@@ -248,14 +256,15 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise self._too_large()
+                if seen > limit:
+                    raise self._too_large(limit)
             return message
 
         await self.app(scope, limited_receive, send)
 
-    def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"request body is over the limit of {self.limit} bytes", code="body_too_large")
+    @staticmethod
+    def _too_large(limit: int) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body is over the limit of {limit} bytes", code="body_too_large")
 
 
 class BearerAuthMiddleware:

@@ -26,6 +26,7 @@ class HttpClient:
     """Owns the process's aiohttp session; created in the app's lifespan, closed with it."""
 
     def __init__(self, *, connect_timeout_s: float = 5.0, pool_size: int = 512) -> None:
+        self.default_headers: dict[str, str] = {}  # sent with every call (e.g. the mesh's internal token)
         self._connect_timeout_s = connect_timeout_s
         self._pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
@@ -83,16 +84,16 @@ class HttpClient:
         json_body: Any = None,
         headers: dict[str, str] | None = None,
         read_timeout_s: float | None = None,
-        content: bytes | None = None,
+        content: bytes | aiohttp.FormData | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Open a request whose 2xx response the caller reads (e.g. a stream).
 
         ``timeout_s`` bounds the time until the response headers; ``read_timeout_s`` bounds each
         read after that (default: the same). ``content`` is a JSON body already encoded (instead of
-        ``json_body``), for callers that serialize with pydantic or orjson.
+        ``json_body``), for callers that serialize with pydantic or orjson, or a multipart form (streamed).
         """
-        hdrs = outgoing_headers(headers)
-        if content is not None:
+        hdrs = outgoing_headers({**self.default_headers, **headers} if headers else self.default_headers)
+        if isinstance(content, bytes):
             hdrs.setdefault("Content-Type", "application/json")
         timeout = aiohttp.ClientTimeout(
             total=None, connect=min(self._connect_timeout_s, timeout_s), sock_read=read_timeout_s or timeout_s

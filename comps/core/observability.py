@@ -22,6 +22,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from prometheus_client import Counter, Histogram
 
+from comps.core.caller import caller_headers_var
+
 REQUEST_ID_HEADER = "x-request-id"
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -106,8 +108,8 @@ def tracer() -> trace.Tracer:
 
 
 def outgoing_headers(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Headers for a call to another service: request id and W3C trace context."""
-    headers = dict(extra or {})
+    """Headers for a call to another service: the caller (gateway only), request id and W3C trace context."""
+    headers = {**caller_headers_var.get(), **(extra or {})}
     rid = request_id_var.get()
     if rid != "-":
         headers[REQUEST_ID_HEADER] = rid

@@ -100,7 +100,7 @@ async def _json(resp: aiohttp.ClientResponse) -> Any:
         body = None
     if resp.status >= 400:
         message = body["error"]["message"] if isinstance(body, dict) and isinstance(body.get("error"), dict) else text
-        raise ServiceRefused(f"dataprep answered HTTP {resp.status}: {message}")
+        raise ServiceRefused(f"the gateway answered HTTP {resp.status}: {message}")
     return body
 
 
@@ -143,5 +143,5 @@ async def run(
                 await asyncio.gather(*(poll(pending[i : i + POLL_IDS]) for i in range(0, len(pending), POLL_IDS)))
                 on_update(jobs)
         except aiohttp.ClientConnectionError as exc:
-            raise ServiceRefused(f"cannot reach dataprep at {base}: {exc}") from None
+            raise ServiceRefused(f"cannot reach the gateway at {base}: {exc}") from None
     return jobs

@@ -36,6 +36,16 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
         return None
 
 
+def as_user(user: str | None) -> dict[str, object]:
+    """Popen arguments that run a child as ``user`` with that user's group only (not root's groups)."""
+    if user is None:
+        return {}
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
 class ProcessFailed(RuntimeError):
     """A child process exited, or did not become ready in time; the message carries its last output."""
 
@@ -53,6 +63,7 @@ class ManagedProcess:
         sink: IO[str] | None = None,
         log_file: Path | None = None,
         prefix_width: int = 10,
+        user: str | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -60,6 +71,7 @@ class ManagedProcess:
         self.cwd = str(cwd) if cwd else None
         self.sink = sink if sink is not None else sys.stderr
         self.log_file = log_file
+        self.user = user  # run as this system user (needs root)
         self.prefix = f"{name:<{prefix_width}}| "
         self.proc: subprocess.Popen[str] | None = None
         self.tail: list[str] = []
@@ -82,6 +94,7 @@ class ManagedProcess:
             errors="replace",
             bufsize=1,
             start_new_session=True,
+            **as_user(self.user),
         )
         self._pump = threading.Thread(target=self._forward, name=f"log-{self.name}", daemon=True)
         self._pump.start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,6 +20,11 @@ class RuntimeSettings(BaseSettings):
     host: str = _env("CHATQNA_HOST", "127.0.0.1", "Address every local service binds to")
     redis_url: str | None = _env("REDIS_URL", None, "Use this Redis instead of starting the embedded one")
     redis_port: int = _env("CHATQNA_REDIS_PORT", 6379)
+    auth_enabled: bool = _env("GATEWAY_AUTH_ENABLED", True, "Accounts at the gateway (needs PostgreSQL)")
+    database_url: str | None = _env("DATABASE_URL", None, "Use this PostgreSQL instead of starting the embedded one")
+    postgres_port: int = _env("CHATQNA_POSTGRES_PORT", 5432)
+    admin_user: str | None = _env("CHATQNA_ADMIN_USER", None, "Name of the first admin (default: admin)")
+    admin_password: SecretStr | None = _env("CHATQNA_ADMIN_PASSWORD", None, "Password of the first admin (default: generated)")
     embedding_port: int = _env("EMBEDDING_PORT", 6000)
     retriever_port: int = _env("RETRIEVER_PORT", 7000)
     reranker_port: int = _env("RERANKER_PORT", 8000)

@@ -22,6 +22,7 @@ from redis.commands.search.index_definition import IndexDefinition, IndexType
 from redis.exceptions import ResponseError
 
 from comps.core.errors import BadRequest
+from comps.vectorstore.names import validate_collection
 
 Algorithm = Literal["HNSW", "FLAT"]
 
@@ -35,18 +36,7 @@ CHUNK = "chunk"
 TAG_FIELDS = (SOURCE, DOC_ID, TAGS)
 NUMERIC_FIELDS = (PAGE, CHUNK)
 
-_COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TAG_SPECIAL = re.compile(r"([,.<>{}\[\]\"':;!@#$%^&*()\-+=~|/\\ ?])")
-
-
-def validate_collection(name: str) -> str:
-    if not _COLLECTION_RE.match(name or ""):
-        raise BadRequest(
-            f"collection name {name!r} is invalid: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit",
-            param="collection",
-        )
-    return name
-
 
 def chunk_prefix(collection: str) -> str:
     return f"{collection}:chunk:"

@@ -64,6 +64,7 @@ class Stubs:
     def __init__(self) -> None:
         self.knobs: dict[str, Knobs] = {n: Knobs() for n in ("embedding", "retriever", "reranker", "llm")}
         self.seen: dict[str, list[Any]] = {n: [] for n in self.knobs}
+        self.headers: dict[str, list[dict[str, str]]] = {n: [] for n in self.knobs}  # of each request, lower-case
         self.record = True
         self.llm_aborted = threading.Event()  # the LLM saw its client go away mid-stream
         self.llm_streams_open = 0
@@ -81,6 +82,7 @@ class Stubs:
         for name in self.knobs:
             self.knobs[name] = Knobs()
             self.seen[name].clear()
+            self.headers[name].clear()
         self.llm_aborted.clear()
 
     # -- helpers --
@@ -92,6 +94,7 @@ class Stubs:
         body = orjson.loads(raw) if raw else None
         if self.record:
             self.seen[name].append(body)
+            self.headers[name].append({k.lower(): v for k, v in request.headers.items()})
         if knobs.delay_s:
             await asyncio.sleep(knobs.delay_s)
         if knobs.status != 200:
@@ -146,8 +149,15 @@ class Stubs:
         return app
 
     async def embeddings(self, request: web.Request) -> web.Response:
-        _, _, error = await self._common("embedding", request)
-        return error or self._json(self._embed_body)
+        _, body, error = await self._common("embedding", request)
+        if error:
+            return error
+        inputs = body.get("input") if isinstance(body, dict) else None
+        if isinstance(inputs, list) and len(inputs) != 1:  # a batch (dataprep): one vector per input
+            data = [{"object": "embedding", "index": i, "embedding": VECTOR} for i in range(len(inputs))]
+            return self._json({"object": "list", "data": data, "model": "stub-embedding",
+                               "usage": {"prompt_tokens": 8, "total_tokens": 8}})  # fmt: skip
+        return self._json(self._embed_body)
 
     async def tei_embed(self, request: web.Request) -> web.Response:
         _, _, error = await self._common("embedding", request)
@@ -264,6 +274,10 @@ class StubMesh:
     @property
     def seen(self) -> dict[str, list[Any]]:
         return self.stubs.seen
+
+    @property
+    def headers(self) -> dict[str, list[dict[str, str]]]:
+        return self.stubs.headers
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
