@@ -63,8 +63,15 @@ def start(
     name: str, module: str, prefix: str, env: dict[str, str], logs: Path, sink: IO[str]
 ) -> tuple[ManagedProcess, str]:
     port = free_port()
-    full = {f"{prefix}HOST": "127.0.0.1", f"{prefix}PORT": str(port), "CHATQNA_MODELS_DIR": str(MODELS),
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "LOG_LEVEL": "WARNING", **env}
+    full = {
+        f"{prefix}HOST": "127.0.0.1",
+        f"{prefix}PORT": str(port),
+        "CHATQNA_MODELS_DIR": str(MODELS),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "LOG_LEVEL": "WARNING",
+        **env,
+    }
     argv = [sys.executable, "-m", module]
     proc = ManagedProcess(name, argv, env=full, cwd=REPO, sink=sink, log_file=logs / f"{name}.log")
     proc.start()
@@ -154,9 +161,11 @@ def main() -> None:
                 raise SystemExit(f"{len(failed)} job(s) did not succeed, e.g. {failed[0]}")
             chunks = sum(j["chunks_total"] for j in jobs.values())
             ingest_s.append(elapsed)
-            print(f"  ingest run {i + 1}: {chunks} chunks in {elapsed:.2f}s = {chunks / elapsed:.1f} chunks/s; "
-                  f"{calls:.0f} model calls of {inputs / max(calls, 1):.1f} chunks on average; CPU s: "
-                  + ", ".join(f"{name} {seconds:.1f}" for name, seconds in cpu.items()))
+            print(
+                f"  ingest run {i + 1}: {chunks} chunks in {elapsed:.2f}s = {chunks / elapsed:.1f} chunks/s; "
+                f"{calls:.0f} model calls of {inputs / max(calls, 1):.1f} chunks on average; CPU s: "
+                + ", ".join(f"{name} {seconds:.1f}" for name, seconds in cpu.items())
+            )
         texts = asyncio.run(stored_texts(redis.url, f"bench-{args.repeats - 1}"))
         assert len(texts) == chunks, (len(texts), chunks)
     finally:
@@ -175,8 +184,10 @@ def main() -> None:
         started = time.perf_counter()
         model.encode(texts, batch_size=64)
         encode_s.append(time.perf_counter() - started)
-        print(f"  raw encode run {i + 1}: {len(texts)} chunks in {encode_s[-1]:.2f}s = {len(texts) / encode_s[-1]:.1f} "
-              f"chunks/s; CPU s: {time.process_time() - cpu_before:.1f}")
+        print(
+            f"  raw encode run {i + 1}: {len(texts)} chunks in {encode_s[-1]:.2f}s = {len(texts) / encode_s[-1]:.1f} "
+            f"chunks/s; CPU s: {time.process_time() - cpu_before:.1f}"
+        )
 
     ingest_rate = chunks / statistics.median(ingest_s)
     raw_rate = len(texts) / statistics.median(encode_s)

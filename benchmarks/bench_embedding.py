@@ -116,8 +116,11 @@ def main() -> None:
         "HF_HUB_OFFLINE": "1",
     }
     service = ManagedProcess(
-        "embedding", [sys.executable, "-m", "comps.embedding"],
-        env=env, cwd=REPO, sink=open(os.devnull, "w"),  # noqa: SIM115 - its last lines are kept for errors
+        "embedding",
+        [sys.executable, "-m", "comps.embedding"],
+        env=env,
+        cwd=REPO,
+        sink=open(os.devnull, "w"),  # noqa: SIM115 - its last lines are kept for errors
     )
     print(
         f"{args.texts} texts of ~{args.chars} chars (median {statistics.median(tokens):.0f} tokens), "
@@ -143,9 +146,16 @@ def main() -> None:
     print(f"service mean batch size:               {mean_batch:8.1f} inputs per model call")
     if args.json:
         figures = {
-            "device": args.device, "threads": threads, "texts": args.texts, "chars": args.chars,
-            "clients": args.clients, "rounds": args.rounds, "median_tokens": statistics.median(tokens),
-            "in_process_chunks_per_s": local, "service_chunks_per_s": served, "service_mean_batch": mean_batch,
+            "device": args.device,
+            "threads": threads,
+            "texts": args.texts,
+            "chars": args.chars,
+            "clients": args.clients,
+            "rounds": args.rounds,
+            "median_tokens": statistics.median(tokens),
+            "in_process_chunks_per_s": local,
+            "service_chunks_per_s": served,
+            "service_mean_batch": mean_batch,
         }
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
 

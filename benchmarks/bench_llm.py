@@ -113,8 +113,13 @@ def load_in_process(model: Path, threads: int, n_ctx: int, n_gpu_layers: int):
     lib.llama_model_default_params = no_extra_bufts
     try:
         return llama_cpp.Llama(
-            str(model), n_ctx=n_ctx, n_batch=512, n_threads=threads, n_threads_batch=threads,
-            n_gpu_layers=n_gpu_layers, verbose=False,
+            str(model),
+            n_ctx=n_ctx,
+            n_batch=512,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=n_gpu_layers,
+            verbose=False,
         )
     finally:
         lib.llama_model_default_params = defaults
@@ -129,8 +134,12 @@ async def bench(args: argparse.Namespace) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
-        "LLM_PORT": str(port), "LLM_N_THREADS": str(args.threads), "LLM_N_CTX": str(args.n_ctx),
-        "LLM_PARALLEL": str(args.concurrency), "LLM_MODEL": str(model), "LOG_LEVEL": "WARNING",
+        "LLM_PORT": str(port),
+        "LLM_N_THREADS": str(args.threads),
+        "LLM_N_CTX": str(args.n_ctx),
+        "LLM_PARALLEL": str(args.concurrency),
+        "LLM_MODEL": str(model),
+        "LOG_LEVEL": "WARNING",
         "LLM_N_GPU_LAYERS": str(args.n_gpu_layers),
     }
     with open(os.devnull, "w") as sink:  # noqa: ASYNC230 - a benchmark: the loop has nothing else to run
@@ -161,10 +170,12 @@ async def bench(args: argparse.Namespace) -> None:
                     one = await stream_once(session, url, chat(PROMPTS[0]), args.max_tokens)
                     single_e2e.append(one["tokens"] / (one["last"] - start))
                     start = time.perf_counter()
-                    runs = await asyncio.gather(*(
-                        stream_once(session, url, chat(PROMPTS[i % len(PROMPTS)]), args.max_tokens)
-                        for i in range(args.concurrency)
-                    ))
+                    runs = await asyncio.gather(
+                        *(
+                            stream_once(session, url, chat(PROMPTS[i % len(PROMPTS)]), args.max_tokens)
+                            for i in range(args.concurrency)
+                        )
+                    )
                     multi.append(sum(r["tokens"] for r in runs) / (max(r["last"] for r in runs) - start))
         finally:
             service.stop()
@@ -172,32 +183,52 @@ async def bench(args: argparse.Namespace) -> None:
     med = statistics.median
     svc_tps = med(decode_tps(r) for r in svc_runs)
     local_tps = med(decode_tps(r) for r in local_runs)
+
     def ttft_ms(runs: list[dict[str, float]]) -> float:
         return med(r["first"] - r["sent"] for r in runs) * 1000
 
     svc_ttft, local_ttft = ttft_ms(svc_runs), ttft_ms(local_runs)
     svc_warm_ttft, local_warm_ttft = ttft_ms(svc_warm[1:]), ttft_ms(local_warm[1:])
     tokens = med(r["tokens"] for r in svc_runs)
-    print(f"model {model.name}, {args.threads} threads, n_gpu_layers {args.n_gpu_layers}, greedy, "
-          f"max_tokens {args.max_tokens} "
-          f"(median {tokens:.0f} tokens generated), medians of {args.rounds} rounds")
-    print(f"single stream decode   service {svc_tps:7.1f} tok/s   in-process {local_tps:7.1f} tok/s   "
-          f"ratio {svc_tps / local_tps:.3f}  (target >= 0.95)")
-    print(f"TTFT, new prompt       service {svc_ttft:7.1f} ms      in-process {local_ttft:7.1f} ms      "
-          f"overhead {svc_ttft - local_ttft:+.1f} ms  (target <= 10 ms)")
-    print(f"TTFT, cached prompt    service {svc_warm_ttft:7.1f} ms      in-process {local_warm_ttft:7.1f} ms      "
-          f"overhead {svc_warm_ttft - local_warm_ttft:+.1f} ms  (target <= 10 ms)")
-    print(f"concurrency {args.concurrency}          aggregate {med(multi):7.1f} tok/s   "
-          f"one stream {med(single_e2e):7.1f} tok/s   multiple {med(multi) / med(single_e2e):.2f}x  "
-          f"(target >= 2x; medians of {args.conc_rounds} rounds)")
+    print(
+        f"model {model.name}, {args.threads} threads, n_gpu_layers {args.n_gpu_layers}, greedy, "
+        f"max_tokens {args.max_tokens} "
+        f"(median {tokens:.0f} tokens generated), medians of {args.rounds} rounds"
+    )
+    print(
+        f"single stream decode   service {svc_tps:7.1f} tok/s   in-process {local_tps:7.1f} tok/s   "
+        f"ratio {svc_tps / local_tps:.3f}  (target >= 0.95)"
+    )
+    print(
+        f"TTFT, new prompt       service {svc_ttft:7.1f} ms      in-process {local_ttft:7.1f} ms      "
+        f"overhead {svc_ttft - local_ttft:+.1f} ms  (target <= 10 ms)"
+    )
+    print(
+        f"TTFT, cached prompt    service {svc_warm_ttft:7.1f} ms      in-process {local_warm_ttft:7.1f} ms      "
+        f"overhead {svc_warm_ttft - local_warm_ttft:+.1f} ms  (target <= 10 ms)"
+    )
+    print(
+        f"concurrency {args.concurrency}          aggregate {med(multi):7.1f} tok/s   "
+        f"one stream {med(single_e2e):7.1f} tok/s   multiple {med(multi) / med(single_e2e):.2f}x  "
+        f"(target >= 2x; medians of {args.conc_rounds} rounds)"
+    )
     if args.json:
         figures = {
-            "model": model.name, "threads": args.threads, "n_gpu_layers": args.n_gpu_layers,
-            "max_tokens": args.max_tokens, "median_tokens": tokens, "rounds": args.rounds,
-            "decode_tps_service": svc_tps, "decode_tps_in_process": local_tps,
-            "ttft_ms_service": svc_ttft, "ttft_ms_in_process": local_ttft,
-            "ttft_cached_ms_service": svc_warm_ttft, "ttft_cached_ms_in_process": local_warm_ttft,
-            "concurrency": args.concurrency, "aggregate_tps": med(multi), "one_stream_tps": med(single_e2e),
+            "model": model.name,
+            "threads": args.threads,
+            "n_gpu_layers": args.n_gpu_layers,
+            "max_tokens": args.max_tokens,
+            "median_tokens": tokens,
+            "rounds": args.rounds,
+            "decode_tps_service": svc_tps,
+            "decode_tps_in_process": local_tps,
+            "ttft_ms_service": svc_ttft,
+            "ttft_ms_in_process": local_ttft,
+            "ttft_cached_ms_service": svc_warm_ttft,
+            "ttft_cached_ms_in_process": local_warm_ttft,
+            "concurrency": args.concurrency,
+            "aggregate_tps": med(multi),
+            "one_stream_tps": med(single_e2e),
         }
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")  # noqa: ASYNC240 - once, after the measurements
 

@@ -103,8 +103,9 @@ def main():
 
     def remote(name, env, endpoint, kind):
         host, port = os.environ[env].rsplit(":", 1)
-        return MicroService(name=name, host=host, port=int(port), endpoint=endpoint, use_remote_service=True,
-                            service_type=kind)
+        return MicroService(
+            name=name, host=host, port=int(port), endpoint=endpoint, use_remote_service=True, service_type=kind
+        )
 
     embedding = remote("embedding", "STUB_EMBEDDING", "/embed", ServiceType.EMBEDDING)
     retriever = remote("retriever", "STUB_RETRIEVER", "/opea/retrieval", ServiceType.RETRIEVER)
@@ -142,13 +143,20 @@ def main():
             if isinstance(response, StreamingResponse):
                 return response
         text = result[graph.all_leaves()[-1]]["text"]
-        choice = ChatCompletionResponseChoice(index=0, message=ChatMessage(role="assistant", content=text),
-                                              finish_reason="stop")
+        choice = ChatCompletionResponseChoice(
+            index=0, message=ChatMessage(role="assistant", content=text), finish_reason="stop"
+        )
         return ChatCompletionResponse(model="chatqna", choices=[choice], usage=UsageInfo())
 
-    service = MicroService("ChatQnAService", service_role=ServiceRoleType.MEGASERVICE, host="127.0.0.1",
-                           port=int(os.environ["OPEA_PORT"]), endpoint="/v1/chatqna",
-                           input_datatype=ChatCompletionRequest, output_datatype=ChatCompletionResponse)
+    service = MicroService(
+        "ChatQnAService",
+        service_role=ServiceRoleType.MEGASERVICE,
+        host="127.0.0.1",
+        port=int(os.environ["OPEA_PORT"]),
+        endpoint="/v1/chatqna",
+        input_datatype=ChatCompletionRequest,
+        output_datatype=ChatCompletionResponse,
+    )
     service.add_route("/v1/chatqna", handle_request, methods=["POST"])
     service.start()
 

@@ -71,17 +71,13 @@ def retrieve(q: Question, embedding: EmbeddingResponse) -> RetrievalRequest:
         raise BadAnswer("embedding answered without exactly one float vector", node="embedding")
     # Built without validation: every value is already validated (the options are the retriever's own, checked
     # in the request; the vector comes from a validated answer), and re-checking 384 floats in Python costs more.
-    return RetrievalRequest.model_construct(
-        text=q.query, embedding=data[0].embedding, **q.request.retrieval_options()
-    )
+    return RetrievalRequest.model_construct(text=q.query, embedding=data[0].embedding, **q.request.retrieval_options())
 
 
 def rerank(q: Question, retriever: RetrievalResponse) -> RerankRequest | Skip[list[RerankResult]]:
     if not retriever.documents:
         return Skip([])
-    return RerankRequest(
-        query=q.query, texts=[d.text for d in retriever.documents], top_n=q.request.top_n
-    )
+    return RerankRequest(query=q.query, texts=[d.text for d in retriever.documents], top_n=q.request.top_n)
 
 
 def ask_reranked(q: Question, retriever: RetrievalResponse, reranker: list[RerankResult]) -> ChatCompletionRequest:

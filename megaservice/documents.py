@@ -138,4 +138,3 @@ def _text(value: object) -> str | None:
     if not isinstance(value, str):
         raise BadRequest("collection must be a text field, not a file", param="collection", code="invalid_value")
     return value.strip() or None
-

@@ -53,7 +53,9 @@ class Dependencies:
         http.default_headers = bearer(s.internal_api_key)
         self.http = http
         if not s.auth_enabled:
-            log.warning("auth is OFF (GATEWAY_AUTH_ENABLED=false): every caller is an admin; listening on %s only", s.host)
+            log.warning(
+                "auth is OFF (GATEWAY_AUTH_ENABLED=false): every caller is an admin; listening on %s only", s.host
+            )
             return
         assert s.database_url and s.jwt_secret  # checked by the settings
         self.db = Database(s.database_url)
@@ -67,9 +69,13 @@ class Dependencies:
             limiter=LoginLimiter(s.login_max_failures, s.login_max_failures_per_address, s.login_window_s),
         )
         await identity.ensure_collection(s.default_collection)
-        created = await identity.ensure_first_admin(
-            s.admin_user, s.admin_password.get_secret_value() if s.admin_password else None
-        ) if s.admin_password else None
+        created = (
+            await identity.ensure_first_admin(
+                s.admin_user, s.admin_password.get_secret_value() if s.admin_password else None
+            )
+            if s.admin_password
+            else None
+        )
         if created:
             log.info("created the first admin %r (from CHATQNA_ADMIN_USER / CHATQNA_ADMIN_PASSWORD)", created[0])
         self.auth.authenticator = Authenticator(identity, await self._oidc(http))
@@ -189,7 +195,9 @@ def build_router(chatqna: ChatQnA, llm: Node, access: Access) -> APIRouter:
     @router.get("/v1/models", response_model=ModelList)
     async def models(http: Http, _: Ready) -> ModelList:
         """The LLM's models."""
-        body = await http.request_json("GET", llm.url.rstrip("/") + "/v1/models", node=llm.name, timeout_s=llm.timeout_s)
+        body = await http.request_json(
+            "GET", llm.url.rstrip("/") + "/v1/models", node=llm.name, timeout_s=llm.timeout_s
+        )
         try:
             return ModelList.model_validate(body)
         except ValidationError as exc:

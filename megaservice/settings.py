@@ -72,7 +72,9 @@ class GatewaySettings(ServiceSettings):
     dataprep_url: str = local_url("dataprep")
     dataprep_timeout_s: float = Field(default=300.0, gt=0, description="Longest wait for a proxied dataprep call.")
     max_upload_bytes: int = Field(
-        default=512 * 1024 * 1024, ge=1, description="Largest upload to /v1/dataprep/ingest (dataprep limits each file)."
+        default=512 * 1024 * 1024,
+        ge=1,
+        description="Largest upload to /v1/dataprep/ingest (dataprep limits each file).",
     )
     internal_api_key: SecretStr | None = Field(
         default=None,
@@ -128,7 +130,9 @@ class GatewaySettings(ServiceSettings):
         "within this time on every replica.",
     )
     oidc_issuer: str | None = Field(default=None, description="OIDC issuer URL (Entra ID, Keycloak, ...).")
-    oidc_audience: str | None = Field(default=None, description="Expected `aud` of external tokens (default: client id).")
+    oidc_audience: str | None = Field(
+        default=None, description="Expected `aud` of external tokens (default: client id)."
+    )
     oidc_client_id: str | None = None
     oidc_client_secret: SecretStr | None = None
     oidc_redirect_url: str | None = Field(
@@ -139,7 +143,9 @@ class GatewaySettings(ServiceSettings):
     oidc_roles_claim: str = Field(
         default="roles", description="Dotted path of the roles claim: Entra `roles`, Keycloak `realm_access.roles`."
     )
-    oidc_admin_roles: list[str] = Field(default_factory=lambda: ["admin"], description="Role values that make an admin.")
+    oidc_admin_roles: list[str] = Field(
+        default_factory=lambda: ["admin"], description="Role values that make an admin."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -159,8 +165,10 @@ class GatewaySettings(ServiceSettings):
     def _loopback_without_auth(cls, value: bool, info: ValidationInfo) -> bool:
         host = info.data.get("host", "127.0.0.1")
         if value and info.data.get("api_key") is not None:
-            raise ValueError("GATEWAY_API_KEY (one shared token) is for a gateway without accounts; with auth on, "
-                             "each user makes API keys (POST /v1/auth/keys)")
+            raise ValueError(
+                "GATEWAY_API_KEY (one shared token) is for a gateway without accounts; with auth on, "
+                "each user makes API keys (POST /v1/auth/keys)"
+            )
         if not value and not is_loopback(host):
             raise ValueError(f"auth may be off only on a loopback address, and GATEWAY_HOST is {host!r}")
         return value

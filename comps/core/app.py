@@ -197,12 +197,8 @@ def create_app(
                 status_code=503, content=error_envelope("readiness check timed out", "service_unavailable")
             )
         except Exception as exc:  # a dependency failing in an unexpected way is still "not ready"
-            return JSONResponse(
-                status_code=503, content=error_envelope(f"not ready: {exc}", "service_unavailable")
-            )
-        return JSONResponse(
-            {"status": "ready", "service": settings.service_name, "backend": backend.name, **details}
-        )
+            return JSONResponse(status_code=503, content=error_envelope(f"not ready: {exc}", "service_unavailable"))
+        return JSONResponse({"status": "ready", "service": settings.service_name, "backend": backend.name, **details})
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     async def metrics() -> Response:

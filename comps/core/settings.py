@@ -65,7 +65,7 @@ class ServiceSettings(BaseSettings):
             return str(alias.choices[0])
         if isinstance(alias, str):
             return alias
-        return (cls.model_config.get("env_prefix") or "") .upper() + field.upper()
+        return (cls.model_config.get("env_prefix") or "").upper() + field.upper()
 
     @classmethod
     def env_name_set(cls, field: str) -> str:

@@ -22,8 +22,25 @@ MARKDOWN_KINDS = frozenset({"markdown", "html", "docx"})
 HEADERS = [("#", "h1"), ("##", "h2"), ("###", "h3"), ("####", "h4")]
 _BLANK_RUN = re.compile(r"\n\s*\n")
 _HTML_BLOCKS = (
-    "p", "div", "section", "article", "main", "header", "li", "ul", "ol", "table", "tr", "pre", "blockquote",
-    "br", "hr", "dd", "dt", "figcaption", "address",
+    "p",
+    "div",
+    "section",
+    "article",
+    "main",
+    "header",
+    "li",
+    "ul",
+    "ol",
+    "table",
+    "tr",
+    "pre",
+    "blockquote",
+    "br",
+    "hr",
+    "dd",
+    "dt",
+    "figcaption",
+    "address",
 )
 _HTML_DROP = ("script", "style", "noscript", "template", "svg", "head", "nav", "footer", "form", "iframe")
 

@@ -220,4 +220,3 @@ class _MultipartReader:
 def _flush_all(uploads: list[Upload], finished: list[Upload]) -> None:
     for upload in uploads:
         upload.flush(final=upload in finished)
-

@@ -138,9 +138,7 @@ class UrlFetcher:
     async def start(self) -> None:
         resolver = ThreadedResolver() if self.allow_private else GuardedResolver()
         connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False, limit=32)
-        self._session = aiohttp.ClientSession(
-            connector=connector, trust_env=False, headers={"User-Agent": USER_AGENT}
-        )
+        self._session = aiohttp.ClientSession(connector=connector, trust_env=False, headers={"User-Agent": USER_AGENT})
 
     async def close(self) -> None:
         if self._session is not None:

@@ -51,7 +51,9 @@ class Authenticator:
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
-            raise Unauthorized("missing credentials: send Authorization: Bearer <token or API key>", code="missing_token")
+            raise Unauthorized(
+                "missing credentials: send Authorization: Bearer <token or API key>", code="missing_token"
+            )
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:

@@ -244,8 +244,12 @@ class OIDCVerifier:
             form["client_secret"] = secret
         try:
             answer = await self._http.request_json(
-                "POST", meta.token_endpoint, node=NODE, timeout_s=HTTP_TIMEOUT_S,
-                content=urlencode(form).encode(), headers=headers,
+                "POST",
+                meta.token_endpoint,
+                node=NODE,
+                timeout_s=HTTP_TIMEOUT_S,
+                content=urlencode(form).encode(),
+                headers=headers,
             )
         except UpstreamError as exc:
             status = exc.upstream_status
@@ -295,8 +299,13 @@ class OIDCVerifier:
             )
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, key.key, algorithms=[alg], audience=audience, issuer=issuer,
-                leeway=LEEWAY_S, options={"require": REQUIRED_CLAIMS},
+                token,
+                key.key,
+                algorithms=[alg],
+                audience=audience,
+                issuer=issuer,
+                leeway=LEEWAY_S,
+                options={"require": REQUIRED_CLAIMS},
             )
         except jwt.InvalidTokenError as exc:
             raise _unauthorized(exc, self._issuer) from None

@@ -231,4 +231,6 @@ def _check_return_to(url: str, allowed_origins: list[str]) -> None:
         return
     if f"{parts.scheme}://{parts.netloc}" in allowed_origins:
         return
-    raise BadRequest("return_to must be a path of this site or an allowed origin", param="return_to", code="invalid_value")
+    raise BadRequest(
+        "return_to must be a path of this site or an allowed origin", param="return_to", code="invalid_value"
+    )

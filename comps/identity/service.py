@@ -449,9 +449,7 @@ class IdentityService:
 
     async def refresh(self, token: str) -> TokenPair:
         async with self.db.session() as s:
-            row = await s.scalar(
-                select(RefreshToken).where(RefreshToken.token_hash == digest(token)).with_for_update()
-            )
+            row = await s.scalar(select(RefreshToken).where(RefreshToken.token_hash == digest(token)).with_for_update())
             if row is None or row.revoked_at is not None:
                 raise Unauthorized("refresh token is not valid", code="invalid_refresh_token")
             if row.used_at is not None:  # a stolen copy, or the thief's: end the whole login
@@ -497,7 +495,8 @@ class IdentityService:
             async with self.db.session() as s:
                 user = await s.get(User, uid)
             found = self._users.put(
-                user_id, Principal(str(user.id), user.username, user.role, "password") if user and not user.disabled else None
+                user_id,
+                Principal(str(user.id), user.username, user.role, "password") if user and not user.disabled else None,
             )
             if found is None:
                 raise Unauthorized("this account no longer exists or is disabled", code="account_disabled")
@@ -543,7 +542,9 @@ class IdentityService:
             try:
                 info = await self.create_user(name, None, role=role, oidc=(issuer, subject))
             except Conflict:  # a local account has that name: keep both, apart
-                info = await self.create_user(f"{name[:50]}-{digest(subject)[:8]}", None, role=role, oidc=(issuer, subject))
+                info = await self.create_user(
+                    f"{name[:50]}-{digest(subject)[:8]}", None, role=role, oidc=(issuer, subject)
+                )
             principal = Principal(info.id, info.username, role, "oidc")
         else:
             if user.disabled:
@@ -728,4 +729,3 @@ def claims_user_id(claims: dict[str, Any]) -> str:
     if not isinstance(sub, str):
         raise Unauthorized("invalid access token", code="invalid_token")
     return sub
-

@@ -121,8 +121,11 @@ _GGML_WARN, _GGML_ERROR = 2, 3  # enum ggml_log_level
 def _llama_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
     """llama.cpp's warnings and errors go to our log; its chatter (model loading info) does not."""
     if level in (_GGML_WARN, _GGML_ERROR) and text:
-        log.log(logging.WARNING if level == _GGML_WARN else logging.ERROR, "llama.cpp: %s",
-                text.decode("utf-8", "replace").rstrip())
+        log.log(
+            logging.WARNING if level == _GGML_WARN else logging.ERROR,
+            "llama.cpp: %s",
+            text.decode("utf-8", "replace").rstrip(),
+        )
 
 
 _LOG_CALLBACK = L.llama_log_callback(_llama_log)  # kept alive for the life of the process
@@ -181,8 +184,11 @@ class Engine:
         self.n_threads = threads
         self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
         if self.n_ctx > L.llama_model_n_ctx_train(self._model):
-            log.warning("n_ctx %d is above the %d tokens the model was trained on", self.n_ctx,
-                        L.llama_model_n_ctx_train(self._model))
+            log.warning(
+                "n_ctx %d is above the %d tokens the model was trained on",
+                self.n_ctx,
+                L.llama_model_n_ctx_train(self._model),
+            )
         self._batch = L.llama_batch_init(n_batch, 0, 1)
         self._pieces: dict[int, bytes] = {}
         self.bos_token = self.token_text(L.llama_vocab_bos(self._vocab))
@@ -330,8 +336,12 @@ class Engine:
     def _make_sampler(self, p: SamplingParams) -> Any:
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         if p.presence_penalty or p.frequency_penalty:
-            L.llama_sampler_chain_add(chain, L.llama_sampler_init_penalties(
-                self.n_vocab, _PENALTY_LAST_N, 1.0, p.frequency_penalty, p.presence_penalty))
+            L.llama_sampler_chain_add(
+                chain,
+                L.llama_sampler_init_penalties(
+                    self.n_vocab, _PENALTY_LAST_N, 1.0, p.frequency_penalty, p.presence_penalty
+                ),
+            )
         if p.temperature <= 0:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
             return chain

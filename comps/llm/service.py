@@ -196,14 +196,21 @@ class ChatService:
         raise ServiceError("the generation ended without finishing")
 
     async def _stream(
-        self, req: ChatCompletionRequest, started: Started, events: AsyncGenerator[Event, None], meter: _Meter, granted: float
+        self,
+        req: ChatCompletionRequest,
+        started: Started,
+        events: AsyncGenerator[Event, None],
+        meter: _Meter,
+        granted: float,
     ) -> AsyncIterator[str]:
         cid, created, model = completion_id(), now(), started.model
 
         def chunk(delta: DeltaMessage, finish: FinishReason | None = None) -> str:
-            return _sse(ChatCompletionChunk(
-                id=cid, created=created, model=model, choices=[ChunkChoice(delta=delta, finish_reason=finish)]
-            ))
+            return _sse(
+                ChatCompletionChunk(
+                    id=cid, created=created, model=model, choices=[ChunkChoice(delta=delta, finish_reason=finish)]
+                )
+            )
 
         try:
             yield chunk(DeltaMessage(role="assistant", content=""))
@@ -216,7 +223,9 @@ class ChatService:
                     meter.finished(event)
                     yield chunk(DeltaMessage(), event.reason)
                     if req.include_usage():
-                        usage = ChatCompletionChunk(id=cid, created=created, model=model, choices=[], usage=_usage(event))
+                        usage = ChatCompletionChunk(
+                            id=cid, created=created, model=model, choices=[], usage=_usage(event)
+                        )
                         yield _sse(usage)
                     break
             else:

@@ -23,7 +23,14 @@ class RerankerService:
         self.settings = settings
 
     async def ranked(
-        self, backend: Reranker, query: str, texts: list[str], *, top_n: int | None, raw: bool, truncate: bool,
+        self,
+        backend: Reranker,
+        query: str,
+        texts: list[str],
+        *,
+        top_n: int | None,
+        raw: bool,
+        truncate: bool,
         param: str,
     ) -> list[tuple[int, float]]:
         """(index, score) pairs, best first (equal scores keep the given order), at most ``top_n``."""

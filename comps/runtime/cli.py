@@ -20,8 +20,9 @@ T = TypeVar("T")
 app = typer.Typer(help="ChatQnA: a self-hosted RAG chat backend.", no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Manage the models in models/.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-users_app = typer.Typer(help="Manage accounts in the user store (DATABASE_URL, or the embedded PostgreSQL).",
-                        no_args_is_help=True)
+users_app = typer.Typer(
+    help="Manage accounts in the user store (DATABASE_URL, or the embedded PostgreSQL).", no_args_is_help=True
+)
 app.add_typer(users_app, name="users")
 db_app = typer.Typer(help="The relational store.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -29,9 +30,7 @@ app.add_typer(db_app, name="db")
 
 @app.command()
 def up(
-    only: Annotated[
-        list[str] | None, typer.Option("--only", help="Start only these services (repeatable).")
-    ] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Start only these services (repeatable).")] = None,
     fetch_models: Annotated[bool, typer.Option(help="Fetch missing default models first.")] = True,
 ) -> None:
     """Start Redis (unless REDIS_URL is set) and every service as local processes; Ctrl-C stops all."""
@@ -71,7 +70,9 @@ def ingest(
     collection: Annotated[
         str | None, typer.Option(help="Collection to write to (default: the service's INDEX_NAME).")
     ] = None,
-    url: Annotated[str, typer.Option(help="Gateway base URL (dataprep's routes are served there).")] = local_url("gateway"),
+    url: Annotated[str, typer.Option(help="Gateway base URL (dataprep's routes are served there).")] = local_url(
+        "gateway"
+    ),
     chunk_size: Annotated[int, typer.Option(help="Chunk length in characters.")] = 1500,
     chunk_overlap: Annotated[int, typer.Option(help="Characters shared by neighbouring chunks.")] = 100,
     tags: Annotated[str | None, typer.Option(help="Comma-separated tags stored on every chunk.")] = None,
@@ -127,7 +128,8 @@ def users_create(
     username: str,
     admin: Annotated[bool, typer.Option("--admin", help="Give the admin role.")] = False,
     password: Annotated[
-        str | None, typer.Option(envvar="CHATQNA_NEW_PASSWORD", help="Default: asked for (or generated with --generate).")
+        str | None,
+        typer.Option(envvar="CHATQNA_NEW_PASSWORD", help="Default: asked for (or generated with --generate)."),
     ] = None,
     generate: Annotated[bool, typer.Option("--generate", help="Generate a password and print it once.")] = False,
 ) -> None:
@@ -135,10 +137,16 @@ def users_create(
     import secrets
 
     if password is None:
-        password = secrets.token_urlsafe(12) if generate else typer.prompt("password", hide_input=True, confirmation_prompt=True)
-    info = _with_identity(lambda identity: identity.create_user(
-        _checked_username(username), _checked_password(password), role="admin" if admin else "user"
-    ))
+        password = (
+            secrets.token_urlsafe(12)
+            if generate
+            else typer.prompt("password", hide_input=True, confirmation_prompt=True)
+        )
+    info = _with_identity(
+        lambda identity: identity.create_user(
+            _checked_username(username), _checked_password(password), role="admin" if admin else "user"
+        )
+    )
     typer.echo(f"created {info.role} {info.username} (id {info.id})" + (f"; password: {password}" if generate else ""))
 
 

@@ -39,24 +39,44 @@ class ServiceSpec:
 # <PREFIX><NEED>_URL for each service it calls.
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
-        "embedding", "comps.embedding", "embedding_port", "EMBEDDING_",
+        "embedding",
+        "comps.embedding",
+        "embedding_port",
+        "EMBEDDING_",
         settings="comps.embedding.settings:EmbeddingSettings",
     ),
     ServiceSpec(
-        "reranker", "comps.reranker", "reranker_port", "RERANKER_",
+        "reranker",
+        "comps.reranker",
+        "reranker_port",
+        "RERANKER_",
         settings="comps.reranker.settings:RerankerSettings",
     ),
     ServiceSpec("llm", "comps.llm", "llm_port", "LLM_", settings="comps.llm.settings:LLMSettings"),
     ServiceSpec(
-        "retriever", "comps.retriever", "retriever_port", "RETRIEVER_", ("embedding",), uses_redis=True,
+        "retriever",
+        "comps.retriever",
+        "retriever_port",
+        "RETRIEVER_",
+        ("embedding",),
+        uses_redis=True,
         settings="comps.retriever.settings:RetrieverSettings",
     ),
     ServiceSpec(
-        "dataprep", "comps.dataprep", "dataprep_port", "DATAPREP_", ("embedding",), uses_redis=True,
+        "dataprep",
+        "comps.dataprep",
+        "dataprep_port",
+        "DATAPREP_",
+        ("embedding",),
+        uses_redis=True,
         settings="comps.dataprep.settings:DataprepSettings",
     ),
     ServiceSpec(
-        "gateway", "megaservice", "gateway_port", "GATEWAY_", ("embedding", "retriever", "reranker", "llm", "dataprep"),
+        "gateway",
+        "megaservice",
+        "gateway_port",
+        "GATEWAY_",
+        ("embedding", "retriever", "reranker", "llm", "dataprep"),
         settings="megaservice.settings:GatewaySettings",
     ),
 )
@@ -143,7 +163,8 @@ class Supervisor:
             wait_for_redis(redis_url)
         elif any(s.uses_redis for s in specs):
             self.redis = EmbeddedRedis(
-                self.settings.state_dir / "redis", self.settings.redis_port,
+                self.settings.state_dir / "redis",
+                self.settings.redis_port,
                 log_file=self.settings.state_dir / "logs" / "redis.log",
             ).start()
             redis_url = self.redis.url
@@ -179,7 +200,8 @@ class Supervisor:
             wait_for_postgres(self.settings.database_url)
             return self.settings.database_url
         self.postgres = EmbeddedPostgres(
-            self.settings.state_dir / "postgres", self.settings.postgres_port,
+            self.settings.state_dir / "postgres",
+            self.settings.postgres_port,
             log_file=self.settings.state_dir / "logs" / "postgres.log",
         ).start()
         return self.postgres.url
@@ -190,7 +212,13 @@ class Supervisor:
             where = f"127.0.0.1:{self.postgres.port}" if self.postgres else "DATABASE_URL"
             rows.append(("postgres", where, "embedded" if self.postgres else "external"))
         if self.redis or self.settings.redis_url:
-            rows.append(("redis", self.redis.url if self.redis else str(self.settings.redis_url), "external" if not self.redis else "embedded"))
+            rows.append(
+                (
+                    "redis",
+                    self.redis.url if self.redis else str(self.settings.redis_url),
+                    "external" if not self.redis else "embedded",
+                )
+            )
         for name in self.procs:
             rows.append((name, self.mesh.url(name) if self.mesh else "", f"ready in {self.ready_s.get(name, 0):.1f}s"))
         return rows
@@ -235,7 +263,10 @@ def run_up(settings: RuntimeSettings, only: set[str] | None, out: Callable[[str]
         out("\nAuth is OFF (GATEWAY_AUTH_ENABLED=false): anyone who reaches 127.0.0.1 is an admin.")
     elif sup.first_admin:
         name, password = sup.first_admin
-        out(f"\nCreated the first admin: {name}" + (f" / password: {password}  (shown once; change it)" if password else ""))
+        out(
+            f"\nCreated the first admin: {name}"
+            + (f" / password: {password}  (shown once; change it)" if password else "")
+        )
     else:
         out("\nSign in as an existing admin (`chatqna users list`; `chatqna users set-password NAME` to reset).")
     out("Ctrl-C stops everything.\n")
@@ -246,7 +277,6 @@ def run_up(settings: RuntimeSettings, only: set[str] | None, out: Callable[[str]
         out("stopping the mesh")
     sup.stop()
     return 1 if dead else 0
-
 
 
 def state_secret(state_dir: Path, name: str) -> str:

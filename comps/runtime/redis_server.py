@@ -37,15 +37,24 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [
             str(valkey_binary()),
-            "--bind", "127.0.0.1",
-            "--port", str(port),
-            "--dir", str(self.data_dir.resolve()),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "300 1",
-            "--protected-mode", "yes",
-            "--daemonize", "no",
-            "--loadmodule", str(redisearch_module()),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(self.data_dir.resolve()),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "300 1",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--loadmodule",
+            str(redisearch_module()),
         ]
         self.process = ManagedProcess("redis", argv, sink=sink, log_file=log_file)
 

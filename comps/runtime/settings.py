@@ -27,7 +27,9 @@ class RuntimeSettings(BaseSettings):
     database_url: str | None = _env("DATABASE_URL", None, "Use this PostgreSQL instead of starting the embedded one")
     postgres_port: int = _env("CHATQNA_POSTGRES_PORT", 5432)
     admin_user: str | None = _env("CHATQNA_ADMIN_USER", None, "Name of the first admin (default: admin)")
-    admin_password: SecretStr | None = _env("CHATQNA_ADMIN_PASSWORD", None, "Password of the first admin (default: generated)")
+    admin_password: SecretStr | None = _env(
+        "CHATQNA_ADMIN_PASSWORD", None, "Password of the first admin (default: generated)"
+    )
     embedding_port: int = _env("EMBEDDING_PORT", PORTS["embedding"])
     retriever_port: int = _env("RETRIEVER_PORT", PORTS["retriever"])
     reranker_port: int = _env("RERANKER_PORT", PORTS["reranker"])

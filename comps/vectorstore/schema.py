@@ -39,6 +39,7 @@ NUMERIC_FIELDS = (PAGE, CHUNK)
 
 _TAG_SPECIAL = re.compile(r"([,.<>{}\[\]\"':;!@#$%^&*()\-+=~|/\\ ?])")
 
+
 def chunk_prefix(collection: str) -> str:
     return f"{collection}:chunk:"
 

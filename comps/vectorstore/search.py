@@ -33,9 +33,7 @@ from comps.core.errors import BadRequest
 from comps.vectorstore import schema
 from comps.vectorstore.names import validate_collection
 
-SearchType = Literal[
-    "similarity", "similarity_score_threshold", "similarity_distance_threshold", "mmr", "hybrid"
-]
+SearchType = Literal["similarity", "similarity_score_threshold", "similarity_distance_threshold", "mmr", "hybrid"]
 SEARCH_TYPES: tuple[str, ...] = get_args(SearchType)
 FILTER_KEYS: tuple[str, ...] = (schema.SOURCE, schema.DOC_ID, schema.TAGS, schema.PAGE)
 FilterValue = str | int | float | Sequence[str | int | float]
@@ -218,9 +216,7 @@ async def search(r: aioredis.Redis, collection: str, query: Query) -> list[Hit]:
         raise
 
 
-async def _run(
-    r: aioredis.Redis, collection: str, q: Query, vector: np.ndarray, flt: str, ef: int | None
-) -> list[Hit]:
+async def _run(r: aioredis.Redis, collection: str, q: Query, vector: np.ndarray, flt: str, ef: int | None) -> list[Hit]:
     blob = schema.vector_bytes(vector)
     kind = q.search_type
     if kind in ("similarity", "similarity_score_threshold"):
@@ -272,12 +268,23 @@ async def _nearest(
 ) -> list[tuple[str, dict[str, bytes]]]:
     """The ``k`` rows of a vector query (KNN or range), closest first."""
     reply = await r.execute_command(
-        "FT.SEARCH", collection, query,
-        "PARAMS", len(params), *params,
-        "SORTBY", _DISTANCE, "ASC",
-        "RETURN", len(fields), *fields,
-        "LIMIT", 0, k,
-        "DIALECT", 2,
+        "FT.SEARCH",
+        collection,
+        query,
+        "PARAMS",
+        len(params),
+        *params,
+        "SORTBY",
+        _DISTANCE,
+        "ASC",
+        "RETURN",
+        len(fields),
+        *fields,
+        "LIMIT",
+        0,
+        k,
+        "DIALECT",
+        2,
     )
     return _rows(reply)
 
@@ -289,11 +296,19 @@ async def _bm25(
         return []
     text = f"@{schema.TEXT}:({' | '.join(terms)})"
     reply = await r.execute_command(
-        "FT.SEARCH", collection, f"({flt}) {text}" if flt else text,
-        "SCORER", "BM25",
-        "RETURN", len(_FIELDS), *_FIELDS,
-        "LIMIT", 0, n,
-        "DIALECT", 2,
+        "FT.SEARCH",
+        collection,
+        f"({flt}) {text}" if flt else text,
+        "SCORER",
+        "BM25",
+        "RETURN",
+        len(_FIELDS),
+        *_FIELDS,
+        "LIMIT",
+        0,
+        n,
+        "DIALECT",
+        2,
     )
     return _rows(reply)
 

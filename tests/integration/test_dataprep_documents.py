@@ -157,12 +157,21 @@ def test_list_get_delete_and_delete_all(redis_url: str) -> None:
 
 def test_record_round_trips_through_the_hash() -> None:
     rec = DocumentRecord(
-        doc_id="x", source="s.pdf", sha256="h", version=7, chunks=3, tags="a,b", content_type="pdf",
-        size_bytes=10, chunk_size=1500, chunk_overlap=100, model="m", updated_at=1.25,
+        doc_id="x",
+        source="s.pdf",
+        sha256="h",
+        version=7,
+        chunks=3,
+        tags="a,b",
+        content_type="pdf",
+        size_bytes=10,
+        chunk_size=1500,
+        chunk_overlap=100,
+        model="m",
+        updated_at=1.25,
     )
     raw = {k.encode(): str(v).encode() for k, v in rec.to_hash().items()}
     assert DocumentRecord.from_hash(raw) == rec
-
 
 
 def test_a_write_whose_keys_vanished_is_not_committed(redis_url: str) -> None:

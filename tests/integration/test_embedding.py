@@ -32,7 +32,8 @@ LONG = "alpha beta gamma delta " * 200  # about 800 tokens, over MiniLM's 256
 def local(models_dir, tmp_path_factory):
     """The sentence-transformers service; it wants a bearer token (so the remote tests check the key)."""
     svc = start_service(
-        MODULE, "EMBEDDING_",
+        MODULE,
+        "EMBEDDING_",
         {"EMBEDDING_API_KEY": KEY, "EMBEDDING_DEVICE": "cpu", "EMBEDDING_MAX_WAIT_MS": "20"},
         log_dir=tmp_path_factory.mktemp("embedding"),
     )
@@ -112,7 +113,9 @@ def test_long_input_is_truncated_to_the_models_limit_by_default(client: httpx.Cl
     assert np.abs(got - reference.encode(LONG)).max() < 1e-5  # the model truncates to 256 too
 
 
-def test_long_input_without_truncation_is_refused_naming_index_tokens_and_limit(client: httpx.Client, reference) -> None:
+def test_long_input_without_truncation_is_refused_naming_index_tokens_and_limit(
+    client: httpx.Client, reference
+) -> None:
     tokens = len(reference.tokenizer(LONG)["input_ids"])
     r = client.post("/embed", json={"inputs": ["short", LONG], "truncate": False})
     assert r.status_code == 400
@@ -133,9 +136,16 @@ def test_long_input_without_truncation_is_refused_naming_index_tokens_and_limit(
         ("/v1/embeddings", {"input": [101, 2023, 102]}, "input: token-id arrays are not supported; send text"),
         ("/v1/embeddings", {"input": [[101, 102]]}, "input: token-id arrays are not supported; send text"),
         ("/v1/embeddings", {"input": ["x"] * 513}, "input has 513 items, more than the limit of 512 per request"),
-        ("/v1/embeddings", {"input": "x", "dimensions": 128},
-         "dimensions=128 is not supported: all-MiniLM-L6-v2 gives 384-dimensional embeddings only"),
-        ("/v1/embeddings", {"input": "x", "encoding_format": "int8"}, "encoding_format: Input should be 'float' or 'base64'"),
+        (
+            "/v1/embeddings",
+            {"input": "x", "dimensions": 128},
+            "dimensions=128 is not supported: all-MiniLM-L6-v2 gives 384-dimensional embeddings only",
+        ),
+        (
+            "/v1/embeddings",
+            {"input": "x", "encoding_format": "int8"},
+            "encoding_format: Input should be 'float' or 'base64'",
+        ),
         ("/v1/embeddings", {"model": "m"}, "input: Field required"),
         ("/embed", {"inputs": []}, "inputs: must not be an empty list"),
         ("/embed", {"inputs": {"a": 1}}, "inputs: must be a string or a list of strings"),
@@ -189,10 +199,17 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_vector(local, cli
 def remote(request, local, tmp_path_factory):
     """A second instance whose `remote` backend calls the local one over ``request.param``'s API."""
     svc = start_service(
-        MODULE, "EMBEDDING_",
-        {"EMBEDDING_BACKEND": "remote", "EMBEDDING_REMOTE_URL": local.url, "EMBEDDING_REMOTE_API": request.param,
-         "EMBEDDING_REMOTE_MODEL": "all-MiniLM-L6-v2", "EMBEDDING_REMOTE_API_KEY": KEY},
-        name=f"remote-{request.param}", log_dir=tmp_path_factory.mktemp("remote"),
+        MODULE,
+        "EMBEDDING_",
+        {
+            "EMBEDDING_BACKEND": "remote",
+            "EMBEDDING_REMOTE_URL": local.url,
+            "EMBEDDING_REMOTE_API": request.param,
+            "EMBEDDING_REMOTE_MODEL": "all-MiniLM-L6-v2",
+            "EMBEDDING_REMOTE_API_KEY": KEY,
+        },
+        name=f"remote-{request.param}",
+        log_dir=tmp_path_factory.mktemp("remote"),
     )
     yield request.param, svc
     svc.stop()
@@ -202,12 +219,17 @@ def test_remote_backend_gives_the_upstreams_vectors_and_tokens(remote, client: h
     api, svc = remote
     ready = httpx.get(f"{svc.url}/v1/ready").json()
     assert (ready["backend"], ready["model"], ready["dimension"], ready["remote_api"]) == (
-        "remote", "all-MiniLM-L6-v2", 384, api,
+        "remote",
+        "all-MiniLM-L6-v2",
+        384,
+        api,
     )
     direct = client.post("/v1/embeddings", json={"input": TEXTS}).json()
     via = httpx.post(f"{svc.url}/v1/embeddings", json={"input": TEXTS}, timeout=60).json()
     assert via["usage"] == direct["usage"]
-    assert np.abs(np.array([d["embedding"] for d in via["data"]]) - [d["embedding"] for d in direct["data"]]).max() < 1e-6
+    assert (
+        np.abs(np.array([d["embedding"] for d in via["data"]]) - [d["embedding"] for d in direct["data"]]).max() < 1e-6
+    )
     tei = httpx.post(f"{svc.url}/embed", json={"inputs": TEXTS[:2]}, timeout=60)
     assert tei.status_code == 200 and np.array(tei.json()).shape == (2, 384)
 
@@ -230,7 +252,10 @@ def test_remote_truncation_tei_passes_the_switch_openai_leaves_it_to_the_remote(
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"EMBEDDING_BACKEND": "nope"}, "EMBEDDING_BACKEND='nope' is not a known embedding backend; valid: remote, sentence-transformers"),
+        (
+            {"EMBEDDING_BACKEND": "nope"},
+            "EMBEDDING_BACKEND='nope' is not a known embedding backend; valid: remote, sentence-transformers",
+        ),
         ({"EMBEDDING_BACKEND": "remote"}, "EMBEDDING_BACKEND=remote needs EMBEDDING_REMOTE_URL"),
         ({"EMBEDDING_MODEL": "no-such-model"}, "EMBEDDING_MODEL='no-such-model': no model folder at"),
         ({"EMBEDDING_MAX_BATCH_SIZE": "0"}, "EMBEDDING_MAX_BATCH_SIZE='0': Input should be greater than or equal to 1"),
@@ -238,8 +263,12 @@ def test_remote_truncation_tei_passes_the_switch_openai_leaves_it_to_the_remote(
 )
 def test_bad_configuration_stops_at_start_naming_the_variable(env: dict, message: str, models_dir) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", MODULE], env={**os.environ, "CHATQNA_MODELS_DIR": str(models_dir), **env},
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", MODULE],
+        env={**os.environ, "CHATQNA_MODELS_DIR": str(models_dir), **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert message in result.stderr

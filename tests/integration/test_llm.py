@@ -35,8 +35,9 @@ CUSTOM_TEMPLATE = (
 
 @pytest.fixture(scope="module")
 def llm(models_dir, tmp_path_factory):
-    svc = start_service(MODULE, "LLM_", {"LLM_N_CTX": str(N_CTX), "LLM_PARALLEL": "2"},
-                        log_dir=tmp_path_factory.mktemp("llm"))
+    svc = start_service(
+        MODULE, "LLM_", {"LLM_N_CTX": str(N_CTX), "LLM_PARALLEL": "2"}, log_dir=tmp_path_factory.mktemp("llm")
+    )
     yield svc
     svc.stop()
 
@@ -69,8 +70,9 @@ def vocab(models_dir):
     def special(token: int) -> str:
         return str(tok.detokenize([token], special=True).decode())
 
-    fmt = Jinja2ChatFormatter(tok.metadata["tokenizer.chat_template"], eos_token=special(tok.token_eos()),
-                              bos_token=special(tok.token_bos()))
+    fmt = Jinja2ChatFormatter(
+        tok.metadata["tokenizer.chat_template"], eos_token=special(tok.token_eos()), bos_token=special(tok.token_bos())
+    )
 
     class Vocab:
         def prompt_tokens(self, messages: list[dict]) -> int:
@@ -110,7 +112,11 @@ def metric(svc, name: str) -> float:
 def test_readiness_and_models_name_the_loaded_gguf(llm) -> None:
     ready = httpx.get(llm.url + "/v1/ready").json()
     assert {k: ready[k] for k in ("status", "backend", "model", "n_ctx", "parallel")} == {
-        "status": "ready", "backend": "llama-cpp", "model": DEFAULT_LLM, "n_ctx": N_CTX, "parallel": 2,
+        "status": "ready",
+        "backend": "llama-cpp",
+        "model": DEFAULT_LLM,
+        "n_ctx": N_CTX,
+        "parallel": 2,
     }
     assert [m.id for m in client(llm).models.list().data] == [DEFAULT_LLM]
 
@@ -245,13 +251,21 @@ def test_invalid_requests_get_400_in_the_envelope(llm, extra: dict, needle: str)
 
 
 def test_metrics_count_tokens_and_time_each_generation(llm) -> None:
-    names = ("generated_tokens_total", "prompt_tokens_total", "time_to_first_token_seconds_count",
-             "time_per_output_token_seconds_count")
+    names = (
+        "generated_tokens_total",
+        "prompt_tokens_total",
+        "time_to_first_token_seconds_count",
+        "time_per_output_token_seconds_count",
+    )
     before = {m: metric(llm, f"chatqna_llm_{m}") for m in names}
     resp = complete(llm, QUESTION, max_tokens=6, temperature=0)
     grown = {m: metric(llm, f"chatqna_llm_{m}") - before[m] for m in names}
-    assert grown == {"generated_tokens_total": 6, "prompt_tokens_total": resp.usage.prompt_tokens,
-                     "time_to_first_token_seconds_count": 1, "time_per_output_token_seconds_count": 1}
+    assert grown == {
+        "generated_tokens_total": 6,
+        "prompt_tokens_total": resp.usage.prompt_tokens,
+        "time_to_first_token_seconds_count": 1,
+        "time_per_output_token_seconds_count": 1,
+    }
     assert metric(llm, "chatqna_llm_active_sequences") == 0
 
 
@@ -308,8 +322,11 @@ def test_a_full_queue_answers_429_with_retry_after(single) -> None:
     queued: dict[str, httpx.Response] = {}
 
     def wait_in_queue() -> None:
-        queued["resp"] = httpx.post(single.url + "/v1/chat/completions", timeout=60,
-                                    json={"messages": LONG_TASK, "max_tokens": 4, "temperature": 0})
+        queued["resp"] = httpx.post(
+            single.url + "/v1/chat/completions",
+            timeout=60,
+            json={"messages": LONG_TASK, "max_tokens": 4, "temperature": 0},
+        )
 
     with httpx.Client(timeout=30) as http, http.stream("POST", single.url + "/v1/chat/completions", json=body) as hold:
         lines = hold.iter_lines()

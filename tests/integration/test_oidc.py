@@ -351,7 +351,11 @@ def test_configuration_errors(issuer: TestIssuer) -> None:
 
 
 def _sign_in(
-    issuer: TestIssuer, cfg: OIDCConfig, *, other_verifier: str | None = None, other_nonce: str | None = None,
+    issuer: TestIssuer,
+    cfg: OIDCConfig,
+    *,
+    other_verifier: str | None = None,
+    other_nonce: str | None = None,
     replay: bool = False,
 ) -> Any:
     async def body(v: OIDCVerifier) -> Any:

@@ -45,8 +45,11 @@ def reference(tiny_model: Path):
 def cross(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     """RERANKER_BACKEND unset (auto) with an existing RERANKER_MODEL: the cross-encoder runs."""
     svc = start_service(
-        MODULE, "RERANKER_", {"RERANKER_MODEL": str(tiny_model), "RERANKER_DEVICE": "cpu"},
-        name="reranker-ce", log_dir=tmp_path_factory.mktemp("reranker-ce"),
+        MODULE,
+        "RERANKER_",
+        {"RERANKER_MODEL": str(tiny_model), "RERANKER_DEVICE": "cpu"},
+        name="reranker-ce",
+        log_dir=tmp_path_factory.mktemp("reranker-ce"),
     )
     yield svc
     svc.stop()
@@ -63,8 +66,11 @@ def lexical(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def remote(cross, tmp_path_factory: pytest.TempPathFactory):
     svc = start_service(
-        MODULE, "RERANKER_", {"RERANKER_BACKEND": "remote", "RERANKER_REMOTE_URL": cross.url},
-        name="reranker-remote", log_dir=tmp_path_factory.mktemp("reranker-remote"),
+        MODULE,
+        "RERANKER_",
+        {"RERANKER_BACKEND": "remote", "RERANKER_REMOTE_URL": cross.url},
+        name="reranker-remote",
+        log_dir=tmp_path_factory.mktemp("reranker-remote"),
     )
     yield svc
     svc.stop()
@@ -80,7 +86,10 @@ def post(svc, path: str, body: dict) -> httpx.Response:
 def test_auto_picks_the_cross_encoder_and_readiness_names_it(cross, tiny_model: Path) -> None:
     body = httpx.get(f"{cross.url}/v1/ready").json()
     assert (body["backend"], body["model"], body["device"], body["max_seq_length"]) == (
-        "cross-encoder", tiny_model.name, "cpu", 512,
+        "cross-encoder",
+        tiny_model.name,
+        "cpu",
+        512,
     )
 
 
@@ -99,7 +108,9 @@ def test_raw_scores_are_the_logits_and_top_n_and_return_text_apply(cross, refere
     import torch
 
     logits = reference.predict([(QUERY, t) for t in TEXTS], activation_fn=torch.nn.Identity())
-    got = post(cross, "/rerank", {"query": QUERY, "texts": TEXTS, "raw_scores": True, "top_n": 2, "return_text": True}).json()
+    got = post(
+        cross, "/rerank", {"query": QUERY, "texts": TEXTS, "raw_scores": True, "top_n": 2, "return_text": True}
+    ).json()
     best = sorted(range(len(TEXTS)), key=lambda i: -logits[i])[:2]
     assert [(g["index"], g["text"]) for g in got] == [(i, TEXTS[i]) for i in best]
     assert [g["score"] for g in got] == pytest.approx([float(logits[i]) for i in best], abs=1e-6)
@@ -119,13 +130,14 @@ def test_opea_reranking_keeps_the_best_document(cross, reference) -> None:
 def test_too_long_pair_is_truncated_by_default_and_refused_without_truncation(cross, reference) -> None:
     r = post(cross, "/rerank", {"query": QUERY, "texts": ["short", LONG]})
     assert r.status_code == 200
-    assert {g["index"]: g["score"] for g in r.json()}[1] == pytest.approx(float(reference.predict([(QUERY, LONG)])[0]), abs=1e-6)
+    assert {g["index"]: g["score"] for g in r.json()}[1] == pytest.approx(
+        float(reference.predict([(QUERY, LONG)])[0]), abs=1e-6
+    )
     tokens = len(reference.tokenizer(QUERY, LONG)["input_ids"])
     r = post(cross, "/rerank", {"query": QUERY, "texts": ["short", LONG], "truncate": False})
     assert r.status_code == 400
     assert r.json()["error"]["message"] == (
-        f"text 1 with the query has {tokens} tokens, more than the model's limit of 512; "
-        "shorten it or allow truncation"
+        f"text 1 with the query has {tokens} tokens, more than the model's limit of 512; shorten it or allow truncation"
     )
 
 
@@ -166,7 +178,9 @@ P = [
         ("How often do ferries sail to Skarra?", [2, 0, 4, 1, 3], 4),
     ],
 )
-def test_lexical_fusion_puts_the_answering_passage_first(lexical, question: str, retrieved: list[int], answer: int) -> None:
+def test_lexical_fusion_puts_the_answering_passage_first(
+    lexical, question: str, retrieved: list[int], answer: int
+) -> None:
     texts = [P[i] for i in retrieved]
     r = post(lexical, "/rerank", {"query": question, "texts": texts, "return_text": True})
     assert r.status_code == 200
@@ -196,7 +210,11 @@ def test_lexical_readiness_and_opea_reranking(lexical) -> None:
     ready = httpx.get(f"{lexical.url}/v1/ready").json()
     assert (ready["backend"], ready["rrf_k"]) == ("lexical-fusion", 60)
     docs = [{"text": P[i], "metadata": {"source": f"p{i}"}} for i in (0, 3, 1)]
-    body = post(lexical, "/v1/reranking", {"initial_query": "Who built the Quenmoor lighthouse?", "retrieved_docs": docs, "top_n": 2}).json()
+    body = post(
+        lexical,
+        "/v1/reranking",
+        {"initial_query": "Who built the Quenmoor lighthouse?", "retrieved_docs": docs, "top_n": 2},
+    ).json()
     assert body["query"] == "Who built the Quenmoor lighthouse?"
     assert [(d["index"], d["text"]) for d in body["documents"]] == [(2, P[1]), (1, P[3])]
 
@@ -207,15 +225,26 @@ def test_lexical_readiness_and_opea_reranking(lexical) -> None:
         ("/rerank", {"query": "q", "texts": []}, "texts: must not be an empty list"),
         ("/rerank", {"query": "", "texts": ["a"]}, "query: must not be empty"),
         ("/rerank", {"query": "  ", "texts": ["a"]}, "query: must not be empty"),
-        ("/rerank", {"query": "q", "texts": ["a"] * 257}, "texts has 257 items, more than the limit of 256 per request"),
+        (
+            "/rerank",
+            {"query": "q", "texts": ["a"] * 257},
+            "texts has 257 items, more than the limit of 256 per request",
+        ),
         ("/rerank", {"query": "q", "texts": ["a", 3]}, "texts.1: Input should be a valid string"),
         ("/rerank", {"query": "q", "texts": ["a"], "top_n": 0}, "top_n: Input should be greater than or equal to 1"),
         ("/rerank", {"texts": ["a"]}, "query: Field required"),
         ("/v1/reranking", {"initial_query": "q", "retrieved_docs": []}, "retrieved_docs: must not be an empty list"),
         ("/v1/reranking", {"initial_query": "", "retrieved_docs": [{"text": "a"}]}, "initial_query: must not be empty"),
-        ("/v1/reranking", {"initial_query": "q", "retrieved_docs": [{"id": 1}]}, "retrieved_docs.0.text: Field required"),
-        ("/v1/reranking", {"initial_query": "q", "retrieved_docs": [{"text": "a"}] * 257},
-         "retrieved_docs has 257 items, more than the limit of 256 per request"),
+        (
+            "/v1/reranking",
+            {"initial_query": "q", "retrieved_docs": [{"id": 1}]},
+            "retrieved_docs.0.text: Field required",
+        ),
+        (
+            "/v1/reranking",
+            {"initial_query": "q", "retrieved_docs": [{"text": "a"}] * 257},
+            "retrieved_docs has 257 items, more than the limit of 256 per request",
+        ),
     ],
 )
 def test_bad_input_gets_400_with_the_reason(lexical, path: str, body: dict, message: str) -> None:
@@ -228,9 +257,15 @@ def test_bad_input_gets_400_with_the_reason(lexical, path: str, body: dict, mess
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"RERANKER_BACKEND": "nope"}, "RERANKER_BACKEND='nope' is not a known reranker backend; valid: cross-encoder, lexical-fusion, remote"),
+        (
+            {"RERANKER_BACKEND": "nope"},
+            "RERANKER_BACKEND='nope' is not a known reranker backend; valid: cross-encoder, lexical-fusion, remote",
+        ),
         ({"RERANKER_BACKEND": "cross-encoder"}, "RERANKER_BACKEND=cross-encoder needs RERANKER_MODEL"),
-        ({"RERANKER_BACKEND": "cross-encoder", "RERANKER_MODEL": "missing"}, "RERANKER_MODEL='missing': no model folder at"),
+        (
+            {"RERANKER_BACKEND": "cross-encoder", "RERANKER_MODEL": "missing"},
+            "RERANKER_MODEL='missing': no model folder at",
+        ),
         ({"RERANKER_BACKEND": "remote"}, "RERANKER_BACKEND=remote needs RERANKER_REMOTE_URL"),
     ],
 )

@@ -41,32 +41,101 @@ class Chunk:
 
 
 CORPUS = [
-    Chunk("hours", "The Zorblat office in Quentara opens at 07:40 and closes at 16:10 on weekdays.",
-          HANDBOOK, "handbook", 0, ("hr", "policy"), 1),
-    Chunk("leave", "Zorblat employees receive 31 days of paid leave per year, which the staff call glimmer days.",
-          HANDBOOK, "handbook", 1, ("hr", "policy"), 2),
-    Chunk("soup", "The Zorblat cafeteria serves purple lentil soup every Thursday.",
-          HANDBOOK, "handbook", 2, ("hr",), 3),
-    Chunk("recal", "The Frobnicator 9000 must be recalibrated every 17 days using the brass key.",
-          MANUAL, "frob-manual", 0, ("product", "maintenance")),
-    Chunk("recal_dup", "Every 17 days, recalibrate the Frobnicator 9000 with the brass key.",
-          MANUAL, "frob-manual", 1, ("product", "maintenance")),
-    Chunk("e77", "Error code E-77 on the Frobnicator 9000 means that its coolant tank is empty.",
-          MANUAL, "frob-manual", 2, ("product", "maintenance")),
-    Chunk("noise", "The Frobnicator 9000 hums at 43 decibels when it runs at full speed.",
-          MANUAL, "frob-manual", 3, ("product",)),
+    Chunk(
+        "hours",
+        "The Zorblat office in Quentara opens at 07:40 and closes at 16:10 on weekdays.",
+        HANDBOOK,
+        "handbook",
+        0,
+        ("hr", "policy"),
+        1,
+    ),
+    Chunk(
+        "leave",
+        "Zorblat employees receive 31 days of paid leave per year, which the staff call glimmer days.",
+        HANDBOOK,
+        "handbook",
+        1,
+        ("hr", "policy"),
+        2,
+    ),
+    Chunk(
+        "soup", "The Zorblat cafeteria serves purple lentil soup every Thursday.", HANDBOOK, "handbook", 2, ("hr",), 3
+    ),
+    Chunk(
+        "recal",
+        "The Frobnicator 9000 must be recalibrated every 17 days using the brass key.",
+        MANUAL,
+        "frob-manual",
+        0,
+        ("product", "maintenance"),
+    ),
+    Chunk(
+        "recal_dup",
+        "Every 17 days, recalibrate the Frobnicator 9000 with the brass key.",
+        MANUAL,
+        "frob-manual",
+        1,
+        ("product", "maintenance"),
+    ),
+    Chunk(
+        "e77",
+        "Error code E-77 on the Frobnicator 9000 means that its coolant tank is empty.",
+        MANUAL,
+        "frob-manual",
+        2,
+        ("product", "maintenance"),
+    ),
+    Chunk(
+        "noise",
+        "The Frobnicator 9000 hums at 43 decibels when it runs at full speed.",
+        MANUAL,
+        "frob-manual",
+        3,
+        ("product",),
+    ),
     # A rare product code: one passage names KV-5093 (tokens "kv", "5093"); the others are about widgets with
     # look-alike single-token codes, which the embedding model ranks above it for "Which gadget is KV-5093?".
-    Chunk("kv5093", "KV-5093: anodised housing, ships in a cedar crate, discontinued in 2031.",
-          CATALOGUE, "catalogue", 0, ("product", "sales")),
-    Chunk("kv5093b", "The widget KV5093B is a small handheld device sold in pairs.",
-          CATALOGUE, "catalogue", 1, ("product", "sales")),
-    Chunk("kv5039", "Our widget KV5039 is a compact device for measuring humidity.",
-          CATALOGUE, "catalogue", 2, ("product", "sales")),
-    Chunk("kv50930", "The KV50930 widget is a portable device with a folding handle.",
-          CATALOGUE, "catalogue", 3, ("product", "sales")),
-    Chunk("kv9350", "A widget called KV9350 is the smallest device in the catalogue.",
-          CATALOGUE, "catalogue", 4, ("product", "sales")),
+    Chunk(
+        "kv5093",
+        "KV-5093: anodised housing, ships in a cedar crate, discontinued in 2031.",
+        CATALOGUE,
+        "catalogue",
+        0,
+        ("product", "sales"),
+    ),
+    Chunk(
+        "kv5093b",
+        "The widget KV5093B is a small handheld device sold in pairs.",
+        CATALOGUE,
+        "catalogue",
+        1,
+        ("product", "sales"),
+    ),
+    Chunk(
+        "kv5039",
+        "Our widget KV5039 is a compact device for measuring humidity.",
+        CATALOGUE,
+        "catalogue",
+        2,
+        ("product", "sales"),
+    ),
+    Chunk(
+        "kv50930",
+        "The KV50930 widget is a portable device with a folding handle.",
+        CATALOGUE,
+        "catalogue",
+        3,
+        ("product", "sales"),
+    ),
+    Chunk(
+        "kv9350",
+        "A widget called KV9350 is the smallest device in the catalogue.",
+        CATALOGUE,
+        "catalogue",
+        4,
+        ("product", "sales"),
+    ),
 ]
 OTHER_CORPUS = [
     Chunk("moon", "The moon base Tycho-7 grows 40 kilograms of basil each month.", "moon.txt", "moon", 0, ("space",)),
@@ -154,7 +223,8 @@ def vectors(redis_url, embed):
 @pytest.fixture(scope="module")
 def retriever(redis_url, embedding, vectors, tmp_path_factory):
     svc = start_service(
-        "comps.retriever", "RETRIEVER_",
+        "comps.retriever",
+        "RETRIEVER_",
         {"REDIS_URL": redis_url, "INDEX_NAME": KB, "RETRIEVER_EMBEDDING_URL": embedding.url},
         log_dir=tmp_path_factory.mktemp("retriever"),
     )
@@ -208,9 +278,7 @@ def test_ready_reports_redis_and_embedding(client: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize(("question", "expected"), QUESTIONS)
-def test_question_finds_its_passage_first(
-    client: httpx.Client, q, vectors, question: str, expected: str
-) -> None:
+def test_question_finds_its_passage_first(client: httpx.Client, q, vectors, question: str, expected: str) -> None:
     body = client.post("/v1/retrieval", json={"text": question, "embedding": q(question)}).json()
     assert (body["query"], body["collection"], body["search_type"]) == (question, KB, "similarity")
     docs = body["documents"]
@@ -227,7 +295,11 @@ def test_metadata_round_trips(client: httpx.Client, q) -> None:
     assert top["id"] == KEYS["leave"]
     assert top["text"] == CORPUS[1].text
     assert top["metadata"] == {
-        "source": HANDBOOK, "doc_id": "handbook", "page": 2, "chunk": 1, "tags": ["hr", "policy"],
+        "source": HANDBOOK,
+        "doc_id": "handbook",
+        "page": 2,
+        "chunk": 1,
+        "tags": ["hr", "policy"],
     }
     manual = retrieve(client, embedding=q(RECAL), k=1)[0]
     assert manual["metadata"]["page"] is None and manual["metadata"]["source"] == MANUAL
@@ -259,7 +331,12 @@ def test_filters_apply_to_every_search_type(
 ) -> None:
     question = "What does error E-77 mean?"  # its best passage is outside most filters
     docs = retrieve(
-        client, text=question, embedding=q(question), k=10, filters=filters, search_type=search_type,
+        client,
+        text=question,
+        embedding=q(question),
+        k=10,
+        filters=filters,
+        search_type=search_type,
         distance_threshold=2.0,
     )
     assert set(names(docs)) == allowed  # k=10 >= every allowed set: all of them, nothing else
@@ -335,16 +412,30 @@ def test_score_and_distance_thresholds(client: httpx.Client, q) -> None:
     assert names(near) == names(ranked)[:2]
     assert [d["score"] for d in near] == pytest.approx(scores[:2], abs=1e-5)
     # k still bounds the answer
-    assert len(retrieve(client, embedding=q(question), k=1, search_type="similarity_distance_threshold",
-                        distance_threshold=2.0)) == 1
+    assert (
+        len(
+            retrieve(
+                client, embedding=q(question), k=1, search_type="similarity_distance_threshold", distance_threshold=2.0
+            )
+        )
+        == 1
+    )
 
 
 def test_opea_request_shape(client: httpx.Client, q) -> None:
     question, expected = QUESTIONS[0]
     body = {
-        "id": "9f1c", "text": question, "embedding": q(question), "search_type": "similarity", "k": 2,
-        "distance_threshold": None, "fetch_k": 20, "lambda_mult": 0.5, "score_threshold": 0.2,
-        "constraints": None, "downstream_black_list": [],
+        "id": "9f1c",
+        "text": question,
+        "embedding": q(question),
+        "search_type": "similarity",
+        "k": 2,
+        "distance_threshold": None,
+        "fetch_k": 20,
+        "lambda_mult": 0.5,
+        "score_threshold": 0.2,
+        "constraints": None,
+        "downstream_black_list": [],
     }
     assert names(retrieve(client, **body))[0] == expected
     assert names(retrieve(client, input=question, k=1)) == [expected]
@@ -386,7 +477,8 @@ def test_metrics_count_queries_and_results(client: httpx.Client, q) -> None:
 def test_without_embedding_service(redis_url, service_factory, q, vectors) -> None:
     """Ready (it still serves queries that carry their embedding); text-only queries: 503 naming embedding."""
     svc = service_factory(
-        "comps.retriever", "RETRIEVER_",
+        "comps.retriever",
+        "RETRIEVER_",
         {"REDIS_URL": redis_url, "INDEX_NAME": KB, "RETRIEVER_EMBEDDING_URL": f"http://127.0.0.1:{free_port()}"},
     )
     with httpx.Client(base_url=svc.url, timeout=30) as c:
@@ -401,9 +493,7 @@ def test_without_embedding_service(redis_url, service_factory, q, vectors) -> No
 
 def test_not_ready_without_redis(service_factory) -> None:
     port = free_port()
-    svc = service_factory(
-        "comps.retriever", "RETRIEVER_", {"REDIS_URL": f"redis://127.0.0.1:{port}"}, wait="health"
-    )
+    svc = service_factory("comps.retriever", "RETRIEVER_", {"REDIS_URL": f"redis://127.0.0.1:{port}"}, wait="health")
     with httpx.Client(base_url=svc.url, timeout=30) as c:
         resp = c.get("/v1/ready")
         assert resp.status_code == 503

@@ -53,8 +53,9 @@ class Target:
 
 @pytest.fixture(scope="module")
 def embedding(models_dir, tmp_path_factory) -> Iterator[Service]:
-    svc = start_service("comps.embedding", "EMBEDDING_", {"EMBEDDING_DEVICE": "cpu"},
-                        log_dir=tmp_path_factory.mktemp("embedding"))
+    svc = start_service(
+        "comps.embedding", "EMBEDDING_", {"EMBEDDING_DEVICE": "cpu"}, log_dir=tmp_path_factory.mktemp("embedding")
+    )
     yield svc
     svc.stop()
 
@@ -96,8 +97,10 @@ def check_retriever(c: httpx.Client) -> object:
 
 def check_llm(c: httpx.Client) -> object:
     question = "What is the capital of France? Answer in one word."
-    resp = c.post("/v1/chat/completions", json={
-        "messages": [{"role": "user", "content": question}], "max_tokens": 16, "temperature": 0})
+    resp = c.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": question}], "max_tokens": 16, "temperature": 0},
+    )
     assert resp.status_code == 200, resp.text
     answer = resp.json()["choices"][0]["message"]["content"]
     assert "Paris" in answer, answer
@@ -122,28 +125,48 @@ def targets(models_dir, redis_url, embedding, tmp_path_factory) -> Iterator[dict
         asyncio.run(_write_collection(redis_url, vectors))
         tiny = build_tiny_cross_encoder(models_dir, tmp_path_factory.mktemp("tiny-cross-encoder"))
         lexical = start("comps.reranker", "RERANKER_", {}, "reranker-lex")
-        cross = start("comps.reranker", "RERANKER_", {"RERANKER_MODEL": str(tiny), "RERANKER_DEVICE": "cpu"},
-                      "reranker-ce")
-        retriever = start("comps.retriever", "RETRIEVER_", {
-            "REDIS_URL": redis_url, "INDEX_NAME": COLLECTION, "RETRIEVER_EMBEDDING_URL": embedding.url}, "retriever")
-        llm = start("comps.llm", "LLM_", {"LLM_N_CTX": "1024", "LLM_PARALLEL": "2", "LLM_DEFAULT_MAX_TOKENS": "4"},
-                    "llm")
+        cross = start(
+            "comps.reranker", "RERANKER_", {"RERANKER_MODEL": str(tiny), "RERANKER_DEVICE": "cpu"}, "reranker-ce"
+        )
+        retriever = start(
+            "comps.retriever",
+            "RETRIEVER_",
+            {"REDIS_URL": redis_url, "INDEX_NAME": COLLECTION, "RETRIEVER_EMBEDDING_URL": embedding.url},
+            "retriever",
+        )
+        llm = start(
+            "comps.llm", "LLM_", {"LLM_N_CTX": "1024", "LLM_PARALLEL": "2", "LLM_DEFAULT_MAX_TOKENS": "4"}, "llm"
+        )
         rerank = {
             "/rerank": [{"query": QUERY, "texts": PASSAGES}],
             "/v1/reranking": [{"initial_query": QUERY, "retrieved_docs": [{"text": t} for t in PASSAGES]}],
         }
         yield {
-            "embedding": Target(embedding, {"/v1/embeddings": [{"input": "hello world"}], "/embed": [{"inputs": "hi"}]},
-                                check_embedding),
+            "embedding": Target(
+                embedding, {"/v1/embeddings": [{"input": "hello world"}], "/embed": [{"inputs": "hi"}]}, check_embedding
+            ),
             "reranker-lexical": Target(lexical, rerank, check_lexical),
             "reranker-cross-encoder": Target(cross, rerank, check_cross_encoder),
-            "retriever": Target(retriever, {"/v1/retrieval": [
-                {"text": QUERY, "k": 2},  # text only: the retriever asks the embedding service
-                {"text": QUERY, "search_type": "hybrid", "k": 2, "filters": {"source": "faq.txt", "page": 1}},
-                {"embedding": query_vector, "search_type": "mmr", "k": 2, "fetch_k": 3},
-            ]}, check_retriever),
-            "llm": Target(llm, {"/v1/chat/completions": [
-                {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2, "temperature": 0}]}, check_llm),
+            "retriever": Target(
+                retriever,
+                {
+                    "/v1/retrieval": [
+                        {"text": QUERY, "k": 2},  # text only: the retriever asks the embedding service
+                        {"text": QUERY, "search_type": "hybrid", "k": 2, "filters": {"source": "faq.txt", "page": 1}},
+                        {"embedding": query_vector, "search_type": "mmr", "k": 2, "fetch_k": 3},
+                    ]
+                },
+                check_retriever,
+            ),
+            "llm": Target(
+                llm,
+                {
+                    "/v1/chat/completions": [
+                        {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2, "temperature": 0}
+                    ]
+                },
+                check_llm,
+            ),
         }
     finally:
         for svc in reversed(started):

@@ -257,7 +257,9 @@ class TestIssuer:
         key = self.keys[0]
         id_claims = self.claims({"aud": self.client_id, "azp": self.client_id, "nonce": grant.nonce})
         id_token = jwt.encode(
-            {k: v for k, v in id_claims.items() if v is not None}, key.private, algorithm=key.alg,
+            {k: v for k, v in id_claims.items() if v is not None},
+            key.private,
+            algorithm=key.alg,
             headers={"kid": key.kid},
         )
         return web.json_response(

@@ -46,7 +46,10 @@ def start_service(
         **(env or {}),
     }
     proc = ManagedProcess(
-        name, [sys.executable, "-m", module], env=full_env, cwd=REPO,
+        name,
+        [sys.executable, "-m", module],
+        env=full_env,
+        cwd=REPO,
         log_file=(log_dir / f"{name}-{port}.log") if log_dir else None,
     )
     proc.start()

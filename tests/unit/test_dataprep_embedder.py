@@ -29,7 +29,11 @@ class FakeEmbeddings:
         if self.refuse and any(self.refuse in t for t in texts):
             raise UpstreamError("embedding answered HTTP 400: input too long", node=node, status=400)
         data = [{"index": i, "embedding": [float(len(t)), float(ord(t[0]))]} for i, t in enumerate(texts)]
-        return {"data": data[::-1], "model": "fake", "usage": {"prompt_tokens": 0, "total_tokens": 0}}  # any order: indexes say which is which
+        return {
+            "data": data[::-1],
+            "model": "fake",
+            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        }  # any order: indexes say which is which
 
 
 def embedder(**settings: object) -> ChunkEmbedder:
@@ -54,7 +58,9 @@ def test_jobs_share_requests_of_similar_lengths_and_get_their_own_vectors() -> N
         (va, ma), (vb, mb) = await asyncio.gather(emb.embed(a, progress("a")), emb.embed(b, progress("b")))
         await emb.close()
         assert ma == mb == "fake" and done == {"a": 5, "b": 3}
-        assert np.array_equal(va, [[len(t), ord("a")] for t in a]) and np.array_equal(vb, [[len(t), ord("b")] for t in b])
+        assert np.array_equal(va, [[len(t), ord("a")] for t in a]) and np.array_equal(
+            vb, [[len(t), ord("b")] for t in b]
+        )
         assert sorted(len(t) for r in fake.requests for t in r) == sorted(len(t) for t in a + b)
         for request in fake.requests:
             lengths = [len(t) for t in request]

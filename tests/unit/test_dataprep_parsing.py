@@ -83,7 +83,9 @@ def test_pdf_encrypted_with_an_empty_password_is_read() -> None:
 
 def test_docx_headings_paragraphs_and_tables() -> None:
     data = make_docx("Report", ["Sales grew.", "Costs fell."], [["region", "sales"], ["north", "12"]])
-    assert texts(parse_document(data, "docx", 1000, 0)) == ["# Report\nSales grew.\nCosts fell.\nregion | sales\nnorth | 12"]
+    assert texts(parse_document(data, "docx", 1000, 0)) == [
+        "# Report\nSales grew.\nCosts fell.\nregion | sales\nnorth | 12"
+    ]
     with pytest.raises(ParseError, match=r"^not a readable \.docx \(Word 2007\+\) file: File is not a zip file"):
         parse_document(b"plain text", "docx", 100, 0)
 

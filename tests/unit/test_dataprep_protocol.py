@@ -20,7 +20,9 @@ pytestmark = pytest.mark.unit
 def test_options_defaults_and_rules() -> None:
     opts = IngestOptions(collection="c")
     assert (opts.chunk_size, opts.chunk_overlap, opts.tags, opts.link_list) == (1500, 100, [], [])
-    opts = IngestOptions(collection="c", chunk_size="50", chunk_overlap="0", tags=" a, b ,,a", link_list=' ["http://x/"] ')
+    opts = IngestOptions(
+        collection="c", chunk_size="50", chunk_overlap="0", tags=" a, b ,,a", link_list=' ["http://x/"] '
+    )
     assert (opts.chunk_size, opts.chunk_overlap, opts.tags, opts.link_list) == (50, 0, ["a", "b"], ["http://x/"])
     with pytest.raises(ValidationError, match=r"chunk_overlap \(10\) must be smaller than chunk_size \(10\)"):
         IngestOptions(collection="c", chunk_size=10, chunk_overlap=10)
@@ -52,7 +54,9 @@ def test_document_id_is_stable_per_collection_and_source() -> None:
 BOUNDARY = "XyZ"
 
 
-def multipart_request(chunks, content_type: str = f"multipart/form-data; boundary={BOUNDARY}") -> tuple[Request, list[int]]:
+def multipart_request(
+    chunks, content_type: str = f"multipart/form-data; boundary={BOUNDARY}"
+) -> tuple[Request, list[int]]:
     """A request whose body is the iterator ``chunks``; the list counts the bytes the reader took."""
     taken = [0]
     it = iter(chunks)
@@ -97,7 +101,7 @@ def test_reads_fields_and_spools_files(tmp_path: Path) -> None:
 def test_oversized_file_is_refused_before_the_rest_is_read(tmp_path: Path) -> None:
     def endless():
         yield part("files", b"small", "ok.txt")[:-2] + b"\r\n"
-        yield f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.txt\"\r\n\r\n".encode()
+        yield f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; filename="big.txt"\r\n\r\n'.encode()
         while True:
             yield b"x" * 65536
 
@@ -111,10 +115,18 @@ def test_oversized_file_is_refused_before_the_rest_is_read(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("body", "error", "message"),
     [
-        (part("files", b"MZ", "x.exe") + END, UnsupportedMediaType, "x.exe: unsupported file type; supported extensions: .csv"),
+        (
+            part("files", b"MZ", "x.exe") + END,
+            UnsupportedMediaType,
+            "x.exe: unsupported file type; supported extensions: .csv",
+        ),
         (part("files", b"", "empty.txt") + END, BadRequest, "empty.txt is empty"),
         (part("other", b"data", "a.txt") + END, BadRequest, "unexpected file in form field 'other'"),
-        (b"".join(part("files", b"x", f"{i}.txt") for i in range(4)) + END, BadRequest, "more than 3 files in one request"),
+        (
+            b"".join(part("files", b"x", f"{i}.txt") for i in range(4)) + END,
+            BadRequest,
+            "more than 3 files in one request",
+        ),
         (part("link_list", b"x" * (1024 * 1024 + 1)) + END, PayloadTooLarge, "form field 'link_list' is larger than"),
         (part("files", b"abc", "a.txt"), BadRequest, "the multipart body ended before its closing boundary"),
     ],

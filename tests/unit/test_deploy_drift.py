@@ -32,7 +32,12 @@ from tests.support.deploy import (
 pytestmark = pytest.mark.unit
 
 SHARED = {
-    "REDIS_URL", "INDEX_NAME", "LOG_FORMAT", "LOG_LEVEL", "OTEL_EXPORTER_OTLP_ENDPOINT", "CHATQNA_MODELS_DIR",
+    "REDIS_URL",
+    "INDEX_NAME",
+    "LOG_FORMAT",
+    "LOG_LEVEL",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "CHATQNA_MODELS_DIR",
     "CHATQNA_ADMIN_USER",  # the gateway's first admin (README.md puts it in the ConfigMap)
 }
 PREFIXES = {spec.env_prefix for spec in SPECS.values()}

@@ -69,13 +69,16 @@ CHATML = (
 def test_template_renders_messages_and_generation_prompt() -> None:
     tpl = ChatTemplate(CHATML, bos_token="<s>", eos_token="</s>")
     prompt = tpl.render([ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Grüße")])
-    assert prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nGrüße<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nGrüße<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_template_raise_exception_is_a_bad_request() -> None:
     tpl = ChatTemplate(
         "{% if messages[0]['role'] != 'user' %}{{ raise_exception('must start with user') }}{% endif %}ok",
-        bos_token="", eos_token="",
+        bos_token="",
+        eos_token="",
     )
     assert tpl.render([ChatMessage(role="user", content="x")]) == "ok"
     with pytest.raises(BadRequest, match="must start with user"):

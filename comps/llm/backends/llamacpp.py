@@ -37,8 +37,14 @@ class LlamaCppBackend:
         s = self.settings
         path = resolve_model_path(s.model, s.models_dir)
         self.engine = await asyncio.to_thread(
-            Engine, path, n_ctx=s.n_ctx, n_batch=s.n_batch, parallel=s.parallel, n_threads=s.n_threads,
-            n_gpu_layers=s.n_gpu_layers, use_extra_bufts=s.use_extra_bufts,
+            Engine,
+            path,
+            n_ctx=s.n_ctx,
+            n_batch=s.n_batch,
+            parallel=s.parallel,
+            n_threads=s.n_threads,
+            n_gpu_layers=s.n_gpu_layers,
+            use_extra_bufts=s.use_extra_bufts,
         )
         source = await asyncio.to_thread(load_template_source, s.chat_template, self.engine.chat_template())
         self.template = ChatTemplate(source, bos_token=self.engine.bos_token, eos_token=self.engine.eos_token)
@@ -48,8 +54,13 @@ class LlamaCppBackend:
         engine = self.engine
         if engine is None or not engine.alive():
             raise NotReady(f"the generation engine is not running: {engine.error if engine else 'not loaded'}")
-        return {"model": self.model_name, "n_ctx": engine.n_ctx, "parallel": engine.parallel,
-                "n_batch": engine.n_batch, "n_threads": engine.n_threads}
+        return {
+            "model": self.model_name,
+            "n_ctx": engine.n_ctx,
+            "parallel": engine.parallel,
+            "n_batch": engine.n_batch,
+            "n_threads": engine.n_threads,
+        }
 
     async def close(self) -> None:
         if self.engine is not None:

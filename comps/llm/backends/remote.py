@@ -69,8 +69,12 @@ class RemoteBackend:
     async def generate(self, body: dict[str, Any]) -> AsyncGenerator[Event, None]:
         assert self.http is not None
         async with self.http.stream(
-            "POST", f"{self.base}/v1/chat/completions", node=NODE, timeout_s=self.timeout_s,
-            json_body=body, headers=self.headers,
+            "POST",
+            f"{self.base}/v1/chat/completions",
+            node=NODE,
+            timeout_s=self.timeout_s,
+            json_body=body,
+            headers=self.headers,
         ) as resp:
             started = False
             reason: str | None = None

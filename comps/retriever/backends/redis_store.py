@@ -68,4 +68,3 @@ class RedisRetriever:
         if self._redis is None:
             raise NotReady("redis backend is not started")
         return self._redis
-

@@ -62,9 +62,7 @@ def upgrade() -> None:
         sa.Column("used_at", sa.DateTime(timezone=True)),
         sa.Column("revoked_at", sa.DateTime(timezone=True)),
         sa.PrimaryKeyConstraint("id", name="pk_refresh_tokens"),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name="fk_refresh_tokens_user_id_users", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name="fk_refresh_tokens_user_id_users", ondelete="CASCADE"),
         sa.UniqueConstraint("token_hash", name="uq_refresh_tokens_token_hash"),
     )
     op.create_index("ix_refresh_tokens_user_id", "refresh_tokens", ["user_id"])
@@ -76,9 +74,7 @@ def upgrade() -> None:
         sa.Column("visibility", sa.String(16), nullable=False),
         _now(),
         sa.PrimaryKeyConstraint("name", name="pk_collections"),
-        sa.ForeignKeyConstraint(
-            ["owner_id"], ["users.id"], name="fk_collections_owner_id_users", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["owner_id"], ["users.id"], name="fk_collections_owner_id_users", ondelete="CASCADE"),
     )
     op.create_index("ix_collections_owner_id", "collections", ["owner_id"])
 
