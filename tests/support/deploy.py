@@ -59,6 +59,7 @@ INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}
 
 # --- settings classes ---------------------------------------------------------------------------------
 
+
 def settings_class(spec: ServiceSpec) -> type[ServiceSettings]:
     """The service's settings class (ServiceSpec.settings, "module:Class").
 
@@ -147,6 +148,7 @@ def secrets_as_references(env: dict[str, str]) -> dict[str, str]:
 
 # --- compose ------------------------------------------------------------------------------------------
 
+
 def load_yaml(path: Path) -> dict[str, Any]:
     with path.open() as f:
         data = yaml.safe_load(f)  # resolves anchors and `<<` merge keys, as compose does
@@ -232,6 +234,7 @@ def environment(service: dict[str, Any]) -> dict[str, str | None]:
 
 # --- set_env.sh ---------------------------------------------------------------------------------------
 
+
 @functools.cache
 def scratch_state_dir() -> Path:
     """Where set_env.sh keeps its secrets during the tests (never the checkout's .state/); removed at exit."""
@@ -253,8 +256,13 @@ def source_set_env(
     }
     return subprocess.run(
         ["bash", "-c", script],
-        env={**base, **(env or {})}, capture_output=True, text=True, timeout=30, cwd=REPO, check=False,
-    )  # fmt: skip
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        check=False,
+    )
 
 
 def exported(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
@@ -270,6 +278,7 @@ def set_env_exports() -> dict[str, str]:
 
 
 # --- kubernetes ---------------------------------------------------------------------------------------
+
 
 def dev_tool(name: str) -> str:
     """A command-line tool of the dev extra: from the checkout's .venv, the running interpreter's

@@ -65,8 +65,11 @@ def test_every_compose_file_validates_against_the_compose_spec() -> None:
     assert set(PROFILES.values()) <= set(files)
     result = subprocess.run(
         [dev_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *map(str, files)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
