@@ -4,9 +4,10 @@
     .venv/bin/python benchmarks/bench_gateway.py --auth [--quick]   # auth off vs JWT vs API key, same stubs
     .venv/bin/python benchmarks/bench_gateway.py --tracing [--quick]  # tracing off vs exporting, same stubs
 
-With ``--tracing``: three of our gateways on the same stubs: no exporter (off), exporting every span over OTLP/HTTP
-to a collector process (tests/support/otlp.py, which decodes each export) with text kept out of spans (on), and
-with it in (on + content), and with 1 trace in 10 recorded (OTEL_TRACES_SAMPLER_ARG=0.1); requests/s at concurrency 64 (median of interleaved rounds) and gateway CPU per request.
+With ``--tracing``: four of our gateways on the same stubs: no exporter (off), exporting every span over OTLP/HTTP
+to a collector process (tests/support/otlp.py, which decodes each export) with text kept out of spans (on), with
+it in (on + content), and with 1 trace in 10 recorded (OTEL_TRACES_SAMPLER_ARG=0.1); requests/s at concurrency 64
+(median of interleaved rounds) and gateway CPU per request.
 
 With ``--auth``: two of our gateways on the same stubs, one with accounts off and one with accounts on (an
 embedded PostgreSQL in a temporary folder); the same requests with no credentials (off), an access JWT and an
@@ -541,7 +542,9 @@ def main_auth(quick: bool) -> None:
 TRACING_MODES = ("off", "on", "on + content", "on, 10% sampled")
 
 
-async def bench_tracing(quick: bool, procs: dict[str, Proc], urls: dict[str, str], stubs: dict[str, str]) -> list[tuple]:
+async def bench_tracing(
+    quick: bool, procs: dict[str, Proc], urls: dict[str, str], stubs: dict[str, str]
+) -> list[tuple]:
     rounds = 3 if quick else 5
     dur = 1.5 if quick else 3.0
     rows: list[tuple] = []
@@ -569,8 +572,11 @@ async def bench_tracing(quick: bool, procs: dict[str, Proc], urls: dict[str, str
             base, base_cpu = statistics.median(rps["off"]), statistics.median(cpu["off"])
             for mode in TRACING_MODES:
                 r, u = statistics.median(rps[mode]), statistics.median(cpu[mode])
-                rows.append((f"req/s c=64, {kind}, {mode}", f"{r:.0f}", f"{r / base:.2f}x", f"{u * 1e3:.3f}",
-                             f"{u / base_cpu:.2f}x", f"errors {errors[mode]}", ">= 0.9x off" if mode != "off" else ""))  # fmt: skip
+                target = ">= 0.9x off" if mode != "off" else ""
+                rows.append(
+                    (f"req/s c=64, {kind}, {mode}", f"{r:.0f}", f"{r / base:.2f}x", f"{u * 1e3:.3f}",
+                     f"{u / base_cpu:.2f}x", f"errors {errors[mode]}", target)
+                )  # fmt: skip
     return rows
 
 
@@ -582,7 +588,9 @@ def main_tracing(quick: bool) -> None:
     urls = {mode: f"http://127.0.0.1:{port}" for mode, port in gw_ports.items()}
     started: list[Proc] = []
     try:
-        started.append(stub := Proc("stubs", [sys.executable, "-m", "tests.support.stubs", *map(str, ports.values())], {}))
+        started.append(
+            stub := Proc("stubs", [sys.executable, "-m", "tests.support.stubs", *map(str, ports.values())], {})
+        )
         started.append(Proc("otlp-collector", [sys.executable, "-m", "tests.support.otlp", str(collector_port)], {}))
         stub.wait_http(stubs["llm"] + "/v1/ready")
         hops = {f"GATEWAY_{k.upper()}_URL": v for k, v in stubs.items()}
@@ -594,8 +602,11 @@ def main_tracing(quick: bool) -> None:
             "on, 10% sampled": {**exporting, "OTEL_TRACES_SAMPLER_ARG": "0.1"},
         }
         procs = {
-            mode: Proc(f"gateway-tracing-{''.join(c if c.isalnum() else '-' for c in mode)}", [sys.executable, "-m", "megaservice"],
-                       {"GATEWAY_PORT": str(gw_ports[mode]), "GATEWAY_AUTH_ENABLED": "false", **hops, **envs[mode]})
+            mode: Proc(
+                f"gateway-tracing-{''.join(c if c.isalnum() else '-' for c in mode)}",
+                [sys.executable, "-m", "megaservice"],
+                {"GATEWAY_PORT": str(gw_ports[mode]), "GATEWAY_AUTH_ENABLED": "false", **hops, **envs[mode]},
+            )
             for mode in TRACING_MODES
         }  # fmt: skip
         started += procs.values()

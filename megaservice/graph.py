@@ -11,9 +11,9 @@
   `Graph.open_stream`).
 
 Every hop is timed (histogram per node), counted when it fails (per node and kind), traced (a span per
-node under the request's span, described by the node's ``describe`` hook: `megaservice.tracing`) and its status checked by the kit's HttpClient: a failure is an
-`UpstreamError` naming the node (503 unreachable/not ready, 504 timeout, 502 bad answer, the
-upstream's own 4xx passed through).
+node under the request's span, described by the node's ``describe`` hook: `megaservice.tracing`) and its status
+checked by the kit's HttpClient: a failure is an `UpstreamError` naming the node (503 unreachable/not ready,
+504 timeout, 502 bad answer, the upstream's own 4xx passed through).
 """
 
 from __future__ import annotations

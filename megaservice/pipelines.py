@@ -37,15 +37,30 @@ def nodes(s: GatewaySettings) -> dict[str, Node]:
     t = Tracing(s.trace_content)
     return {
         "embedding": Node(
-            "embedding", s.embedding_url, "/v1/embeddings", EmbeddingRequest, EmbeddingResponse, s.embedding_timeout_s,
+            "embedding",
+            s.embedding_url,
+            "/v1/embeddings",
+            EmbeddingRequest,
+            EmbeddingResponse,
+            s.embedding_timeout_s,
             describe=t.embedding,
         ),
         "retriever": Node(
-            "retriever", s.retriever_url, "/v1/retrieval", RetrievalRequest, RetrievalResponse, s.retriever_timeout_s,
+            "retriever",
+            s.retriever_url,
+            "/v1/retrieval",
+            RetrievalRequest,
+            RetrievalResponse,
+            s.retriever_timeout_s,
             describe=t.retriever,
         ),
         "reranker": Node(
-            "reranker", s.reranker_url, "/rerank", RerankRequest, list[RerankResult], s.reranker_timeout_s,
+            "reranker",
+            s.reranker_url,
+            "/rerank",
+            RerankRequest,
+            list[RerankResult],
+            s.reranker_timeout_s,
             describe=t.reranker,
         ),
         "llm": Node(

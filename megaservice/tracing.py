@@ -28,6 +28,7 @@ from openinference.semconv.trace import SpanAttributes as A
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as G
 from opentelemetry.trace import Span
 from opentelemetry.util.types import AttributeValue
+from pydantic import BaseModel
 from starlette.requests import Request
 
 from comps.embedding.protocol import EmbeddingRequest, EmbeddingResponse
@@ -213,7 +214,9 @@ class Tracing:
             attrs[A.LLM_TOKEN_COUNT_TOTAL] = usage.total_tokens
             if usage.prompt_tokens_details is not None:
                 cached = usage.prompt_tokens_details.cached_tokens
-                attrs[A.LLM_TOKEN_COUNT_PROMPT_DETAILS_CACHE_READ] = attrs[G.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = cached
+                attrs[A.LLM_TOKEN_COUNT_PROMPT_DETAILS_CACHE_READ] = attrs[G.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = (
+                    cached
+                )
         if self.content and text is not None:
             attrs[f"{A.LLM_OUTPUT_MESSAGES}.0.{Msg.MESSAGE_ROLE}"] = "assistant"
             attrs[f"{A.LLM_OUTPUT_MESSAGES}.0.{Msg.MESSAGE_CONTENT}"] = text
@@ -222,13 +225,12 @@ class Tracing:
             out = {"role": "assistant", "parts": [{"type": "text", "content": text}], "finish_reason": finish_reason}
             attrs[G.GEN_AI_OUTPUT_MESSAGES] = _dumps([out])
 
-    def stream(
-        self, llm: Span, request: ChatCompletionRequest, chain: Span, arrived: float, called: float
-    ) -> StreamTrace | None:
+    def stream(self, llm: Span, request: BaseModel, chain: Span, arrived: float, called: float) -> StreamTrace | None:
         """The recorder of a streamed answer, or None when nothing is recorded."""
         if not (llm.is_recording() or chain.is_recording()):
             return None
-        return StreamTrace(self, llm, self.llm_request(request), chain, arrived, called)
+        attrs = self.llm_request(request) if isinstance(request, ChatCompletionRequest) else {}
+        return StreamTrace(self, llm, attrs, chain, arrived, called)
 
 
 class StreamTrace:

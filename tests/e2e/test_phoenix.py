@@ -36,7 +36,7 @@ def phoenix_executable() -> Path | None:
 def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     exe = phoenix_executable()
     if exe is None:
-        pytest.skip("Arize Phoenix is not installed: `make phoenix` installs and serves it (or CHATQNA_PHOENIX=/path/to/phoenix)")
+        pytest.skip("Arize Phoenix is not installed: `make phoenix` installs and serves it, or set CHATQNA_PHOENIX")
     work = tmp_path_factory.mktemp("phoenix")
     port = free_port()
     env = {
@@ -73,7 +73,9 @@ def test_phoenix_shows_a_chain_with_embedding_retriever_reranker_and_llm_spans(
     svc, _ = gateway
     trace_id = secrets.token_hex(16)
     headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
-    reply = httpx.post(f"{svc.url}/v1/chatqna", json={"messages": QUESTION, "max_tokens": 50}, headers=headers, timeout=20)
+    reply = httpx.post(
+        f"{svc.url}/v1/chatqna", json={"messages": QUESTION, "max_tokens": 50}, headers=headers, timeout=20
+    )
     assert reply.status_code == 200, reply.text
     body = reply.json()
 

@@ -143,8 +143,7 @@ def published_services(services: dict[str, dict]) -> set[str]:
     return {
         name
         for name, svc in services.items()
-        if any(not str(p).startswith("127.0.0.1:") for p in svc.get("ports") or ())
-        or svc.get("network_mode") == "host"
+        if any(not str(p).startswith("127.0.0.1:") for p in svc.get("ports") or ()) or svc.get("network_mode") == "host"
     }
 
 

@@ -41,7 +41,9 @@ def test_span_content_is_off_unless_the_shared_setting_allows_it(monkeypatch: py
     assert {local.env_for(spec)["OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"] for spec in SERVICES} == {"true"}
     monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "false")
     private = Mesh(RuntimeSettings(), "redis://127.0.0.1:6379")
-    assert {private.env_for(spec)["OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"] for spec in SERVICES} == {"false"}
+    assert {private.env_for(spec)["OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"] for spec in SERVICES} == {
+        "false"
+    }
 
 
 def test_settings_error_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
