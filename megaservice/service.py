@@ -99,7 +99,8 @@ class ChatQnA:
         recorder = self.tracing.stream(llm_span, llm_request, trace.get_current_span(), arrived, called)
         if recorder is not None:
             stack.callback(recorder.end)  # before the stream's span ends, however the relay ends
-        return _Relay(stack, resp, pipe.name, sources, arrived, called, recorder)
+        keep_usage = q.request.stream_options is not None and q.request.stream_options.include_usage
+        return _Relay(stack, resp, pipe.name, sources, arrived, called, recorder, keep_usage)
 
     def sources(self, passages: list[Passage]) -> list[Source]:
         n = self.snippet
@@ -122,6 +123,7 @@ class _Relay:
         arrived: float,
         called: float,
         recorder: StreamTrace | None = None,
+        keep_usage: bool = True,
     ) -> None:
         self.stack = stack
         self.resp = resp
@@ -130,6 +132,7 @@ class _Relay:
         self.arrived = arrived
         self.called = called
         self.recorder = recorder  # what the trace gets of the answer, when it is recorded
+        self.keep_usage = keep_usage  # the client asked for the usage chunk (the LLM is always asked)
         self.first = True
         self.timed = False
 
@@ -146,7 +149,8 @@ class _Relay:
                             out.append(DONE)
                             yield b"".join(out)
                             return
-                        out.append(event(self._inspect(data)))
+                        if (data := self._inspect(data)) is not None:
+                            out.append(event(data))
                     if out:
                         yield b"".join(out)  # what arrived together leaves together: no waiting
             NODE_ERRORS.labels("llm", "stream_error").inc()
@@ -158,8 +162,9 @@ class _Relay:
             yield event(orjson.dumps(error_envelope(f"relaying the answer failed: {exc}", "internal_error")))
         yield DONE
 
-    def _inspect(self, data: bytes) -> bytes:
-        """Sources onto the first chunk; time to first token at the first content; errors counted."""
+    def _inspect(self, data: bytes) -> bytes | None:
+        """Sources onto the first chunk; time to first token at the first content; errors counted; None for a
+        usage chunk the client did not ask for."""
         chunk: object = None
         if self.first or not self.timed:
             chunk = _json(data)
@@ -179,6 +184,8 @@ class _Relay:
             self.recorder.event(data, chunk)
         if data.startswith(b'{"error"'):
             NODE_ERRORS.labels("llm", "stream_error").inc()
+        if not self.keep_usage and b'"choices":[]' in data:
+            return None
         return data
 
     async def close(self) -> None:
