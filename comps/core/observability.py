@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from comps.core.caller import caller_headers_var
 
 REQUEST_ID_HEADER = "x-request-id"
+PROBE_PATHS = frozenset({"/metrics", "/v1/health_check", "/v1/ready"})  # neither logged nor traced
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 HTTP_REQUESTS = Counter(
@@ -148,10 +149,15 @@ class ObservabilityMiddleware:
             await send(message)
 
         method = scope.get("method", "GET")
-        ctx = extract(headers)
-        with tracer().start_as_current_span(
-            f"{method} {scope.get('path', '')}", context=ctx, kind=trace.SpanKind.SERVER
-        ) as span:
+        path = scope.get("path", "")
+        span_cm = (
+            trace.use_span(trace.INVALID_SPAN)  # probes and scrapes: no trace (a probe every few seconds)
+            if path in PROBE_PATHS
+            else tracer().start_as_current_span(
+                f"{method} {path}", context=extract(headers), kind=trace.SpanKind.SERVER
+            )
+        )
+        with span_cm as span:
             try:
                 await self.app(scope, receive, send_wrapper)
             finally:
@@ -162,7 +168,7 @@ class ObservabilityMiddleware:
                 span.update_name(f"{method} {route}")
                 HTTP_REQUESTS.labels(self.service, route, method, str(status)).inc()
                 HTTP_LATENCY.labels(self.service, route, method).observe(elapsed)
-                if route not in ("/metrics", "/v1/health_check", "/v1/ready"):
+                if route not in PROBE_PATHS:
                     self.log.info("%s %s %d %.1fms", method, scope.get("path", ""), status, elapsed * 1000)
                 request_id_var.reset(token)
 
