@@ -165,6 +165,8 @@ class ObservabilityMiddleware:
                 elapsed = time.perf_counter() - start
                 span.set_attribute("http.route", route)
                 span.set_attribute("http.status_code", status)
+                if status >= 500:  # OpenTelemetry's HTTP conventions: a server error is an error span
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, f"HTTP {status}"))
                 span.update_name(f"{method} {route}")
                 HTTP_REQUESTS.labels(self.service, route, method, str(status)).inc()
                 HTTP_LATENCY.labels(self.service, route, method).observe(elapsed)

@@ -197,6 +197,9 @@ def test_a_failing_hop_is_an_error_span_of_its_kind(private: Service, collector:
         assert reply.status_code == 502
     finally:
         mesh.stubs.reset()
-    collector.wait_for(lambda spans: any(s.trace_id == trace_id and s.kind == "CHAIN" for s in spans))
+    chain = collector.wait_for(
+        lambda spans: next((s for s in spans if s.trace_id == trace_id and s.kind == "CHAIN"), None)
+    )
+    assert chain.status_code == 2 and chain.attributes["http.status_code"] == 502
     failed = next(s for s in collector.trace(trace_id) if s.name == "node reranker")
     assert failed.kind == "RERANKER" and failed.status_code == 2 and failed.attributes["error.type"] == "UpstreamError"
