@@ -74,7 +74,7 @@ class Tracing:
             return
         attrs: dict[str, AttributeValue] = {
             A.OPENINFERENCE_SPAN_KIND: Kind.CHAIN.value,
-            A.METADATA: _dumps({"pipeline": pipeline, "collection": q.request.collection}),
+            A.METADATA: _dumps({"pipeline": pipeline, **_scope(q.request.collection, q.request.collections)}),
         }
         principal = getattr(request.state, "principal", None)
         if principal is not None:
@@ -112,8 +112,7 @@ class Tracing:
     def retriever(
         self, span: Span, request: RetrievalRequest, answer: RetrievalResponse | None, _: Mapping[str, Any]
     ) -> None:
-        meta = {"collection": answer.collection if answer else request.collection, "search_type": request.search_type,
-                "k": request.k}  # fmt: skip
+        meta = {**_scope(request.collection, request.collections), "search_type": request.search_type, "k": request.k}
         attrs: dict[str, AttributeValue] = {
             A.OPENINFERENCE_SPAN_KIND: Kind.RETRIEVER.value,
             G.GEN_AI_OPERATION_NAME: "retrieval",
@@ -282,6 +281,10 @@ class StreamTrace:
         )
         self.llm.set_attributes(self.attrs)
         self.tracing.chain_answer(self.chain, text)
+
+
+def _scope(collection: str | None, collections: list[str] | None) -> dict[str, object]:
+    return {"collections": collections} if collections else {"collection": collection}
 
 
 def _dumps(value: object) -> str:
