@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -28,6 +28,7 @@ from comps.llm.protocol import (
     Choice,
     ChunkChoice,
     DeltaMessage,
+    FinishReason,
     PromptTokensDetails,
     Usage,
     completion_id,
@@ -153,7 +154,7 @@ class _Lease:
     """A granted slot and the generation holding it; `release` closes the generation and frees the slot,
     once, whoever calls it first (the stream's own ``finally`` or the response's lifecycle)."""
 
-    def __init__(self, queue: AdmissionQueue, granted: float, events: AsyncIterator[Event]) -> None:
+    def __init__(self, queue: AdmissionQueue, granted: float, events: AsyncGenerator[Event, None]) -> None:
         self.queue = queue
         self.granted = granted
         self.events = events
@@ -164,7 +165,7 @@ class _Lease:
             return
         self.released = True
         try:
-            await self.events.aclose()  # type: ignore[attr-defined]
+            await self.events.aclose()
         finally:
             self.queue.release(self.granted)
 
@@ -174,7 +175,7 @@ class _LeasedStream(StreamingResponse):
     may never start at all (the client left before the first chunk was asked for), and then its own
     ``finally`` never runs."""
 
-    def __init__(self, body: AsyncIterator[str], lease: _Lease) -> None:
+    def __init__(self, body: AsyncGenerator[str, None], lease: _Lease) -> None:
         super().__init__(
             body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
@@ -224,7 +225,7 @@ class ChatService:
             await lease.release()
         return JSONResponse(body)
 
-    async def _collect(self, started: Started, events: AsyncIterator[Event], meter: _Meter) -> dict[str, Any]:
+    async def _collect(self, started: Started, events: AsyncGenerator[Event, None], meter: _Meter) -> dict[str, Any]:
         parts: list[str] = []
         async for event in events:
             if isinstance(event, Delta):
@@ -243,14 +244,16 @@ class ChatService:
 
     async def _stream(
         self, req: ChatCompletionRequest, started: Started, meter: _Meter, lease: _Lease
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         events = lease.events
         cid, created, model = completion_id(), now(), started.model
 
-        def chunk(delta: DeltaMessage, finish: str | None = None) -> str:
-            return _sse(ChatCompletionChunk(
-                id=cid, created=created, model=model, choices=[ChunkChoice(delta=delta, finish_reason=finish)]
-            ))  # fmt: skip
+        def chunk(delta: DeltaMessage, finish: FinishReason | None = None) -> str:
+            return _sse(
+                ChatCompletionChunk(
+                    id=cid, created=created, model=model, choices=[ChunkChoice(delta=delta, finish_reason=finish)]
+                )
+            )
 
         try:
             yield chunk(DeltaMessage(role="assistant", content=""))
@@ -263,7 +266,9 @@ class ChatService:
                     meter.finished(event)
                     yield chunk(DeltaMessage(), event.reason)
                     if req.include_usage():
-                        usage = ChatCompletionChunk(id=cid, created=created, model=model, choices=[], usage=_usage(event))
+                        usage = ChatCompletionChunk(
+                            id=cid, created=created, model=model, choices=[], usage=_usage(event)
+                        )
                         yield _sse(usage)
                     break
             else:
