@@ -46,7 +46,9 @@ class HeldEmbeddings:
         await self._release.wait()
         data = [{"index": i, "embedding": [float(len(t) % 7 + 1), 1.0, 0.5, float(i % 3)]}
                 for i, t in enumerate(body["input"])]  # fmt: skip
-        return web.json_response({"data": data, "model": "held"})
+        tokens = sum(len(t.split()) for t in body["input"])
+        return web.json_response({"object": "list", "data": data, "model": "held",
+                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})  # fmt: skip
 
     async def _ready(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ready", "model": "held"})
