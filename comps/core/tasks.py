@@ -33,33 +33,39 @@ RESTART_MAX_S = 5.0
 DEATHS = Counter("chatqna_background_task_deaths_total", "Supervised background tasks that died", ["task"])
 DOWN = Gauge("chatqna_background_tasks_down", "Supervised background tasks dead right now (1) or running (0)", ["task"])
 
-_fatal_lock = threading.Lock()
-_fatal: str | None = None
-_exit_on_fatal = False
+
+class _Fatal:
+    """The process-wide verdict (one process, one service): why it cannot serve, and whether to exit then."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reason: str | None = None
+        self.exit = False
+
+
+_FATAL = _Fatal()
 
 
 def fatal(reason: str) -> None:
     """The process cannot serve any more: liveness fails from now on and, under `serve`, the process stops
     (SIGTERM to itself: in-flight requests drain) and exits with `FATAL_EXIT_CODE`. Thread-safe; the
     first reason wins."""
-    global _fatal
-    with _fatal_lock:
-        if _fatal is not None:
+    with _FATAL.lock:
+        if _FATAL.reason is not None:
             return
-        _fatal = reason
+        _FATAL.reason = reason
     log.critical("fatal: %s; the process exits so that its supervisor restarts it", reason)
-    if _exit_on_fatal:
+    if _FATAL.exit:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
 def fatal_reason() -> str | None:
-    return _fatal
+    return _FATAL.reason
 
 
 def exit_on_fatal() -> None:
     """Called by `serve`: from now on `fatal` stops the process (never in tests that host apps in-process)."""
-    global _exit_on_fatal
-    _exit_on_fatal = True
+    _FATAL.exit = True
 
 
 class TaskGroup:

@@ -109,7 +109,7 @@ async def resolve(host: str, port: int, timeout_s: float = DNS_TIMEOUT_S) -> tup
     lookup = asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     try:
         infos = await asyncio.wait_for(lookup, timeout_s)
-    except (asyncio.TimeoutError, TimeoutError):
+    except TimeoutError:
         raise UrlRefused(f"host {host!r} did not resolve within {timeout_s:g}s") from None
     except (socket.gaierror, UnicodeError) as exc:
         raise UrlRefused(f"host {host!r} does not resolve: {exc}") from None
@@ -131,7 +131,7 @@ class GuardedResolver(AbstractResolver):
     ) -> list[ResolveResult]:
         try:
             results = await asyncio.wait_for(self._inner.resolve(host, port, family), self.timeout_s)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             raise OSError(f"{host} did not resolve within {self.timeout_s:g}s") from None
         for result in results:
             reason = forbidden_reason(ipaddress.ip_address(result["host"]))

@@ -338,7 +338,7 @@ class Engine:
             seq = self._pending.popleft()
             try:
                 self._admit_one(seq)
-            except Exception as exc:  # noqa: BLE001 - one sequence broke, not the engine
+            except Exception as exc:  # one sequence broke, not the engine
                 self._fail(seq, exc)
 
     def _admit_one(self, seq: Sequence) -> None:
@@ -434,7 +434,7 @@ class Engine:
             try:
                 token = L.llama_sampler_sample(seq.sampler, self._ctx, index)
                 self._on_token(seq, token)
-            except Exception as exc:  # noqa: BLE001 - one sequence broke, not the engine
+            except Exception as exc:  # one sequence broke, not the engine
                 self._fail(seq, exc)
 
     def _on_token(self, seq: Sequence, token: int) -> None:

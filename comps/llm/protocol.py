@@ -63,7 +63,8 @@ class ChatCompletionRequest(_Strict):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0, description="0 or unset: no top-k cut.")
-    stop: str | list[str] | None = Field(default=None, description="Up to 16 strings of up to 256 characters; the text stops before them."
+    stop: str | list[str] | None = Field(
+        default=None, description="Up to 16 strings of up to 256 characters; the text stops before them."
     )
     seed: int | None = None
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)

@@ -83,7 +83,8 @@ def sup(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     os.environ["LLM_MAX_QUEUE"] = str(LLM_MAX_QUEUE)
     os.environ.pop("REDIS_URL", None)  # the embedded Redis: the suite kills it too
     settings = RuntimeSettings(
-        CHATQNA_STATE_DIR=state, CHATQNA_MODELS_DIR=models_dir, CHATQNA_READY_TIMEOUT_S=300, **ports
+        CHATQNA_STATE_DIR=state, CHATQNA_MODELS_DIR=models_dir, CHATQNA_READY_TIMEOUT_S=300,
+        GATEWAY_AUTH_ENABLED=False, **ports,
     )  # fmt: skip
     lines: list[str] = []
     supervisor = Supervisor(settings, out=lines.append)
@@ -109,6 +110,12 @@ def sup(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def url(sup: Supervisor, name: str) -> str:
     assert sup.mesh is not None
     return sup.mesh.url(name)
+
+
+def internal(sup: Supervisor) -> dict[str, str]:
+    """The mesh's internal token: every service but the gateway requires it."""
+    assert sup.mesh is not None
+    return {"Authorization": f"Bearer {sup.mesh.internal_token}"}
 
 
 def all_ready(sup: Supervisor) -> bool:
@@ -151,7 +158,8 @@ def document(n: int, version: int) -> bytes:
 def ingest(sup: Supervisor, collection: str, version: int) -> list[str]:
     files = [("files", (f"doc{n}.txt", document(n, version), "text/plain")) for n in range(DOCS)]
     form = {"collection": collection, "chunk_size": "250", "chunk_overlap": "0"}
-    answer = httpx.post(f"{url(sup, 'dataprep')}/v1/dataprep/ingest", files=files, data=form, timeout=60)
+    answer = httpx.post(f"{url(sup, 'dataprep')}/v1/dataprep/ingest", files=files, data=form, headers=internal(sup),
+                        timeout=60)  # fmt: skip
     assert answer.status_code == 202, answer.text
     return [j["job_id"] for j in answer.json()["jobs"]]
 
@@ -162,7 +170,8 @@ def finish_jobs(sup: Supervisor, ids: list[str], timeout_s: float = 180) -> dict
 
     def done() -> bool:
         try:
-            answer = httpx.get(f"{url(sup, 'dataprep')}/v1/dataprep/jobs", params={"ids": ",".join(ids)}, timeout=10)
+            answer = httpx.get(f"{url(sup, 'dataprep')}/v1/dataprep/jobs", params={"ids": ",".join(ids)},
+                               headers=internal(sup), timeout=10)  # fmt: skip
         except httpx.HTTPError:
             return False
         if answer.status_code != 200:
@@ -210,7 +219,7 @@ class Streams:
                 self.flowing.release()
         if not events or events[-1] != "data: [DONE]":
             return "broken", events[-1] if events else "no events"
-        last = json.loads(events[-2][len("data: "):]) if len(events) > 1 else {}
+        last = json.loads(events[-2][len("data: ") :]) if len(events) > 1 else {}
         if "error" in last:
             return "sse_error", str(last["error"].get("code"))
         finishes = [e for e in events if '"finish_reason":"stop"' in e or '"finish_reason":"length"' in e]
@@ -280,7 +289,8 @@ def mid_ingestion(sup: Supervisor, ids: list[str], timeout_s: float = 60) -> boo
     """Wait until some of the jobs are done and some are not; False if they all finished first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        answer = httpx.get(f"{url(sup, 'dataprep')}/v1/dataprep/jobs", params={"ids": ",".join(ids)}, timeout=10)
+        answer = httpx.get(f"{url(sup, 'dataprep')}/v1/dataprep/jobs", params={"ids": ",".join(ids)},
+                           headers=internal(sup), timeout=10)  # fmt: skip
         states = [j["status"] for j in answer.json()["jobs"]]
         done = sum(s in FINISHED for s in states)
         if done == len(ids):
@@ -294,7 +304,8 @@ def mid_ingestion(sup: Supervisor, ids: list[str], timeout_s: float = 60) -> boo
 def metric(sup: Supervisor, service: str, name: str) -> dict[str, float]:
     """Samples of one metric, by their label text."""
     text = httpx.get(f"{url(sup, service)}/metrics", timeout=10).text
-    return {m.group(1) or "": float(m.group(2)) for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE)}
+    samples = re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE)
+    return {m.group(1) or "": float(m.group(2)) for m in samples}
 
 
 def report() -> None:
@@ -406,7 +417,9 @@ def test_bounded_load_run_has_no_error_but_429(sup: Supervisor, collection: str)
     assert tally["complete"] > 0
 
 
-def test_sigkill_redis_during_ingestion_loses_no_reported_success(sup: Supervisor, r: redis.Redis, collection: str) -> None:
+def test_sigkill_redis_during_ingestion_loses_no_reported_success(
+    sup: Supervisor, r: redis.Redis, collection: str
+) -> None:
     ROUND["n"] += 1
     version = ROUND["n"]
     wait_for(lambda: all_ready(sup), "the mesh to be ready before the round", RECOVERY_S)
@@ -415,7 +428,8 @@ def test_sigkill_redis_during_ingestion_loses_no_reported_success(sup: Superviso
     reported: dict[str, str] = {}
 
     def some_succeeded() -> bool:
-        answer = httpx.get(f"{url(sup, 'dataprep')}/v1/dataprep/jobs", params={"ids": ",".join(jobs)}, timeout=10)
+        answer = httpx.get(f"{url(sup, 'dataprep')}/v1/dataprep/jobs", params={"ids": ",".join(jobs)},
+                           headers=internal(sup), timeout=10)  # fmt: skip
         reported.update({j["job_id"]: j["status"] for j in answer.json()["jobs"]})
         return sum(s == "succeeded" for s in reported.values()) >= 2
 

@@ -129,8 +129,11 @@ def test_jobs_survive_a_sigkill_of_dataprep(redis_url: str, embeddings: HeldEmbe
         second = start_service("comps.dataprep", "DATAPREP_", env, log_dir=tmp_path)  # ready = recovered
         with httpx.Client(base_url=second.url, timeout=30) as c:
             jobs = wait_for(
-                lambda: (js := c.get("/v1/dataprep/jobs", params={"ids": ",".join(ids)}).json()["jobs"])
-                and all(j["status"] in FINISHED for j in js) and js,
+                lambda: (
+                    (js := c.get("/v1/dataprep/jobs", params={"ids": ",".join(ids)}).json()["jobs"])
+                    and all(j["status"] in FINISHED for j in js)
+                    and js
+                ),
                 "every job to finish after the restart",
             )
             by_id = {j["job_id"]: j for j in jobs}

@@ -192,7 +192,7 @@ def test_a_write_whose_keys_vanished_is_not_committed(redis_url: str) -> None:
     run(redis_url, body)
 
 
-async def searched_texts(r, c: str) -> set[str]:  # noqa: ANN001
+async def searched_texts(r, c: str) -> set[str]:
     found = await r.ft(c).search(Query("*").return_fields(schema.TEXT).paging(0, 100))
     return {doc.text for doc in found.docs}
 
@@ -201,7 +201,7 @@ def test_readers_see_the_old_version_or_the_new_one_never_both(redis_url: str) -
     """Issue 12, defect 3: while a new version is written (before its commit) a search sees only the old
     version; right after the commit only the new one."""
 
-    async def body(r, c: str) -> None:  # noqa: ANN001
+    async def body(r, c: str) -> None:
         await documents.replace_document(r, c, record(), chunks(3, "old"))
         old = {f"old chunk {i}" for i in range(3)}
         async with documents.staged_version(r, c, "d1") as staged:
@@ -219,7 +219,7 @@ def test_a_crash_before_the_commit_leaves_no_searchable_orphan(redis_url: str) -
     """A writer that dies between writing and committing (no discard runs) leaves nothing searchable, and
     what it staged expires; chunks an older release left under the indexed prefix are swept at start-up."""
 
-    async def body(r, c: str) -> None:  # noqa: ANN001
+    async def body(r, c: str) -> None:
         await documents.replace_document(r, c, record(), chunks(2, "old"))
         version = int(await r.eval(documents._NEXT_VERSION, 1, schema.meta_key(c), documents.VERSION_FIELD))
         crashed = documents.StagedVersion(r, c, "d1", version)

@@ -7,8 +7,8 @@ envelope, and the service still answers a valid request afterwards (issue 12, "f
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -90,8 +90,10 @@ def test_gateway_chat_routes_survive_malformed_requests(gateway: Service) -> Non
 
 def test_dataprep_survives_malformed_requests(dataprep: Service) -> None:
     openapi = httpx.get(f"{dataprep.url}/openapi.json", timeout=10).json()
-    json_valid = {"/v1/dataprep/get": {"collection": "fuzz"}, "/v1/dataprep/delete": {"file_path": "nothing.txt",
-                                                                                       "collection": "fuzz"}}
+    json_valid = {
+        "/v1/dataprep/get": {"collection": "fuzz"},
+        "/v1/dataprep/delete": {"file_path": "nothing.txt", "collection": "fuzz"},
+    }
     assert set(post_paths(openapi)) == set(json_valid)
     sent, failures = 0, []
     for path, valid in json_valid.items():

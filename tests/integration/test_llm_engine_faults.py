@@ -58,7 +58,7 @@ def outcome(events: queue.Queue) -> object:
             return event
 
 
-def test_a_sampling_failure_fails_one_sequence_and_the_engine_goes_on(engine: Engine, monkeypatch) -> None:  # noqa: ANN001
+def test_a_sampling_failure_fails_one_sequence_and_the_engine_goes_on(engine: Engine, monkeypatch) -> None:
     real = engine._on_token
 
     def on_token(seq: Sequence, token: int) -> None:
@@ -76,10 +76,10 @@ def test_a_sampling_failure_fails_one_sequence_and_the_engine_goes_on(engine: En
     all_slots_free(engine)
 
 
-def test_an_admission_failure_fails_one_sequence_and_frees_its_slot(engine: Engine, monkeypatch) -> None:  # noqa: ANN001
+def test_an_admission_failure_fails_one_sequence_and_frees_its_slot(engine: Engine, monkeypatch) -> None:
     real = engine._make_sampler
 
-    def make_sampler(p: SamplingParams):  # noqa: ANN202
+    def make_sampler(p: SamplingParams):
         if p.seed == BROKEN_SEED:
             raise RuntimeError("sampler chain refused")
         return real(p)
@@ -93,7 +93,7 @@ def test_an_admission_failure_fails_one_sequence_and_frees_its_slot(engine: Engi
     all_slots_free(engine)
 
 
-def test_a_dead_engine_says_so_and_calls_on_death(engine: Engine, monkeypatch) -> None:  # noqa: ANN001
+def test_a_dead_engine_says_so_and_calls_on_death(engine: Engine, monkeypatch) -> None:
     died = threading.Event()
     reasons: list[BaseException] = []
 

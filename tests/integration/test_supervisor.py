@@ -30,7 +30,7 @@ def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> N
 
 
 @pytest.fixture
-def supervised(tmp_path) -> Iterator[tuple[Supervisor, list[str]]]:  # noqa: ANN001
+def supervised(tmp_path) -> Iterator[tuple[Supervisor, list[str]]]:
     lines: list[str] = []
     sup = Supervisor(RuntimeSettings(state_dir=tmp_path), out=lines.append)
     stop = threading.Event()
@@ -65,7 +65,7 @@ def test_backoff_doubles_and_is_capped() -> None:
     assert delays[-1] == RESTART_MAX_S
 
 
-def test_a_crash_looping_child_is_retried_with_backoff_not_given_up(tmp_path) -> None:  # noqa: ANN001
+def test_a_crash_looping_child_is_retried_with_backoff_not_given_up(tmp_path) -> None:
     lines: list[str] = []
     sup = Supervisor(RuntimeSettings(state_dir=tmp_path), out=lines.append)
     sup.procs["bad"] = ManagedProcess("bad", [sys.executable, "-c", "raise SystemExit(3)"]).start()

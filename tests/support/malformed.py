@@ -352,15 +352,19 @@ def multipart_cases(boundary: str = MULTIPART_BOUNDARY) -> list[Case]:
         "no closing boundary": b"--" + b + b"\r\n" + disp + b"\r\n\r\nhello",
         "empty body": b"",
         "part without a name": b"--" + b + b"\r\nContent-Disposition: form-data\r\n\r\nx\r\n" + end,
-        "file in another field": b"--" + b + b'\r\nContent-Disposition: form-data; name="x"; filename="a.txt"\r\n\r\nx\r\n'
+        "file in another field": b"--"
+        + b
+        + b'\r\nContent-Disposition: form-data; name="x"; filename="a.txt"\r\n\r\nx\r\n'
         + end,
-        "unsupported file type": b"--" + b + b'\r\nContent-Disposition: form-data; name="files"; filename="a.exe"\r\n\r\nx\r\n'
+        "unsupported file type": b"--"
+        + b
+        + b'\r\nContent-Disposition: form-data; name="files"; filename="a.exe"\r\n\r\nx\r\n'
         + end,
         "empty file": b"--" + b + b"\r\n" + disp + b"\r\n\r\n\r\n" + end,
         "nothing to ingest": end,
         "bad chunk_size": b"--" + b + b'\r\nContent-Disposition: form-data; name="chunk_size"\r\n\r\n-5\r\n' + end,
         "bad link_list": b"--" + b + b'\r\nContent-Disposition: form-data; name="link_list"\r\n\r\n[1, \r\n' + end,
-        "NUL in header": b"--" + b + b"\r\nContent-Disposition: form-data; name=\"a\x00\"\r\n\r\nx\r\n" + end,
+        "NUL in header": b"--" + b + b'\r\nContent-Disposition: form-data; name="a\x00"\r\n\r\nx\r\n' + end,
     }
     found = [Case(f"multipart: {name}", body, content_type=ctype, must_fail=True) for name, body in bodies.items()]
     found.append(Case("multipart without a boundary", bodies["only part has no headers"],

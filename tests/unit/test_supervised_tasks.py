@@ -23,13 +23,13 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture(autouse=True)
 def no_fatal(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(tasks, "_fatal", None)
-    monkeypatch.setattr(tasks, "_exit_on_fatal", False)  # never SIGTERM the test process
+    monkeypatch.setattr(tasks._FATAL, "reason", None)
+    monkeypatch.setattr(tasks._FATAL, "exit", False)  # never SIGTERM the test process
     yield
 
 
 async def until(check: Callable[[], bool]) -> None:
-    while not check():
+    while not check():  # noqa: ASYNC110 - polls state that no event announces
         await asyncio.sleep(0.005)
 
 
