@@ -214,21 +214,23 @@ class DataprepService:
         """Once the store answers: resume or fail the jobs an earlier run left unfinished, and sweep chunks
         that no document version owns."""
         assert self.runner is not None
-        delay = 0.2
-        while True:
-            try:
-                saved = await self.store.open_jobs()
-                swept = await self.store.sweep_orphans()
-                break
-            except ServiceError as exc:  # the store is not up yet
-                log.info("start-up recovery waits for the store: %s", exc.message)
-                await asyncio.sleep(delay)
-                delay = min(RECOVERY_RETRY_MAX_S, delay * 2)
+        saved, swept = await self._open_jobs_and_sweep()
         resumed, failed = await self.runner.recover(saved)
         self.recovered = (resumed, failed, swept)
         if resumed or failed or swept:
             log.warning("start-up recovery: %d unfinished jobs resumed, %d failed (upload lost), "
                         "%d orphan chunks deleted", resumed, failed, swept)  # fmt: skip
+
+    async def _open_jobs_and_sweep(self) -> tuple[list[dict[str, Any]], int]:
+        """The unfinished jobs in the store and the number of orphan chunks swept, once the store answers."""
+        delay = 0.2
+        while True:
+            try:
+                return await self.store.open_jobs(), await self.store.sweep_orphans()
+            except ServiceError as exc:  # the store is not up yet
+                log.info("start-up recovery waits for the store: %s", exc.message)
+                await asyncio.sleep(delay)
+                delay = min(RECOVERY_RETRY_MAX_S, delay * 2)
 
     async def _run(self, job: Job) -> None:
         assert self.runner is not None

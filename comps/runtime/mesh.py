@@ -141,7 +141,7 @@ STABLE_S = 60.0  # a child up this long has stopped crashing: its backoff starts
 
 
 def restart_delay(crashes_in_a_row: int) -> float:
-    return min(RESTART_MAX_S, RESTART_BASE_S * 2 ** max(0, crashes_in_a_row - 1))
+    return min(RESTART_MAX_S, RESTART_BASE_S * 2.0 ** max(0, crashes_in_a_row - 1))
 
 
 class Supervisor:
