@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import comps.chathistory.models  # noqa: F401 - registers the conversation tables on Base.metadata
 import comps.identity.models  # noqa: F401 - registers the identity tables on Base.metadata
 from comps.sqlstore.db import Base
 
