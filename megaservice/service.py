@@ -24,6 +24,7 @@ from comps.core.disconnect import ClientGone, until_disconnect
 from comps.core.errors import ServiceError, UpstreamError, error_envelope
 from comps.core.http import HttpClient
 from megaservice.adapters import Question
+from megaservice.conversations import Memory, Turn
 from megaservice.graph import NODE_ERRORS
 from megaservice.pipelines import Pipeline
 from megaservice.prompt import Passage
@@ -52,8 +53,9 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class ChatQnA:
-    def __init__(self, settings: GatewaySettings, pipelines: dict[str, Pipeline]) -> None:
+    def __init__(self, settings: GatewaySettings, pipelines: dict[str, Pipeline], memory: Memory | None = None) -> None:
         self.default = settings.pipeline
+        self.memory = memory
         self.pipelines = pipelines
         self.snippet = settings.source_snippet_chars
         self.rag_temperature = settings.rag_temperature
@@ -61,15 +63,20 @@ class ChatQnA:
 
     async def answer(self, req: ChatQnARequest, http: HttpClient, request: Request) -> Response:
         arrived = time.perf_counter()
+        turn = await self._turn(req, http)
+        if turn is not None:
+            req = turn.request  # with the conversation's earlier turns
         pipe = self.pipelines[req.pipeline_for(self.default)]
         q = Question.of(req, retrieves=pipe.name != "llm-only", rag_temperature=self.rag_temperature)
         self._counts[pipe.name, req.stream].inc()
         try:
             if not req.stream:
-                return await until_disconnect(request, self._complete(pipe, q, http))
-            stream = await until_disconnect(request, self._open(pipe, q, http, arrived))
+                return await until_disconnect(request, self._complete(pipe, q, http, turn))
+            stream = await until_disconnect(request, self._open(pipe, q, http, arrived, turn))
         except ClientGone:
             CLIENT_GONE.inc()
+            if turn is not None:
+                turn.end(cut_short=True)
             return Response(status_code=499)
         return StreamingResponse(
             stream.events(),
@@ -78,20 +85,34 @@ class ChatQnA:
             background=BackgroundTask(stream.close),
         )
 
-    async def _complete(self, pipe: Pipeline, q: Question, http: HttpClient) -> Response:
+    async def _turn(self, req: ChatQnARequest, http: HttpClient) -> Turn | None:
+        """The conversation turn of a request with ``conversation_id`` or ``store: true`` (else None)."""
+        if self.memory is None or (req.conversation_id is None and not req.store):
+            return None
+        return await self.memory.begin(req, http)
+
+    async def _complete(self, pipe: Pipeline, q: Question, http: HttpClient, turn: Turn | None) -> Response:
         answers, llm_request = await pipe.graph.prepare(http, q)
         sources = self.sources(pipe.passages(q, answers))
         completion = await pipe.graph.call_terminal(http, llm_request)
         body = ChatQnACompletion.model_construct(**dict(completion), sources=sources)
-        return Response(body.__pydantic_serializer__.to_json(body), media_type="application/json")
+        if turn is None:
+            return Response(body.__pydantic_serializer__.to_json(body), media_type="application/json")
+        reply = body.__pydantic_serializer__.to_python(body, mode="json")
+        turn.sources = reply["sources"]
+        turn.completed(reply)
+        turn.end(cut_short=False)
+        return Response(orjson.dumps(reply | turn.extras()), media_type="application/json")
 
-    async def _open(self, pipe: Pipeline, q: Question, http: HttpClient, arrived: float) -> _Relay:
+    async def _open(self, pipe: Pipeline, q: Question, http: HttpClient, arrived: float, turn: Turn | None) -> _Relay:
         answers, llm_request = await pipe.graph.prepare(http, q)
         sources = [s.model_dump() for s in self.sources(pipe.passages(q, answers))]
         stack = AsyncExitStack()
         called = time.perf_counter()
         resp = await stack.enter_async_context(pipe.graph.open_stream(http, llm_request))
-        return _Relay(stack, resp, pipe.name, sources, arrived, called)
+        if turn is not None:
+            turn.sources = sources
+        return _Relay(stack, resp, pipe.name, sources, arrived, called, turn)
 
     def sources(self, passages: list[Passage]) -> list[Source]:
         n = self.snippet
@@ -113,7 +134,10 @@ class _Relay:
         sources: list[dict[str, object]],
         arrived: float,
         called: float,
+        turn: Turn | None = None,
     ) -> None:
+        self.turn = turn  # a conversation's: stored when the stream ends, cut short unless [DONE] came
+        self.finished = False
         self.stack = stack
         self.resp = resp
         self.pipeline = pipeline
@@ -133,6 +157,7 @@ class _Relay:
                         if data is None:
                             continue
                         if data == b"[DONE]":
+                            self.finished = True
                             out.append(DONE)
                             yield b"".join(out)
                             return
@@ -146,16 +171,26 @@ class _Relay:
         except Exception as exc:  # never a broken stream: the client gets the error, then [DONE]
             log.exception("relaying the LLM stream failed")
             yield event(orjson.dumps(error_envelope(f"relaying the answer failed: {exc}", "internal_error")))
+        finally:
+            self._end()
         yield DONE
+
+    def _end(self) -> None:
+        if self.turn is not None:
+            self.turn.end(cut_short=not self.finished)
 
     def _inspect(self, data: bytes) -> bytes:
         """Sources onto the first chunk; time to first token at the first content; errors counted."""
-        if self.first or not self.timed:
+        if self.first or not self.timed or self.turn is not None:
             chunk = _json(data)
+            if self.turn is not None:
+                self.turn.observe(chunk)
             if self.first:
                 self.first = False
                 if isinstance(chunk, dict) and "choices" in chunk:
                     chunk["sources"] = self.sources
+                    if self.turn is not None:
+                        chunk.update(self.turn.extras())
                     data = orjson.dumps(chunk)
             if not self.timed and _has_content(chunk):
                 self.timed = True
@@ -167,6 +202,7 @@ class _Relay:
         return data
 
     async def close(self) -> None:
+        self._end()  # a client that left mid-stream: the generator may never resume to its own finally
         await self.stack.aclose()
 
 

@@ -66,6 +66,19 @@ class GatewaySettings(ServiceSettings):
     max_upload_bytes: int = Field(
         default=512 * 1024 * 1024, ge=1, description="Largest upload to /v1/dataprep/ingest (dataprep limits each file)."
     )
+    chathistory_url: str | None = Field(
+        default="http://127.0.0.1:6012",
+        description="The chathistory service (conversations: `conversation_id`, `store`); unset: no memory.",
+    )
+    chathistory_timeout_s: float = Field(
+        default=5.0, gt=0, description="Longest wait for a conversation's context or a proxied chathistory call."
+    )
+    history_tokens: int = Field(
+        default=1024,
+        ge=0,
+        description="Token budget of the earlier turns sent with a conversation's new question (a share of the "
+        "LLM's window: 4096 tokens by default, leaving room for passages and the answer).",
+    )
     internal_api_key: SecretStr | None = Field(
         default=None,
         description="The mesh's internal token: sent as a bearer token to every internal service (their "
