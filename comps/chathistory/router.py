@@ -11,7 +11,7 @@ import asyncpg
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from comps.chathistory.protocol import (
@@ -136,9 +136,9 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
         cursor: Cursor = None,
         q: Annotated[str | None, Query(max_length=200, description="Text in titles and messages")] = None,
         archived: Annotated[bool, Query(description="true: the archived ones instead")] = False,
-    ) -> ConversationPage:
+    ) -> Response:
         """The caller's conversations, newest first."""
-        return await service.list(user, limit=min(limit, max_page), cursor=cursor, q=q, archived=archived)
+        return _json(await service.list(user, limit=min(limit, max_page), cursor=cursor, q=q, archived=archived))
 
     @router.get("/v1/conversations/export")
     async def export_all(service: Service, user: User, format: Format = "json") -> Response:
@@ -188,9 +188,9 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
         service: Service,
         user: User,
         max_tokens: Annotated[int, Query(ge=1, le=1_000_000)] = 1024,
-    ) -> Context:
+    ) -> Response:
         """The newest messages that fit ``max_tokens`` (estimated), oldest first: what the gateway sends the LLM."""
-        return await service.context(user, conversation_id, max_tokens)
+        return _json(await service.context(user, conversation_id, max_tokens))
 
     @router.get("/v1/conversations/{conversation_id}/export")
     async def export_one(conversation_id: str, service: Service, user: User, format: Format = "json") -> Response:
@@ -271,6 +271,11 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
         return True
 
     return router
+
+
+def _json(model: BaseModel) -> Response:
+    """A model built from trusted rows, serialized once (no second validation against the response model)."""
+    return Response(model.__pydantic_serializer__.to_json(model), media_type="application/json")
 
 
 def _title(text: str | None) -> str | None:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy import and_, delete, exists, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -87,6 +87,10 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+LISTED = (Conversation.id, Conversation.title, Conversation.pinned, Conversation.archived, Conversation.created_at,
+          Conversation.updated_at)
+
+
 def conversation_out(c: Conversation) -> ConversationOut:
     return ConversationOut(
         id=str(c.id), title=c.title, pinned=c.pinned, archived=c.archived, created_at=c.created_at,
@@ -125,6 +129,26 @@ class ChatHistory:
     def __init__(self, db: Database, *, max_context_messages: int = 400) -> None:
         self.db = db
         self.max_context_messages = max_context_messages
+        # The newest messages (at most n) within the budget of token estimates (summed newest first), oldest first,
+        # with the conversation's message count; its newest message always comes, so that an owned conversation
+        # is never mistaken for a foreign one (the caller drops it when it alone is over the budget).
+        self._context_sql = text(
+            """
+            SELECT role, content, used, total FROM (
+                SELECT m.seq, m.role, m.content,
+                       sum(m.tokens) OVER (ORDER BY m.seq DESC ROWS UNBOUNDED PRECEDING) AS used,
+                       row_number() OVER (ORDER BY m.seq DESC) AS rn,
+                       count(*) OVER () AS total
+                FROM messages m
+                WHERE m.conversation_id = :cid
+                  AND EXISTS (SELECT 1 FROM conversations c WHERE c.id = :cid AND c.user_id = :uid)
+                ORDER BY m.seq DESC
+                LIMIT :n
+            ) t
+            WHERE used <= :budget OR rn = 1
+            ORDER BY seq
+            """
+        )
 
     # -- conversations -------------------------------------------------------------------------------
 
@@ -153,7 +177,7 @@ class ChatHistory:
     async def list(
         self, user: uuid.UUID, *, limit: int, cursor: str | None, q: str | None, archived: bool | None
     ) -> ConversationPage:
-        stmt = select(Conversation).where(Conversation.user_id == user)
+        stmt = select(*LISTED).where(Conversation.user_id == user)
         if archived is not None:
             stmt = stmt.where(Conversation.archived.is_(archived))
         if q:
@@ -170,12 +194,17 @@ class ChatHistory:
                 or_(Conversation.updated_at < at_dt, and_(Conversation.updated_at == at_dt, Conversation.id < last_id))
             )
         stmt = stmt.order_by(Conversation.updated_at.desc(), Conversation.id.desc()).limit(limit + 1)
-        async with self.db.session() as s:
-            rows = list((await s.scalars(stmt)).all())
+        async with self.db.engine.connect() as conn:  # no ORM objects: a list is the other hot path
+            rows = (await conn.execute(stmt)).all()
         more = len(rows) > limit
         rows = rows[:limit]
         nxt = encode_cursor(rows[-1].updated_at.isoformat(), rows[-1].id) if more else None
-        return ConversationPage(data=[conversation_out(c) for c in rows], next_cursor=nxt)
+        data = [
+            ConversationOut.model_construct(id=str(r.id), title=r.title, pinned=r.pinned, archived=r.archived,
+                                            created_at=r.created_at, updated_at=r.updated_at)
+            for r in rows
+        ]
+        return ConversationPage.model_construct(data=data, next_cursor=nxt)
 
     async def get(self, user: uuid.UUID, conversation_id: str) -> ConversationOut:
         async with self.db.session() as s:
@@ -251,32 +280,19 @@ class ChatHistory:
         return Appended(conversation_id=str(cid), message_ids=[str(r.id) for r in rows])
 
     async def context(self, user: uuid.UUID, conversation_id: str, max_tokens: int) -> Context:
-        """The newest messages whose token estimates fit ``max_tokens``, oldest first."""
+        """The newest messages whose token estimates fit ``max_tokens``, oldest first: one indexed query that
+        checks the owner, sums the estimates newest first and returns only the kept rows (hot path of a chat)."""
         cid = parse_id(conversation_id)
-        async with self.db.session() as s:
-            owner = await s.scalar(select(Conversation.user_id).where(Conversation.id == cid))
-            if owner != user:
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(self._context_sql, {"cid": cid, "uid": user, "n": self.max_context_messages,
+                                                           "budget": max_tokens})).all()
+            if not rows and await conn.scalar(
+                select(Conversation.id).where(Conversation.id == cid, Conversation.user_id == user)
+            ) is None:
                 raise NotFound(f"no conversation {conversation_id!r}", code="conversation_not_found")
-            rows = (
-                await s.execute(
-                    select(Message.role, Message.content, Message.tokens)
-                    .where(Message.conversation_id == cid)
-                    .order_by(Message.seq.desc())
-                    .limit(self.max_context_messages)
-                )
-            ).all()
-            total = len(rows)
-            if total == self.max_context_messages:
-                total = await s.scalar(select(func.count()).where(Message.conversation_id == cid)) or total
-        kept: list[ContextTurn] = []
-        used = 0
-        for role, content, tokens in rows:
-            if used + tokens > max_tokens:
-                break
-            used += tokens
-            kept.append(ContextTurn(role=role, content=content))
-        kept.reverse()
-        return Context(conversation_id=str(cid), messages=kept, dropped=total - len(kept))
+        kept = [ContextTurn.model_construct(role=r.role, content=r.content) for r in rows if r.used <= max_tokens]
+        total = rows[0].total if rows else 0
+        return Context.model_construct(conversation_id=str(cid), messages=kept, dropped=total - len(kept))
 
     async def replace_messages(self, user: uuid.UUID, conversation_id: str, messages: Sequence[MessageIn],
                                title: str | None) -> None:
