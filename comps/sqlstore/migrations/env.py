@@ -6,6 +6,7 @@ from alembic import context
 
 import comps.chathistory.models  # noqa: F401 - registers the conversation tables on Base.metadata
 import comps.identity.models  # noqa: F401 - registers the identity tables on Base.metadata
+import comps.prompt_registry.models  # noqa: F401 - registers the prompt tables on Base.metadata
 from comps.sqlstore.db import Base
 
 connection = context.config.attributes.get("connection")
