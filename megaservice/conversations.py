@@ -129,6 +129,8 @@ class Memory:
             "latency_ms": int((time.perf_counter() - turn.started) * 1000),
             "cut_short": cut_short,
         }
+        if turn.prompt is not None:
+            answer |= {"prompt_id": turn.prompt.id, "prompt_version": turn.prompt.version}
         body = {"messages": [{"role": "user", "content": turn.question}, answer], "create": turn.new}
         try:
             async with turn.http.stream(
@@ -179,6 +181,7 @@ class Turn:
         self.sources: list[dict[str, Any]] = []
         self.model: str | None = None
         self.usage: dict[str, Any] | None = None
+        self.prompt: Any = None  # the registry prompt used (megaservice.prompts.UsedPrompt)
         self.ended = False
 
     def extras(self) -> dict[str, Any]:
@@ -224,23 +227,34 @@ def _uuid(value: str) -> str:
         raise NotFound(f"no conversation {value!r}", code="conversation_not_found") from None
 
 
-# -- chathistory's routes through the gateway ------------------------------------------------------------
+# -- chathistory's and the prompt registry's routes through the gateway -----------------------------------
 
-PROXIED: tuple[tuple[str, tuple[str, ...]], ...] = (
+Routes = tuple[tuple[str, tuple[str, ...]], ...]
+CHATHISTORY_ROUTES: Routes = (
     ("/v1/conversations", ("GET", "POST")),
     ("/v1/conversations/{rest:path}", ("GET", "POST", "PATCH", "DELETE")),
     ("/v1/chathistory/{op}", ("POST",)),
     ("/v1/feedback/{op}", ("POST",)),
     ("/v1/admin/feedback", ("GET",)),
 )
+PROMPT_ROUTES: Routes = (
+    ("/v1/prompts", ("GET", "POST")),
+    ("/v1/prompts/{rest:path}", ("GET", "PUT", "DELETE")),
+    ("/v1/prompt/{op}", ("POST",)),
+)
 
 
 def build_router(chathistory_url: str, timeout_s: float, memory: Memory | None = None) -> APIRouter:
-    """chathistory's routes, same paths and shapes; the caller is named to it in the identity headers (the
-    authentication middleware set them), so a user only ever reaches their own conversations. A read waits for
-    this gateway's writes in flight of the caller (read-your-writes: a reply's conversation is there at once)."""
-    router = APIRouter(tags=["conversations"], dependencies=[Depends(principal_of)])
-    base = chathistory_url.rstrip("/")
+    """chathistory's routes. A read waits for this gateway's writes in flight of the caller (read-your-writes:
+    a reply's conversation is there at once)."""
+    return proxy_router(chathistory_url, timeout_s, CHATHISTORY_ROUTES, "chathistory", memory)
+
+
+def proxy_router(url: str, timeout_s: float, routes: Routes, node: str, memory: Memory | None = None) -> APIRouter:
+    """An internal service's routes, same paths and shapes; the caller is named to it in the identity headers
+    (the authentication middleware set them), so a user only ever reaches what the service lets them."""
+    router = APIRouter(tags=[node], dependencies=[Depends(principal_of)])
+    base = url.rstrip("/")
 
     async def relay(request: Request) -> Response:
         http: HttpClient = request.app.state.service.http
@@ -250,25 +264,25 @@ def build_router(chathistory_url: str, timeout_s: float, memory: Memory | None =
         extra = dict(http.default_headers)
         if body:
             extra["Content-Type"] = request.headers.get("content-type", "application/json")
-        url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        target = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         try:
             async with asyncio.timeout(timeout_s):
                 async with http.session.request(
-                    request.method, url, data=body or None, headers=outgoing_headers(extra)
+                    request.method, target, data=body or None, headers=outgoing_headers(extra)
                 ) as resp:
                     content = await resp.read()
                     kept = {k: v for k, v in resp.headers.items() if k.lower() in ("content-type", "content-disposition")}
         except TimeoutError as exc:
-            raise UpstreamTimeout(f"chathistory did not answer within {timeout_s:g}s", node="chathistory") from exc
+            raise UpstreamTimeout(f"{node} did not answer within {timeout_s:g}s", node=node) from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"chathistory is unreachable: {exc}", node="chathistory") from exc
+            raise UpstreamUnavailable(f"{node} is unreachable: {exc}", node=node) from exc
         return Response(content, status_code=resp.status, headers=kept)
 
-    for path, methods in PROXIED:
+    for path, methods in routes:
         slug = "".join(c if c.isalnum() else "_" for c in path).strip("_")
         for method in methods:
             router.add_api_route(
-                path, relay, methods=[method], summary=f"chathistory: {method} {path}",
-                operation_id=f"chathistory_{method.lower()}_{slug}",
+                path, relay, methods=[method], summary=f"{node}: {method} {path}",
+                operation_id=f"{node}_{method.lower()}_{slug}",
             )
     return router

@@ -88,6 +88,9 @@ class ChatQnARequest(BaseModel):
         default=None, max_length=64, description="Continue this stored conversation: send only the new turn."
     )
     store: bool = Field(default=False, description="Without conversation_id: keep this exchange as a new conversation.")
+    prompt: str | None = Field(
+        default=None, max_length=100, description="A prompt of the registry (name or id) instead of chat_template."
+    )
 
     # -- OPEA frontends' shape --
     context: list[str | ContextPassage] | None = Field(

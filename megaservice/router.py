@@ -23,6 +23,7 @@ from comps.identity.router import build_router as identity_router
 from comps.identity.service import IdentityService, LoginLimiter
 from comps.sqlstore import Database, migrate
 from megaservice import conversations, documents
+from megaservice.prompts import Prompts
 from megaservice.access import Access
 from comps.llm.protocol import ModelList
 from megaservice.graph import BadAnswer, Node
@@ -238,7 +239,12 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         else None
     )
     deps = Dependencies(settings, settings.pipeline, list(default.nodes.values()), auth, memory)
-    chatqna = ChatQnA(settings, pipelines, memory)
+    prompts = (
+        Prompts(settings.prompts_url, timeout_s=settings.chathistory_timeout_s)
+        if settings.prompts_url
+        else None
+    )
+    chatqna = ChatQnA(settings, pipelines, memory, prompts)
     llm = pipelines["llm-only"].graph.terminal
     access = Access(auth, settings.default_collection)
     routers = [
@@ -250,6 +256,10 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     ]
     if settings.chathistory_url:
         routers.append(conversations.build_router(settings.chathistory_url, settings.chathistory_timeout_s, memory))
+    if settings.prompts_url:
+        routers.append(conversations.proxy_router(
+            settings.prompts_url, settings.chathistory_timeout_s, conversations.PROMPT_ROUTES, "prompts"
+        ))
     app = create_app(
         settings,
         backend=deps,

@@ -21,10 +21,11 @@ from prometheus_client import Counter, Histogram
 from starlette.background import BackgroundTask
 
 from comps.core.disconnect import ClientGone, until_disconnect
-from comps.core.errors import ServiceError, UpstreamError, error_envelope
+from comps.core.errors import BadRequest, ServiceError, UpstreamError, error_envelope
 from comps.core.http import HttpClient
 from megaservice.adapters import Question
 from megaservice.conversations import Memory, Turn
+from megaservice.prompts import Prompts, UsedPrompt
 from megaservice.graph import NODE_ERRORS
 from megaservice.pipelines import Pipeline
 from megaservice.prompt import Passage
@@ -53,9 +54,16 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class ChatQnA:
-    def __init__(self, settings: GatewaySettings, pipelines: dict[str, Pipeline], memory: Memory | None = None) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        pipelines: dict[str, Pipeline],
+        memory: Memory | None = None,
+        prompts: Prompts | None = None,
+    ) -> None:
         self.default = settings.pipeline
         self.memory = memory
+        self.prompts = prompts
         self.pipelines = pipelines
         self.snippet = settings.source_snippet_chars
         self.rag_temperature = settings.rag_temperature
@@ -63,8 +71,14 @@ class ChatQnA:
 
     async def answer(self, req: ChatQnARequest, http: HttpClient, request: Request) -> Response:
         arrived = time.perf_counter()
+        used: UsedPrompt | None = None
+        if req.prompt is not None:
+            if self.prompts is None:
+                raise BadRequest("this gateway has no prompt registry", param="prompt", code="no_prompt_registry")
+            req, used = await self.prompts.apply(req, http)
         turn = await self._turn(req, http)
         if turn is not None:
+            turn.prompt = used
             req = turn.request  # with the conversation's earlier turns
         pipe = self.pipelines[req.pipeline_for(self.default)]
         q = Question.of(req, retrieves=pipe.name != "llm-only", rag_temperature=self.rag_temperature)

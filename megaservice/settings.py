@@ -73,6 +73,9 @@ class GatewaySettings(ServiceSettings):
     chathistory_timeout_s: float = Field(
         default=5.0, gt=0, description="Longest wait for a conversation's context or a proxied chathistory call."
     )
+    prompts_url: str | None = Field(
+        default="http://127.0.0.1:6018", description="The prompt registry (requests' `prompt`); unset: none."
+    )
     history_tokens: int = Field(
         default=1024,
         ge=0,

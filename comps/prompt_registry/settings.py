@@ -1,4 +1,4 @@
-"""Settings of the prompt registry (env prefix ``PROMPT_REGISTRY_``), read once at start-up."""
+"""Settings of the prompt registry (env prefix ``PROMPTS_``), read once at start-up."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from comps.core.settings import ServiceSettings
 
 
 class PromptRegistrySettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="PROMPT_REGISTRY_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="PROMPTS_", extra="ignore", frozen=True)
 
-    service_name: str = "prompt_registry"
+    service_name: str = "prompts"
     port: int = Field(default=6018, ge=0, le=65535)
     database_url: str = Field(
         validation_alias=AliasChoices("DATABASE_URL", "database_url"),

@@ -61,8 +61,12 @@ SERVICES: tuple[ServiceSpec, ...] = (
         settings="comps.chathistory.settings:ChatHistorySettings",
     ),
     ServiceSpec(
+        "prompts", "comps.prompt_registry", "prompts_port", "PROMPTS_", uses_database=True,
+        settings="comps.prompt_registry.settings:PromptRegistrySettings",
+    ),
+    ServiceSpec(
         "gateway", "megaservice", "gateway_port", "GATEWAY_",
-        ("embedding", "retriever", "reranker", "llm", "dataprep", "chathistory"),
+        ("embedding", "retriever", "reranker", "llm", "dataprep", "chathistory", "prompts"),
         settings="megaservice.settings:GatewaySettings",
     ),
 )

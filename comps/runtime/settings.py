@@ -31,6 +31,7 @@ class RuntimeSettings(BaseSettings):
     llm_port: int = _env("LLM_PORT", 9000)
     dataprep_port: int = _env("DATAPREP_PORT", 6007)
     chathistory_port: int = _env("CHATHISTORY_PORT", 6012)
+    prompts_port: int = _env("PROMPTS_PORT", 6018)
     gateway_port: int = _env("MEGA_SERVICE_PORT", 8888)
     ready_timeout_s: float = _env("CHATQNA_READY_TIMEOUT_S", 600.0, "How long `up` waits for every service")
     log_format: str = _env("LOG_FORMAT", "plain")

@@ -40,7 +40,7 @@ ADMIN = ("e2e-admin", "e2e-" + uuid.uuid4().hex)
 @pytest.fixture(scope="module")
 def sup(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]:
     ports = {name: str(free_port()) for name in (
-        "EMBEDDING_PORT", "RETRIEVER_PORT", "RERANKER_PORT", "LLM_PORT", "DATAPREP_PORT", "CHATHISTORY_PORT", "MEGA_SERVICE_PORT",
+        "EMBEDDING_PORT", "RETRIEVER_PORT", "RERANKER_PORT", "LLM_PORT", "DATAPREP_PORT", "CHATHISTORY_PORT", "PROMPTS_PORT", "MEGA_SERVICE_PORT",
         "CHATQNA_REDIS_PORT", "CHATQNA_POSTGRES_PORT",
     )}  # fmt: skip
     settings = RuntimeSettings(

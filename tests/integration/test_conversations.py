@@ -36,6 +36,7 @@ class Stack:
     logs: Path
     gateway: Service | None = None
     chathistory: Service | None = None
+    prompts: Service | None = None
 
     def start_chathistory(self) -> None:
         env = {"DATABASE_URL": self.database_url, "CHATHISTORY_API_KEY": INTERNAL}
@@ -43,6 +44,12 @@ class Stack:
         self.chathistory = start_service(
             "comps.chathistory", "CHATHISTORY_", env, log_dir=self.logs, timeout_s=120, port=port
         )
+
+    def start_prompts(self) -> None:
+        env = {"DATABASE_URL": self.database_url, "PROMPTS_API_KEY": INTERNAL}
+        port = self.prompts.port if self.prompts else None
+        self.prompts = start_service("comps.prompt_registry", "PROMPTS_", env, log_dir=self.logs, timeout_s=120,
+                                     port=port)
 
     def start_gateway(self) -> None:
         assert self.chathistory is not None
@@ -53,6 +60,7 @@ class Stack:
             "GATEWAY_JWT_SECRET": JWT_SECRET,
             "GATEWAY_INTERNAL_API_KEY": INTERNAL,
             "GATEWAY_CHATHISTORY_URL": self.chathistory.url,
+            "GATEWAY_PROMPTS_URL": self.prompts.url if self.prompts else "",
             "GATEWAY_HISTORY_TOKENS": "200",
             "CHATQNA_ADMIN_USER": ADMIN[0],
             "CHATQNA_ADMIN_PASSWORD": ADMIN[1],
@@ -80,11 +88,12 @@ def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     with StubMesh() as mesh:
         s = Stack(mesh, database_url, tmp_path_factory.mktemp("conversations"))
         s.start_chathistory()
+        s.start_prompts()
         s.start_gateway()
         try:
             yield s
         finally:
-            for svc in (s.gateway, s.chathistory):
+            for svc in (s.gateway, s.chathistory, s.prompts):
                 if svc is not None:
                     svc.stop()
 
@@ -271,13 +280,47 @@ def test_feedback_through_the_gateway_and_the_admin_report(stack: Stack, admin: 
     assert row["question"] == "Rate me?" and row["answer"] == ANSWER and row["sources"]
 
 
+def test_a_prompt_of_the_registry_and_the_version_each_answer_used(stack: Stack, admin: httpx.Client) -> None:
+    user, _ = new_user(stack, admin)
+    template = "Passages:\n{context}\nTERSE ANSWER TO: {question}"
+    r = admin.post("/v1/prompts", json={"name": f"terse-{secrets.token_hex(3)}", "kind": "rag", "text": template,
+                                        "shared": True})
+    assert r.status_code == 201, r.text
+    prompt = r.json()
+    r = user.post("/v1/chatqna", json={"messages": "Short?", "prompt": prompt["name"], "store": True})
+    assert r.status_code == 200, r.text
+    cid = r.json()["conversation_id"]
+    assert llm_saw(stack)[-1]["content"].endswith("TERSE ANSWER TO: Short?")
+    assert user.put(f"/v1/prompts/{prompt['id']}", json={"text": template + "!"}).status_code == 403
+    assert admin.put(f"/v1/prompts/{prompt['id']}", json={"text": template + "!"}).json()["version"] == 2
+    user.post("/v1/chatqna", json={"messages": "Again?", "prompt": prompt["id"], "conversation_id": cid})
+    assert llm_saw(stack)[-1]["content"].endswith("TERSE ANSWER TO: Again?!")
+    answers = [m for m in user.get(f"/v1/conversations/{cid}/messages").json()["data"] if m["role"] == "assistant"]
+    assert [(m["prompt_id"], m["prompt_version"]) for m in answers] == [(prompt["id"], 1), (prompt["id"], 2)]
+    old = user.get(f"/v1/prompts/{prompt['id']}", params={"version": 1}).json()
+    assert old["text"] == template
+    system = user.post("/v1/prompts", json={"name": "pirate", "kind": "system", "text": "Talk like a pirate."})
+    assert system.status_code == 201, system.text
+    user.post("/v1/chatqna", json={"messages": "Hi?", "prompt": "pirate"})
+    assert llm_saw(stack)[0] == {"role": "system", "content": "Talk like a pirate."}
+    r = user.post("/v1/chatqna", json={"messages": "Hi?", "prompt": "no-such-prompt"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "prompt_not_found"
+    r = user.post("/v1/chatqna", json={"messages": "Hi?", "prompt": "pirate", "chat_template": template})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    other, _ = new_user(stack, admin)  # a personal prompt is nobody else's
+    assert other.post("/v1/chatqna", json={"messages": "Hi?", "prompt": "pirate"}).status_code == 404
+
+
 def test_a_conversation_continues_across_a_restart_of_every_process(stack: Stack, admin: httpx.Client) -> None:
     user, key = new_user(stack, admin)
     cid = user.post("/v1/chatqna", json={"messages": "Before the restart?", "store": True}).json()["conversation_id"]
     assert stack.gateway is not None and stack.chathistory is not None
     stack.gateway.stop()  # drains its writes in flight
     stack.chathistory.stop()
+    assert stack.prompts is not None
+    stack.prompts.stop()
     stack.start_chathistory()
+    stack.start_prompts()
     stack.start_gateway()
     oai = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0, timeout=30)
     oai.chat.completions.create(model="chatqna", messages=[{"role": "user", "content": "After?"}],

@@ -20,8 +20,8 @@ RAG = "Use these:\n{context}\n\nQ: {question}"
 
 @pytest.fixture(scope="module")
 def service(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    env = {"DATABASE_URL": database_url, "PROMPT_REGISTRY_API_KEY": INTERNAL}
-    svc = start_service("comps.prompt_registry", "PROMPT_REGISTRY_", env, log_dir=tmp_path_factory.mktemp("prompts"),
+    env = {"DATABASE_URL": database_url, "PROMPTS_API_KEY": INTERNAL}
+    svc = start_service("comps.prompt_registry", "PROMPTS_", env, log_dir=tmp_path_factory.mktemp("prompts"),
                         timeout_s=120)
     yield svc
     svc.stop()

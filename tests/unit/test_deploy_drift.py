@@ -37,7 +37,7 @@ SHARED = {
 }  # fmt: skip
 PREFIXES = {spec.env_prefix for spec in SPECS.values()}
 # Set on the gateway's container only so that Kubernetes can expand it into DATABASE_URL.
-K8S_HELPERS = {name: {"POSTGRES_PASSWORD"} for name in ("gateway", "chathistory")}
+K8S_HELPERS = {name: {"POSTGRES_PASSWORD"} for name in ("gateway", "chathistory", "prompts")}
 
 
 @pytest.fixture(scope="module")
