@@ -41,11 +41,11 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from comps.chathistory.service import ChatHistory  # noqa: E402
-from comps.core.caller import Caller  # noqa: E402
-from comps.runtime.process import free_port, http_status  # noqa: E402
-from comps.sqlstore import Database, migrate  # noqa: E402
-from tests.support.database import fresh_database  # noqa: E402
+from comps.chathistory.service import ChatHistory
+from comps.core.caller import Caller
+from comps.runtime.process import free_port, http_status
+from comps.sqlstore import Database, migrate
+from tests.support.database import fresh_database
 
 LOGS = REPO / ".state" / "bench"
 TOKEN = secrets.token_urlsafe(32)
@@ -157,7 +157,7 @@ async def bench(db_url: str, args: argparse.Namespace) -> list[tuple[str, str, s
         ctx = await timed(lambda: store.context(user, str(convo), 1024), n)
         rows.append(("context of a 200-turn conversation, in-process", f"{statistics.median(ctx):.2f}",
                      f"{pct(ctx, 99):.2f}", "<= 3"))
-        lst = await timed(lambda: store.list(user, limit=50, cursor=None, q=None, archived=False), n)
+        lst = await timed(lambda: store.list_conversations(user, limit=50, cursor=None, q=None, archived=False), n)
         rows.append(("list 50 newest conversations, in-process", f"{statistics.median(lst):.2f}",
                      f"{pct(lst, 99):.2f}", "<= 3"))
     finally:

@@ -25,10 +25,10 @@ from comps.core.errors import BadRequest, ServiceError, UpstreamError, error_env
 from comps.core.http import HttpClient
 from megaservice.adapters import Question
 from megaservice.conversations import Memory, Turn
-from megaservice.prompts import Prompts, UsedPrompt
 from megaservice.graph import NODE_ERRORS
 from megaservice.pipelines import Pipeline
 from megaservice.prompt import Passage
+from megaservice.prompts import Prompts, UsedPrompt
 from megaservice.protocol import ChatQnACompletion, ChatQnARequest, Source
 from megaservice.settings import GatewaySettings
 from megaservice.sse import DONE, data_of, error_event, event, event_blocks

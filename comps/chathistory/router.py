@@ -138,7 +138,7 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
         archived: Annotated[bool, Query(description="true: the archived ones instead")] = False,
     ) -> Response:
         """The caller's conversations, newest first."""
-        return _json(await service.list(user, limit=min(limit, max_page), cursor=cursor, q=q, archived=archived))
+        return _json(await service.list_conversations(user, limit=min(limit, max_page), cursor=cursor, q=q, archived=archived))
 
     @router.get("/v1/conversations/export")
     async def export_all(service: Service, user: User, format: Format = "json") -> Response:
@@ -235,7 +235,7 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
     async def opea_get(body: OpeaGet, service: Service, request: Request, user: User) -> Any:
         """Without ``id``: the caller's conversations (newest first); with it, that one with its messages."""
         if body.id is None:
-            page = await service.list(user, limit=max_page, cursor=None, q=None, archived=None)
+            page = await service.list_conversations(user, limit=max_page, cursor=None, q=None, archived=None)
             return [{"id": c.id, "first_query": c.title, "updated_at": c.updated_at} for c in page.data]
         conv = await service.get(user, body.id)
         msgs = await service.messages(user, body.id, limit=10_000, cursor=None)

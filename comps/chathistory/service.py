@@ -174,7 +174,7 @@ class ChatHistory:
             raise Conflict(f"conversation {body.id!r} exists already", code="conversation_exists") from None
         return conversation_out(conv)
 
-    async def list(
+    async def list_conversations(
         self, user: uuid.UUID, *, limit: int, cursor: str | None, q: str | None, archived: bool | None
     ) -> ConversationPage:
         stmt = select(*LISTED).where(Conversation.user_id == user)

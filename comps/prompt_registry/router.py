@@ -16,6 +16,7 @@ from comps.core.caller import Caller, caller_of
 from comps.core.errors import Unauthorized, UpstreamUnavailable
 from comps.core.http import HttpClient, wait_until_up
 from comps.prompt_registry.protocol import (
+    Kind,
     OpeaPromptCreate,
     OpeaPromptDelete,
     OpeaPromptId,
@@ -90,7 +91,7 @@ def build_router() -> APIRouter:
     @router.get("/v1/prompts", response_model=list[PromptOut])
     async def list_(reg: Reg, who: Who, q: Annotated[str | None, Query(max_length=200)] = None) -> list[PromptOut]:
         """The shared prompts and the caller's own, newest version of each."""
-        return await reg.list(who, q)
+        return await reg.list_prompts(who, q)
 
     @router.get("/v1/prompts/{ref}", response_model=PromptOut)
     async def get(ref: str, reg: Reg, who: Who, version: Annotated[int | None, Query(ge=1)] = None) -> PromptOut:
@@ -117,7 +118,7 @@ def build_router() -> APIRouter:
     async def opea_create(body: OpeaPromptCreate, reg: Reg, who: Who) -> str:
         """OPEA's body; a personal prompt (rag if it has {context} and {question}, else system); returns its id."""
         text = body.prompt_text
-        kind = "rag" if "{context}" in text and "{question}" in text else "system"
+        kind: Kind = "rag" if "{context}" in text and "{question}" in text else "system"
         name = f"prompt-{secrets.token_hex(4)}"
         return (await reg.create(who, PromptCreate(name=name, kind=kind, text=text))).id
 
@@ -126,7 +127,7 @@ def build_router() -> APIRouter:
         """With ``prompt_id``: that prompt; with ``prompt_text``: those containing it; else all the caller sees."""
         if body.prompt_id:
             return _opea(await reg.get(who, body.prompt_id))
-        return [_opea(p) for p in await reg.list(who, body.prompt_text)]
+        return [_opea(p) for p in await reg.list_prompts(who, body.prompt_text)]
 
     @router.post("/v1/prompt/delete", tags=["opea"])
     async def opea_delete(body: OpeaPromptDelete, reg: Reg, who: Who) -> bool:

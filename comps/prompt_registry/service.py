@@ -41,7 +41,7 @@ class Registry:
         self.db = db
 
     @staticmethod
-    def _visible(caller: Caller):  # noqa: ANN205 - a SQL condition
+    def _visible(caller: Caller):
         return or_(Prompt.owner_id.is_(None), Prompt.owner_id == _user(caller))
 
     async def create(self, caller: Caller, body: PromptCreate) -> PromptOut:
@@ -62,7 +62,7 @@ class Registry:
             raise Conflict(f"a {where} prompt named {body.name!r} exists already", code="prompt_exists") from None
         return _out(prompt, version)
 
-    async def list(self, caller: Caller, q: str | None = None) -> list[PromptOut]:
+    async def list_prompts(self, caller: Caller, q: str | None = None) -> list[PromptOut]:
         stmt = (
             select(Prompt, PromptVersion)
             .join(PromptVersion, (PromptVersion.prompt_id == Prompt.id) & (PromptVersion.version == Prompt.version))
