@@ -7,13 +7,19 @@ PYTEST_ARGS ?=
 # llama-cpp-python compiles from source; use both cores.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: up test install models bench clean
+.PHONY: up test lint install models bench clean
 
 up: install models
 	$(VENV)/bin/chatqna up
 
-test: install models
+test: lint models
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The gates, before any test: lint, formatting and types (configured in pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 install: $(VENV)/.installed
 

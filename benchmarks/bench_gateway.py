@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import subprocess
@@ -114,15 +115,9 @@ class Client:
 
     async def direct(self, stream: bool = False) -> None:
         """The four hops, called straight (our contracts), as a gateway would."""
-        post = self.s.post
-        async with post(self.stubs["embedding"] + "/v1/embeddings", json={"input": QUESTION}) as r:
-            vec = (await r.json())["data"][0]["embedding"]
-        async with post(self.stubs["retriever"] + "/v1/retrieval", json={"text": QUESTION, "embedding": vec, "k": 4}) as r:
-            docs = (await r.json())["documents"]
-        async with post(self.stubs["reranker"] + "/rerank", json={"query": QUESTION, "texts": [d["text"] for d in docs], "top_n": 3}) as r:
-            await r.json()
+        await self.direct_prefix()
         body = {"messages": [{"role": "user", "content": QUESTION}], "stream": stream}
-        async with post(self.stubs["llm"] + "/v1/chat/completions", json=body) as r:
+        async with self.s.post(self.stubs["llm"] + "/v1/chat/completions", json=body) as r:
             await r.read()
 
     async def gateway(self, url: str, stream: bool, question: str = QUESTION) -> None:
@@ -137,8 +132,10 @@ class Client:
         start = time.perf_counter()
         if url is None:  # direct: the three hops, then the LLM's own stream
             await self.direct_prefix()
-            req = self.s.post(self.stubs["llm"] + "/v1/chat/completions",
-                              json={"messages": [{"role": "user", "content": QUESTION}], "stream": True})  # fmt: skip
+            req = self.s.post(
+                self.stubs["llm"] + "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": QUESTION}], "stream": True},
+            )
         else:
             req = self.s.post(url, json={"messages": [{"role": "user", "content": QUESTION}], "stream": True})
         times = []
@@ -154,20 +151,31 @@ class Client:
                     has = bool(choices[0].get("delta", {}).get("content"))
                 if has:
                     times.append(time.perf_counter())
-        return times[0] - start, [b - a for a, b in zip(times, times[1:])]
+        return times[0] - start, [b - a for a, b in itertools.pairwise(times)]
 
     async def direct_prefix(self) -> None:
+        """The three hops before the LLM, called straight."""
         post = self.s.post
         async with post(self.stubs["embedding"] + "/v1/embeddings", json={"input": QUESTION}) as r:
             vec = (await r.json())["data"][0]["embedding"]
-        async with post(self.stubs["retriever"] + "/v1/retrieval", json={"text": QUESTION, "embedding": vec, "k": 4}) as r:
+        async with post(
+            self.stubs["retriever"] + "/v1/retrieval", json={"text": QUESTION, "embedding": vec, "k": 4}
+        ) as r:
             docs = (await r.json())["documents"]
-        async with post(self.stubs["reranker"] + "/rerank", json={"query": QUESTION, "texts": [d["text"] for d in docs], "top_n": 3}) as r:
+        async with post(
+            self.stubs["reranker"] + "/rerank", json={"query": QUESTION, "texts": [d["text"] for d in docs], "top_n": 3}
+        ) as r:
             await r.json()
 
 
-async def load(call: Callable[[], Awaitable[None]], concurrency: int, *, duration_s: float | None = None,
-               count: int | None = None, proc: Proc | None = None) -> Run:  # fmt: skip
+async def load(
+    call: Callable[[], Awaitable[None]],
+    concurrency: int,
+    *,
+    duration_s: float | None = None,
+    count: int | None = None,
+    proc: Proc | None = None,
+) -> Run:
     """``concurrency`` workers calling ``call`` until ``count`` calls or ``duration_s`` seconds."""
     run = Run()
     started = time.perf_counter()
@@ -221,10 +229,24 @@ async def bench(quick: bool, ours: Proc, opea: Proc, urls: dict[str, str], stubs
         d50, d99 = runs["direct"].pct(50), runs["direct"].pct(99)
         over = {k: (runs[k].pct(50) - d50, runs[k].pct(99) - d99) for k in ("ours", "opea")}
         rows.append(("direct 4 hops p50 / p99 (ms)", f"{d50 * 1e3:.2f} / {d99 * 1e3:.2f}", "", "", ""))
-        rows.append(("overhead p50 (ms)", f"{over['ours'][0] * 1e3:.2f}", f"{over['opea'][0] * 1e3:.2f}",
-                     _ratio(over["opea"][0], over["ours"][0]), "<= 2 ms"))  # fmt: skip
-        rows.append(("overhead p99 (ms)", f"{over['ours'][1] * 1e3:.2f}", f"{over['opea'][1] * 1e3:.2f}",
-                     _ratio(over["opea"][1], over["ours"][1]), ""))  # fmt: skip
+        rows.append(
+            (
+                "overhead p50 (ms)",
+                f"{over['ours'][0] * 1e3:.2f}",
+                f"{over['opea'][0] * 1e3:.2f}",
+                _ratio(over["opea"][0], over["ours"][0]),
+                "<= 2 ms",
+            )
+        )
+        rows.append(
+            (
+                "overhead p99 (ms)",
+                f"{over['ours'][1] * 1e3:.2f}",
+                f"{over['opea'][1] * 1e3:.2f}",
+                _ratio(over["opea"][1], over["ours"][1]),
+                "",
+            )
+        )
 
         # 2. throughput and CPU per request
         for stream in (False, True):
@@ -232,17 +254,33 @@ async def bench(quick: bool, ours: Proc, opea: Proc, urls: dict[str, str], stubs
             for conc in (1, 16, 64):
                 res = {}
                 for name in ("ours", "opea"):
-                    res[name] = await load(lambda n=name: c.gateway(gw[n], stream), conc, duration_s=dur, proc=procs[name])
+                    res[name] = await load(
+                        lambda n=name, s=stream: c.gateway(gw[n], s), conc, duration_s=dur, proc=procs[name]
+                    )
                 target = {(False, 64): ">= 3x", (True, 64): ">= 5x"}.get((stream, conc), "")
-                rows.append((f"req/s {mode} c={conc}", f"{res['ours'].rps:.0f}", f"{res['opea'].rps:.0f}",
-                             _ratio(res["ours"].rps, res["opea"].rps), target))  # fmt: skip
+                rows.append(
+                    (
+                        f"req/s {mode} c={conc}",
+                        f"{res['ours'].rps:.0f}",
+                        f"{res['opea'].rps:.0f}",
+                        _ratio(res["ours"].rps, res["opea"].rps),
+                        target,
+                    )
+                )
                 errs = res["ours"].errors + res["opea"].errors
                 if errs:
                     rows.append((f"  errors {mode} c={conc}", str(res["ours"].errors), str(res["opea"].errors), "", ""))
                 if conc == 16:
                     cpu = {k: res[k].cpu_s / max(1, len(res[k].latencies)) for k in res}
-                    rows.append((f"CPU ms/request {mode} (c=16)", f"{cpu['ours'] * 1e3:.2f}", f"{cpu['opea'] * 1e3:.2f}",
-                                 _ratio(cpu["opea"], cpu["ours"]), "<= 1/4 of OPEA"))  # fmt: skip
+                    rows.append(
+                        (
+                            f"CPU ms/request {mode} (c=16)",
+                            f"{cpu['ours'] * 1e3:.2f}",
+                            f"{cpu['opea'] * 1e3:.2f}",
+                            _ratio(cpu["opea"], cpu["ours"]),
+                            "<= 1/4 of OPEA",
+                        )
+                    )
 
         # 3. streaming: TTFT and the gap between chunks (LLM stub: 20 chunks, 10 ms apart)
         await set_llm(session, stubs["llm"], tokens=20, chunk_delay_s=0.01)
@@ -256,12 +294,33 @@ async def bench(quick: bool, ours: Proc, opea: Proc, urls: dict[str, str], stubs
                 gaps += gap
             measured[key] = (ttfts, gaps)
         med = {k: (statistics.median(v[0]), statistics.median(v[1]), max(v[1])) for k, v in measured.items()}
-        rows.append(("stream TTFT p50 (ms), direct " + f"{med['direct'][0] * 1e3:.1f}", f"{med['ours'][0] * 1e3:.1f}",
-                     f"{med['opea'][0] * 1e3:.1f}", _ratio(med["opea"][0], med["ours"][0]), ""))  # fmt: skip
-        rows.append(("chunk gap p50 (ms), direct " + f"{med['direct'][1] * 1e3:.2f}", f"{med['ours'][1] * 1e3:.2f}",
-                     f"{med['opea'][1] * 1e3:.2f}", "", "= direct"))  # fmt: skip
-        rows.append(("chunk gap max (ms), direct " + f"{med['direct'][2] * 1e3:.2f}", f"{med['ours'][2] * 1e3:.2f}",
-                     f"{med['opea'][2] * 1e3:.2f}", "", ""))  # fmt: skip
+        rows.append(
+            (
+                "stream TTFT p50 (ms), direct " + f"{med['direct'][0] * 1e3:.1f}",
+                f"{med['ours'][0] * 1e3:.1f}",
+                f"{med['opea'][0] * 1e3:.1f}",
+                _ratio(med["opea"][0], med["ours"][0]),
+                "",
+            )
+        )
+        rows.append(
+            (
+                "chunk gap p50 (ms), direct " + f"{med['direct'][1] * 1e3:.2f}",
+                f"{med['ours'][1] * 1e3:.2f}",
+                f"{med['opea'][1] * 1e3:.2f}",
+                "",
+                "= direct",
+            )
+        )
+        rows.append(
+            (
+                "chunk gap max (ms), direct " + f"{med['direct'][2] * 1e3:.2f}",
+                f"{med['ours'][2] * 1e3:.2f}",
+                f"{med['opea'][2] * 1e3:.2f}",
+                "",
+                "",
+            )
+        )
 
         # 4. a slow LLM first byte (2 s) must not stall other requests
         await set_llm(session, stubs["llm"], tokens=20, chunk_delay_s=0.0)
@@ -298,17 +357,29 @@ def main() -> None:
     ours_port, opea_port = free_port(), free_port()
     procs: list[Proc] = []
     try:
-        procs.append(stub := Proc("stubs", [sys.executable, "-m", "tests.support.stubs", *map(str, ports.values())], {}))
+        procs.append(
+            stub := Proc("stubs", [sys.executable, "-m", "tests.support.stubs", *map(str, ports.values())], {})
+        )
         stub.wait_http(stubs["llm"] + "/v1/ready")
-        ours = Proc("gateway", [sys.executable, "-m", "megaservice"], {
-            "GATEWAY_PORT": str(ours_port), "GATEWAY_AUTH_ENABLED": "false",
-            **{f"GATEWAY_{k.upper()}_URL": v for k, v in stubs.items()},
-        })  # fmt: skip
+        ours = Proc(
+            "gateway",
+            [sys.executable, "-m", "megaservice"],
+            {
+                "GATEWAY_PORT": str(ours_port),
+                "GATEWAY_AUTH_ENABLED": "false",
+                **{f"GATEWAY_{k.upper()}_URL": v for k, v in stubs.items()},
+            },
+        )
         procs.append(ours)
-        opea = Proc("opea", [str(opea_python), str(REPO / "benchmarks" / "opea_chatqna.py")], {
-            "OPEA_PORT": str(opea_port), "PYTHONWARNINGS": "ignore",
-            **{f"STUB_{k.upper()}": f"127.0.0.1:{p}" for k, p in ports.items()},
-        })  # fmt: skip
+        opea = Proc(
+            "opea",
+            [str(opea_python), str(REPO / "benchmarks" / "opea_chatqna.py")],
+            {
+                "OPEA_PORT": str(opea_port),
+                "PYTHONWARNINGS": "ignore",
+                **{f"STUB_{k.upper()}": f"127.0.0.1:{p}" for k, p in ports.items()},
+            },
+        )
         procs.append(opea)
         ours.wait_http(f"http://127.0.0.1:{ours_port}/v1/ready")
         opea.wait_http(f"http://127.0.0.1:{opea_port}/v1/health_check")
@@ -334,11 +405,12 @@ def print_table(title: str, header: tuple[str, ...], rows: list[tuple]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print(f"\n{title}, 4 hops on instant stubs, {os.cpu_count()} CPUs")
     for r in [header, *rows]:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)))
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths, strict=True)))
 
 
-async def bench_auth(quick: bool, procs: dict[str, Proc], urls: dict[str, str], stubs: dict[str, str],
-                     creds: dict[str, str]) -> list[tuple]:  # fmt: skip
+async def bench_auth(
+    quick: bool, procs: dict[str, Proc], urls: dict[str, str], stubs: dict[str, str], creds: dict[str, str]
+) -> list[tuple]:
     n_seq = 200 if quick else 600
     dur = 1.5 if quick else 3.0
     rows: list[tuple] = []
@@ -374,8 +446,15 @@ async def bench_auth(quick: bool, procs: dict[str, Proc], urls: dict[str, str], 
         for mode in modes:
             o50, o99 = runs[mode].pct(50) - d50, runs[mode].pct(99) - d99
             added = "" if mode == "off" else f"{(runs[mode].pct(50) - runs['off'].pct(50)) * 1e3:+.3f}"
-            rows.append((f"overhead p50 / p99 (ms), {mode}", f"{o50 * 1e3:.3f} / {o99 * 1e3:.3f}", added,
-                         f"errors {runs[mode].errors}", "added p50 <= 0.1 ms" if mode != "off" else ""))  # fmt: skip
+            rows.append(
+                (
+                    f"overhead p50 / p99 (ms), {mode}",
+                    f"{o50 * 1e3:.3f} / {o99 * 1e3:.3f}",
+                    added,
+                    f"errors {runs[mode].errors}",
+                    "added p50 <= 0.1 ms" if mode != "off" else "",
+                )
+            )
         cpu: dict[str, float] = {}
         for _ in range(2):
             for mode in modes:
@@ -383,8 +462,15 @@ async def bench_auth(quick: bool, procs: dict[str, Proc], urls: dict[str, str], 
                 cpu[mode] = cpu.get(mode, 0.0) + res.cpu_s / max(1, len(res.latencies)) / 2
         for mode in modes:
             ratio = "" if mode == "off" else f"{cpu[mode] / cpu['off']:.3f}x"
-            rows.append((f"CPU ms/request (c=16), {mode}", f"{cpu[mode] * 1e3:.3f}", ratio, "",
-                         "<= 1.05x off" if mode != "off" else ""))  # fmt: skip
+            rows.append(
+                (
+                    f"CPU ms/request (c=16), {mode}",
+                    f"{cpu[mode] * 1e3:.3f}",
+                    ratio,
+                    "",
+                    "<= 1.05x off" if mode != "off" else "",
+                )
+            )
     return rows
 
 
@@ -403,24 +489,38 @@ def main_auth(quick: bool) -> None:
     started: list[Proc] = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedPostgres(Path(tmp) / "pg", free_port()) as pg:
         try:
-            started.append(stub := Proc("stubs", [sys.executable, "-m", "tests.support.stubs", *map(str, ports.values())], {}))
+            started.append(
+                stub := Proc("stubs", [sys.executable, "-m", "tests.support.stubs", *map(str, ports.values())], {})
+            )
             stub.wait_http(stubs["llm"] + "/v1/ready")
             hops = {f"GATEWAY_{k.upper()}_URL": v for k, v in stubs.items()}
             procs = {
-                "off": Proc("gateway-auth-off", [sys.executable, "-m", "megaservice"],
-                            {"GATEWAY_PORT": str(off_port), "GATEWAY_AUTH_ENABLED": "false", **hops}),
-                "on": Proc("gateway-auth-on", [sys.executable, "-m", "megaservice"], {
-                    "GATEWAY_PORT": str(on_port), "DATABASE_URL": pg.url, "GATEWAY_JWT_SECRET": os.urandom(32).hex(),
-                    "CHATQNA_ADMIN_USER": admin[0], "CHATQNA_ADMIN_PASSWORD": admin[1], **hops,
-                }),
-            }  # fmt: skip
+                "off": Proc(
+                    "gateway-auth-off",
+                    [sys.executable, "-m", "megaservice"],
+                    {"GATEWAY_PORT": str(off_port), "GATEWAY_AUTH_ENABLED": "false", **hops},
+                ),
+                "on": Proc(
+                    "gateway-auth-on",
+                    [sys.executable, "-m", "megaservice"],
+                    {
+                        "GATEWAY_PORT": str(on_port),
+                        "DATABASE_URL": pg.url,
+                        "GATEWAY_JWT_SECRET": os.urandom(32).hex(),
+                        "CHATQNA_ADMIN_USER": admin[0],
+                        "CHATQNA_ADMIN_PASSWORD": admin[1],
+                        **hops,
+                    },
+                ),
+            }
             started += procs.values()
             for name, proc in procs.items():
                 proc.wait_http(urls[name] + "/v1/ready")
             login = httpx.post(urls["on"] + "/v1/auth/login", json={"username": admin[0], "password": admin[1]}).json()
             jwt_token = login["access_token"]
-            key = httpx.post(urls["on"] + "/v1/auth/keys", json={"name": "bench"},
-                             headers={"Authorization": f"Bearer {jwt_token}"}).json()["key"]  # fmt: skip
+            key = httpx.post(
+                urls["on"] + "/v1/auth/keys", json={"name": "bench"}, headers={"Authorization": f"Bearer {jwt_token}"}
+            ).json()["key"]
             install_uvloop()
             rows = asyncio.run(bench_auth(quick, procs, urls, stubs, {"jwt": jwt_token, "key": key}))
         finally:

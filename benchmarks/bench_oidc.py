@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comps.core.http import HttpClient  # noqa: E402
-from comps.identity.oidc import OIDCConfig, OIDCVerifier  # noqa: E402
-from tests.support.oidc_issuer import TestIssuer  # noqa: E402
+from comps.core.http import HttpClient
+from comps.identity.oidc import OIDCConfig, OIDCVerifier
+from tests.support.oidc_issuer import TestIssuer
 
 TARGET_US = 100.0
 

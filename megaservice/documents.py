@@ -34,7 +34,8 @@ def build_router(access: Access, dataprep_url: str, timeout_s: float) -> APIRout
     base = dataprep_url.rstrip("/") + "/v1/dataprep"
 
     def http(request: Request) -> HttpClient:
-        return request.app.state.service.http
+        client: HttpClient = request.app.state.service.http
+        return client
 
     async def relay(request: Request, method: str, path: str, **kw: Any) -> tuple[int, bytes]:
         async with http(request).stream(method, base + path, node="dataprep", timeout_s=timeout_s, **kw) as resp:
@@ -137,4 +138,3 @@ def _text(value: object) -> str | None:
     if not isinstance(value, str):
         raise BadRequest("collection must be a text field, not a file", param="collection", code="invalid_value")
     return value.strip() or None
-

@@ -166,7 +166,9 @@ class Graph:
             raise GraphError(f"{where}: its annotations do not resolve: {exc}") from None
         params = list(inspect.signature(fn).parameters.values())
         if not params:
-            raise GraphError(f"{where}: takes no parameters; the first must be the graph input ({_name(self.input_type)})")
+            raise GraphError(
+                f"{where}: takes no parameters; the first must be the graph input ({_name(self.input_type)})"
+            )
         for p in params:
             if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
                 raise GraphError(f"{where}: parameter {p.name!r} must be a plain positional parameter")
@@ -211,7 +213,7 @@ class Graph:
                 raise GraphError(f"graph {self.name}: cycle {' -> '.join(cycle)}; a graph must be acyclic")
             state[name] = 1
             for src in self._steps[name].sources:
-                visit(src, path + [src])
+                visit(src, [*path, src])
             state[name] = 2
             order.append(name)
 
@@ -385,9 +387,7 @@ def _returns(annotation: Any, request: type) -> bool:
     if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
         return False
     args = typing.get_args(annotation)
-    return (
-        len(args) == 2 and request in args and any(a is Skip or typing.get_origin(a) is Skip for a in args)
-    )
+    return len(args) == 2 and request in args and any(a is Skip or typing.get_origin(a) is Skip for a in args)
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -6,12 +6,11 @@ import asyncio
 import logging
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
-
-import asyncpg
 from sqlalchemy.exc import SQLAlchemyError
 
 from comps.core.app import create_app, http_client, ready_backend, state_of
@@ -21,11 +20,11 @@ from comps.identity.auth import Authenticator, AuthMiddleware, AuthState, princi
 from comps.identity.oidc import OIDCConfig, OIDCVerifier
 from comps.identity.router import build_router as identity_router
 from comps.identity.service import IdentityService, LoginLimiter
+from comps.llm.protocol import ModelList
 from comps.sqlstore import Database, migrate
 from megaservice import conversations, documents
 from megaservice.prompts import Prompts
 from megaservice.access import Access
-from comps.llm.protocol import ModelList
 from megaservice.graph import BadAnswer, Node
 from megaservice.pipelines import build_pipelines
 from megaservice.protocol import ChatQnACompletion, ChatQnARequest
@@ -63,7 +62,9 @@ class Dependencies:
         http.default_headers = bearer(s.internal_api_key)
         self.http = http
         if not s.auth_enabled:
-            log.warning("auth is OFF (GATEWAY_AUTH_ENABLED=false): every caller is an admin; listening on %s only", s.host)
+            log.warning(
+                "auth is OFF (GATEWAY_AUTH_ENABLED=false): every caller is an admin; listening on %s only", s.host
+            )
             return
         assert s.database_url and s.jwt_secret  # checked by the settings
         self.db = Database(s.database_url)
@@ -77,9 +78,13 @@ class Dependencies:
             limiter=LoginLimiter(s.login_max_failures, s.login_max_failures_per_address, s.login_window_s),
         )
         await identity.ensure_collection(s.default_collection)
-        created = await identity.ensure_first_admin(
-            s.admin_user, s.admin_password.get_secret_value() if s.admin_password else None
-        ) if s.admin_password else None
+        created = (
+            await identity.ensure_first_admin(
+                s.admin_user, s.admin_password.get_secret_value() if s.admin_password else None
+            )
+            if s.admin_password
+            else None
+        )
         if created:
             log.info("created the first admin %r (from CHATQNA_ADMIN_USER / CHATQNA_ADMIN_PASSWORD)", created[0])
         self.auth.authenticator = Authenticator(identity, await self._oidc(http))
@@ -201,7 +206,9 @@ def build_router(chatqna: ChatQnA, llm: Node, access: Access) -> APIRouter:
     @router.get("/v1/models", response_model=ModelList)
     async def models(http: Http, _: Ready) -> ModelList:
         """The LLM's models."""
-        body = await http.request_json("GET", llm.url.rstrip("/") + "/v1/models", node=llm.name, timeout_s=llm.timeout_s)
+        body = await http.request_json(
+            "GET", llm.url.rstrip("/") + "/v1/models", node=llm.name, timeout_s=llm.timeout_s
+        )
         try:
             return ModelList.model_validate(body)
         except ValidationError as exc:
@@ -222,6 +229,7 @@ def _document_request_model(app: FastAPI) -> None:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(model.pop("$defs", {}))
             components["ChatQnARequest"] = model
+            app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -231,4 +231,4 @@ def _has_content(chunk: object) -> bool:
     if not isinstance(chunk, dict):
         return False
     choices = chunk.get("choices")
-    return bool(choices) and bool(choices[0].get("delta", {}).get("content"))
+    return isinstance(choices, list) and bool(choices) and bool(choices[0].get("delta", {}).get("content"))

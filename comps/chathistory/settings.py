@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
+from comps.core.ports import PORTS
 from comps.core.settings import ServiceSettings
 
 
@@ -12,7 +13,7 @@ class ChatHistorySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CHATHISTORY_", extra="ignore", frozen=True)
 
     service_name: str = "chathistory"
-    port: int = Field(default=6012, ge=0, le=65535)
+    port: int = Field(default=PORTS["chathistory"], ge=0, le=65535)
     database_url: str = Field(
         validation_alias=AliasChoices("DATABASE_URL", "database_url"),
         description="PostgreSQL of conversations, messages and feedback (postgresql://...); the same store as "

@@ -25,8 +25,16 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from comps.core.errors import BadRequest, NotReady, PayloadTooLarge, ServiceError, error_envelope, install_error_handlers
+from comps.core.errors import (
+    BadRequest,
+    NotReady,
+    PayloadTooLarge,
+    ServiceError,
+    error_envelope,
+    install_error_handlers,
+)
 from comps.core.http import HttpClient
 from comps.core.observability import ObservabilityMiddleware, flush_spans, setup_logging, setup_tracing
 from comps.core.settings import ServiceSettings
@@ -73,7 +81,8 @@ class ServiceState:
 
 
 def state_of(request: Request) -> ServiceState:
-    return request.app.state.service
+    state: ServiceState = request.app.state.service
+    return state
 
 
 async def ready_backend(request: Request) -> Backend:
@@ -127,7 +136,7 @@ def create_app(
     routers: Sequence[APIRouter] = (),
     title: str | None = None,
     version: str = "0.1.0",
-    middleware: Sequence[tuple[type, dict[str, Any]]] = (),
+    middleware: Sequence[tuple[Any, dict[str, Any]]] = (),  # (ASGI middleware class, its keyword arguments)
     body_limits: dict[str, int] | None = None,
 ) -> FastAPI:
     """The service's app. ``middleware`` (class, kwargs) runs inside CORS and the body limit, outside the routes
@@ -183,17 +192,13 @@ def create_app(
             details = await asyncio.wait_for(backend_ready.check_ready(), 10)
         except ServiceError as exc:
             return JSONResponse(status_code=503, content=error_envelope(exc.message, "service_unavailable"))
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             return JSONResponse(
                 status_code=503, content=error_envelope("readiness check timed out", "service_unavailable")
             )
         except Exception as exc:  # a dependency failing in an unexpected way is still "not ready"
-            return JSONResponse(
-                status_code=503, content=error_envelope(f"not ready: {exc}", "service_unavailable")
-            )
-        return JSONResponse(
-            {"status": "ready", "service": settings.service_name, "backend": backend.name, **details}
-        )
+            return JSONResponse(status_code=503, content=error_envelope(f"not ready: {exc}", "service_unavailable"))
+        return JSONResponse({"status": "ready", "service": settings.service_name, "backend": backend.name, **details})
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     async def metrics() -> Response:
@@ -234,12 +239,12 @@ class BodyLimitMiddleware:
     """413 for a request body over ``limit`` bytes: at once from Content-Length, or while a chunked body
     is read (the read fails with `PayloadTooLarge`, which the error handlers answer as 413)."""
 
-    def __init__(self, app, limit: int, paths: dict[str, int] | None = None) -> None:  # noqa: ANN001
+    def __init__(self, app: ASGIApp, limit: int, paths: dict[str, int] | None = None) -> None:
         self.app = app
         self.limit = limit
         self.paths = paths or {}
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -251,7 +256,7 @@ class BodyLimitMiddleware:
             return
         seen = 0
 
-        async def limited_receive():  # noqa: ANN202
+        async def limited_receive() -> Message:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
@@ -270,11 +275,11 @@ class BodyLimitMiddleware:
 class BearerAuthMiddleware:
     """Requires ``Authorization: Bearer <token>`` on every route but health, readiness and metrics."""
 
-    def __init__(self, app, token: str) -> None:  # noqa: ANN001
+    def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
         self.token = token.encode()
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("path") not in OPEN_PATHS and scope.get("method") != "OPTIONS":
             given = dict(scope.get("headers", [])).get(b"authorization", b"")
             scheme, _, token = given.partition(b" ")

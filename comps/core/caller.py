@@ -9,7 +9,9 @@ internal service requires the mesh's internal token (the kit's bearer auth), whi
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from fastapi import Request
 
@@ -18,7 +20,10 @@ USER_NAME_HEADER = "x-chatqna-user-name"
 ROLE_HEADER = "x-chatqna-role"
 PREFIX = b"x-chatqna-"  # every identity header starts so; the gateway drops all of them on the way in
 
-caller_headers_var: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("caller_headers", default={})
+# The default is read-only: one mapping shared by every context must never be changed in place.
+caller_headers_var: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "caller_headers", default=MappingProxyType({})
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,7 @@ class HttpClient:
                 return await asyncio.wait_for(resp.json(content_type=None), timeout_s)
             except (json.JSONDecodeError, aiohttp.ContentTypeError) as exc:
                 raise UpstreamError(f"{node} answered with a body that is not JSON: {exc}", node=node) from exc
-            except (asyncio.TimeoutError, TimeoutError) as exc:
+            except TimeoutError as exc:
                 raise UpstreamTimeout(f"{node} did not finish its answer within {timeout_s:g}s", node=node) from exc
 
     @asynccontextmanager
@@ -103,7 +103,7 @@ class HttpClient:
                 resp = await self.session.request(
                     method, url, json=json_body, data=content, headers=hdrs, timeout=timeout
                 )
-        except (asyncio.TimeoutError, TimeoutError) as exc:
+        except TimeoutError as exc:
             raise UpstreamTimeout(f"{node} did not answer within {timeout_s:g}s", node=node) from exc
         except aiohttp.ClientConnectionError as exc:
             raise UpstreamUnavailable(f"{node} is unreachable at {url}: {exc}", node=node) from exc
@@ -111,7 +111,7 @@ class HttpClient:
             if resp.status >= 400:
                 raise await _upstream_status_error(resp, node)
             yield resp
-        except (asyncio.TimeoutError, TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(f"{node} stalled for more than {read_timeout_s or timeout_s:g}s", node=node) from exc
         except aiohttp.ClientPayloadError as exc:
             raise UpstreamError(f"{node} broke off its answer: {exc}", node=node) from exc

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from prometheus_client import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from comps.core.caller import caller_headers_var
 
@@ -120,12 +121,12 @@ def outgoing_headers(extra: dict[str, str] | None = None) -> dict[str, str]:
 class ObservabilityMiddleware:
     """Pure ASGI middleware (streaming-safe): request id, server span, access log and metrics."""
 
-    def __init__(self, app, service: str) -> None:  # noqa: ANN001 - ASGI app
+    def __init__(self, app: ASGIApp, service: str) -> None:
         self.app = app
         self.service = service
         self.log = logging.getLogger("comps.access")
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -135,12 +136,12 @@ class ObservabilityMiddleware:
         status = 500
         start = time.perf_counter()
 
-        async def send_wrapper(message) -> None:  # noqa: ANN001
+        async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + [(REQUEST_ID_HEADER.encode(), rid.encode())]
+                message["headers"] = [*message["headers"], (REQUEST_ID_HEADER.encode(), rid.encode())]
             await send(message)
 
         method = scope.get("method", "GET")

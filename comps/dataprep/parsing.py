@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from comps.dataprep.protocol import DocumentKind
@@ -21,9 +22,26 @@ MARKDOWN_KINDS = frozenset({"markdown", "html", "docx"})
 HEADERS = [("#", "h1"), ("##", "h2"), ("###", "h3"), ("####", "h4")]
 _BLANK_RUN = re.compile(r"\n\s*\n")
 _HTML_BLOCKS = (
-    "p", "div", "section", "article", "main", "header", "li", "ul", "ol", "table", "tr", "pre", "blockquote",
-    "br", "hr", "dd", "dt", "figcaption", "address",
-)  # fmt: skip
+    "p",
+    "div",
+    "section",
+    "article",
+    "main",
+    "header",
+    "li",
+    "ul",
+    "ol",
+    "table",
+    "tr",
+    "pre",
+    "blockquote",
+    "br",
+    "hr",
+    "dd",
+    "dt",
+    "figcaption",
+    "address",
+)
 _HTML_DROP = ("script", "style", "noscript", "template", "svg", "head", "nav", "footer", "form", "iframe")
 
 
@@ -53,7 +71,7 @@ def parse_document(data: bytes, kind: DocumentKind, chunk_size: int, chunk_overl
 
 
 def extract(data: bytes, kind: DocumentKind) -> list[Section]:
-    extractors = {
+    extractors: dict[str, Callable[[bytes], list[Section]]] = {
         "text": lambda d: [Section(decode_text(d))],
         "markdown": lambda d: [Section(decode_text(d))],
         "html": lambda d: [Section(html_to_markdown(d))],

@@ -51,7 +51,9 @@ class Authenticator:
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
-            raise Unauthorized("missing credentials: send Authorization: Bearer <token or API key>", code="missing_token")
+            raise Unauthorized(
+                "missing credentials: send Authorization: Bearer <token or API key>", code="missing_token"
+            )
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
@@ -124,7 +126,8 @@ def principal_of(request: Request) -> Principal:
     principal = getattr(request.state, "principal", None)
     if principal is None:  # an open path: nobody was authenticated
         raise Unauthorized("missing credentials", code="missing_token")
-    return principal
+    found: Principal = principal
+    return found
 
 
 def admin_of(request: Request) -> Principal:

@@ -244,9 +244,13 @@ class OIDCVerifier:
             form["client_secret"] = secret
         try:
             answer = await self._http.request_json(
-                "POST", meta.token_endpoint, node=NODE, timeout_s=HTTP_TIMEOUT_S,
-                content=urlencode(form).encode(), headers=headers,
-            )  # fmt: skip
+                "POST",
+                meta.token_endpoint,
+                node=NODE,
+                timeout_s=HTTP_TIMEOUT_S,
+                content=urlencode(form).encode(),
+                headers=headers,
+            )
         except UpstreamError as exc:
             status = exc.upstream_status
             if status is not None and 400 <= status < 500:  # invalid_grant, invalid_client, ...
@@ -295,9 +299,14 @@ class OIDCVerifier:
             )
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, key.key, algorithms=[alg], audience=audience, issuer=issuer,
-                leeway=LEEWAY_S, options={"require": REQUIRED_CLAIMS},
-            )  # fmt: skip
+                token,
+                key.key,
+                algorithms=[alg],
+                audience=audience,
+                issuer=issuer,
+                leeway=LEEWAY_S,
+                options={"require": REQUIRED_CLAIMS},
+            )
         except jwt.InvalidTokenError as exc:
             raise _unauthorized(exc, self._issuer) from None
         return claims

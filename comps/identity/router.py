@@ -38,7 +38,8 @@ OIDC_STATE_TTL_S = 600
 
 
 def auth_state(request: Request) -> AuthState:
-    return request.app.state.auth
+    state: AuthState = request.app.state.auth
+    return state
 
 
 def identity_of(request: Request) -> IdentityService:
@@ -230,4 +231,6 @@ def _check_return_to(url: str, allowed_origins: list[str]) -> None:
         return
     if f"{parts.scheme}://{parts.netloc}" in allowed_origins:
         return
-    raise BadRequest("return_to must be a path of this site or an allowed origin", param="return_to", code="invalid_value")
+    raise BadRequest(
+        "return_to must be a path of this site or an allowed origin", param="return_to", code="invalid_value"
+    )

@@ -25,7 +25,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from comps.core.errors import BadRequest, Forbidden, NotFound, Overloaded, ServiceError, Unauthorized
+from comps.core.errors import Forbidden, NotFound, Overloaded, ServiceError, Unauthorized
 from comps.identity.models import ApiKey, Collection, RefreshToken, User
 from comps.identity.protocol import CollectionInfo, KeyCreated, KeyInfo, TokenPair, UserInfo
 from comps.sqlstore.db import Database
@@ -175,6 +175,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _created(value: datetime | None) -> datetime:
+    """A row's ``created_at``: None on an object not read back since its insert (the server sets it)."""
+    return value or _now()
+
+
 class IdentityService:
     """Users, tokens, keys and collection access on the relational store."""
 
@@ -213,7 +218,8 @@ class IdentityService:
     async def _verify(self, stored: str | None, password: str) -> bool:
         def check() -> bool:
             try:
-                return self.hasher.verify(stored or self._dummy_hash, password) and stored is not None
+                self.hasher.verify(stored or self._dummy_hash, password)  # raises unless it matches
+                return stored is not None
             except (VerificationError, InvalidHashError):
                 return False
 
@@ -332,18 +338,19 @@ class IdentityService:
         user = await s.get(User, uid)
         if user is None:
             raise NotFound("no such user", code="user_not_found")
-        return user
+        found: User = user
+        return found
 
     @staticmethod
     def _info(user: User) -> UserInfo:
         return UserInfo(
             id=str(user.id),
             username=user.username,
-            role=user.role,  # type: ignore[arg-type]
+            role=user.role,
             disabled=user.disabled,
             sso=user.oidc_subject is not None,
             personal_collection=personal_collection(user.id),
-            created_at=user.created_at or _now(),
+            created_at=_created(user.created_at),
             last_login_at=user.last_login_at,
         )
 
@@ -442,9 +449,7 @@ class IdentityService:
 
     async def refresh(self, token: str) -> TokenPair:
         async with self.db.session() as s:
-            row = await s.scalar(
-                select(RefreshToken).where(RefreshToken.token_hash == digest(token)).with_for_update()
-            )
+            row = await s.scalar(select(RefreshToken).where(RefreshToken.token_hash == digest(token)).with_for_update())
             if row is None or row.revoked_at is not None:
                 raise Unauthorized("refresh token is not valid", code="invalid_refresh_token")
             if row.used_at is not None:  # a stolen copy, or the thief's: end the whole login
@@ -490,7 +495,8 @@ class IdentityService:
             async with self.db.session() as s:
                 user = await s.get(User, uid)
             found = self._users.put(
-                user_id, Principal(str(user.id), user.username, user.role, "password") if user and not user.disabled else None
+                user_id,
+                Principal(str(user.id), user.username, user.role, "password") if user and not user.disabled else None,
             )
             if found is None:
                 raise Unauthorized("this account no longer exists or is disabled", code="account_disabled")
@@ -536,7 +542,9 @@ class IdentityService:
             try:
                 info = await self.create_user(name, None, role=role, oidc=(issuer, subject))
             except Conflict:  # a local account has that name: keep both, apart
-                info = await self.create_user(f"{name[:50]}-{digest(subject)[:8]}", None, role=role, oidc=(issuer, subject))
+                info = await self.create_user(
+                    f"{name[:50]}-{digest(subject)[:8]}", None, role=role, oidc=(issuer, subject)
+                )
             principal = Principal(info.id, info.username, role, "oidc")
         else:
             if user.disabled:
@@ -614,7 +622,7 @@ class IdentityService:
             id=str(row.id),
             name=row.name,
             prefix=row.prefix,
-            created_at=row.created_at or _now(),
+            created_at=_created(row.created_at),
             expires_at=row.expires_at,
             last_used_at=row.last_used_at,
         )
@@ -672,7 +680,7 @@ class IdentityService:
                     CollectionInfo(
                         name=name,
                         owner=row.owner,
-                        visibility=row.visibility,  # type: ignore[arg-type]
+                        visibility=row.visibility,
                         writable=access.writable,
                         created_at=row.created_at,
                     )
@@ -694,7 +702,7 @@ class IdentityService:
         return CollectionInfo(
             name=name,
             owner=None if owner is None else principal.username,
-            visibility=visibility,  # type: ignore[arg-type]
+            visibility=visibility,
             writable=True,
             created_at=row.created_at,
         )
@@ -721,4 +729,3 @@ def claims_user_id(claims: dict[str, Any]) -> str:
     if not isinstance(sub, str):
         raise Unauthorized("invalid access token", code="invalid_token")
     return sub
-

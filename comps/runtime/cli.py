@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from comps.core.ports import local_url
 from comps.runtime.settings import RuntimeSettings
+
+if TYPE_CHECKING:
+    from comps.identity.service import IdentityService
+
+T = TypeVar("T")
 
 app = typer.Typer(help="ChatQnA: a self-hosted RAG chat backend.", no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Manage the models in models/.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-users_app = typer.Typer(help="Manage accounts in the user store (DATABASE_URL, or the embedded PostgreSQL).",
-                        no_args_is_help=True)
+users_app = typer.Typer(
+    help="Manage accounts in the user store (DATABASE_URL, or the embedded PostgreSQL).", no_args_is_help=True
+)
 app.add_typer(users_app, name="users")
 db_app = typer.Typer(help="The relational store.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -21,9 +30,7 @@ app.add_typer(db_app, name="db")
 
 @app.command()
 def up(
-    only: Annotated[
-        list[str] | None, typer.Option("--only", help="Start only these services (repeatable).")
-    ] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Start only these services (repeatable).")] = None,
     fetch_models: Annotated[bool, typer.Option(help="Fetch missing default models first.")] = True,
 ) -> None:
     """Start Redis (unless REDIS_URL is set) and every service as local processes; Ctrl-C stops all."""
@@ -63,7 +70,9 @@ def ingest(
     collection: Annotated[
         str | None, typer.Option(help="Collection to write to (default: the service's INDEX_NAME).")
     ] = None,
-    url: Annotated[str, typer.Option(help="Gateway base URL (dataprep's routes are served there).")] = "http://127.0.0.1:8888",
+    url: Annotated[str, typer.Option(help="Gateway base URL (dataprep's routes are served there).")] = local_url(
+        "gateway"
+    ),
     chunk_size: Annotated[int, typer.Option(help="Chunk length in characters.")] = 1500,
     chunk_overlap: Annotated[int, typer.Option(help="Characters shared by neighbouring chunks.")] = 100,
     tags: Annotated[str | None, typer.Option(help="Comma-separated tags stored on every chunk.")] = None,
@@ -90,7 +99,7 @@ def ingest(
         docs = progress.add_task("documents", total=None)
         chunks = progress.add_task("chunks embedded", total=None)
 
-        def update(jobs: dict[str, dict]) -> None:
+        def update(jobs: dict[str, dict[str, Any]]) -> None:
             done = sum(1 for j in jobs.values() if j["status"] in ("succeeded", "failed", "skipped"))
             progress.update(docs, total=len(jobs), completed=done)
             total = sum(j.get("chunks_total") or 0 for j in jobs.values())
@@ -119,7 +128,8 @@ def users_create(
     username: str,
     admin: Annotated[bool, typer.Option("--admin", help="Give the admin role.")] = False,
     password: Annotated[
-        str | None, typer.Option(envvar="CHATQNA_NEW_PASSWORD", help="Default: asked for (or generated with --generate).")
+        str | None,
+        typer.Option(envvar="CHATQNA_NEW_PASSWORD", help="Default: asked for (or generated with --generate)."),
     ] = None,
     generate: Annotated[bool, typer.Option("--generate", help="Generate a password and print it once.")] = False,
 ) -> None:
@@ -127,10 +137,16 @@ def users_create(
     import secrets
 
     if password is None:
-        password = secrets.token_urlsafe(12) if generate else typer.prompt("password", hide_input=True, confirmation_prompt=True)
-    info = _with_identity(lambda identity: identity.create_user(
-        _checked_username(username), _checked_password(password), role="admin" if admin else "user"
-    ))
+        password = (
+            secrets.token_urlsafe(12)
+            if generate
+            else typer.prompt("password", hide_input=True, confirmation_prompt=True)
+        )
+    info = _with_identity(
+        lambda identity: identity.create_user(
+            _checked_username(username), _checked_password(password), role="admin" if admin else "user"
+        )
+    )
     typer.echo(f"created {info.role} {info.username} (id {info.id})" + (f"; password: {password}" if generate else ""))
 
 
@@ -190,14 +206,14 @@ def _checked_password(password: str) -> str:
     return password
 
 
-def _database():  # noqa: ANN202 - a context manager of the store's URL
+def _database() -> AbstractContextManager[str]:
     """DATABASE_URL, or the embedded PostgreSQL of the state folder (started for this command if not running)."""
     from contextlib import contextmanager
 
     from comps.runtime.postgres_server import EmbeddedPostgres
 
     @contextmanager
-    def url():  # noqa: ANN202
+    def url() -> Iterator[str]:
         settings = RuntimeSettings()
         if settings.database_url:
             yield settings.database_url
@@ -212,16 +228,15 @@ def _database():  # noqa: ANN202 - a context manager of the store's URL
     return url()
 
 
-def _with_identity(action):  # noqa: ANN001, ANN202
+def _with_identity(action: Callable[[IdentityService], Awaitable[T]]) -> T:
     import asyncio
-
-    from comps.core.errors import ServiceError
     import secrets
 
+    from comps.core.errors import ServiceError
     from comps.identity.service import IdentityService
     from comps.sqlstore import Database, migrate
 
-    async def run(url: str):  # noqa: ANN202
+    async def run(url: str) -> T:
         db = Database(url, pool_size=1)
         try:
             await migrate(db)

@@ -89,7 +89,8 @@ async def upload(
             form.add_field("files", stack.enter_context(f.path.open("rb")), filename=f.name)
         async with session.post(f"{base}/v1/dataprep/ingest", data=form) as resp:
             body = await _json(resp)
-    return body["jobs"]
+    jobs: list[dict[str, Any]] = body["jobs"]
+    return jobs
 
 
 async def _json(resp: aiohttp.ClientResponse) -> Any:

@@ -40,32 +40,59 @@ class ServiceSpec:
 # <PREFIX><NEED>_URL for each service it calls.
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
-        "embedding", "comps.embedding", "embedding_port", "EMBEDDING_",
+        "embedding",
+        "comps.embedding",
+        "embedding_port",
+        "EMBEDDING_",
         settings="comps.embedding.settings:EmbeddingSettings",
     ),
     ServiceSpec(
-        "reranker", "comps.reranker", "reranker_port", "RERANKER_",
+        "reranker",
+        "comps.reranker",
+        "reranker_port",
+        "RERANKER_",
         settings="comps.reranker.settings:RerankerSettings",
     ),
     ServiceSpec("llm", "comps.llm", "llm_port", "LLM_", settings="comps.llm.settings:LLMSettings"),
     ServiceSpec(
-        "retriever", "comps.retriever", "retriever_port", "RETRIEVER_", ("embedding",), uses_redis=True,
+        "retriever",
+        "comps.retriever",
+        "retriever_port",
+        "RETRIEVER_",
+        ("embedding",),
+        uses_redis=True,
         settings="comps.retriever.settings:RetrieverSettings",
     ),
     ServiceSpec(
-        "dataprep", "comps.dataprep", "dataprep_port", "DATAPREP_", ("embedding",), uses_redis=True,
+        "dataprep",
+        "comps.dataprep",
+        "dataprep_port",
+        "DATAPREP_",
+        ("embedding",),
+        uses_redis=True,
         settings="comps.dataprep.settings:DataprepSettings",
     ),
     ServiceSpec(
-        "chathistory", "comps.chathistory", "chathistory_port", "CHATHISTORY_", uses_database=True,
+        "chathistory",
+        "comps.chathistory",
+        "chathistory_port",
+        "CHATHISTORY_",
+        uses_database=True,
         settings="comps.chathistory.settings:ChatHistorySettings",
     ),
     ServiceSpec(
-        "prompts", "comps.prompt_registry", "prompts_port", "PROMPTS_", uses_database=True,
+        "prompts",
+        "comps.prompt_registry",
+        "prompts_port",
+        "PROMPTS_",
+        uses_database=True,
         settings="comps.prompt_registry.settings:PromptRegistrySettings",
     ),
     ServiceSpec(
-        "gateway", "megaservice", "gateway_port", "GATEWAY_",
+        "gateway",
+        "megaservice",
+        "gateway_port",
+        "GATEWAY_",
         ("embedding", "retriever", "reranker", "llm", "dataprep", "chathistory", "prompts"),
         settings="megaservice.settings:GatewaySettings",
     ),
@@ -155,9 +182,10 @@ class Supervisor:
             wait_for_redis(redis_url)
         elif any(s.uses_redis for s in specs):
             self.redis = EmbeddedRedis(
-                self.settings.state_dir / "redis", self.settings.redis_port,
+                self.settings.state_dir / "redis",
+                self.settings.redis_port,
                 log_file=self.settings.state_dir / "logs" / "redis.log",
-            ).start()  # fmt: skip
+            ).start()
             redis_url = self.redis.url
         database_url = jwt_secret = None
         gateway_auth = self.settings.auth_enabled and any(s.name == "gateway" for s in specs)
@@ -167,14 +195,14 @@ class Supervisor:
             assert database_url is not None
             jwt_secret = state_secret(self.settings.state_dir, "jwt_secret")
             self.first_admin = asyncio.run(bootstrap(self.settings, database_url, jwt_secret))
-        self.mesh = Mesh(self.settings, redis_url or "", database_url=database_url, jwt_secret=jwt_secret)
+        mesh = self.mesh = Mesh(self.settings, redis_url or "", database_url=database_url, jwt_secret=jwt_secret)
         for spec in specs:
-            self.procs[spec.name] = self.mesh.process(spec).start()
+            self.procs[spec.name] = mesh.process(spec).start()
         errors: dict[str, str] = {}
 
         def wait(name: str, proc: ManagedProcess) -> None:
             try:
-                proc.wait_http_ready(f"{self.mesh.url(name)}/v1/ready", self.settings.ready_timeout_s)
+                proc.wait_http_ready(f"{mesh.url(name)}/v1/ready", self.settings.ready_timeout_s)
                 self.ready_s[name] = time.monotonic() - started
             except ProcessFailed as exc:
                 errors[name] = str(exc)
@@ -194,9 +222,10 @@ class Supervisor:
             wait_for_postgres(self.settings.database_url)
             return self.settings.database_url
         self.postgres = EmbeddedPostgres(
-            self.settings.state_dir / "postgres", self.settings.postgres_port,
+            self.settings.state_dir / "postgres",
+            self.settings.postgres_port,
             log_file=self.settings.state_dir / "logs" / "postgres.log",
-        ).start()  # fmt: skip
+        ).start()
         return self.postgres.url
 
     def table(self) -> list[tuple[str, str, str]]:
@@ -205,7 +234,13 @@ class Supervisor:
             where = f"127.0.0.1:{self.postgres.port}" if self.postgres else "DATABASE_URL"
             rows.append(("postgres", where, "embedded" if self.postgres else "external"))
         if self.redis or self.settings.redis_url:
-            rows.append(("redis", self.redis.url if self.redis else str(self.settings.redis_url), "external" if not self.redis else "embedded"))
+            rows.append(
+                (
+                    "redis",
+                    self.redis.url if self.redis else str(self.settings.redis_url),
+                    "external" if not self.redis else "embedded",
+                )
+            )
         for name in self.procs:
             rows.append((name, self.mesh.url(name) if self.mesh else "", f"ready in {self.ready_s.get(name, 0):.1f}s"))
         return rows
@@ -250,7 +285,10 @@ def run_up(settings: RuntimeSettings, only: set[str] | None, out: Callable[[str]
         out("\nAuth is OFF (GATEWAY_AUTH_ENABLED=false): anyone who reaches 127.0.0.1 is an admin.")
     elif sup.first_admin:
         name, password = sup.first_admin
-        out(f"\nCreated the first admin: {name}" + (f" / password: {password}  (shown once; change it)" if password else ""))
+        out(
+            f"\nCreated the first admin: {name}"
+            + (f" / password: {password}  (shown once; change it)" if password else "")
+        )
     else:
         out("\nSign in as an existing admin (`chatqna users list`; `chatqna users set-password NAME` to reset).")
     out("Ctrl-C stops everything.\n")
@@ -261,7 +299,6 @@ def run_up(settings: RuntimeSettings, only: set[str] | None, out: Callable[[str]
         out("stopping the mesh")
     sup.stop()
     return 1 if dead else 0
-
 
 
 def state_secret(state_dir: Path, name: str) -> str:

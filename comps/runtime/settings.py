@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from comps.core.ports import PORTS
 
-def _env(name: str, default: object, description: str = "") -> object:
+
+def _env(name: str, default: object, description: str = "") -> Any:
     return Field(default=default, validation_alias=AliasChoices(name), description=description)
 
 
@@ -24,14 +27,16 @@ class RuntimeSettings(BaseSettings):
     database_url: str | None = _env("DATABASE_URL", None, "Use this PostgreSQL instead of starting the embedded one")
     postgres_port: int = _env("CHATQNA_POSTGRES_PORT", 5432)
     admin_user: str | None = _env("CHATQNA_ADMIN_USER", None, "Name of the first admin (default: admin)")
-    admin_password: SecretStr | None = _env("CHATQNA_ADMIN_PASSWORD", None, "Password of the first admin (default: generated)")
-    embedding_port: int = _env("EMBEDDING_PORT", 6000)
-    retriever_port: int = _env("RETRIEVER_PORT", 7000)
-    reranker_port: int = _env("RERANKER_PORT", 8000)
-    llm_port: int = _env("LLM_PORT", 9000)
-    dataprep_port: int = _env("DATAPREP_PORT", 6007)
-    chathistory_port: int = _env("CHATHISTORY_PORT", 6012)
-    prompts_port: int = _env("PROMPTS_PORT", 6018)
-    gateway_port: int = _env("MEGA_SERVICE_PORT", 8888)
+    admin_password: SecretStr | None = _env(
+        "CHATQNA_ADMIN_PASSWORD", None, "Password of the first admin (default: generated)"
+    )
+    embedding_port: int = _env("EMBEDDING_PORT", PORTS["embedding"])
+    retriever_port: int = _env("RETRIEVER_PORT", PORTS["retriever"])
+    reranker_port: int = _env("RERANKER_PORT", PORTS["reranker"])
+    llm_port: int = _env("LLM_PORT", PORTS["llm"])
+    dataprep_port: int = _env("DATAPREP_PORT", PORTS["dataprep"])
+    chathistory_port: int = _env("CHATHISTORY_PORT", PORTS["chathistory"])
+    prompts_port: int = _env("PROMPTS_PORT", PORTS["prompts"])
+    gateway_port: int = _env("MEGA_SERVICE_PORT", PORTS["gateway"])
     ready_timeout_s: float = _env("CHATQNA_READY_TIMEOUT_S", 600.0, "How long `up` waits for every service")
     log_format: str = _env("LOG_FORMAT", "plain")

@@ -12,7 +12,8 @@ COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 def validate_collection(name: str, *, param: str = "collection") -> str:
     if not COLLECTION_RE.match(name or ""):
         raise BadRequest(
-            f"collection name {name!r} is invalid: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit",
+            f"collection name {name!r} is invalid: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit",
             param=param,
         )
     return name

@@ -12,6 +12,7 @@ A collection ``c`` (OPEA's ``INDEX_NAME``, default ``rag-redis``) is:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,6 +39,7 @@ NUMERIC_FIELDS = (PAGE, CHUNK)
 
 _TAG_SPECIAL = re.compile(r"([,.<>{}\[\]\"':;!@#$%^&*()\-+=~|/\\ ?])")
 
+
 def chunk_prefix(collection: str) -> str:
     return f"{collection}:chunk:"
 
@@ -63,7 +65,7 @@ def escape_tag(value: str) -> str:
     return _TAG_SPECIAL.sub(r"\\\1", str(value))
 
 
-def vector_bytes(vector: np.ndarray | list[float]) -> bytes:
+def vector_bytes(vector: np.ndarray | Sequence[float]) -> bytes:
     return np.asarray(vector, dtype=np.float32).tobytes()
 
 
@@ -84,7 +86,10 @@ async def collection_info(r: aioredis.Redis, collection: str) -> CollectionInfo 
     meta = await r.hgetall(meta_key(collection))
     if not meta:
         return None
-    get = lambda k: meta.get(k.encode(), b"").decode()  # noqa: E731
+
+    def get(field: str) -> str:
+        return str(meta.get(field.encode(), b"").decode())
+
     return CollectionInfo(collection, int(get("dim")), get("algorithm"), get("model"))
 
 

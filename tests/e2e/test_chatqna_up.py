@@ -21,8 +21,16 @@ from tests.support.procs import REPO
 
 pytestmark = pytest.mark.e2e
 
-PORTS = ("EMBEDDING_PORT", "RETRIEVER_PORT", "RERANKER_PORT", "LLM_PORT", "DATAPREP_PORT", "MEGA_SERVICE_PORT",
-         "CHATQNA_REDIS_PORT", "CHATQNA_POSTGRES_PORT")  # fmt: skip
+PORTS = (
+    "EMBEDDING_PORT",
+    "RETRIEVER_PORT",
+    "RERANKER_PORT",
+    "LLM_PORT",
+    "DATAPREP_PORT",
+    "MEGA_SERVICE_PORT",
+    "CHATQNA_REDIS_PORT",
+    "CHATQNA_POSTGRES_PORT",
+)
 
 
 def children_of(pid: int) -> set[int]:
@@ -49,16 +57,26 @@ def alive(pid: int) -> bool:
 
 def test_chatqna_up_serves_and_stops_cleanly(models_dir: Path, tmp_path: Path) -> None:
     ports = {name: str(free_port()) for name in PORTS}
-    env = {**os.environ, **ports, "CHATQNA_STATE_DIR": str(tmp_path / "state"), "CHATQNA_MODELS_DIR": str(models_dir),
-           "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        **ports,
+        "CHATQNA_STATE_DIR": str(tmp_path / "state"),
+        "CHATQNA_MODELS_DIR": str(models_dir),
+        "PYTHONUNBUFFERED": "1",
+    }
     for name in ("REDIS_URL", "DATABASE_URL", "CHATQNA_ADMIN_USER", "CHATQNA_ADMIN_PASSWORD", "GATEWAY_AUTH_ENABLED"):
         env.pop(name, None)
     cli = Path(sys.executable).with_name("chatqna")  # the installed console script
     argv = [str(cli)] if cli.exists() else [sys.executable, "-m", "comps.runtime.cli"]
     up = subprocess.Popen(
         [*argv, "up", "--no-fetch-models"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in up.stdout], daemon=True).start()  # type: ignore[union-attr]
     table: list[str] = []
@@ -87,8 +105,12 @@ def test_chatqna_up_serves_and_stops_cleanly(models_dir: Path, tmp_path: Path) -
         assert httpx.post(f"{gateway}/v1/chatqna", json={"messages": "Hi?"}, timeout=30).status_code == 401
         login = httpx.post(f"{gateway}/v1/auth/login", json={"username": user, "password": password}, timeout=30)
         assert login.status_code == 200, login.text
-        r = httpx.post(f"{gateway}/v1/chatqna", json={"messages": "What is ChatQnA?", "max_tokens": 8},
-                       headers={"Authorization": f"Bearer {login.json()['access_token']}"}, timeout=120)  # fmt: skip
+        r = httpx.post(
+            f"{gateway}/v1/chatqna",
+            json={"messages": "What is ChatQnA?", "max_tokens": 8},
+            headers={"Authorization": f"Bearer {login.json()['access_token']}"},
+            timeout=120,
+        )
         assert r.status_code == 200, r.text
         assert r.json()["object"] == "chat.completion" and r.json()["sources"] == []  # nothing ingested yet
 

@@ -161,8 +161,16 @@ def test_health_and_readiness_need_none(stack: Stack) -> None:
 
 def _token(claims: dict[str, Any], secret: str = JWT_SECRET, alg: str = "HS256") -> str:
     now = int(time.time())
-    base = {"iss": "chatqna", "aud": "chatqna", "sub": "00000000-0000-0000-0000-000000000001", "iat": now,
-            "nbf": now, "exp": now + 600, "role": "admin", "name": "x"}  # fmt: skip
+    base = {
+        "iss": "chatqna",
+        "aud": "chatqna",
+        "sub": "00000000-0000-0000-0000-000000000001",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "role": "admin",
+        "name": "x",
+    }
     return jwt.encode({**base, **claims}, secret, algorithm=alg)
 
 
@@ -174,7 +182,8 @@ def _alg_none() -> str:
         return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
 
     now = int(time.time())
-    return f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64({'iss': 'chatqna', 'aud': 'chatqna', 'sub': 'x', 'exp': now + 600, 'iat': now})}."
+    claims = {"iss": "chatqna", "aud": "chatqna", "sub": "x", "exp": now + 600, "iat": now}
+    return f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}."
 
 
 @pytest.mark.parametrize(
@@ -208,7 +217,9 @@ def test_the_first_admin_signs_in_and_sees_themselves(stack: Stack, admin: httpx
 
 
 def test_registration_is_closed_by_default(stack: Stack) -> None:
-    r = httpx.post(f"{stack.url}/v1/auth/register", json={"username": "newbie", "password": "long-enough-1"}, timeout=10)
+    r = httpx.post(
+        f"{stack.url}/v1/auth/register", json={"username": "newbie", "password": "long-enough-1"}, timeout=10
+    )
     assert r.status_code == 403
     assert r.json()["error"]["code"] == "registration_closed"
 
@@ -230,7 +241,10 @@ def test_refresh_rotates_and_reuse_revokes_the_whole_login(stack: Stack, admin: 
 
 def test_logout_ends_the_refresh_token(stack: Stack, admin: httpx.Client) -> None:
     _, _, _, pair = make_user(stack, admin)
-    assert httpx.post(f"{stack.url}/v1/auth/logout", json={"refresh_token": pair["refresh_token"]}, timeout=10).status_code == 204
+    assert (
+        httpx.post(f"{stack.url}/v1/auth/logout", json={"refresh_token": pair["refresh_token"]}, timeout=10).status_code
+        == 204
+    )
     assert_401(httpx.post(f"{stack.url}/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]}, timeout=10))
 
 
@@ -240,15 +254,22 @@ def test_failed_logins_are_limited_without_telling_whether_the_user_exists(stack
     for who in (name, "nobody-" + secrets.token_hex(4)):
         seen = []
         for _ in range(5):
-            r = httpx.post(f"{stack.url}/v1/auth/login", json={"username": who, "password": "wrong-password"}, timeout=30)
+            r = httpx.post(
+                f"{stack.url}/v1/auth/login", json={"username": who, "password": "wrong-password"}, timeout=30
+            )
             seen.append((r.status_code, r.json()["error"]["message"]))
         answers[who] = seen
-        blocked = httpx.post(f"{stack.url}/v1/auth/login", json={"username": who, "password": "wrong-password"}, timeout=30)
+        blocked = httpx.post(
+            f"{stack.url}/v1/auth/login", json={"username": who, "password": "wrong-password"}, timeout=30
+        )
         assert blocked.status_code == 429
         assert int(blocked.headers["retry-after"]) >= 1
     assert answers[name] == list(answers.values())[1]  # same statuses and messages for a real and a made-up user
     # The right password is refused too while the account is locked.
-    assert httpx.post(f"{stack.url}/v1/auth/login", json={"username": name, "password": password}, timeout=30).status_code == 429
+    assert (
+        httpx.post(f"{stack.url}/v1/auth/login", json={"username": name, "password": password}, timeout=30).status_code
+        == 429
+    )
 
 
 def test_a_disabled_user_is_refused_and_signed_out(stack: Stack, admin: httpx.Client) -> None:
@@ -262,7 +283,12 @@ def test_a_disabled_user_is_refused_and_signed_out(stack: Stack, admin: httpx.Cl
 def test_admin_routes_refuse_users(stack: Stack, admin: httpx.Client) -> None:
     _, _, user, pair = make_user(stack, admin)
     assert user.get("/v1/admin/users").status_code == 403
-    assert user.post("/v1/admin/users", json={"username": "x" + secrets.token_hex(3), "password": "long-enough-1"}).status_code == 403
+    assert (
+        user.post(
+            "/v1/admin/users", json={"username": "x" + secrets.token_hex(3), "password": "long-enough-1"}
+        ).status_code
+        == 403
+    )
     assert user.patch(f"/v1/admin/users/{pair['user']['id']}", json={"role": "admin"}).status_code == 403
     assert user.delete(f"/v1/admin/users/{pair['user']['id']}").status_code == 403
 
@@ -276,7 +302,9 @@ def test_bad_input_is_a_4xx_in_the_envelope(stack: Stack, admin: httpx.Client) -
         admin.post("/v1/auth/keys", json={"expires_in_days": 0}),
         admin.post("/v1/collections", json={"name": "../etc"}),
         httpx.post(f"{stack.url}/v1/auth/login", json={"username": "a"}, timeout=10),
-        httpx.post(f"{stack.url}/v1/auth/login", content=b"{", headers={"content-type": "application/json"}, timeout=10),
+        httpx.post(
+            f"{stack.url}/v1/auth/login", content=b"{", headers={"content-type": "application/json"}, timeout=10
+        ),
     ]
     for r in cases:
         assert 400 <= r.status_code < 500, r.text
@@ -304,7 +332,10 @@ def test_an_api_key_works_with_the_openai_client_and_stops_when_revoked(stack: S
     assert user.delete(f"/v1/auth/keys/{created.json()['id']}").status_code == 204
     started = time.monotonic()
     wait_for(
-        lambda: httpx.get(f"{stack.url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 401,
+        lambda: (
+            httpx.get(f"{stack.url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code
+            == 401
+        ),
         timeout_s=10,
         what="the revoked key to stop working",
     )
@@ -343,11 +374,15 @@ def test_user_a_can_reach_nothing_of_user_b(stack: Stack, admin: httpx.Client) -
 
     attempts = {
         "chat in A's collection": b.post("/v1/chatqna", json={"messages": "launch code?", "collection": private}),
-        "chat, OpenAI route": b.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "code?"}], "collection": private}),
+        "chat, OpenAI route": b.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "code?"}], "collection": private}
+        ),
         "list A's documents": b.post("/v1/dataprep/get", json={"collection": private}),
         "delete A's document": b.post("/v1/dataprep/delete", json={"file_path": doc_id, "collection": private}),
         "delete all of A's": b.post("/v1/dataprep/delete", json={"file_path": "all", "collection": private}),
-        "ingest into A's": b.post("/v1/dataprep/ingest", files={"files": ("x.txt", b"mine now", "text/plain")}, data={"collection": private}),
+        "ingest into A's": b.post(
+            "/v1/dataprep/ingest", files={"files": ("x.txt", b"mine now", "text/plain")}, data={"collection": private}
+        ),
         "read A's job": b.get(f"/v1/dataprep/jobs/{job['job_id']}"),
         "share A's collection": b.patch(f"/v1/collections/{private}", json={"visibility": "shared"}),
         "delete A's collection": b.delete(f"/v1/collections/{private}"),

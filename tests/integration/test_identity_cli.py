@@ -25,17 +25,30 @@ def chatqna(database_url: str, *args: str, password: str | None = None) -> subpr
         env["CHATQNA_NEW_PASSWORD"] = password
     cli = Path(sys.executable).with_name("chatqna")
     argv = [str(cli)] if cli.exists() else [sys.executable, "-m", "comps.runtime.cli"]
-    return subprocess.run([*argv, "users", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.run(
+        [*argv, "users", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture(scope="module")
 def gateway(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     with StubMesh() as mesh:
-        env = {**mesh.env(), "GATEWAY_AUTH_ENABLED": "true", "DATABASE_URL": database_url,
-               "GATEWAY_JWT_SECRET": secrets.token_urlsafe(48), "GATEWAY_OPEN_REGISTRATION": "true"}  # fmt: skip
-        svc = start_service("megaservice", "GATEWAY_", env, name="gateway-open", log_dir=tmp_path_factory.mktemp("gw"),
-                            timeout_s=120)  # fmt: skip
+        env = {
+            **mesh.env(),
+            "GATEWAY_AUTH_ENABLED": "true",
+            "DATABASE_URL": database_url,
+            "GATEWAY_JWT_SECRET": secrets.token_urlsafe(48),
+            "GATEWAY_OPEN_REGISTRATION": "true",
+        }
+        svc = start_service(
+            "megaservice", "GATEWAY_", env, name="gateway-open", log_dir=tmp_path_factory.mktemp("gw"), timeout_s=120
+        )
         try:
             yield svc
         finally:
@@ -84,10 +97,40 @@ def test_open_registration_makes_a_plain_user_once(gateway: Service) -> None:
     r = httpx.post(f"{gateway.url}/v1/auth/register", json={"username": name, "password": "long-enough-1"}, timeout=30)
     assert r.status_code == 201, r.text
     assert r.json()["role"] == "user"
-    again = httpx.post(f"{gateway.url}/v1/auth/register", json={"username": name, "password": "long-enough-2"}, timeout=30)
+    again = httpx.post(
+        f"{gateway.url}/v1/auth/register", json={"username": name, "password": "long-enough-2"}, timeout=30
+    )
     assert again.status_code == 409
     # Nobody registers themselves as admin: the field does not exist for this route.
-    sneaky = httpx.post(f"{gateway.url}/v1/auth/register",
-                        json={"username": name + "x", "password": "long-enough-1", "role": "admin"}, timeout=30)  # fmt: skip
+    sneaky = httpx.post(
+        f"{gateway.url}/v1/auth/register",
+        json={"username": name + "x", "password": "long-enough-1", "role": "admin"},
+        timeout=30,
+    )
     assert sneaky.status_code == 400
     assert login(gateway, name, "long-enough-1").json()["user"]["role"] == "user"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"DATABASE_URL": "postgresql://u:p@127.0.0.1:1/x"}, "GATEWAY_JWT_SECRET"),
+        ({"DATABASE_URL": "postgresql://u:p@127.0.0.1:1/x", "GATEWAY_JWT_SECRET": "changeme"}, "GATEWAY_JWT_SECRET"),
+        ({"GATEWAY_JWT_SECRET": secrets.token_urlsafe(40)}, "DATABASE_URL"),
+        ({"GATEWAY_AUTH_ENABLED": "false", "GATEWAY_HOST": "0.0.0.0"}, "GATEWAY_AUTH_ENABLED"),
+    ],
+    ids=["no-secret", "default-secret", "no-database", "auth-off-on-a-public-address"],
+)
+def test_an_insecure_gateway_refuses_to_start_naming_the_variable(env: dict[str, str], named: str) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_") and k != "DATABASE_URL"}
+    started = subprocess.run(
+        [sys.executable, "-m", "megaservice"],
+        cwd=REPO,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert started.returncode == 2, started.stderr
+    assert named in started.stderr

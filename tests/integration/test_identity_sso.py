@@ -33,8 +33,15 @@ def sso(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "GATEWAY_OIDC_ROLES_CLAIM": "realm_access.roles",
             "GATEWAY_OIDC_ADMIN_ROLES": '["admin"]',
         }
-        gateway = start_service("megaservice", "GATEWAY_", env, name="gateway-sso", port=port,
-                                log_dir=tmp_path_factory.mktemp("sso"), timeout_s=120)  # fmt: skip
+        gateway = start_service(
+            "megaservice",
+            "GATEWAY_",
+            env,
+            name="gateway-sso",
+            port=port,
+            log_dir=tmp_path_factory.mktemp("sso"),
+            timeout_s=120,
+        )
         try:
             yield gateway, issuer
         finally:
@@ -56,12 +63,16 @@ def test_a_provider_token_signs_in_and_its_roles_make_an_admin(sso: tuple[Servic
 
 def test_without_the_admin_role_a_provider_user_is_a_user(sso: tuple[Service, TestIssuer]) -> None:
     gateway, issuer = sso
-    token = issuer.mint({"sub": "u-" + secrets.token_hex(4), "preferred_username": "joe",
-                         "realm_access": {"roles": ["offline_access"]}})  # fmt: skip
+    token = issuer.mint(
+        {"sub": "u-" + secrets.token_hex(4), "preferred_username": "joe", "realm_access": {"roles": ["offline_access"]}}
+    )
     r = me(gateway, token)
     assert r.status_code == 200, r.text
     assert r.json()["role"] == "user"
-    assert httpx.get(f"{gateway.url}/v1/admin/users", headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 403
+    assert (
+        httpx.get(f"{gateway.url}/v1/admin/users", headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code
+        == 403
+    )
 
 
 def test_bad_provider_tokens_are_401(sso: tuple[Service, TestIssuer]) -> None:
@@ -87,7 +98,7 @@ def test_the_browser_flow_with_pkce_ends_with_our_tokens(sso: tuple[Service, Tes
         back = httpx.get(to_provider, follow_redirects=False, timeout=10)  # the provider signs jane in
         assert back.status_code == 302
         callback = urlsplit(back.headers["location"])
-        forged = browser.get(f"/v1/auth/oidc/callback?code=x&state=forged")
+        forged = browser.get("/v1/auth/oidc/callback?code=x&state=forged")
         assert forged.status_code == 400  # a state that is not the one this browser started with
         done = browser.get(f"{callback.path}?{callback.query}")
         assert done.status_code == 200, done.text

@@ -351,9 +351,13 @@ def test_configuration_errors(issuer: TestIssuer) -> None:
 
 
 def _sign_in(
-    issuer: TestIssuer, cfg: OIDCConfig, *, other_verifier: str | None = None, other_nonce: str | None = None,
+    issuer: TestIssuer,
+    cfg: OIDCConfig,
+    *,
+    other_verifier: str | None = None,
+    other_nonce: str | None = None,
     replay: bool = False,
-) -> Any:  # fmt: skip
+) -> Any:
     async def body(v: OIDCVerifier) -> Any:
         code_verifier, _ = new_pkce()
         url = await v.authorization_url(state="st4te", code_verifier=code_verifier, nonce="n0nce")

@@ -59,6 +59,7 @@ INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}
 
 # --- settings classes ---------------------------------------------------------------------------------
 
+
 def settings_class(spec: ServiceSpec) -> type[ServiceSettings]:
     """The service's settings class (ServiceSpec.settings, "module:Class").
 
@@ -150,6 +151,7 @@ def secrets_as_references(env: dict[str, str]) -> dict[str, str]:
 
 # --- compose ------------------------------------------------------------------------------------------
 
+
 def load_yaml(path: Path) -> dict[str, Any]:
     with path.open() as f:
         data = yaml.safe_load(f)  # resolves anchors and `<<` merge keys, as compose does
@@ -235,6 +237,7 @@ def environment(service: dict[str, Any]) -> dict[str, str | None]:
 
 # --- set_env.sh ---------------------------------------------------------------------------------------
 
+
 @functools.cache
 def scratch_state_dir() -> Path:
     """Where set_env.sh keeps its secrets during the tests (never the checkout's .state/); removed at exit."""
@@ -256,8 +259,13 @@ def source_set_env(
     }
     return subprocess.run(
         ["bash", "-c", script],
-        env={**base, **(env or {})}, capture_output=True, text=True, timeout=30, cwd=REPO, check=False,
-    )  # fmt: skip
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        check=False,
+    )
 
 
 def exported(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
@@ -273,6 +281,7 @@ def set_env_exports() -> dict[str, str]:
 
 
 # --- kubernetes ---------------------------------------------------------------------------------------
+
 
 def dev_tool(name: str) -> str:
     """A command-line tool of the dev extra: from the checkout's .venv, the running interpreter's

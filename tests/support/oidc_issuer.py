@@ -257,9 +257,11 @@ class TestIssuer:
         key = self.keys[0]
         id_claims = self.claims({"aud": self.client_id, "azp": self.client_id, "nonce": grant.nonce})
         id_token = jwt.encode(
-            {k: v for k, v in id_claims.items() if v is not None}, key.private, algorithm=key.alg,
+            {k: v for k, v in id_claims.items() if v is not None},
+            key.private,
+            algorithm=key.alg,
             headers={"kid": key.kid},
-        )  # fmt: skip
+        )
         return web.json_response(
             {"access_token": self.mint(), "id_token": id_token, "token_type": "Bearer", "expires_in": 300}
         )

@@ -65,8 +65,11 @@ def test_every_compose_file_validates_against_the_compose_spec() -> None:
     assert set(PROFILES.values()) <= set(files)
     result = subprocess.run(
         [dev_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *map(str, files)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -137,9 +140,7 @@ def test_each_service_is_built_from_its_own_extra(profile: str, name: str, shell
 
 def published_services(services: dict[str, dict]) -> set[str]:
     """Services reachable from outside the host: a `ports` entry, or the host's network."""
-    return {
-        name for name, svc in services.items() if svc.get("ports") or svc.get("network_mode") == "host"
-    }
+    return {name for name, svc in services.items() if svc.get("ports") or svc.get("network_mode") == "host"}
 
 
 def test_only_the_gateway_is_published_in_any_compose_file() -> None:

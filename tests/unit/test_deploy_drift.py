@@ -32,9 +32,14 @@ from tests.support.deploy import (
 pytestmark = pytest.mark.unit
 
 SHARED = {
-    "REDIS_URL", "INDEX_NAME", "LOG_FORMAT", "LOG_LEVEL", "OTEL_EXPORTER_OTLP_ENDPOINT", "CHATQNA_MODELS_DIR",
+    "REDIS_URL",
+    "INDEX_NAME",
+    "LOG_FORMAT",
+    "LOG_LEVEL",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "CHATQNA_MODELS_DIR",
     "CHATQNA_ADMIN_USER",  # the gateway's first admin (README.md puts it in the ConfigMap)
-}  # fmt: skip
+}
 PREFIXES = {spec.env_prefix for spec in SPECS.values()}
 # Set on the gateway's container only so that Kubernetes can expand it into DATABASE_URL.
 K8S_HELPERS = {name: {"POSTGRES_PASSWORD"} for name in ("gateway", "chathistory", "prompts")}

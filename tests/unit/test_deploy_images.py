@@ -89,10 +89,24 @@ def test_the_installed_package_carries_every_source_file(tmp_path: Path) -> None
     for name in ("comps", "megaservice"):
         shutil.copytree(REPO / name, src / name, ignore=ignore)
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-         "-w", str(tmp_path / "dist"), str(src)],
-        capture_output=True, text=True, timeout=300, check=False
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = (tmp_path / "dist").glob("chatqna-*.whl")
     shipped = set(zipfile.ZipFile(wheel).namelist())
@@ -109,7 +123,7 @@ def test_the_installed_package_carries_every_source_file(tmp_path: Path) -> None
 def test_images_install_one_extra_and_run_as_non_root_with_a_readiness_healthcheck(kind: str) -> None:
     build, runtime = stages(DOCKERFILES[kind])
     runs = " ".join(args for ins, args in build if ins == "RUN")
-    assert 'pip install' in runs and '".[${SERVICE}]"' in runs, "installs exactly one extra"
+    assert "pip install" in runs and '".[${SERVICE}]"' in runs, "installs exactly one extra"
     env = " ".join(args for ins, args in runtime if ins == "ENV")
     assert "CHATQNA_READY_URL=http://127.0.0.1:${PORT}/v1/ready" in env
     assert "CHATQNA_MODULE=${MODULE}" in env and "CHATQNA_MODELS_DIR=/models" in env

@@ -26,10 +26,27 @@ LEAKS = {
 def deployment_files() -> list[str]:
     """What the repository ships for deploying (tracked, or new and not ignored)."""
     listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--",
-         "docker_compose", "kubernetes", "docker", "set_env.sh", "README.md", ".dockerignore", "Makefile"],
-        cwd=REPO, capture_output=True, text=True, timeout=30, check=True,
-    )  # fmt: skip
+        [
+            "git",
+            "ls-files",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+            "--",
+            "docker_compose",
+            "kubernetes",
+            "docker",
+            "set_env.sh",
+            "README.md",
+            ".dockerignore",
+            "Makefile",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     files = [f for f in listed.stdout.splitlines() if (REPO / f).is_file()]
     assert "set_env.sh" in files and any(f.startswith("kubernetes/") for f in files)
     return files

@@ -48,8 +48,15 @@ def test_exports_what_the_compose_profiles_require_and_nothing_they_do_not_read(
     assert required <= set(exports), f"set_env.sh does not export {required - set(exports)}"
     # HOST_IP is for the operator's own commands (README's curl examples); everything else feeds compose.
     assert set(exports) - {"HOST_IP"} <= read, f"set_env.sh exports what no compose file reads: {set(exports) - read}"
-    assert {"HOST_IP", "CHATQNA_MODELS_DIR", "LLM_MODEL", "EMBEDDING_MODEL", "INDEX_NAME",
-            "MEGA_SERVICE_PORT", *SECRET_VARS} <= set(exports)  # fmt: skip
+    assert {
+        "HOST_IP",
+        "CHATQNA_MODELS_DIR",
+        "LLM_MODEL",
+        "EMBEDDING_MODEL",
+        "INDEX_NAME",
+        "MEGA_SERVICE_PORT",
+        *SECRET_VARS,
+    } <= set(exports)
     assert "DATAPREP_PORT" not in exports, "dataprep is reached through the gateway only"
 
 
@@ -107,8 +114,12 @@ def test_never_prints_a_secret(tmp_path: Path) -> None:
     result = subprocess.run(
         ["bash", "-c", script],
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CHATQNA_STATE_DIR": str(tmp_path)},
-        capture_output=True, text=True, timeout=30, cwd=REPO, check=False
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     for value in secrets_file(tmp_path).values():
         assert value not in result.stdout + result.stderr
@@ -142,8 +153,12 @@ def test_secrets_live_in_the_git_ignored_state_folder_by_default() -> None:
 def test_a_relative_state_dir_is_taken_from_where_it_is_sourced(tmp_path: Path) -> None:
     script = f'set -euo pipefail\ncd "{tmp_path}"\nsource "{SET_ENV}"\n'
     result = subprocess.run(
-        ["bash", "-c", script], env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CHATQNA_STATE_DIR": "st"},
-        capture_output=True, text=True, timeout=30, check=False
-    )  # fmt: skip
+        ["bash", "-c", script],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CHATQNA_STATE_DIR": "st"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert set(secrets_file(tmp_path / "st")) == set(SECRET_VARS)

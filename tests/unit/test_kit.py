@@ -84,7 +84,9 @@ def test_errors_map_to_one_envelope() -> None:
     assert r.json()["error"]["param"] == "n" and r.json()["error"]["type"] == "invalid_request_error"
     r = client.get("/busy")
     assert r.status_code == 429 and r.headers["retry-after"] == "3"
-    assert r.json() == {"error": {"message": "queue full", "type": "rate_limit_error", "param": None, "code": "queue_full"}}
+    assert r.json() == {
+        "error": {"message": "queue full", "type": "rate_limit_error", "param": None, "code": "queue_full"}
+    }
     r = client.get("/slow")
     assert r.status_code == 504 and r.json()["error"]["code"] == "llm"
     r = client.get("/boom")

@@ -116,6 +116,7 @@ class SentenceTransformerEmbedder:
                 results.append(item)
                 continue
             count, tokens = item
+            assert vectors is not None  # this item's texts were encoded
             results.append(Embedded(vectors[start : start + count], tokens))
             start += count
         return results

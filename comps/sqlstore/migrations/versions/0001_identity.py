@@ -4,6 +4,8 @@ Revision ID: 0001_identity
 Revises:
 """
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -13,7 +15,7 @@ branch_labels = None
 depends_on = None
 
 
-def _now() -> sa.Column:
+def _now() -> sa.Column[Any]:
     return sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False)
 
 
@@ -60,9 +62,7 @@ def upgrade() -> None:
         sa.Column("used_at", sa.DateTime(timezone=True)),
         sa.Column("revoked_at", sa.DateTime(timezone=True)),
         sa.PrimaryKeyConstraint("id", name="pk_refresh_tokens"),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name="fk_refresh_tokens_user_id_users", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name="fk_refresh_tokens_user_id_users", ondelete="CASCADE"),
         sa.UniqueConstraint("token_hash", name="uq_refresh_tokens_token_hash"),
     )
     op.create_index("ix_refresh_tokens_user_id", "refresh_tokens", ["user_id"])
@@ -74,9 +74,7 @@ def upgrade() -> None:
         sa.Column("visibility", sa.String(16), nullable=False),
         _now(),
         sa.PrimaryKeyConstraint("name", name="pk_collections"),
-        sa.ForeignKeyConstraint(
-            ["owner_id"], ["users.id"], name="fk_collections_owner_id_users", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["owner_id"], ["users.id"], name="fk_collections_owner_id_users", ondelete="CASCADE"),
     )
     op.create_index("ix_collections_owner_id", "collections", ["owner_id"])
 
