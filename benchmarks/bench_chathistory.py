@@ -41,11 +41,11 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from comps.chathistory.service import ChatHistory
-from comps.core.caller import Caller
-from comps.runtime.process import free_port, http_status
-from comps.sqlstore import Database, migrate
-from tests.support.database import fresh_database
+from comps.chathistory.service import ChatHistory  # noqa: E402
+from comps.core.caller import Caller  # noqa: E402
+from comps.runtime.process import free_port, http_status  # noqa: E402
+from comps.sqlstore import Database, migrate  # noqa: E402
+from tests.support.database import fresh_database  # noqa: E402
 
 LOGS = REPO / ".state" / "bench"
 TOKEN = secrets.token_urlsafe(32)
@@ -85,15 +85,18 @@ async def fill(url: str, n_conv: int, n_msg: int) -> tuple[uuid.UUID, uuid.UUID]
                    now() - make_interval(secs => g), now() - make_interval(secs => g)
             FROM generate_series(1, $2::int) g
             """,
-            user, n_conv - 1,
+            user,
+            n_conv - 1,
         )
         await conn.execute(
             "INSERT INTO conversations (id, user_id, title, pinned, archived, created_at, updated_at) "
             "VALUES ($1, $2, 'the long one', false, false, now() - interval '1 day', now() - interval '1 day')",
-            convo, user,
+            convo,
+            user,
         )
-        await conn.execute("CREATE TEMP TABLE c AS SELECT row_number() OVER () AS n, id FROM conversations WHERE id <> $1",
-                           convo)
+        await conn.execute(
+            "CREATE TEMP TABLE c AS SELECT row_number() OVER () AS n, id FROM conversations WHERE id <> $1", convo
+        )
         await conn.execute("CREATE INDEX ON c (n)")
         rest = n_msg - 400
         await conn.execute(
@@ -103,7 +106,8 @@ async def fill(url: str, n_conv: int, n_msg: int) -> tuple[uuid.UUID, uuid.UUID]
                    repeat('lorem ipsum dolor sit amet ', 6) || g, 45, false, false, now()
             FROM generate_series(1, $1::int) g JOIN c ON c.n = 1 + g % $2::int
             """,
-            rest, n_conv - 1,
+            rest,
+            n_conv - 1,
         )
         await conn.execute(
             """
@@ -127,8 +131,9 @@ class Proc:
         LOGS.mkdir(parents=True, exist_ok=True)
         self.log = (LOGS / f"{name}.log").open("w")
         self.name = name
-        self.proc = subprocess.Popen(argv, env={**os.environ, **env}, cwd=REPO, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, env={**os.environ, **env}, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def wait_http(self, url: str, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
@@ -155,11 +160,18 @@ async def bench(db_url: str, args: argparse.Namespace) -> list[tuple[str, str, s
     store = ChatHistory(db)
     try:
         ctx = await timed(lambda: store.context(user, str(convo), 1024), n)
-        rows.append(("context of a 200-turn conversation, in-process", f"{statistics.median(ctx):.2f}",
-                     f"{pct(ctx, 99):.2f}", "<= 3"))
+        rows.append(
+            (
+                "context of a 200-turn conversation, in-process",
+                f"{statistics.median(ctx):.2f}",
+                f"{pct(ctx, 99):.2f}",
+                "<= 3",
+            )
+        )
         lst = await timed(lambda: store.list_conversations(user, limit=50, cursor=None, q=None, archived=False), n)
-        rows.append(("list 50 newest conversations, in-process", f"{statistics.median(lst):.2f}",
-                     f"{pct(lst, 99):.2f}", "<= 3"))
+        rows.append(
+            ("list 50 newest conversations, in-process", f"{statistics.median(lst):.2f}", f"{pct(lst, 99):.2f}", "<= 3")
+        )
     finally:
         await db.close()
 
@@ -168,16 +180,23 @@ async def bench(db_url: str, args: argparse.Namespace) -> list[tuple[str, str, s
     stub_ports = [free_port() for _ in range(4)]
     procs = []
     try:
-        ch = Proc("chathistory", [py, "-m", "comps.chathistory"], {
-            "CHATHISTORY_PORT": str(ch_port), "DATABASE_URL": db_url, "CHATHISTORY_API_KEY": TOKEN})
+        ch = Proc(
+            "chathistory",
+            [py, "-m", "comps.chathistory"],
+            {"CHATHISTORY_PORT": str(ch_port), "DATABASE_URL": db_url, "CHATHISTORY_API_KEY": TOKEN},
+        )
         procs.append(ch)
         stubs = Proc("stubs", [py, "-m", "tests.support.stubs", *map(str, stub_ports)], {})
         procs.append(stubs)
         gw_env = {
-            "GATEWAY_PORT": str(gw_port), "GATEWAY_AUTH_ENABLED": "false", "GATEWAY_INTERNAL_API_KEY": TOKEN,
+            "GATEWAY_PORT": str(gw_port),
+            "GATEWAY_AUTH_ENABLED": "false",
+            "GATEWAY_INTERNAL_API_KEY": TOKEN,
             "GATEWAY_CHATHISTORY_URL": f"http://127.0.0.1:{ch_port}",
-            **{f"GATEWAY_{name.upper()}_URL": f"http://127.0.0.1:{port}"
-               for name, port in zip(("embedding", "retriever", "reranker", "llm"), stub_ports, strict=True)},
+            **{
+                f"GATEWAY_{name.upper()}_URL": f"http://127.0.0.1:{port}"
+                for name, port in zip(("embedding", "retriever", "reranker", "llm"), stub_ports, strict=True)
+            },
         }
         ch.wait_http(f"http://127.0.0.1:{ch_port}/v1/ready")
         gw = Proc("gateway", [py, "-m", "megaservice"], gw_env)
@@ -194,11 +213,18 @@ async def bench(db_url: str, args: argparse.Namespace) -> list[tuple[str, str, s
                     assert r.status == 200, r.status
 
             ctx = await timed(lambda: get(f"{base}/{convo}/context?max_tokens=1024"), n)
-            rows.append(("context of a 200-turn conversation, HTTP", f"{statistics.median(ctx):.2f}",
-                         f"{pct(ctx, 99):.2f}", "<= 3"))
+            rows.append(
+                (
+                    "context of a 200-turn conversation, HTTP",
+                    f"{statistics.median(ctx):.2f}",
+                    f"{pct(ctx, 99):.2f}",
+                    "<= 3",
+                )
+            )
             lst = await timed(lambda: get(f"{base}?limit=50"), n)
-            rows.append(("list 50 newest conversations, HTTP", f"{statistics.median(lst):.2f}",
-                         f"{pct(lst, 99):.2f}", "<= 3"))
+            rows.append(
+                ("list 50 newest conversations, HTTP", f"{statistics.median(lst):.2f}", f"{pct(lst, 99):.2f}", "<= 3")
+            )
             rows += await bench_gateway(s, f"http://127.0.0.1:{gw_port}/v1/chatqna", n)
     finally:
         for p in reversed(procs):
@@ -231,12 +257,24 @@ async def bench_gateway(s: aiohttp.ClientSession, url: str, n: int) -> list[tupl
             await ask(extra(i))
             times[mode].append((time.perf_counter() - t) * 1000)
     base = statistics.median(times["without conversation_id"])
-    rows = [("gateway on stubs, without conversation_id", f"{base:.2f}",
-             f"{pct(times['without conversation_id'], 99):.2f}", "")]
+    rows = [
+        (
+            "gateway on stubs, without conversation_id",
+            f"{base:.2f}",
+            f"{pct(times['without conversation_id'], 99):.2f}",
+            "",
+        )
+    ]
     for mode in ("same conversation", "50 conversations in turn"):
         p50 = statistics.median(times[mode])
-        rows.append((f"gateway with conversation_id, {mode}", f"{p50:.2f} (+{p50 - base:.2f})",
-                     f"{pct(times[mode], 99):.2f}", "added <= 2"))
+        rows.append(
+            (
+                f"gateway with conversation_id, {mode}",
+                f"{p50:.2f} (+{p50 - base:.2f})",
+                f"{pct(times[mode], 99):.2f}",
+                "added <= 2",
+            )
+        )
     return rows
 
 

@@ -91,8 +91,9 @@ class Memory:
         own = req.chat()
         system = [m for m in own if m.role == "system"]
         merged = system + history + [m for m in own if m.role != "system"]
-        return Turn(self, http, headers, cid, req.model_copy(update={"messages": merged}), question, new=False,
-                    saved=True)
+        return Turn(
+            self, http, headers, cid, req.model_copy(update={"messages": merged}), question, new=False, saved=True
+        )
 
     async def settle(self, *, conversation_id: str | None = None, user_id: str | None = None) -> None:
         """Wait (bounded) for the writes in flight of this conversation, or of every conversation of this user."""
@@ -134,8 +135,12 @@ class Memory:
         body = {"messages": [{"role": "user", "content": turn.question}, answer], "create": turn.new}
         try:
             async with turn.http.stream(
-                "POST", f"{self.base}/{turn.conversation_id}/messages", node="chathistory",
-                timeout_s=self.timeout_s, content=orjson.dumps(body), headers=turn.headers,
+                "POST",
+                f"{self.base}/{turn.conversation_id}/messages",
+                node="chathistory",
+                timeout_s=self.timeout_s,
+                content=orjson.dumps(body),
+                headers=turn.headers,
             ):
                 pass
         except UpstreamError as exc:
@@ -271,7 +276,9 @@ def proxy_router(url: str, timeout_s: float, routes: Routes, node: str, memory: 
                     request.method, target, data=body or None, headers=outgoing_headers(extra)
                 ) as resp:
                     content = await resp.read()
-                    kept = {k: v for k, v in resp.headers.items() if k.lower() in ("content-type", "content-disposition")}
+                    kept = {
+                        k: v for k, v in resp.headers.items() if k.lower() in ("content-type", "content-disposition")
+                    }
         except TimeoutError as exc:
             raise UpstreamTimeout(f"{node} did not answer within {timeout_s:g}s", node=node) from exc
         except aiohttp.ClientError as exc:
@@ -282,7 +289,10 @@ def proxy_router(url: str, timeout_s: float, routes: Routes, node: str, memory: 
         slug = "".join(c if c.isalnum() else "_" for c in path).strip("_")
         for method in methods:
             router.add_api_route(
-                path, relay, methods=[method], summary=f"{node}: {method} {path}",
+                path,
+                relay,
+                methods=[method],
+                summary=f"{node}: {method} {path}",
                 operation_id=f"{node}_{method.lower()}_{slug}",
             )
     return router

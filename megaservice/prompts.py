@@ -33,7 +33,10 @@ class Prompts:
             raise BadRequest("give either prompt or chat_template, not both", param="prompt", code="prompt_conflict")
         try:
             found = await http.request_json(
-                "GET", self.base + quote(req.prompt, safe=""), node="prompts", timeout_s=self.timeout_s,
+                "GET",
+                self.base + quote(req.prompt, safe=""),
+                node="prompts",
+                timeout_s=self.timeout_s,
                 headers=dict(caller_headers_var.get()),
             )
         except UpstreamError as exc:

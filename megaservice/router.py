@@ -23,10 +23,10 @@ from comps.identity.service import IdentityService, LoginLimiter
 from comps.llm.protocol import ModelList
 from comps.sqlstore import Database, migrate
 from megaservice import conversations, documents
-from megaservice.prompts import Prompts
 from megaservice.access import Access
 from megaservice.graph import BadAnswer, Node
 from megaservice.pipelines import build_pipelines
+from megaservice.prompts import Prompts
 from megaservice.protocol import ChatQnACompletion, ChatQnARequest
 from megaservice.service import ChatQnA
 from megaservice.settings import GatewaySettings
@@ -247,11 +247,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         else None
     )
     deps = Dependencies(settings, settings.pipeline, list(default.nodes.values()), auth, memory)
-    prompts = (
-        Prompts(settings.prompts_url, timeout_s=settings.chathistory_timeout_s)
-        if settings.prompts_url
-        else None
-    )
+    prompts = Prompts(settings.prompts_url, timeout_s=settings.chathistory_timeout_s) if settings.prompts_url else None
     chatqna = ChatQnA(settings, pipelines, memory, prompts)
     llm = pipelines["llm-only"].graph.terminal
     access = Access(auth, settings.default_collection)
@@ -265,9 +261,11 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     if settings.chathistory_url:
         routers.append(conversations.build_router(settings.chathistory_url, settings.chathistory_timeout_s, memory))
     if settings.prompts_url:
-        routers.append(conversations.proxy_router(
-            settings.prompts_url, settings.chathistory_timeout_s, conversations.PROMPT_ROUTES, "prompts"
-        ))
+        routers.append(
+            conversations.proxy_router(
+                settings.prompts_url, settings.chathistory_timeout_s, conversations.PROMPT_ROUTES, "prompts"
+            )
+        )
     app = create_app(
         settings,
         backend=deps,

@@ -138,7 +138,9 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
         archived: Annotated[bool, Query(description="true: the archived ones instead")] = False,
     ) -> Response:
         """The caller's conversations, newest first."""
-        return _json(await service.list_conversations(user, limit=min(limit, max_page), cursor=cursor, q=q, archived=archived))
+        return _json(
+            await service.list_conversations(user, limit=min(limit, max_page), cursor=cursor, q=q, archived=archived)
+        )
 
     @router.get("/v1/conversations/export")
     async def export_all(service: Service, user: User, format: Format = "json") -> Response:
@@ -196,9 +198,7 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
     async def export_one(conversation_id: str, service: Service, user: User, format: Format = "json") -> Response:
         return _export(await service.export(user, conversation_id), format)
 
-    @router.post(
-        "/v1/conversations/{conversation_id}/messages/{message_id}/feedback", response_model=FeedbackOut
-    )
+    @router.post("/v1/conversations/{conversation_id}/messages/{message_id}/feedback", response_model=FeedbackOut)
     async def feedback(
         conversation_id: str, message_id: str, body: FeedbackIn, service: Service, user: User
     ) -> FeedbackOut:
@@ -295,19 +295,24 @@ def _opea_messages(raw: str | list[dict[str, Any]]) -> list[MessageIn]:
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
-            raise BadRequest(f"data.messages.{n}.{where}: {err['msg']}", param=f"data.messages.{n}",
-                             code="invalid_value") from None
+            raise BadRequest(
+                f"data.messages.{n}.{where}: {err['msg']}", param=f"data.messages.{n}", code="invalid_value"
+            ) from None
     return out
 
 
 def _export(items: list[ExportedConversation], format: str) -> Response:
     if format == "ndjson":
         lines = b"".join(item.__pydantic_serializer__.to_json(item) + b"\n" for item in items)
-        return Response(lines, media_type=NDJSON,
-                        headers={"Content-Disposition": 'attachment; filename="conversations.ndjson"'})
+        return Response(
+            lines, media_type=NDJSON, headers={"Content-Disposition": 'attachment; filename="conversations.ndjson"'}
+        )
     body = Export(conversations=items)
-    return Response(body.__pydantic_serializer__.to_json(body), media_type="application/json",
-                    headers={"Content-Disposition": 'attachment; filename="conversations.json"'})
+    return Response(
+        body.__pydantic_serializer__.to_json(body),
+        media_type="application/json",
+        headers={"Content-Disposition": 'attachment; filename="conversations.json"'},
+    )
 
 
 def _parse_import(raw: bytes, content_type: str) -> list[ExportedConversation]:
@@ -327,7 +332,7 @@ def _parse_import(raw: bytes, content_type: str) -> list[ExportedConversation]:
     if isinstance(data, list):
         return [_conversation(item, f"conversations.{n}") for n, item in enumerate(data)]
     if not isinstance(data, dict) or not isinstance(data.get("conversations"), list):
-        raise BadRequest("not an export: expected {\"conversations\": [...]}", code="invalid_import")
+        raise BadRequest('not an export: expected {"conversations": [...]}', code="invalid_import")
     try:
         Export.model_validate({k: v for k, v in data.items() if k != "conversations"} | {"conversations": []})
     except ValidationError as exc:

@@ -79,33 +79,53 @@ def decode_cursor(cursor: str, n: int) -> list[str]:
             raise ValueError(cursor)
         return parts
     except (ValueError, orjson.JSONDecodeError):
-        raise BadRequest("invalid cursor: pass the next_cursor of a previous page", param="cursor",
-                         code="invalid_cursor") from None
+        raise BadRequest(
+            "invalid cursor: pass the next_cursor of a previous page", param="cursor", code="invalid_cursor"
+        ) from None
 
 
 def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-LISTED = (Conversation.id, Conversation.title, Conversation.pinned, Conversation.archived, Conversation.created_at,
-          Conversation.updated_at)
+LISTED = (
+    Conversation.id,
+    Conversation.title,
+    Conversation.pinned,
+    Conversation.archived,
+    Conversation.created_at,
+    Conversation.updated_at,
+)
 
 
 def conversation_out(c: Conversation) -> ConversationOut:
     return ConversationOut(
-        id=str(c.id), title=c.title, pinned=c.pinned, archived=c.archived, created_at=c.created_at,
+        id=str(c.id),
+        title=c.title,
+        pinned=c.pinned,
+        archived=c.archived,
+        created_at=c.created_at,
         updated_at=c.updated_at,
     )
 
 
 def message_out(m: Message, feedback: Feedback | None = None) -> MessageOut:
     return MessageOut(
-        id=str(m.id), role=m.role, content=m.content, sources=m.sources, model=m.model, usage=m.usage,  # type: ignore[arg-type]
-        latency_ms=m.latency_ms, cached=m.cached, cut_short=m.cut_short,
-        prompt_id=str(m.prompt_id) if m.prompt_id else None, prompt_version=m.prompt_version,
+        id=str(m.id),
+        role=m.role,
+        content=m.content,
+        sources=m.sources,
+        model=m.model,
+        usage=m.usage,
+        latency_ms=m.latency_ms,
+        cached=m.cached,
+        cut_short=m.cut_short,
+        prompt_id=str(m.prompt_id) if m.prompt_id else None,
+        prompt_version=m.prompt_version,
         created_at=m.created_at,
         feedback=FeedbackIn(thumbs_up=feedback.thumbs_up, rating=feedback.rating, comment=feedback.comment)
-        if feedback else None,
+        if feedback
+        else None,
     )
 
 
@@ -117,9 +137,19 @@ def message_row(conversation_id: uuid.UUID, m: MessageIn, at: datetime | None = 
         except ValueError:
             raise BadRequest("prompt_id must be a UUID", param="prompt_id", code="invalid_value") from None
     row = Message(
-        id=uuid.uuid4(), conversation_id=conversation_id, role=m.role, content=m.content,
-        tokens=estimate_tokens(m.content), sources=m.sources, model=m.model, usage=m.usage, latency_ms=m.latency_ms,
-        cached=m.cached, cut_short=m.cut_short, prompt_id=prompt_id, prompt_version=m.prompt_version,
+        id=uuid.uuid4(),
+        conversation_id=conversation_id,
+        role=m.role,
+        content=m.content,
+        tokens=estimate_tokens(m.content),
+        sources=m.sources,
+        model=m.model,
+        usage=m.usage,
+        latency_ms=m.latency_ms,
+        cached=m.cached,
+        cut_short=m.cut_short,
+        prompt_id=prompt_id,
+        prompt_version=m.prompt_version,
     )
     row.created_at = m.created_at or at or datetime.now(UTC)
     return row
@@ -163,8 +193,15 @@ class ChatHistory:
         cid = uuid.uuid4() if body.id is None else _new_id(body.id)
         now = datetime.now(UTC)
         first = next((m.content for m in body.messages if m.role == "user"), "")
-        conv = Conversation(id=cid, user_id=user, title=body.title if body.title is not None else title_of(first),
-                            pinned=body.pinned, archived=body.archived, created_at=now, updated_at=now)
+        conv = Conversation(
+            id=cid,
+            user_id=user,
+            title=body.title if body.title is not None else title_of(first),
+            pinned=body.pinned,
+            archived=body.archived,
+            created_at=now,
+            updated_at=now,
+        )
         try:
             async with self.db.session() as s:
                 s.add(conv)
@@ -200,8 +237,14 @@ class ChatHistory:
         rows = rows[:limit]
         nxt = encode_cursor(rows[-1].updated_at.isoformat(), rows[-1].id) if more else None
         data = [
-            ConversationOut.model_construct(id=str(r.id), title=r.title, pinned=r.pinned, archived=r.archived,
-                                            created_at=r.created_at, updated_at=r.updated_at)
+            ConversationOut.model_construct(
+                id=str(r.id),
+                title=r.title,
+                pinned=r.pinned,
+                archived=r.archived,
+                created_at=r.created_at,
+                updated_at=r.updated_at,
+            )
             for r in rows
         ]
         return ConversationPage.model_construct(data=data, next_cursor=nxt)
@@ -224,9 +267,7 @@ class ChatHistory:
     async def delete(self, user: uuid.UUID, conversation_id: str) -> None:
         cid = parse_id(conversation_id)
         async with self.db.session() as s:
-            result = await s.execute(
-                delete(Conversation).where(Conversation.id == cid, Conversation.user_id == user)
-            )
+            result = await s.execute(delete(Conversation).where(Conversation.id == cid, Conversation.user_id == user))
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise NotFound(f"no conversation {conversation_id!r}", code="conversation_not_found")
 
@@ -265,13 +306,22 @@ class ChatHistory:
                 first = next((m.content for m in messages if m.role == "user"), "")
                 await s.execute(
                     pg_insert(Conversation)
-                    .values(id=cid, user_id=user, title=title if title is not None else title_of(first),
-                            pinned=False, archived=False, created_at=now, updated_at=now)
+                    .values(
+                        id=cid,
+                        user_id=user,
+                        title=title if title is not None else title_of(first),
+                        pinned=False,
+                        archived=False,
+                        created_at=now,
+                        updated_at=now,
+                    )
                     .on_conflict_do_nothing(index_elements=["id"])
                 )
             owned = await s.execute(
-                update(Conversation).where(Conversation.id == cid, Conversation.user_id == user)
-                .values(updated_at=now).returning(Conversation.id)
+                update(Conversation)
+                .where(Conversation.id == cid, Conversation.user_id == user)
+                .values(updated_at=now)
+                .returning(Conversation.id)
             )
             if owned.first() is None:
                 raise NotFound(f"no conversation {conversation_id!r}", code="conversation_not_found")
@@ -284,18 +334,26 @@ class ChatHistory:
         checks the owner, sums the estimates newest first and returns only the kept rows (hot path of a chat)."""
         cid = parse_id(conversation_id)
         async with self.db.engine.connect() as conn:
-            rows = (await conn.execute(self._context_sql, {"cid": cid, "uid": user, "n": self.max_context_messages,
-                                                           "budget": max_tokens})).all()
-            if not rows and await conn.scalar(
-                select(Conversation.id).where(Conversation.id == cid, Conversation.user_id == user)
-            ) is None:
+            rows = (
+                await conn.execute(
+                    self._context_sql, {"cid": cid, "uid": user, "n": self.max_context_messages, "budget": max_tokens}
+                )
+            ).all()
+            if (
+                not rows
+                and await conn.scalar(
+                    select(Conversation.id).where(Conversation.id == cid, Conversation.user_id == user)
+                )
+                is None
+            ):
                 raise NotFound(f"no conversation {conversation_id!r}", code="conversation_not_found")
         kept = [ContextTurn.model_construct(role=r.role, content=r.content) for r in rows if r.used <= max_tokens]
         total = rows[0].total if rows else 0
         return Context.model_construct(conversation_id=str(cid), messages=kept, dropped=total - len(kept))
 
-    async def replace_messages(self, user: uuid.UUID, conversation_id: str, messages: Sequence[MessageIn],
-                               title: str | None) -> None:
+    async def replace_messages(
+        self, user: uuid.UUID, conversation_id: str, messages: Sequence[MessageIn], title: str | None
+    ) -> None:
         """OPEA's create with an id: the conversation's messages become these."""
         async with self.db.session() as s:
             conv = await self._owned(s, user, conversation_id)
@@ -313,9 +371,13 @@ class ChatHistory:
             if conversation_id is not None:
                 convs = [await self._owned(s, user, conversation_id)]
             else:
-                convs = list((await s.scalars(
-                    select(Conversation).where(Conversation.user_id == user).order_by(Conversation.created_at)
-                )).all())
+                convs = list(
+                    (
+                        await s.scalars(
+                            select(Conversation).where(Conversation.user_id == user).order_by(Conversation.created_at)
+                        )
+                    ).all()
+                )
             by_id: dict[uuid.UUID, list[Message]] = {c.id: [] for c in convs}
             if convs:
                 msgs = await s.scalars(
@@ -325,7 +387,11 @@ class ChatHistory:
                     by_id[m.conversation_id].append(m)
         return [
             ExportedConversation(
-                id=str(c.id), title=c.title, pinned=c.pinned, archived=c.archived, created_at=c.created_at,
+                id=str(c.id),
+                title=c.title,
+                pinned=c.pinned,
+                archived=c.archived,
+                created_at=c.created_at,
                 updated_at=c.updated_at,
                 messages=[MessageIn.model_validate(message_out(m).model_dump()) for m in by_id[c.id]],
             )
@@ -340,14 +406,22 @@ class ChatHistory:
         async with self.db.session() as s:
             for item in conversations:
                 cid = uuid.uuid4()
-                s.add(Conversation(
-                    id=cid, user_id=user, title=item.title, pinned=item.pinned, archived=item.archived,
-                    created_at=item.created_at or now, updated_at=item.updated_at or item.created_at or now,
-                ))
+                s.add(
+                    Conversation(
+                        id=cid,
+                        user_id=user,
+                        title=item.title,
+                        pinned=item.pinned,
+                        archived=item.archived,
+                        created_at=item.created_at or now,
+                        updated_at=item.updated_at or item.created_at or now,
+                    )
+                )
                 ids.append(str(cid))
             await s.flush()
             rows = [
-                message_row(uuid.UUID(cid), m, now) for cid, item in zip(ids, conversations, strict=True)
+                message_row(uuid.UUID(cid), m, now)
+                for cid, item in zip(ids, conversations, strict=True)
                 for m in item.messages
             ]
             s.add_all(rows)
@@ -374,17 +448,29 @@ class ChatHistory:
         now = datetime.now(UTC)
         async with self.db.session() as s:
             msg = await self._answer(s, user, conversation_id, message_id)
-            values = {"user_id": user, "thumbs_up": body.thumbs_up, "rating": body.rating, "comment": body.comment,
-                      "created_at": now}
+            values = {
+                "user_id": user,
+                "thumbs_up": body.thumbs_up,
+                "rating": body.rating,
+                "comment": body.comment,
+                "created_at": now,
+            }
             await s.execute(
-                pg_insert(Feedback).values(message_id=msg.id, **values)
+                pg_insert(Feedback)
+                .values(message_id=msg.id, **values)
                 .on_conflict_do_update(index_elements=["message_id"], set_=values)
             )
-        return FeedbackOut(feedback_id=str(msg.id), message_id=str(msg.id), conversation_id=str(msg.conversation_id),
-                           created_at=now, **body.model_dump())
+        return FeedbackOut(
+            feedback_id=str(msg.id),
+            message_id=str(msg.id),
+            conversation_id=str(msg.conversation_id),
+            created_at=now,
+            **body.model_dump(),
+        )
 
-    async def feedback_of(self, user: uuid.UUID, *, conversation_id: str | None, feedback_id: str | None
-                          ) -> list[FeedbackOut]:
+    async def feedback_of(
+        self, user: uuid.UUID, *, conversation_id: str | None, feedback_id: str | None
+    ) -> list[FeedbackOut]:
         stmt = (
             select(Feedback, Message.conversation_id)
             .join(Message, Message.id == Feedback.message_id)
@@ -434,19 +520,33 @@ class ChatHistory:
                 q = await s.scalar(
                     select(Message.content)
                     .where(Message.conversation_id == m.conversation_id, Message.seq < m.seq, Message.role == "user")
-                    .order_by(Message.seq.desc()).limit(1)
+                    .order_by(Message.seq.desc())
+                    .limit(1)
                 )
                 base = _feedback_out(f, m.conversation_id)
-                reports.append(FeedbackReport(**base.model_dump(), user_id=str(f.user_id), question=q,
-                                              answer=m.content, sources=m.sources, model=m.model))
+                reports.append(
+                    FeedbackReport(
+                        **base.model_dump(),
+                        user_id=str(f.user_id),
+                        question=q,
+                        answer=m.content,
+                        sources=m.sources,
+                        model=m.model,
+                    )
+                )
         nxt = encode_cursor(rows[-1][0].created_at.isoformat(), rows[-1][0].message_id) if more else None
         return FeedbackReportPage(data=reports, next_cursor=nxt)
 
 
 def _feedback_out(f: Feedback, conversation_id: uuid.UUID) -> FeedbackOut:
     return FeedbackOut(
-        feedback_id=str(f.message_id), message_id=str(f.message_id), conversation_id=str(conversation_id),
-        created_at=f.created_at, thumbs_up=f.thumbs_up, rating=f.rating, comment=f.comment,
+        feedback_id=str(f.message_id),
+        message_id=str(f.message_id),
+        conversation_id=str(conversation_id),
+        created_at=f.created_at,
+        thumbs_up=f.thumbs_up,
+        rating=f.rating,
+        comment=f.comment,
     )
 
 

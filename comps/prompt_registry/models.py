@@ -32,7 +32,9 @@ class Prompt(Base):
 
     __table_args__ = (
         Index("uq_prompts_shared_name", "name", unique=True, postgresql_where=text("owner_id IS NULL")),
-        Index("uq_prompts_owner_id_name", "owner_id", "name", unique=True, postgresql_where=text("owner_id IS NOT NULL")),
+        Index(
+            "uq_prompts_owner_id_name", "owner_id", "name", unique=True, postgresql_where=text("owner_id IS NOT NULL")
+        ),
     )
 
 

@@ -138,8 +138,7 @@ def build_router() -> APIRouter:
 
 
 def _opea(p: PromptOut) -> dict[str, Any]:
-    return {"id": p.id, "prompt_text": p.text, "name": p.name, "kind": p.kind, "shared": p.shared,
-            "version": p.version}
+    return {"id": p.id, "prompt_text": p.text, "name": p.name, "kind": p.kind, "shared": p.shared, "version": p.version}
 
 
 def build_app(settings: PromptRegistrySettings) -> FastAPI:

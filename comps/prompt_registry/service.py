@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 
 from pydantic_core import PydanticCustomError
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,8 +28,16 @@ def _user(caller: Caller) -> uuid.UUID:
 
 
 def _out(p: Prompt, v: PromptVersion) -> PromptOut:
-    return PromptOut(id=str(p.id), name=p.name, kind=p.kind, shared=p.owner_id is None, version=v.version,  # type: ignore[arg-type]
-                     text=v.text, created_at=p.created_at, updated_at=p.updated_at)
+    return PromptOut(
+        id=str(p.id),
+        name=p.name,
+        kind=p.kind,
+        shared=p.owner_id is None,
+        version=v.version,
+        text=v.text,
+        created_at=p.created_at,
+        updated_at=p.updated_at,
+    )
 
 
 def _not_found(ref: str) -> NotFound:
@@ -41,17 +49,25 @@ class Registry:
         self.db = db
 
     @staticmethod
-    def _visible(caller: Caller):
+    def _visible(caller: Caller) -> ColumnElement[bool]:
         return or_(Prompt.owner_id.is_(None), Prompt.owner_id == _user(caller))
 
     async def create(self, caller: Caller, body: PromptCreate) -> PromptOut:
         if body.shared and not caller.is_admin:
             raise Forbidden("shared prompts are managed by admins", code="admin_only")
         now = datetime.now(UTC)
-        prompt = Prompt(id=uuid.uuid4(), name=body.name, owner_id=None if body.shared else _user(caller),
-                        kind=body.kind, version=1, created_at=now, updated_at=now)
-        version = PromptVersion(prompt_id=prompt.id, version=1, text=body.text, created_by=_user(caller),
-                                created_at=now)
+        prompt = Prompt(
+            id=uuid.uuid4(),
+            name=body.name,
+            owner_id=None if body.shared else _user(caller),
+            kind=body.kind,
+            version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        version = PromptVersion(
+            prompt_id=prompt.id, version=1, text=body.text, created_by=_user(caller), created_at=now
+        )
         try:
             async with self.db.session() as s:
                 s.add(prompt)
@@ -85,8 +101,10 @@ class Registry:
             found = await s.scalar(select(Prompt).where(Prompt.id == pid, self._visible(caller)))
         else:
             found = await s.scalar(
-                select(Prompt).where(Prompt.name == ref, self._visible(caller))
-                .order_by(Prompt.owner_id.nulls_last()).limit(1)
+                select(Prompt)
+                .where(Prompt.name == ref, self._visible(caller))
+                .order_by(Prompt.owner_id.nulls_last())
+                .limit(1)
             )
         if found is None:
             raise _not_found(ref)
@@ -115,8 +133,13 @@ class Registry:
             await s.refresh(prompt, with_for_update=True)  # one new version at a time
             prompt.version += 1
             prompt.updated_at = datetime.now(UTC)
-            version = PromptVersion(prompt_id=prompt.id, version=prompt.version, text=text,
-                                    created_by=_user(caller), created_at=prompt.updated_at)
+            version = PromptVersion(
+                prompt_id=prompt.id,
+                version=prompt.version,
+                text=text,
+                created_by=_user(caller),
+                created_at=prompt.updated_at,
+            )
             s.add(version)
         return _out(prompt, version)
 

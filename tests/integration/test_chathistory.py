@@ -151,10 +151,17 @@ def test_context_keeps_the_newest_turns_within_the_budget(service: Service) -> N
 def test_append_with_create_makes_the_conversation_once(service: Service) -> None:
     a = as_user(service)
     cid = str(uuid.uuid4())
-    answer = {"sources": [{"id": "c1", "source": "doc.txt"}], "model": "m", "usage": {"total_tokens": 9},
-              "latency_ms": 12, "cut_short": True}
-    r = a.post(f"/v1/conversations/{cid}/messages", json={"messages": turn("First question?", "Part", **answer),
-                                                         "create": True})
+    answer = {
+        "sources": [{"id": "c1", "source": "doc.txt"}],
+        "model": "m",
+        "usage": {"total_tokens": 9},
+        "latency_ms": 12,
+        "cut_short": True,
+    }
+    r = a.post(
+        f"/v1/conversations/{cid}/messages",
+        json={"messages": turn("First question?", "Part", **answer), "create": True},
+    )
     assert r.status_code == 201, r.text
     r = a.post(f"/v1/conversations/{cid}/messages", json={"messages": turn("Second?", "B"), "create": True})
     assert r.status_code == 201
@@ -231,16 +238,20 @@ def test_feedback_on_an_answer_and_the_admin_report(service: Service) -> None:
     sources = [{"id": "k1", "source": "policy.pdf", "page": 2}]
     cid = a.post("/v1/conversations", json={"messages": turn("How many days?", "Seven.", sources=sources)}).json()["id"]
     answer = a.get(f"/v1/conversations/{cid}/messages").json()["data"][1]
-    r = a.post(f"/v1/conversations/{cid}/messages/{answer['id']}/feedback", json={"thumbs_up": False, "rating": 1,
-                                                                                  "comment": "wrong"})
+    r = a.post(
+        f"/v1/conversations/{cid}/messages/{answer['id']}/feedback",
+        json={"thumbs_up": False, "rating": 1, "comment": "wrong"},
+    )
     assert r.status_code == 200, r.text
     assert_error(a.post(f"/v1/conversations/{cid}/messages/{answer['id']}/feedback", json={"rating": 6}), 400)
     assert_error(a.post(f"/v1/conversations/{cid}/messages/{answer['id']}/feedback", json={}), 400, "empty_feedback")
     user_msg = a.get(f"/v1/conversations/{cid}/messages").json()["data"][0]
     assert_error(a.post(f"/v1/conversations/{cid}/messages/{user_msg['id']}/feedback", json={"rating": 3}), 404)
     # OPEA's shape: the newest answer of the chat; again replaces
-    r = a.post("/v1/feedback/create", json={"chat_id": cid, "feedback_data": {"is_thumbs_up": False, "rating": 2,
-                                                                              "comment": "still wrong"}})
+    r = a.post(
+        "/v1/feedback/create",
+        json={"chat_id": cid, "feedback_data": {"is_thumbs_up": False, "rating": 2, "comment": "still wrong"}},
+    )
     assert r.status_code == 200, r.text
     got = a.post("/v1/feedback/get", json={"chat_id": cid}).json()
     assert len(got) == 1 and got[0]["rating"] == 2

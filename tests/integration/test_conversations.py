@@ -48,8 +48,9 @@ class Stack:
     def start_prompts(self) -> None:
         env = {"DATABASE_URL": self.database_url, "PROMPTS_API_KEY": INTERNAL}
         port = self.prompts.port if self.prompts else None
-        self.prompts = start_service("comps.prompt_registry", "PROMPTS_", env, log_dir=self.logs, timeout_s=120,
-                                     port=port)
+        self.prompts = start_service(
+            "comps.prompt_registry", "PROMPTS_", env, log_dir=self.logs, timeout_s=120, port=port
+        )
 
     def start_gateway(self) -> None:
         assert self.chathistory is not None
@@ -66,8 +67,9 @@ class Stack:
             "CHATQNA_ADMIN_PASSWORD": ADMIN[1],
         }
         port = self.gateway.port if self.gateway else None
-        self.gateway = start_service("megaservice", "GATEWAY_", env, name="gateway", log_dir=self.logs,
-                                     timeout_s=120, port=port)
+        self.gateway = start_service(
+            "megaservice", "GATEWAY_", env, name="gateway", log_dir=self.logs, timeout_s=120, port=port
+        )
 
     @property
     def url(self) -> str:
@@ -135,14 +137,16 @@ def test_a_conversation_continues_with_the_openai_client(stack: Stack, admin: ht
     user, key = new_user(stack, admin)
     oai = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0, timeout=30)
     first = oai.chat.completions.create(
-        model="chatqna", messages=[{"role": "user", "content": "What is the Zorblax project?"}],
+        model="chatqna",
+        messages=[{"role": "user", "content": "What is the Zorblax project?"}],
         extra_body={"store": True},
     )
     cid = first.model_extra["conversation_id"]
     assert first.model_extra["conversation_saved"] is True
     assert first.choices[0].message.content == ANSWER
     second = oai.chat.completions.create(
-        model="chatqna", messages=[{"role": "user", "content": "And who leads it?"}],
+        model="chatqna",
+        messages=[{"role": "user", "content": "And who leads it?"}],
         extra_body={"conversation_id": cid},
     )
     assert second.model_extra["conversation_id"] == cid
@@ -206,8 +210,10 @@ def test_a_client_leaving_mid_answer_leaves_the_partial_answer_cut_short(stack: 
             for line in r.iter_lines():
                 if '"content":" t1"' in line:
                     break
-        msgs = wait_for(lambda: len(m := user.get(f"/v1/conversations/{cid}/messages").json()["data"]) == 4 and m,
-                        what="the partial answer stored")
+        msgs = wait_for(
+            lambda: len(m := user.get(f"/v1/conversations/{cid}/messages").json()["data"]) == 4 and m,
+            what="the partial answer stored",
+        )
     finally:
         stack.mesh.knobs["llm"].chunk_delay_s = 0
         stack.mesh.knobs["llm"].tokens = list(ANSWER_TOKENS)
@@ -227,14 +233,16 @@ def test_user_b_never_sees_continues_exports_or_deletes_user_as_conversation(sta
     stack.mesh.stubs.reset()
     attempts = {
         "continue it": b.post("/v1/chatqna", json={"messages": "and?", "conversation_id": cid}),
-        "continue it, streamed": b.post("/v1/chat/completions", json={"messages": "and?", "conversation_id": cid,
-                                                                      "stream": True}),
+        "continue it, streamed": b.post(
+            "/v1/chat/completions", json={"messages": "and?", "conversation_id": cid, "stream": True}
+        ),
         "read it": b.get(f"/v1/conversations/{cid}"),
         "read its messages": b.get(f"/v1/conversations/{cid}/messages"),
         "export it": b.get(f"/v1/conversations/{cid}/export"),
         "rename it": b.patch(f"/v1/conversations/{cid}", json={"title": "mine"}),
-        "add to it": b.post(f"/v1/conversations/{cid}/messages", json={"messages": [{"role": "user", "content": "x"}],
-                                                                       "create": True}),
+        "add to it": b.post(
+            f"/v1/conversations/{cid}/messages", json={"messages": [{"role": "user", "content": "x"}], "create": True}
+        ),
         "delete it": b.delete(f"/v1/conversations/{cid}"),
         "OPEA get": b.post("/v1/chathistory/get", json={"user": "whoever", "id": cid}),
         "OPEA delete": b.post("/v1/chathistory/delete", json={"user": "whoever", "id": cid}),
@@ -283,8 +291,9 @@ def test_feedback_through_the_gateway_and_the_admin_report(stack: Stack, admin: 
 def test_a_prompt_of_the_registry_and_the_version_each_answer_used(stack: Stack, admin: httpx.Client) -> None:
     user, _ = new_user(stack, admin)
     template = "Passages:\n{context}\nTERSE ANSWER TO: {question}"
-    r = admin.post("/v1/prompts", json={"name": f"terse-{secrets.token_hex(3)}", "kind": "rag", "text": template,
-                                        "shared": True})
+    r = admin.post(
+        "/v1/prompts", json={"name": f"terse-{secrets.token_hex(3)}", "kind": "rag", "text": template, "shared": True}
+    )
     assert r.status_code == 201, r.text
     prompt = r.json()
     r = user.post("/v1/chatqna", json={"messages": "Short?", "prompt": prompt["name"], "store": True})
@@ -323,8 +332,9 @@ def test_a_conversation_continues_across_a_restart_of_every_process(stack: Stack
     stack.start_prompts()
     stack.start_gateway()
     oai = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0, timeout=30)
-    oai.chat.completions.create(model="chatqna", messages=[{"role": "user", "content": "After?"}],
-                                extra_body={"conversation_id": cid})
+    oai.chat.completions.create(
+        model="chatqna", messages=[{"role": "user", "content": "After?"}], extra_body={"conversation_id": cid}
+    )
     assert [m["content"] for m in llm_saw(stack)[:2]] == ["Before the restart?", ANSWER]
 
 

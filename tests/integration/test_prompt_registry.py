@@ -21,16 +21,18 @@ RAG = "Use these:\n{context}\n\nQ: {question}"
 @pytest.fixture(scope="module")
 def service(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     env = {"DATABASE_URL": database_url, "PROMPTS_API_KEY": INTERNAL}
-    svc = start_service("comps.prompt_registry", "PROMPTS_", env, log_dir=tmp_path_factory.mktemp("prompts"),
-                        timeout_s=120)
+    svc = start_service(
+        "comps.prompt_registry", "PROMPTS_", env, log_dir=tmp_path_factory.mktemp("prompts"), timeout_s=120
+    )
     yield svc
     svc.stop()
 
 
 def as_user(service: Service, role: str = "user") -> httpx.Client:
     who = Caller(str(uuid.uuid4()), f"u{secrets.token_hex(3)}", role)
-    return httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {INTERNAL}", **who.headers()},
-                        timeout=30)
+    return httpx.Client(
+        base_url=service.url, headers={"Authorization": f"Bearer {INTERNAL}", **who.headers()}, timeout=30
+    )
 
 
 def test_shared_prompts_are_read_by_all_and_managed_by_admins(service: Service) -> None:
@@ -62,8 +64,12 @@ def test_personal_prompts_are_private_and_come_before_shared_ones(service: Servi
     mine = a.post("/v1/prompts", json={"name": "house", "kind": "system", "text": "mine"}).json()
     assert a.get("/v1/prompts/house").json()["text"] == "mine"
     assert b.get("/v1/prompts/house").json()["text"] == "shared"
-    for r in (b.get(f"/v1/prompts/{mine['id']}"), b.put(f"/v1/prompts/{mine['id']}", json={"text": "x"}),
-              b.delete(f"/v1/prompts/{mine['id']}"), b.post("/v1/prompt/get", json={"prompt_id": mine["id"]})):
+    for r in (
+        b.get(f"/v1/prompts/{mine['id']}"),
+        b.put(f"/v1/prompts/{mine['id']}", json={"text": "x"}),
+        b.delete(f"/v1/prompts/{mine['id']}"),
+        b.post("/v1/prompt/get", json={"prompt_id": mine["id"]}),
+    ):
         assert r.status_code == 404, r.text
     assert mine["id"] not in {p["id"] for p in b.get("/v1/prompts").json()}
 
@@ -81,9 +87,14 @@ def test_opea_bodies(service: Service) -> None:
 
 def test_bad_input_is_a_4xx(service: Service) -> None:
     a = as_user(service)
-    for body in ({"name": "t", "kind": "rag", "text": "no slots"}, {"name": "t", "kind": "rag", "text": "{context}"},
-                 {"name": "", "text": RAG}, {"name": "x" * 101, "text": RAG}, {"name": "t", "text": ""},
-                 {"name": "t", "text": RAG, "owner": "me"}):
+    for body in (
+        {"name": "t", "kind": "rag", "text": "no slots"},
+        {"name": "t", "kind": "rag", "text": "{context}"},
+        {"name": "", "text": RAG},
+        {"name": "x" * 101, "text": RAG},
+        {"name": "t", "text": ""},
+        {"name": "t", "text": RAG, "owner": "me"},
+    ):
         r = a.post("/v1/prompts", json=body)
         assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}, (body, r.text)
     pid = a.post("/v1/prompts", json={"name": "ok", "text": RAG}).json()["id"]

@@ -4,6 +4,8 @@ Revision ID: 0002_conversations
 Revises: 0001_identity
 """
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
@@ -14,7 +16,7 @@ branch_labels = None
 depends_on = None
 
 
-def _at(name: str) -> sa.Column:
+def _at(name: str) -> sa.Column[Any]:
     return sa.Column(name, sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False)
 
 
@@ -51,7 +53,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_messages"),
         sa.UniqueConstraint("seq", name="uq_messages_seq"),
         sa.ForeignKeyConstraint(
-            ["conversation_id"], ["conversations.id"], name="fk_messages_conversation_id_conversations",
+            ["conversation_id"],
+            ["conversations.id"],
+            name="fk_messages_conversation_id_conversations",
             ondelete="CASCADE",
         ),
     )

@@ -4,6 +4,8 @@ Revision ID: 0003_prompts
 Revises: 0002_conversations
 """
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -13,7 +15,7 @@ branch_labels = None
 depends_on = None
 
 
-def _at(name: str) -> sa.Column:
+def _at(name: str) -> sa.Column[Any]:
     return sa.Column(name, sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False)
 
 
@@ -29,10 +31,16 @@ def upgrade() -> None:
         _at("updated_at"),
         sa.PrimaryKeyConstraint("id", name="pk_prompts"),
     )
-    op.create_index("uq_prompts_shared_name", "prompts", ["name"], unique=True,
-                    postgresql_where=sa.text("owner_id IS NULL"))
-    op.create_index("uq_prompts_owner_id_name", "prompts", ["owner_id", "name"], unique=True,
-                    postgresql_where=sa.text("owner_id IS NOT NULL"))
+    op.create_index(
+        "uq_prompts_shared_name", "prompts", ["name"], unique=True, postgresql_where=sa.text("owner_id IS NULL")
+    )
+    op.create_index(
+        "uq_prompts_owner_id_name",
+        "prompts",
+        ["owner_id", "name"],
+        unique=True,
+        postgresql_where=sa.text("owner_id IS NOT NULL"),
+    )
     op.create_table(
         "prompt_versions",
         sa.Column("prompt_id", sa.Uuid(), nullable=False),
@@ -41,8 +49,9 @@ def upgrade() -> None:
         sa.Column("created_by", sa.Uuid(), nullable=False),
         _at("created_at"),
         sa.PrimaryKeyConstraint("prompt_id", "version", name="pk_prompt_versions"),
-        sa.ForeignKeyConstraint(["prompt_id"], ["prompts.id"], name="fk_prompt_versions_prompt_id_prompts",
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["prompt_id"], ["prompts.id"], name="fk_prompt_versions_prompt_id_prompts", ondelete="CASCADE"
+        ),
     )
 
 
