@@ -80,6 +80,9 @@ class ChatQnARequest(RetrievalOptions):
         default=None, max_length=64, description="Continue this stored conversation: send only the new turn."
     )
     store: bool = Field(default=False, description="Without conversation_id: keep this exchange as a new conversation.")
+    question_rewrite: Literal["heuristic", "condense"] | None = Field(
+        default=None, description="How a follow-up becomes the search query; default: GATEWAY_QUESTION_REWRITE."
+    )
     prompt: str | None = Field(
         default=None, max_length=100, description="A prompt of the registry (name or id) instead of chat_template."
     )

@@ -8,6 +8,7 @@ in flight; during a stream that closes the LLM connection, which stops the gener
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from comps.core.disconnect import ClientGone, until_disconnect
 from comps.core.errors import BadRequest, ServiceError, UpstreamError, error_envelope
 from comps.core.http import HttpClient
 from megaservice.adapters import Question
+from megaservice.condense import Condenser
 from megaservice.conversations import Memory, Turn
 from megaservice.graph import NODE_ERRORS
 from megaservice.pipelines import Pipeline
@@ -67,6 +69,8 @@ class ChatQnA:
         self.pipelines = pipelines
         self.snippet = settings.source_snippet_chars
         self.rag_temperature = settings.rag_temperature
+        self.question_rewrite = settings.question_rewrite
+        self.condenser = Condenser(pipelines["llm-only"].graph)
         self._counts = {(p, s): REQUESTS.labels(p, "stream" if s else "json") for p in pipelines for s in (False, True)}
 
     async def answer(self, req: ChatQnARequest, http: HttpClient, request: Request) -> Response:
@@ -82,6 +86,10 @@ class ChatQnA:
             req = turn.request  # with the conversation's earlier turns
         pipe = self.pipelines[req.pipeline_for(self.default)]
         q = Question.of(req, retrieves=pipe.name != "llm-only", rag_temperature=self.rag_temperature)
+        if q.retrieves and (req.question_rewrite or self.question_rewrite) == "condense":
+            standalone = await self.condenser.standalone(q.chat, http)
+            if standalone:
+                q = dataclasses.replace(q, query=standalone)
         self._counts[pipe.name, req.stream].inc()
         try:
             if not req.stream:

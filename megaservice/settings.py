@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -85,6 +85,11 @@ class GatewaySettings(ServiceSettings):
     )
     prompts_url: str | None = Field(
         default=local_url("prompts"), description="The prompt registry (requests' `prompt`); unset: none."
+    )
+    question_rewrite: Literal["heuristic", "condense"] = Field(
+        default="heuristic",
+        description="The search query of a follow-up: the word-list heuristic (megaservice/prompt.py) or one short "
+        "LLM call that rewrites it into a standalone question (megaservice/condense.py).",
     )
     history_tokens: int = Field(
         default=1024,

@@ -320,6 +320,24 @@ def test_a_prompt_of_the_registry_and_the_version_each_answer_used(stack: Stack,
     assert other.post("/v1/chatqna", json={"messages": "Hi?", "prompt": "pirate"}).status_code == 404
 
 
+def test_the_condense_step_searches_with_the_llms_rewrite(stack: Stack, admin: httpx.Client) -> None:
+    user, _ = new_user(stack, admin)
+    cid = user.post("/v1/chatqna", json={"messages": "What is Quellmoor?", "store": True}).json()["conversation_id"]
+    stack.mesh.stubs.reset()
+    r = user.post(
+        "/v1/chatqna", json={"messages": "Who leads it?", "conversation_id": cid, "question_rewrite": "condense"}
+    )
+    assert r.status_code == 200, r.text
+    rewrite, answer = stack.mesh.seen["llm"]
+    assert "Follow-up question: Who leads it?" in rewrite["messages"][0]["content"]
+    assert "user: What is Quellmoor?" in rewrite["messages"][0]["content"]
+    assert stack.mesh.seen["retriever"][-1]["text"] == ANSWER  # the stub's rewrite
+    assert answer["messages"][-1]["content"].endswith("Who leads it?")  # the LLM still answers the conversation
+    stack.mesh.stubs.reset()
+    user.post("/v1/chatqna", json={"messages": "Who leads it?", "conversation_id": cid})
+    assert len(stack.mesh.seen["llm"]) == 1  # the heuristic is the default: no rewrite call
+
+
 def test_a_conversation_continues_across_a_restart_of_every_process(stack: Stack, admin: httpx.Client) -> None:
     user, key = new_user(stack, admin)
     cid = user.post("/v1/chatqna", json={"messages": "Before the restart?", "store": True}).json()["conversation_id"]
