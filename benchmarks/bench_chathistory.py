@@ -48,6 +48,7 @@ from comps.sqlstore import Database, migrate  # noqa: E402
 from tests.support.database import fresh_database  # noqa: E402
 
 LOGS = REPO / ".state" / "bench"
+TICK = os.sysconf("SC_CLK_TCK")
 TOKEN = secrets.token_urlsafe(32)
 QUESTION = "What does the stub know about the Zorblax project?"
 
@@ -134,6 +135,10 @@ class Proc:
         self.proc = subprocess.Popen(
             argv, env={**os.environ, **env}, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
     def wait_http(self, url: str, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
@@ -225,14 +230,16 @@ async def bench(db_url: str, args: argparse.Namespace) -> list[tuple[str, str, s
             rows.append(
                 ("list 50 newest conversations, HTTP", f"{statistics.median(lst):.2f}", f"{pct(lst, 99):.2f}", "<= 3")
             )
-            rows += await bench_gateway(s, f"http://127.0.0.1:{gw_port}/v1/chatqna", n)
+            rows += await bench_gateway(s, f"http://127.0.0.1:{gw_port}/v1/chatqna", n, gw, ch)
     finally:
         for p in reversed(procs):
             p.stop()
     return rows
 
 
-async def bench_gateway(s: aiohttp.ClientSession, url: str, n: int) -> list[tuple[str, str, str, str]]:
+async def bench_gateway(
+    s: aiohttp.ClientSession, url: str, n: int, gateway: Proc, chathistory: Proc
+) -> list[tuple[str, str, str, str]]:
     async def ask(extra: dict[str, object]) -> dict[str, object]:
         body = orjson.dumps({"messages": QUESTION, **extra})
         async with s.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
@@ -248,31 +255,40 @@ async def bench_gateway(s: aiohttp.ClientSession, url: str, n: int) -> list[tupl
         "50 conversations in turn": lambda i: {"conversation_id": many[i % 50]},
     }
     times: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [0.0, 0.0] for m in modes}  # gateway, chathistory CPU seconds
     for i in range(20):  # warm-up
         for extra in modes.values():
             await ask(extra(i))
-    for i in range(n):  # interleaved: drifts of the machine hit every mode alike
+    block = 25
+    for start in range(0, n, block):  # blocks of each mode in turn: drifts of the machine hit every mode alike
         for mode, extra in modes.items():
-            t = time.perf_counter()
-            await ask(extra(i))
-            times[mode].append((time.perf_counter() - t) * 1000)
+            g0, c0 = gateway.cpu_s(), chathistory.cpu_s()
+            for i in range(start, min(n, start + block)):
+                t = time.perf_counter()
+                await ask(extra(i))
+                times[mode].append((time.perf_counter() - t) * 1000)
+            await asyncio.sleep(0.05)  # the last background write of the block is counted in this block
+            cpu[mode][0] += gateway.cpu_s() - g0
+            cpu[mode][1] += chathistory.cpu_s() - c0
     base = statistics.median(times["without conversation_id"])
+    base_cpu = cpu["without conversation_id"][0] / n * 1000
     rows = [
         (
             "gateway on stubs, without conversation_id",
             f"{base:.2f}",
             f"{pct(times['without conversation_id'], 99):.2f}",
-            "",
+            f"gateway CPU {base_cpu:.2f} ms/request",
         )
     ]
     for mode in ("same conversation", "50 conversations in turn"):
         p50 = statistics.median(times[mode])
+        g_cpu, c_cpu = (x / n * 1000 for x in cpu[mode])
         rows.append(
             (
                 f"gateway with conversation_id, {mode}",
                 f"{p50:.2f} (+{p50 - base:.2f})",
                 f"{pct(times[mode], 99):.2f}",
-                "added <= 2",
+                f"added <= 2; gateway CPU +{g_cpu - base_cpu:.2f}, chathistory CPU {c_cpu:.2f} ms/request",
             )
         )
     return rows

@@ -64,7 +64,9 @@ class Store:
         self.db = Database(self.settings.database_url, pool_size=self.settings.pool_size)
         if self.settings.migrate:
             await wait_until_up(self._migrate, what="the conversation store (PostgreSQL)", log=log)
-        self.service = ChatHistory(self.db, max_context_messages=self.settings.max_context_messages)
+        self.service = ChatHistory(
+            self.db, max_context_messages=self.settings.max_context_messages, async_commit=self.settings.async_commit
+        )
 
     async def _migrate(self) -> None:
         assert self.db is not None

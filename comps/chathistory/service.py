@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, exists, or_, select, text, update
+from sqlalchemy import and_, delete, exists, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -156,9 +156,10 @@ def message_row(conversation_id: uuid.UUID, m: MessageIn, at: datetime | None = 
 
 
 class ChatHistory:
-    def __init__(self, db: Database, *, max_context_messages: int = 400) -> None:
+    def __init__(self, db: Database, *, max_context_messages: int = 400, async_commit: bool = False) -> None:
         self.db = db
         self.max_context_messages = max_context_messages
+        self.async_commit = async_commit
         # The newest messages (at most n) within the budget of token estimates (summed newest first), oldest first,
         # with the conversation's message count; its newest message always comes, so that an owned conversation
         # is never mistaken for a foreign one (the caller drops it when it alone is over the budget).
@@ -298,13 +299,17 @@ class ChatHistory:
         self, user: uuid.UUID, conversation_id: str, messages: Sequence[MessageIn], *, create: bool, title: str | None
     ) -> Appended:
         """Add messages (the gateway: a question and its answer, after the answer); ``create`` makes the
-        conversation of that id when there is none (its title from the first question)."""
+        conversation of that id when there is none (its title from the first question). Core statements in one
+        transaction, no ORM unit of work: this is the write of every chat turn."""
         cid = parse_id(conversation_id)
         now = datetime.now(UTC)
-        async with self.db.session() as s:
+        rows = [_columns(message_row(cid, m, now)) for m in messages]
+        async with self.db.engine.begin() as conn:
+            if self.async_commit:  # visible at once; only its flush to disk is not awaited
+                await conn.execute(text("SET LOCAL synchronous_commit = off"))
             if create:
                 first = next((m.content for m in messages if m.role == "user"), "")
-                await s.execute(
+                await conn.execute(
                     pg_insert(Conversation)
                     .values(
                         id=cid,
@@ -317,7 +322,7 @@ class ChatHistory:
                     )
                     .on_conflict_do_nothing(index_elements=["id"])
                 )
-            owned = await s.execute(
+            owned = await conn.execute(
                 update(Conversation)
                 .where(Conversation.id == cid, Conversation.user_id == user)
                 .values(updated_at=now)
@@ -325,9 +330,8 @@ class ChatHistory:
             )
             if owned.first() is None:
                 raise NotFound(f"no conversation {conversation_id!r}", code="conversation_not_found")
-            rows = [message_row(cid, m, now) for m in messages]
-            s.add_all(rows)
-        return Appended(conversation_id=str(cid), message_ids=[str(r.id) for r in rows])
+            await conn.execute(insert(Message), rows)
+        return Appended(conversation_id=str(cid), message_ids=[str(r["id"]) for r in rows])
 
     async def context(self, user: uuid.UUID, conversation_id: str, max_tokens: int) -> Context:
         """The newest messages whose token estimates fit ``max_tokens``, oldest first: one indexed query that
@@ -548,6 +552,14 @@ def _feedback_out(f: Feedback, conversation_id: uuid.UUID) -> FeedbackOut:
         rating=f.rating,
         comment=f.comment,
     )
+
+
+_MESSAGE_COLUMNS = tuple(c.key for c in Message.__table__.columns if c.key != "seq")
+
+
+def _columns(row: Message) -> dict[str, Any]:
+    """A message row as the values of a core insert (the identity column left to the database)."""
+    return {key: getattr(row, key) for key in _MESSAGE_COLUMNS}
 
 
 def _new_id(value: str) -> uuid.UUID:

@@ -24,5 +24,11 @@ class ChatHistorySettings(ServiceSettings):
     max_context_messages: int = Field(
         default=400, ge=2, le=10_000, description="Most messages a context load reads before the token budget."
     )
+    async_commit: bool = Field(
+        default=True,
+        description="Chat turns are committed without waiting for PostgreSQL's WAL flush (synchronous_commit=off "
+        "for that transaction): visible at once, half the write's time; a crash of PostgreSQL itself (not a "
+        "restart) may lose the last fraction of a second of turns. false: every write waits for the disk.",
+    )
     max_import_conversations: int = Field(default=1000, ge=1, description="Most conversations in one import.")
     max_page: int = Field(default=200, ge=1, le=1000, description="Most rows in one page of a list.")
