@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, exists, insert, or_, select, text, update
+from sqlalchemy import and_, delete, exists, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -88,6 +88,53 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+# The newest messages (at most $3) within the budget ($4) of token estimates summed newest first, oldest first,
+# with the conversation's message count; its newest message always comes, so that an owned conversation is never
+# mistaken for a foreign one (the caller drops it when it alone is over the budget). $1: conversation, $2: owner.
+CONTEXT_SQL = """
+SELECT role, content, used, total FROM (
+    SELECT m.seq, m.role, m.content,
+           sum(m.tokens) OVER (ORDER BY m.seq DESC ROWS UNBOUNDED PRECEDING) AS used,
+           row_number() OVER (ORDER BY m.seq DESC) AS rn,
+           count(*) OVER () AS total
+    FROM messages m
+    WHERE m.conversation_id = $1 AND EXISTS (SELECT 1 FROM conversations c WHERE c.id = $1 AND c.user_id = $2)
+    ORDER BY m.seq DESC
+    LIMIT $3
+) t
+WHERE used <= $4 OR rn = 1
+ORDER BY seq
+"""
+OWNED_SQL = "SELECT id FROM conversations WHERE id = $1 AND user_id = $2"
+
+# Messages added to conversation $1 of owner $2, created first when $3 (title $4) and missing; its updated_at
+# becomes $5. Nothing is written to a conversation of another owner (then the answer is 0: a 404). One statement:
+# the UPDATE does not see a row the INSERT of the same statement made, hence the two counts.
+APPEND_SQL = """
+WITH made AS (
+    INSERT INTO conversations (id, user_id, title, pinned, archived, created_at, updated_at)
+    SELECT $1, $2, $4, false, false, $5, $5 WHERE $3
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+), touched AS (
+    UPDATE conversations SET updated_at = $5 WHERE id = $1 AND user_id = $2 RETURNING id
+), owned AS (
+    SELECT id FROM made UNION ALL SELECT id FROM touched
+), added AS (
+    INSERT INTO messages (id, conversation_id, role, content, tokens, sources, model, usage, latency_ms, cached,
+                          cut_short, prompt_id, prompt_version, created_at)
+    SELECT u.id, $1, u.role, u.content, u.tokens, u.sources::jsonb, u.model, u.usage::jsonb, u.latency_ms, u.cached,
+           u.cut_short, u.prompt_id, u.prompt_version, u.created_at
+    FROM unnest($6::uuid[], $7::text[], $8::text[], $9::int[], $10::text[], $11::text[], $12::text[], $13::int[],
+                $14::bool[], $15::bool[], $16::uuid[], $17::int[], $18::timestamptz[])
+         AS u(id, role, content, tokens, sources, model, usage, latency_ms, cached, cut_short, prompt_id,
+              prompt_version, created_at)
+    WHERE EXISTS (SELECT 1 FROM owned)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM owned) + 0 * (SELECT count(*) FROM added)
+"""
+
 LISTED = (
     Conversation.id,
     Conversation.title,
@@ -160,26 +207,6 @@ class ChatHistory:
         self.db = db
         self.max_context_messages = max_context_messages
         self.async_commit = async_commit
-        # The newest messages (at most n) within the budget of token estimates (summed newest first), oldest first,
-        # with the conversation's message count; its newest message always comes, so that an owned conversation
-        # is never mistaken for a foreign one (the caller drops it when it alone is over the budget).
-        self._context_sql = text(
-            """
-            SELECT role, content, used, total FROM (
-                SELECT m.seq, m.role, m.content,
-                       sum(m.tokens) OVER (ORDER BY m.seq DESC ROWS UNBOUNDED PRECEDING) AS used,
-                       row_number() OVER (ORDER BY m.seq DESC) AS rn,
-                       count(*) OVER () AS total
-                FROM messages m
-                WHERE m.conversation_id = :cid
-                  AND EXISTS (SELECT 1 FROM conversations c WHERE c.id = :cid AND c.user_id = :uid)
-                ORDER BY m.seq DESC
-                LIMIT :n
-            ) t
-            WHERE used <= :budget OR rn = 1
-            ORDER BY seq
-            """
-        )
 
     # -- conversations -------------------------------------------------------------------------------
 
@@ -299,60 +326,52 @@ class ChatHistory:
         self, user: uuid.UUID, conversation_id: str, messages: Sequence[MessageIn], *, create: bool, title: str | None
     ) -> Appended:
         """Add messages (the gateway: a question and its answer, after the answer); ``create`` makes the
-        conversation of that id when there is none (its title from the first question). Core statements in one
-        transaction, no ORM unit of work: this is the write of every chat turn."""
+        conversation of that id when there is none (its title from the first question). The write of every chat
+        turn, so one statement on the asyncpg driver (`APPEND_SQL`)."""
         cid = parse_id(conversation_id)
         now = datetime.now(UTC)
-        rows = [_columns(message_row(cid, m, now)) for m in messages]
-        async with self.db.engine.begin() as conn:
-            if self.async_commit:  # visible at once; only its flush to disk is not awaited
-                await conn.execute(text("SET LOCAL synchronous_commit = off"))
-            if create:
-                first = next((m.content for m in messages if m.role == "user"), "")
-                await conn.execute(
-                    pg_insert(Conversation)
-                    .values(
-                        id=cid,
-                        user_id=user,
-                        title=title if title is not None else title_of(first),
-                        pinned=False,
-                        archived=False,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                    .on_conflict_do_nothing(index_elements=["id"])
-                )
-            owned = await conn.execute(
-                update(Conversation)
-                .where(Conversation.id == cid, Conversation.user_id == user)
-                .values(updated_at=now)
-                .returning(Conversation.id)
-            )
-            if owned.first() is None:
-                raise NotFound(f"no conversation {conversation_id!r}", code="conversation_not_found")
-            await conn.execute(insert(Message), rows)
-        return Appended(conversation_id=str(cid), message_ids=[str(r["id"]) for r in rows])
+        rows = [message_row(cid, m, now) for m in messages]
+        first = next((m.content for m in messages if m.role == "user"), "")
+        columns = (
+            [r.id for r in rows],
+            [r.role for r in rows],
+            [r.content for r in rows],
+            [r.tokens for r in rows],
+            [_json_text(r.sources) for r in rows],
+            [r.model for r in rows],
+            [_json_text(r.usage) for r in rows],
+            [r.latency_ms for r in rows],
+            [r.cached for r in rows],
+            [r.cut_short for r in rows],
+            [r.prompt_id for r in rows],
+            [r.prompt_version for r in rows],
+            [r.created_at for r in rows],
+        )
+        new_title = title if title is not None else title_of(first)
+        async with self.db.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            async with driver.transaction():
+                if self.async_commit:  # visible at once; only its flush to disk is not awaited
+                    await driver.execute("SET LOCAL synchronous_commit = off")
+                owned = await driver.fetchval(APPEND_SQL, cid, user, create, new_title, now, *columns)
+        if not owned:
+            raise NotFound(f"no conversation {conversation_id!r}", code="conversation_not_found")
+        return Appended(conversation_id=str(cid), message_ids=[str(r.id) for r in rows])
 
     async def context(self, user: uuid.UUID, conversation_id: str, max_tokens: int) -> Context:
         """The newest messages whose token estimates fit ``max_tokens``, oldest first: one indexed query that
-        checks the owner, sums the estimates newest first and returns only the kept rows (hot path of a chat)."""
+        checks the owner, sums the estimates newest first and returns only the kept rows. The hot path of every
+        chat turn, so it runs on the pooled connection's asyncpg driver (one round trip, no transaction)."""
         cid = parse_id(conversation_id)
         async with self.db.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    self._context_sql, {"cid": cid, "uid": user, "n": self.max_context_messages, "budget": max_tokens}
-                )
-            ).all()
-            if (
-                not rows
-                and await conn.scalar(
-                    select(Conversation.id).where(Conversation.id == cid, Conversation.user_id == user)
-                )
-                is None
-            ):
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            rows = await driver.fetch(CONTEXT_SQL, cid, user, self.max_context_messages, max_tokens)
+            if not rows and await driver.fetchval(OWNED_SQL, cid, user) is None:
                 raise NotFound(f"no conversation {conversation_id!r}", code="conversation_not_found")
-        kept = [ContextTurn.model_construct(role=r.role, content=r.content) for r in rows if r.used <= max_tokens]
-        total = rows[0].total if rows else 0
+        kept = [ContextTurn.model_construct(role=r[0], content=r[1]) for r in rows if r[2] <= max_tokens]
+        total = rows[0][3] if rows else 0
         return Context.model_construct(conversation_id=str(cid), messages=kept, dropped=total - len(kept))
 
     async def replace_messages(
@@ -554,12 +573,8 @@ def _feedback_out(f: Feedback, conversation_id: uuid.UUID) -> FeedbackOut:
     )
 
 
-_MESSAGE_COLUMNS = tuple(c.key for c in Message.__table__.columns if c.key != "seq")
-
-
-def _columns(row: Message) -> dict[str, Any]:
-    """A message row as the values of a core insert (the identity column left to the database)."""
-    return {key: getattr(row, key) for key in _MESSAGE_COLUMNS}
+def _json_text(value: object) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def _new_id(value: str) -> uuid.UUID:
