@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # llama-cpp-python compiles from source; use both cores.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: up test lint install models bench clean
+.PHONY: up test lint install models bench clean phoenix
 
 up: install models
 	$(VENV)/bin/chatqna up
@@ -31,6 +31,15 @@ $(VENV)/.installed: pyproject.toml
 
 models: install
 	$(VENV)/bin/chatqna models fetch
+
+# Arize Phoenix (LLM traces) in its own virtualenv, its dependencies apart from ours; serves on 127.0.0.1:6006.
+PHOENIX_VENV ?= .state/phoenix-venv
+phoenix: $(PHOENIX_VENV)/bin/phoenix
+	PHOENIX_HOST=127.0.0.1 PHOENIX_WORKING_DIR=.state/phoenix $(PHOENIX_VENV)/bin/phoenix serve
+
+$(PHOENIX_VENV)/bin/phoenix:
+	$(PYTHON) -m venv $(PHOENIX_VENV)
+	$(PHOENIX_VENV)/bin/pip install --quiet arize-phoenix==20.26.1
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache

@@ -2,6 +2,12 @@
 
     .venv/bin/python benchmarks/bench_gateway.py [--quick]
     .venv/bin/python benchmarks/bench_gateway.py --auth [--quick]   # auth off vs JWT vs API key, same stubs
+    .venv/bin/python benchmarks/bench_gateway.py --tracing [--quick]  # tracing off vs exporting, same stubs
+
+With ``--tracing``: four of our gateways on the same stubs: no exporter (off), exporting every span over OTLP/HTTP
+to a collector process (tests/support/otlp.py, which decodes each export) with text kept out of spans (on), with
+it in (on + content), and with 1 trace in 10 recorded (OTEL_TRACES_SAMPLER_ARG=0.1); requests/s at concurrency 64
+(median of interleaved rounds) and gateway CPU per request.
 
 With ``--auth``: two of our gateways on the same stubs, one with accounts off and one with accounts on (an
 embedded PostgreSQL in a temporary folder); the same requests with no credentials (off), an access JWT and an
@@ -347,9 +353,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the benchmark)")
     ap.add_argument("--auth", action="store_true", help="auth off vs JWT vs API key instead of OPEA")
+    ap.add_argument("--tracing", action="store_true", help="tracing off vs exporting to a collector instead of OPEA")
     args = ap.parse_args()
     if args.auth:
         main_auth(args.quick)
+        return
+    if args.tracing:
+        main_tracing(args.quick)
         return
     opea_python = ensure_opea_venv()
     ports = {name: free_port() for name in ("embedding", "retriever", "reranker", "llm")}
@@ -527,6 +537,88 @@ def main_auth(quick: bool) -> None:
             for p in reversed(started):
                 p.stop()
     print_table("gateway auth off vs on (JWT, API key)", ("metric", "value", "vs off", "", "target"), rows)
+
+
+TRACING_MODES = ("off", "on", "on + content", "on, 10% sampled")
+
+
+async def bench_tracing(
+    quick: bool, procs: dict[str, Proc], urls: dict[str, str], stubs: dict[str, str]
+) -> list[tuple]:
+    rounds = 3 if quick else 5
+    dur = 1.5 if quick else 3.0
+    rows: list[tuple] = []
+    timeout = aiohttp.ClientTimeout(total=30)
+    # Each gateway idles while the others are measured: the client drops idle connections (2 s) before the
+    # server's keep-alive (5 s) does, so no request goes out on a connection the server is closing.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        c = Client(session, stubs)
+        await set_llm(session, stubs["llm"], tokens=20, chunk_delay_s=0.0)
+        for stream in (False, True):
+            for mode in TRACING_MODES:
+                await load(lambda m=mode, s=stream: c.gateway(urls[m] + "/v1/chatqna", s), 8, count=100)
+            rps: dict[str, list[float]] = {m: [] for m in TRACING_MODES}
+            cpu: dict[str, list[float]] = {m: [] for m in TRACING_MODES}
+            errors = dict.fromkeys(TRACING_MODES, 0)
+            for _ in range(rounds):  # interleaved rounds share the machine's noise
+                for mode in TRACING_MODES:
+                    run = await load(lambda m=mode, s=stream: c.gateway(urls[m] + "/v1/chatqna", s), 64, duration_s=dur,
+                                     proc=procs[mode])  # fmt: skip
+                    rps[mode].append(run.rps)
+                    cpu[mode].append(run.cpu_s / max(1, len(run.latencies)))
+                    errors[mode] += run.errors
+            kind = "streaming (20 chunks)" if stream else "non-streaming"
+            base, base_cpu = statistics.median(rps["off"]), statistics.median(cpu["off"])
+            for mode in TRACING_MODES:
+                r, u = statistics.median(rps[mode]), statistics.median(cpu[mode])
+                target = ">= 0.9x off" if mode != "off" else ""
+                rows.append(
+                    (f"req/s c=64, {kind}, {mode}", f"{r:.0f}", f"{r / base:.2f}x", f"{u * 1e3:.3f}",
+                     f"{u / base_cpu:.2f}x", f"errors {errors[mode]}", target)
+                )  # fmt: skip
+    return rows
+
+
+def main_tracing(quick: bool) -> None:
+    ports = {name: free_port() for name in ("embedding", "retriever", "reranker", "llm")}
+    stubs = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    collector_port = free_port()
+    gw_ports = {mode: free_port() for mode in TRACING_MODES}
+    urls = {mode: f"http://127.0.0.1:{port}" for mode, port in gw_ports.items()}
+    started: list[Proc] = []
+    try:
+        started.append(
+            stub := Proc("stubs", [sys.executable, "-m", "tests.support.stubs", *map(str, ports.values())], {})
+        )
+        started.append(Proc("otlp-collector", [sys.executable, "-m", "tests.support.otlp", str(collector_port)], {}))
+        stub.wait_http(stubs["llm"] + "/v1/ready")
+        hops = {f"GATEWAY_{k.upper()}_URL": v for k, v in stubs.items()}
+        exporting = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}"}
+        envs = {
+            "off": {},
+            "on": {**exporting, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "false"},
+            "on + content": {**exporting, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"},
+            "on, 10% sampled": {**exporting, "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+        }
+        procs = {
+            mode: Proc(
+                f"gateway-tracing-{''.join(c if c.isalnum() else '-' for c in mode)}",
+                [sys.executable, "-m", "megaservice"],
+                {"GATEWAY_PORT": str(gw_ports[mode]), "GATEWAY_AUTH_ENABLED": "false", **hops, **envs[mode]},
+            )
+            for mode in TRACING_MODES
+        }  # fmt: skip
+        started += procs.values()
+        for mode, proc in procs.items():
+            proc.wait_http(urls[mode] + "/v1/ready")
+        install_uvloop()
+        rows = asyncio.run(bench_tracing(quick, procs, urls, stubs))
+    finally:
+        for p in reversed(started):
+            p.stop()
+    print_table("gateway tracing off vs exporting over OTLP/HTTP",
+                ("metric", "value", "vs off", "CPU ms/req", "vs off", "", "target"), rows)  # fmt: skip
 
 
 if __name__ == "__main__":

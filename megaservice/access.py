@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comps.identity.auth import AuthState
 from comps.identity.service import IdentityService, Principal
+from comps.retriever.protocol import MAX_COLLECTIONS, RetrievalOptions
 
 
 class Access:
@@ -14,6 +15,22 @@ class Access:
     @property
     def identity(self) -> IdentityService | None:
         return self.auth.authenticator.identity if self.auth.enabled and self.auth.authenticator else None
+
+    async def scope(self, principal: Principal, options: RetrievalOptions) -> None:
+        """What a chat request searches, checked: the collection(s) it names, each readable by the caller; or, when
+        it names none, the shared collections and the caller's own (the default collection first)."""
+        if options.collections:
+            for name in options.collections:
+                await self.require_read(principal, name)
+        elif options.collection:
+            await self.require_read(principal, options.collection)
+        elif self.identity is None:
+            options.collection = self.default_collection
+        else:
+            mine = await self.identity.searched_by_default(principal)
+            first = [self.default_collection] if self.default_collection in mine else []
+            ordered = [*first, *sorted(mine - {self.default_collection})]
+            options.collections = ordered[:MAX_COLLECTIONS]
 
     async def require_read(self, principal: Principal, collection: str) -> None:
         if self.identity is not None:

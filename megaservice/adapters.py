@@ -127,7 +127,7 @@ def chat_request(q: Question, passages: list[Passage]) -> ChatCompletionRequest:
         fields["temperature"] = q.rag_temperature
     if r.stream:
         fields["stream"] = True
-        if r.stream_options is not None:
-            fields["stream_options"] = StreamOptions(include_usage=r.stream_options.include_usage)
+        # Always: the trace records the answer's usage; the relay drops it unless the client asked for it.
+        fields["stream_options"] = StreamOptions(include_usage=True)
     messages = rag_messages(q.chat, passages, r.chat_template) if rag else plain_messages(q.chat)
     return ChatCompletionRequest(messages=messages, **fields)

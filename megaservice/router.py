@@ -181,8 +181,7 @@ def build_router(chatqna: ChatQnA, llm: Node, access: Access) -> APIRouter:
         state.require_ready()
         req = await chat_body(request)
         if req.pipeline_for(chatqna.default) != "llm-only":  # a user reads only collections they may read
-            req.collection = req.collection or access.default_collection
-            await access.require_read(principal_of(request), req.collection)
+            await access.scope(principal_of(request), req)
         return await chatqna.answer(req, state.http, request)
 
     router.add_api_route(

@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
+from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 from starlette.background import BackgroundTask
 
@@ -34,6 +35,7 @@ from megaservice.prompts import Prompts, UsedPrompt
 from megaservice.protocol import ChatQnACompletion, ChatQnARequest, Source
 from megaservice.settings import GatewaySettings
 from megaservice.sse import DONE, data_of, error_event, event, event_blocks
+from megaservice.tracing import StreamTrace, Tracing
 
 log = logging.getLogger("megaservice")
 
@@ -71,6 +73,7 @@ class ChatQnA:
         self.rag_temperature = settings.rag_temperature
         self.question_rewrite = settings.question_rewrite
         self.condenser = Condenser(pipelines["llm-only"].graph)
+        self.tracing = Tracing(settings.trace_content)
         self._counts = {(p, s): REQUESTS.labels(p, "stream" if s else "json") for p in pipelines for s in (False, True)}
 
     async def answer(self, req: ChatQnARequest, http: HttpClient, request: Request) -> Response:
@@ -91,6 +94,7 @@ class ChatQnA:
             if standalone:
                 q = dataclasses.replace(q, query=standalone)
         self._counts[pipe.name, req.stream].inc()
+        self.tracing.chain(trace.get_current_span(), pipe.name, q, request)
         try:
             if not req.stream:
                 return await until_disconnect(request, self._complete(pipe, q, http, turn))
@@ -117,6 +121,7 @@ class ChatQnA:
         answers, llm_request = await pipe.graph.prepare(http, q)
         sources = self.sources(pipe.passages(q, answers))
         completion = await pipe.graph.call_terminal(http, llm_request)
+        self.tracing.chain_answer(trace.get_current_span(), completion)
         body = ChatQnACompletion.model_construct(**dict(completion), sources=sources)
         if turn is None:
             return Response(body.__pydantic_serializer__.to_json(body), media_type="application/json")
@@ -131,10 +136,14 @@ class ChatQnA:
         sources = [s.model_dump() for s in self.sources(pipe.passages(q, answers))]
         stack = AsyncExitStack()
         called = time.perf_counter()
-        resp = await stack.enter_async_context(pipe.graph.open_stream(http, llm_request))
+        resp, llm_span = await stack.enter_async_context(pipe.graph.open_stream(http, llm_request))
+        recorder = self.tracing.stream(llm_span, llm_request, trace.get_current_span(), arrived, called)
+        if recorder is not None:
+            stack.callback(recorder.end)  # before the stream's span ends, however the relay ends
+        keep_usage = q.request.stream_options is not None and q.request.stream_options.include_usage
         if turn is not None:
             turn.sources = sources
-        return _Relay(stack, resp, pipe.name, sources, arrived, called, turn)
+        return _Relay(stack, resp, pipe.name, sources, arrived, called, recorder, keep_usage, turn)
 
     def sources(self, passages: list[Passage]) -> list[Source]:
         n = self.snippet
@@ -156,6 +165,8 @@ class _Relay:
         sources: list[dict[str, object]],
         arrived: float,
         called: float,
+        recorder: StreamTrace | None = None,
+        keep_usage: bool = True,
         turn: Turn | None = None,
     ) -> None:
         self.turn = turn  # a conversation's: stored when the stream ends, cut short unless [DONE] came
@@ -166,6 +177,8 @@ class _Relay:
         self.sources = sources
         self.arrived = arrived
         self.called = called
+        self.recorder = recorder  # what the trace gets of the answer, when it is recorded
+        self.keep_usage = keep_usage  # the client asked for the usage chunk (the LLM is always asked)
         self.first = True
         self.timed = False
 
@@ -183,7 +196,8 @@ class _Relay:
                             out.append(DONE)
                             yield b"".join(out)
                             return
-                        out.append(event(self._inspect(data)))
+                        if (data := self._inspect(data)) is not None:
+                            out.append(event(data))
                     if out:
                         yield b"".join(out)  # what arrived together leaves together: no waiting
             NODE_ERRORS.labels("llm", "stream_error").inc()
@@ -201,8 +215,10 @@ class _Relay:
         if self.turn is not None:
             self.turn.end(cut_short=not self.finished)
 
-    def _inspect(self, data: bytes) -> bytes:
-        """Sources onto the first chunk; time to first token at the first content; errors counted."""
+    def _inspect(self, data: bytes) -> bytes | None:
+        """Sources onto the first chunk; time to first token at the first content; errors counted; None for a
+        usage chunk the client did not ask for."""
+        chunk: object = None
         if self.first or not self.timed or self.turn is not None:
             chunk = _json(data)
             if self.turn is not None:
@@ -219,8 +235,14 @@ class _Relay:
                 now = time.perf_counter()
                 TTFT.labels(self.pipeline).observe(now - self.arrived)
                 LLM_TTFT.observe(now - self.called)
+                if self.recorder is not None:
+                    self.recorder.first_token(now)
+        if self.recorder is not None:
+            self.recorder.event(data, chunk)
         if data.startswith(b'{"error"'):
             NODE_ERRORS.labels("llm", "stream_error").inc()
+        if not self.keep_usage and b'"choices":[]' in data:
+            return None
         return data
 
     async def close(self) -> None:

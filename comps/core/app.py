@@ -146,7 +146,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_logging(settings.service_name, settings.log_format, settings.log_level)
-        setup_tracing(settings.service_name, settings.otlp_endpoint)
+        setup_tracing(settings.service_name, settings.otlp_endpoint, settings.trace_sample_ratio)
         await state.http.start()
         warm_task = asyncio.create_task(_warm_up(state), name="warm-up")
         try:

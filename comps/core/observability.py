@@ -19,13 +19,14 @@ from opentelemetry.propagate import extract, inject
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from comps.core.caller import caller_headers_var
 
 REQUEST_ID_HEADER = "x-request-id"
+PROBE_PATHS = frozenset({"/metrics", "/v1/health_check", "/v1/ready"})  # neither logged nor traced
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 HTTP_REQUESTS = Counter(
@@ -77,13 +78,16 @@ def setup_logging(service: str, fmt: str = "plain", level: str = "INFO") -> None
     logging.getLogger("uvicorn.access").disabled = True
 
 
-def setup_tracing(service: str, otlp_endpoint: str | None) -> None:
-    """Install the SDK tracer provider; spans are exported over OTLP only when an endpoint is set."""
+def setup_tracing(service: str, otlp_endpoint: str | None, sample_ratio: float = 1.0) -> None:
+    """Install the SDK tracer provider; spans are exported over OTLP only when an endpoint is set.
+
+    With an exporter, ``sample_ratio`` of the traces that start here are recorded (a caller's sampled flag
+    decides for the traces it started)."""
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         return
     # Without an exporter, a trace that no caller sampled is not recorded: its spans still carry and pass
     # on the trace context (traceparent) but cost half as much, since nothing would ever read them.
-    sampler = ParentBased(ALWAYS_ON if otlp_endpoint else ALWAYS_OFF)
+    sampler = ParentBased(TraceIdRatioBased(sample_ratio) if otlp_endpoint else ALWAYS_OFF)
     provider = TracerProvider(resource=Resource.create({"service.name": service}), sampler=sampler)
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -145,10 +149,15 @@ class ObservabilityMiddleware:
             await send(message)
 
         method = scope.get("method", "GET")
-        ctx = extract(headers)
-        with tracer().start_as_current_span(
-            f"{method} {scope.get('path', '')}", context=ctx, kind=trace.SpanKind.SERVER
-        ) as span:
+        path = scope.get("path", "")
+        span_cm = (
+            trace.use_span(trace.INVALID_SPAN)  # probes and scrapes: no trace (a probe every few seconds)
+            if path in PROBE_PATHS
+            else tracer().start_as_current_span(
+                f"{method} {path}", context=extract(headers), kind=trace.SpanKind.SERVER
+            )
+        )
+        with span_cm as span:
             try:
                 await self.app(scope, receive, send_wrapper)
             finally:
@@ -156,10 +165,12 @@ class ObservabilityMiddleware:
                 elapsed = time.perf_counter() - start
                 span.set_attribute("http.route", route)
                 span.set_attribute("http.status_code", status)
+                if status >= 500:  # OpenTelemetry's HTTP conventions: a server error is an error span
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, f"HTTP {status}"))
                 span.update_name(f"{method} {route}")
                 HTTP_REQUESTS.labels(self.service, route, method, str(status)).inc()
                 HTTP_LATENCY.labels(self.service, route, method).observe(elapsed)
-                if route not in ("/metrics", "/v1/health_check", "/v1/ready"):
+                if route not in PROBE_PATHS:
                     self.log.info("%s %s %d %.1fms", method, scope.get("path", ""), status, elapsed * 1000)
                 request_id_var.reset(token)
 

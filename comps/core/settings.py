@@ -1,7 +1,7 @@
 """Settings: one pydantic-settings class per service, read once at start-up.
 
 Each service subclasses `ServiceSettings` with its own ``env_prefix`` (``EMBEDDING_``, ``LLM_``...).
-Settings that every process shares (log format, tracing endpoint) are read from their usual,
+Settings that every process shares (log format, tracing endpoint and content) are read from their usual,
 unprefixed names. `load_settings` turns a validation failure into a `ConfigError` whose message
 names the environment variable to fix.
 """
@@ -38,6 +38,20 @@ class ServiceSettings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "otlp_endpoint"),
         description="OTLP/HTTP collector base URL; no spans are exported when unset.",
+    )
+    trace_sample_ratio: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        validation_alias=AliasChoices("OTEL_TRACES_SAMPLER_ARG", "trace_sample_ratio"),
+        description="Fraction of the traces starting at this service that are recorded and exported "
+        "(a caller's sampled flag decides for its own).",
+    )
+    trace_content: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "trace_content"),
+        description="Put the text of prompts, answers and passages into spans (ids, scores, models and token "
+        "counts always go): off by default, on in `chatqna up`.",
     )
     api_key: SecretStr | None = Field(
         default=None, description="When set, every route but health, readiness and metrics needs this bearer token."

@@ -666,6 +666,12 @@ class IdentityService:
         if not access.writable:
             raise Forbidden(f"collection {name!r} is read-only for you", param="collection", code="read_only")
 
+    async def searched_by_default(self, principal: Principal) -> set[str]:
+        """The shared collections and the caller's own (an admin's too: other users' private ones are not searched
+        unless named)."""
+        rows = await self._collection_rows()
+        return {name for name, row in rows.items() if row.visibility == "shared" or row.owner_id == principal.user_id}
+
     async def readable(self, principal: Principal) -> set[str]:
         rows = await self._collection_rows()
         return {name for name in rows if (await self.access(principal, name)).readable}

@@ -30,6 +30,9 @@ FilterKey = Literal["source", "doc_id", "tags", "page"]
 FilterValue = str | int | float | list[str | int]
 
 
+MAX_COLLECTIONS = 32
+
+
 class RetrievalOptions(BaseModel):
     """How to search: the retrieval options, declared here once. The gateway's request includes them and
     forwards them as they are, so a new option is one edit."""
@@ -40,6 +43,13 @@ class RetrievalOptions(BaseModel):
         default=None,
         validation_alias=AliasChoices("collection", "index_name"),
         description="Collection (index) to search; default: the service's INDEX_NAME.",
+    )
+    collections: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_COLLECTIONS,
+        description="Several collections searched together (instead of `collection`): each is searched the same "
+        "way and the hits are merged, best score first, k in all.",
     )
     k: int = Field(default=4, ge=1, le=100, description="Documents to return.")
     search_type: SearchType = "similarity"
@@ -59,6 +69,8 @@ class RetrievalOptions(BaseModel):
 
     @model_validator(mode="after")
     def _threshold_given(self) -> Self:
+        if self.collections is not None and self.collection is not None:
+            raise PydanticCustomError("two_scopes", "give collection or collections, not both")
         if self.search_type == "similarity_distance_threshold" and self.distance_threshold is None:
             raise PydanticCustomError(
                 "missing_distance_threshold", "search_type similarity_distance_threshold needs distance_threshold"
@@ -133,7 +145,7 @@ class RetrievedDocument(BaseModel):
 
 class RetrievalResponse(BaseModel):
     query: str | None
-    collection: str
+    collection: str = Field(description="The collection searched (the first one, when several were).")
     search_type: str
     documents: list[RetrievedDocument] = Field(description="Best first; empty when nothing matches.")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
@@ -47,7 +48,7 @@ class RetrieverService:
         self.embedding = embedding
 
     async def retrieve(self, backend: Retriever, http: HttpClient, req: RetrievalRequest) -> RetrievalResponse:
-        collection = validate_collection(req.collection or self.settings.index_name)
+        names = [validate_collection(c) for c in req.collections or [req.collection or self.settings.index_name]]
         search.build_filter(req.filters)  # bad filter values fail before an embedding is paid for
         vector: list[float] | np.ndarray | None = req.embedding
         if vector is None:
@@ -68,12 +69,16 @@ class RetrieverService:
             ef_runtime=self.settings.hnsw_ef_runtime,
         )
         started = time.perf_counter()
-        hits = await backend.search(collection, query)
+        if len(names) == 1:
+            hits = await backend.search(names[0], query)
+        else:  # each collection searched alike, then one ranking: scores are comparable (same model, same measure)
+            found = await asyncio.gather(*(backend.search(name, query) for name in dict.fromkeys(names)))
+            hits = sorted((h for some in found for h in some), key=lambda h: h.score, reverse=True)[: req.k]
         QUERY_LATENCY.labels(req.search_type).observe(time.perf_counter() - started)
         RESULTS.labels(req.search_type).observe(len(hits))
         return RetrievalResponse(
             query=req.text,
-            collection=collection,
+            collection=names[0],
             search_type=req.search_type,
             documents=[
                 RetrievedDocument(

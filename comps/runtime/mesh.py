@@ -121,6 +121,7 @@ class Mesh:
             f"{spec.env_prefix}PORT": str(getattr(self.settings, spec.port_attr)),
             "CHATQNA_MODELS_DIR": str(self.settings.models_dir.resolve()),
             "LOG_FORMAT": self.settings.log_format,
+            "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": str(self.settings.trace_content).lower(),
         }
         if spec.uses_redis:
             env["REDIS_URL"] = self.redis_url

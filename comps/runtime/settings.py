@@ -40,3 +40,7 @@ class RuntimeSettings(BaseSettings):
     gateway_port: int = _env("MEGA_SERVICE_PORT", PORTS["gateway"])
     ready_timeout_s: float = _env("CHATQNA_READY_TIMEOUT_S", 600.0, "How long `up` waits for every service")
     log_format: str = _env("LOG_FORMAT", "plain")
+    trace_content: bool = _env(
+        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", True,
+        "Prompts, answers and passages in trace spans (on for local use; the services' own default is off)",
+    )  # fmt: skip

@@ -422,6 +422,20 @@ def test_user_a_can_reach_nothing_of_user_b(stack: Stack, admin: httpx.Client) -
     assert all(body.get("collection") != private for body in stack.mesh.seen["retriever"][-20:] if body)
 
 
+def test_without_a_collection_a_user_searches_the_shared_ones_and_their_own(stack: Stack, admin: httpx.Client) -> None:
+    _, _, a, pair_a = make_user(stack, admin)
+    _, _, _, pair_b = make_user(stack, admin)
+    mine, theirs = pair_a["user"]["personal_collection"], pair_b["user"]["personal_collection"]
+    stack.mesh.stubs.reset()
+    assert a.post("/v1/chatqna", json={"messages": "what do we know?"}).status_code == 200
+    searched = stack.mesh.seen["retriever"][-1]["collections"]
+    assert searched[0] == SHARED and mine in searched and theirs not in searched
+    # Naming several collections: each one is checked.
+    r = a.post("/v1/chatqna", json={"messages": "q", "collections": [SHARED, theirs]})
+    assert r.status_code == 404 and theirs in r.text
+    assert a.post("/v1/chatqna", json={"messages": "q", "collections": [SHARED, mine]}).status_code == 200
+
+
 def test_shared_collections_are_read_by_all_and_written_by_admins(stack: Stack, admin: httpx.Client) -> None:
     _, _, user, _ = make_user(stack, admin)
     job = ingest(admin, None, "handbook.txt", "Holidays are 30 days a year.")  # the default, shared collection

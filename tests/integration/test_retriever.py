@@ -356,6 +356,21 @@ def test_collections_are_isolated(client: httpx.Client, q) -> None:
     assert listed[EMPTY]["chunks"] == 0
 
 
+def test_several_collections_are_searched_together_best_first(client: httpx.Client, q) -> None:
+    question = "How much basil does the moon base grow?"
+    both = retrieve(client, embedding=q(question), collections=[KB, OTHER, EMPTY, "rtest-never-written"], k=3)
+    assert names(both)[0] == "moon"  # the best hit, from the second collection
+    assert len(both) == 3 and [d["score"] for d in both] == sorted((d["score"] for d in both), reverse=True)
+    alone = {d["id"]: d["score"] for d in retrieve(client, embedding=q(question), collection=KB, k=10)}
+    for d in both:  # a hit's score does not depend on what else was searched
+        assert d["score"] == pytest.approx(alone.get(d["id"], d["score"]))
+    refused = client.post("/v1/retrieval", json={"embedding": q(question), "collection": KB, "collections": [OTHER]})
+    assert error_of(refused, 400).endswith("give collection or collections, not both")
+    assert "invalid" in error_of(
+        client.post("/v1/retrieval", json={"embedding": q(question), "collections": ["../x"]}), 400
+    )
+
+
 @pytest.mark.parametrize("collection", [EMPTY, "rtest-never-written"])
 @pytest.mark.parametrize("search_type", ["similarity", "mmr", "hybrid"])
 def test_empty_or_missing_collection_gives_no_documents(

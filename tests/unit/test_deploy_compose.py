@@ -75,10 +75,10 @@ def test_every_compose_file_validates_against_the_compose_spec() -> None:
 
 def test_each_profile_runs_redis_postgres_and_every_service(profile: str) -> None:
     project = compose_project(PROFILES[profile])
-    expected = {"redis", "postgres", *SPECS} | ({"vllm"} if profile == "nvidia-vllm" else set())
+    expected = {"redis", "postgres", "phoenix", *SPECS} | ({"vllm"} if profile == "nvidia-vllm" else set())
     assert set(project["services"]) == expected
     assert project["name"] == "chatqna"
-    assert {"redis-data", "postgres-data"} <= set(project["volumes"])
+    assert {"redis-data", "postgres-data", "phoenix-data"} <= set(project["volumes"])
     redis = project["services"]["redis"]
     assert redis["image"].startswith("redis/redis-stack-server:") and "latest" not in redis["image"]
     assert "redis-data:/data" in redis["volumes"]
@@ -139,8 +139,22 @@ def test_each_service_is_built_from_its_own_extra(profile: str, name: str, shell
 
 
 def published_services(services: dict[str, dict]) -> set[str]:
-    """Services reachable from outside the host: a `ports` entry, or the host's network."""
-    return {name for name, svc in services.items() if svc.get("ports") or svc.get("network_mode") == "host"}
+    """Services reachable from outside the host: a `ports` entry not bound to 127.0.0.1, or the host's network."""
+    return {
+        name
+        for name, svc in services.items()
+        if any(not str(p).startswith("127.0.0.1:") for p in svc.get("ports") or ()) or svc.get("network_mode") == "host"
+    }
+
+
+def test_phoenix_is_optional_and_on_this_host_only(profile: str, shell_env: dict[str, str]) -> None:
+    services = resolved(profile, shell_env)
+    phoenix = services["phoenix"]
+    assert phoenix["profiles"] == ["tracing"] and phoenix["image"].startswith("arizephoenix/phoenix:version-")
+    assert phoenix["ports"] == ["127.0.0.1:6006:6006"] and phoenix["volumes"] == ["phoenix-data:/mnt/data"]
+    for name in SPECS:  # no prompt, answer or passage text in spans unless the operator says so
+        env = environment(services[name])
+        assert env["OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"] == "false", name
 
 
 def test_only_the_gateway_is_published_in_any_compose_file() -> None:

@@ -38,6 +38,8 @@ SHARED = {
     "LOG_LEVEL",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "CHATQNA_MODELS_DIR",
+    "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT",
+    "OTEL_TRACES_SAMPLER_ARG",
     "CHATQNA_ADMIN_USER",  # the gateway's first admin (README.md puts it in the ConfigMap)
 }
 PREFIXES = {spec.env_prefix for spec in SPECS.values()}

@@ -208,7 +208,7 @@ def test_independent_nodes_run_concurrently(monkeypatch: pytest.MonkeyPatch) -> 
     running: list[str] = []
     overlap: list[set[str]] = []
 
-    async def fake_send(http: object, step: object, request: BaseModel) -> BaseModel:
+    async def fake_send(http: object, step: object, request: BaseModel, upstream: object = None) -> BaseModel:
         name = step.node.name  # type: ignore[attr-defined]
         running.append(name)
         overlap.append(set(running))
