@@ -7,7 +7,8 @@ are ignored (frontends send extras); bad values of known fields get a 400 naming
 
 Answers are OpenAI's: a ``chat.completion`` (model and usage from the LLM), or ``chat.completion.chunk``
 events ending with ``data: [DONE]``. Each carries ``sources`` (top level; on the first chunk when
-streaming): the passages given to the LLM, best first. OpenAI clients ignore the extra field.
+streaming): the passages given to the LLM, best first. OpenAI clients ignore the extra field. With
+``conversation_id`` or ``store: true`` they also carry ``conversation_id`` and ``conversation_saved``.
 """
 
 from __future__ import annotations
@@ -73,6 +74,18 @@ class ChatQnARequest(RetrievalOptions):
     pipeline: PipelineName | None = Field(default=None, description="Default: the gateway's GATEWAY_PIPELINE.")
     retrieval: bool | None = Field(default=None, description="false: answer without retrieval (llm-only).")
     rerank: bool | None = Field(default=None, description="false: skip the reranker (rag).")
+
+    # -- Conversations (megaservice/conversations.py) --
+    conversation_id: str | None = Field(
+        default=None, max_length=64, description="Continue this stored conversation: send only the new turn."
+    )
+    store: bool = Field(default=False, description="Without conversation_id: keep this exchange as a new conversation.")
+    question_rewrite: Literal["heuristic", "condense"] | None = Field(
+        default=None, description="How a follow-up becomes the search query; default: GATEWAY_QUESTION_REWRITE."
+    )
+    prompt: str | None = Field(
+        default=None, max_length=100, description="A prompt of the registry (name or id) instead of chat_template."
+    )
 
     # -- OPEA frontends' shape --
     context: list[str | ContextPassage] | None = Field(

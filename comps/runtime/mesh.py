@@ -29,6 +29,7 @@ class ServiceSpec:
     env_prefix: str
     needs: tuple[str, ...] = ()  # other services it calls
     uses_redis: bool = False
+    uses_database: bool = False  # gets DATABASE_URL (the relational store)
     settings: str = ""  # "module:Class" of its settings (what it reads from the environment)
 
     def available(self) -> bool:
@@ -72,11 +73,27 @@ SERVICES: tuple[ServiceSpec, ...] = (
         settings="comps.dataprep.settings:DataprepSettings",
     ),
     ServiceSpec(
+        "chathistory",
+        "comps.chathistory",
+        "chathistory_port",
+        "CHATHISTORY_",
+        uses_database=True,
+        settings="comps.chathistory.settings:ChatHistorySettings",
+    ),
+    ServiceSpec(
+        "prompts",
+        "comps.prompt_registry",
+        "prompts_port",
+        "PROMPTS_",
+        uses_database=True,
+        settings="comps.prompt_registry.settings:PromptRegistrySettings",
+    ),
+    ServiceSpec(
         "gateway",
         "megaservice",
         "gateway_port",
         "GATEWAY_",
-        ("embedding", "retriever", "reranker", "llm", "dataprep"),
+        ("embedding", "retriever", "reranker", "llm", "dataprep", "chathistory", "prompts"),
         settings="megaservice.settings:GatewaySettings",
     ),
 )
@@ -90,7 +107,7 @@ class Mesh:
     redis_url: str
     services: tuple[ServiceSpec, ...] = SERVICES
     overrides: dict[str, dict[str, str]] = field(default_factory=dict)
-    database_url: str | None = None  # with auth on: the gateway's user store
+    database_url: str | None = None  # the relational store: the gateway's users (auth on), conversations
     jwt_secret: str | None = None
     internal_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
@@ -108,6 +125,8 @@ class Mesh:
         }
         if spec.uses_redis:
             env["REDIS_URL"] = self.redis_url
+        if spec.uses_database:
+            env["DATABASE_URL"] = self.database_url or ""
         for need in spec.needs:
             env[f"{spec.env_prefix}{need.upper()}_URL"] = self.url(need)
         # Only the gateway has the mesh's internal token for the others; each service requires it.
@@ -183,8 +202,11 @@ class Supervisor:
             ).start()
             redis_url = self.redis.url
         database_url = jwt_secret = None
-        if self.settings.auth_enabled and any(s.name == "gateway" for s in specs):
+        gateway_auth = self.settings.auth_enabled and any(s.name == "gateway" for s in specs)
+        if gateway_auth or any(s.uses_database for s in specs):
             database_url = self._start_postgres()
+        if gateway_auth:
+            assert database_url is not None
             jwt_secret = state_secret(self.settings.state_dir, "jwt_secret")
             self.first_admin = asyncio.run(bootstrap(self.settings, database_url, jwt_secret))
         mesh = self.mesh = Mesh(self.settings, redis_url or "", database_url=database_url, jwt_secret=jwt_secret)
@@ -222,7 +244,7 @@ class Supervisor:
 
     def table(self) -> list[tuple[str, str, str]]:
         rows = []
-        if self.postgres or (self.settings.database_url and self.settings.auth_enabled):
+        if self.postgres or (self.settings.database_url and self.mesh and self.mesh.database_url):
             where = f"127.0.0.1:{self.postgres.port}" if self.postgres else "DATABASE_URL"
             rows.append(("postgres", where, "embedded" if self.postgres else "external"))
         if self.redis or self.settings.redis_url:
