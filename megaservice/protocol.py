@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from comps.llm.protocol import MAX_STOP_CHARS, ChatCompletion, ChatMessage, StreamOptions
+from comps.prompt_registry.protocol import NAME_PATTERN as PROMPT_NAME_PATTERN
 from comps.retriever.protocol import RetrievalOptions
 
 PipelineName = Literal["rag-rerank", "rag", "llm-only"]
@@ -84,7 +85,9 @@ class ChatQnARequest(RetrievalOptions):
         default=None, description="How a follow-up becomes the search query; default: GATEWAY_QUESTION_REWRITE."
     )
     prompt: str | None = Field(
-        default=None, max_length=100, description="A prompt of the registry (name or id) instead of chat_template."
+        default=None,
+        pattern=PROMPT_NAME_PATTERN,
+        description="A prompt of the registry (name or id) instead of chat_template.",
     )
 
     # -- OPEA frontends' shape --

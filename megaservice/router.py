@@ -13,8 +13,8 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from comps.core.app import create_app, http_client, ready_backend, state_of
-from comps.core.errors import NotReady, ServiceError, UpstreamError, UpstreamUnavailable
+from comps.core.app import create_app, http_client, is_json, ready_backend, state_of
+from comps.core.errors import NotReady, ServiceError, UnsupportedMediaType, UpstreamError, UpstreamUnavailable
 from comps.core.http import HttpClient, bearer, wait_until_up
 from comps.identity.auth import Authenticator, AuthMiddleware, AuthState, principal_of
 from comps.identity.oidc import OIDCConfig, OIDCVerifier
@@ -167,6 +167,11 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 async def chat_body(request: Request) -> ChatQnARequest:
+    """The request, parsed in one pass; JSON only, as the kit's other routes take it (415 otherwise)."""
+    if not is_json(request.headers.get("content-type")):
+        raise UnsupportedMediaType(
+            "request body must be JSON sent with Content-Type: application/json", code="invalid_value"
+        )
     try:
         return ChatQnARequest.model_validate_json(await request.body())
     except ValidationError as exc:

@@ -129,6 +129,8 @@ class Mesh:
             env["DATABASE_URL"] = self.database_url or ""
         for need in spec.needs:
             env[f"{spec.env_prefix}{need.upper()}_URL"] = self.url(need)
+        if spec.name == "dataprep":  # queued uploads wait here for their jobs, across restarts
+            env["DATAPREP_SPOOL_DIR"] = str((self.settings.state_dir / "spool").resolve())
         # Only the gateway has the mesh's internal token for the others; each service requires it.
         if spec.name == "gateway":
             env["GATEWAY_INTERNAL_API_KEY"] = self.internal_token
