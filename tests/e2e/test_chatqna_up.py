@@ -93,7 +93,18 @@ def test_chatqna_up_serves_and_stops_cleanly(models_dir: Path, tmp_path: Path) -
                 if line.startswith("Ctrl-C stops everything"):
                     break
         rows = {row.split()[0]: row for row in table[1:-1] if row.startswith("  ")}
-        assert set(rows) == {"redis", "postgres", "embedding", "reranker", "llm", "retriever", "dataprep", "gateway"}
+        assert set(rows) == {
+            "redis",
+            "postgres",
+            "embedding",
+            "reranker",
+            "llm",
+            "retriever",
+            "dataprep",
+            "chathistory",
+            "prompts",
+            "gateway",
+        }
         assert f"127.0.0.1:{ports['MEGA_SERVICE_PORT']}" in rows["gateway"]
         admin = next(line for line in table if line.startswith("Created the first admin: "))
         user, password = admin.removeprefix("Created the first admin: ").split(" / password: ")
