@@ -146,7 +146,7 @@ def reranked_passages(q: Question, retriever: RetrievalResponse, reranker: list[
     """The reranker's best ``top_n``, less those under the relevance floor (never the best one)."""
     docs = retriever.documents
     floor = _first(q.request.rerank_min_score, q.rag.rerank_min_score)
-    kept = []
+    kept: list[Passage] = []
     for result in reranker[: q.request.top_n]:
         if not 0 <= result.index < len(docs):
             raise BadAnswer(f"reranker answered index {result.index} for {len(docs)} texts", node="reranker")

@@ -20,14 +20,18 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from comps.dataprep.protocol import DocumentKind
+
+if TYPE_CHECKING:
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 MARKDOWN_KINDS = frozenset({"markdown", "html", "docx"})
 HEADERS = [("#", "h1"), ("##", "h2"), ("###", "h3"), ("####", "h4")]
 PATH_SEPARATOR = " > "
 _BLANK_RUN = re.compile(r"\n\s*\n")
+_HEADING_MARKUP = re.compile(r"`|\*\*|#+$")  # code and bold marks, a trailing anchor "#" (Sphinx, Node.js docs)
 _HTML_BLOCKS = (
     "p", "div", "section", "article", "main", "header", "li", "ul", "ol", "table", "tr", "pre", "blockquote",
     "br", "hr", "dd", "dt", "figcaption", "address",
@@ -105,7 +109,7 @@ def split(
 
 def heading_path(headings: tuple[str, ...], most: int, length: Callable[[str], int]) -> str:
     """``A > B > C``, its outer headings dropped while it is longer than ``most`` (the last one is kept, cut)."""
-    names = [" ".join(h.split()) for h in headings if h.strip()]
+    names = [name for h in headings if (name := _HEADING_MARKUP.sub("", " ".join(h.split())).strip())]
     while len(names) > 1 and length(PATH_SEPARATOR.join(names)) > most:
         names.pop(0)
     path = PATH_SEPARATOR.join(names)
@@ -114,7 +118,7 @@ def heading_path(headings: tuple[str, ...], most: int, length: Callable[[str], i
     return path
 
 
-def _splitter(size: int, overlap: int, length: Callable[[str], int]):  # noqa: ANN202 - langchain's splitter
+def _splitter(size: int, overlap: int, length: Callable[[str], int]) -> RecursiveCharacterTextSplitter:
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
     return RecursiveCharacterTextSplitter(chunk_size=max(size, 1), chunk_overlap=overlap, length_function=length)
@@ -177,7 +181,7 @@ def _outline_paths(reader: Any) -> dict[int, tuple[str, ...]]:
                 continue
             try:
                 page = reader.get_destination_page_number(item) + 1
-            except Exception:  # noqa: BLE001 - a broken outline entry is skipped, the page text is still read
+            except Exception:  # noqa: BLE001, S112 - a broken outline entry is skipped, the page text is still read
                 continue
             last = (*path, str(item.title or "").strip())
             starts.append((page, last))
@@ -208,7 +212,7 @@ def html_to_markdown(data: bytes) -> str:
     title = _html_title(data)
     body = trafilatura.extract(
         data, output_format="markdown", include_tables=True, include_comments=False, include_links=False,
-        include_images=False, include_formatting=False, favor_recall=True, deduplicate=False, with_metadata=False,
+        include_images=False, include_formatting=True, favor_recall=True, deduplicate=False, with_metadata=False,
     ) or _visible_text(data)  # fmt: skip
     body = _BLANK_RUN.sub("\n\n", body).strip()
     if title and not body.startswith("#"):

@@ -31,6 +31,7 @@ import re
 import statistics
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,12 +141,22 @@ def matches(source: str | None, expected: str) -> bool:
     return s == e or s.endswith("/" + e.lstrip("/"))
 
 
+def contains(text: str, fact: str) -> bool:
+    """``fact`` is in ``text`` (both normalised); a fact that starts or ends with a letter or digit must
+    start or end a word there ("8" is not found in "v8" or "80")."""
+    fact = _norm(fact)
+    if not fact:
+        return False
+    left = r"(?<![\w.])" if fact[0].isalnum() else ""
+    right = r"(?!\w)" if fact[-1].isalnum() else ""
+    return re.search(left + re.escape(fact) + right, _norm(text)) is not None
+
+
 def score(q: Question, answer: Answer) -> None:
     answer.rank = next(
         (i for i, s in enumerate(answer.sources, start=1) if any(matches(s, e) for e in q.sources)), None
     )
-    text = _norm(answer.text)
-    answer.fact = bool(q.facts) and all(any(_norm(alt) in text for alt in fact) for fact in q.facts)
+    answer.fact = bool(q.facts) and all(any(contains(answer.text, alt) for alt in fact) for fact in q.facts)
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -227,7 +238,7 @@ async def ask(session: aiohttp.ClientSession, config: Config, q: Question, timeo
     return answer
 
 
-async def _events(resp: aiohttp.ClientResponse):  # noqa: ANN202 - an async iterator of str
+async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
     lines: list[str] = []
     async for raw in resp.content:
         line = raw.decode("utf-8").rstrip("\r\n")
@@ -312,8 +323,10 @@ def chart_svg(report: dict[str, Any]) -> str:
     top = max([report["summary"][n][k] or 0 for n in names for _, k in times] + [0.001])
     bar, gap, height, base = 18, 26, 180, 220
     width = 60 + (len(rates) + len(times)) * (len(names) * bar + gap) + 160
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{base + 60}" font-family="sans-serif" '
-           'font-size="11">', f'<line x1="40" y1="{base}" x2="{width - 150}" y2="{base}" stroke="#333"/>']  # fmt: skip
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{base + 60}" font-family="sans-serif" font-size="11">',
+        f'<line x1="40" y1="{base}" x2="{width - 150}" y2="{base}" stroke="#333"/>',
+    ]
     x = 50
     for group, (label, key) in enumerate([*rates, *times]):
         scale = 1.0 if group < len(rates) else top

@@ -75,3 +75,9 @@ def test_percentiles_are_nearest_rank() -> None:
     assert ev.percentile([], 50) is None
     assert ev.percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert ev.percentile([float(i) for i in range(1, 21)], 95) == 19.0
+
+
+def test_short_facts_must_be_whole_words() -> None:
+    assert ev.contains("The default is 8 spaces.", "8") and not ev.contains("Node uses V8 and port 80.", "8")
+    assert ev.contains("Use --inspect-brk here", "--inspect-brk") and ev.contains("It returns '.md'.", ".md")
+    assert ev.contains("Set to 1.", "set to 1") and not ev.contains("set to 10", "set to 1")

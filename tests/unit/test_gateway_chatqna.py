@@ -331,11 +331,11 @@ def test_rag_answers_get_the_gateway_defaults_unless_the_request_sets_them() -> 
 def test_the_prompt_budget_keeps_the_best_passages_that_fit() -> None:
     from megaservice.prompt import estimate_tokens, within_budget
 
-    p = [a.Passage(id=str(i), text=f"Sentence {i} is here. " * 10, source="s") for i in range(4)]  # 55 tokens each
-    assert estimate_tokens(p[0].text) == 55
-    assert [x.id for x in within_budget(p, 120)] == ["0", "1"]  # 10 left: too little for a third
-    assert [x.id for x in within_budget(p, 170)] == ["0", "1", "2"]
-    cut = within_budget(p, 160)  # 50 left: the third is cut at a sentence end
+    p = [a.Passage(id=str(i), text=f"Sentence {i} is here. " * 20, source="s") for i in range(4)]  # 100 tokens each
+    assert estimate_tokens(p[0].text) == 100
+    assert [x.id for x in within_budget(p, 220)] == ["0", "1"]  # 20 left: too little for a third
+    assert [x.id for x in within_budget(p, 300)] == ["0", "1", "2"]
+    cut = within_budget(p, 250)  # 50 left: the third is cut at a sentence end
     assert [x.id for x in cut] == ["0", "1", "2"] and cut[2].text.endswith("is here.") and len(cut[2].text) <= 200
     first = within_budget(p, 20)  # the best passage always goes, cut to the budget
     assert [x.id for x in first] == ["0"] and len(first[0].text) <= 80

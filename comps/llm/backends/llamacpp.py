@@ -17,7 +17,6 @@ from comps.llm.engine import Engine, SamplingParams, Sequence
 from comps.llm.protocol import ChatCompletionRequest, ModelCard
 from comps.llm.settings import LLMSettings
 
-
 T = TypeVar("T")
 
 
