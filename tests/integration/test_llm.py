@@ -197,6 +197,22 @@ def test_stop_string_cuts_the_answer_before_it(llm) -> None:  # noqa: ANN001
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+LOOP = [{"role": "user", "content": "Write the sentence 'The blue kettle sings every morning.' ten times."}]
+
+
+def test_a_repeated_sentence_ends_the_answer_before_it_is_sent_again(llm) -> None:  # noqa: ANN001
+    looped = complete(llm, LOOP, max_tokens=120, temperature=0, extra_body={"stop_on_repetition": False})
+    text = looped.choices[0].message.content
+    sentence = next(s for s in re.split(r"(?<=[.!?])\s+|\n", text) if len(s.strip()) >= 20)
+    assert text.count(sentence.strip()) >= 2, text  # the model loops when let
+    ended = complete(llm, LOOP, max_tokens=120, temperature=0)  # the service's default: stop_on_repetition
+    assert ended.choices[0].finish_reason == "repetition"
+    assert ended.choices[0].message.content.count(sentence.strip()) == 1
+    chunks = list(complete(llm, LOOP, max_tokens=120, temperature=0, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == ended.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == "repetition"
+
+
 def test_non_ascii_round_trips_in_both_modes(llm, vocab) -> None:  # noqa: ANN001
     whole = complete(llm, FRENCH, max_tokens=20, temperature=0)
     text = whole.choices[0].message.content
