@@ -53,6 +53,15 @@ def load_template_source(setting: str | None, from_model: str | None) -> str:
     return from_model
 
 
+TEMPLATES = Path(__file__).parent / "templates"  # for GGUFs that carry none (named by `chatqna models fetch`)
+
+
+def sidecar_template(model: Path) -> str | None:
+    """``<model>.jinja`` next to a GGUF, when there is one: the template of a GGUF that carries none."""
+    path = model.with_name(model.name + ".jinja")
+    return str(path) if path.is_file() else None
+
+
 class ChatTemplate:
     def __init__(self, source: str, *, bos_token: str, eos_token: str) -> None:
         env = ImmutableSandboxedEnvironment(

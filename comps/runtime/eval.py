@@ -142,14 +142,16 @@ def matches(source: str | None, expected: str) -> bool:
 
 
 def contains(text: str, fact: str) -> bool:
-    """``fact`` is in ``text`` (both normalised); a fact that starts or ends with a letter or digit must
-    start or end a word there ("8" is not found in "v8" or "80")."""
-    fact = _norm(fact)
+    """``fact`` is in ``text``, spacing ignored, and case too unless the fact is in capitals (``HOME`` is not
+    "home"); a fact that starts or ends with a letter or digit must start or end a word there ("8" is not
+    found in "v8" or "80")."""
+    capitals = fact.isupper()
+    fact, text = (" ".join(fact.split()), " ".join(text.split())) if capitals else (_norm(fact), _norm(text))
     if not fact:
         return False
     left = r"(?<![\w.])" if fact[0].isalnum() else ""
     right = r"(?!\w)" if fact[-1].isalnum() else ""
-    return re.search(left + re.escape(fact) + right, _norm(text)) is not None
+    return re.search(left + re.escape(fact) + right, text) is not None
 
 
 def score(q: Question, answer: Answer) -> None:

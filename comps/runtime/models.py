@@ -25,8 +25,10 @@ class ModelSpec:
     license: str = ""
     more_parts: tuple[tuple[str, str], ...] = ()  # (package, member) of a file split over several wheels, in order
     note: str = ""
+    chat_template: str | None = None  # for a GGUF without one: a file of comps/llm/templates, put beside it
 
 
+TEMPLATES = Path(__file__).parents[1] / "llm" / "templates"
 DEFAULT_LLM = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_EMBEDDING = "all-MiniLM-L6-v2"
 
@@ -62,7 +64,9 @@ OPTIONAL_MODELS = (
         ),
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         license="Gemma Terms of Use",
-        note="Gemma 3 270M instruct, Q4_K_M (253 MB): a larger LLM than the default; LLM_MODEL=gemma-3-270m-q4_k_m.gguf",
+        chat_template="gemma3.jinja",  # this GGUF carries no tokenizer.chat_template
+        note="Gemma 3 270M, the pretrained (not instruction-tuned) model, Q4_K_M (253 MB): LLM_MODEL=gemma-3-270m-q4_k_m.gguf; "
+        "faster than the default here but it tends to repeat the prompt (see benchmarks/eval/RESULTS.md)",
     ),
 )
 ALIASES = {"gemma3-270m": "gemma-3-270m-q4_k_m.gguf", "smollm2-135m": DEFAULT_LLM, "minilm": DEFAULT_EMBEDDING}
@@ -109,6 +113,8 @@ def fetch(spec: ModelSpec, models_dir: Path, *, log=print) -> Path:  # noqa: ANN
         elif target.exists():
             target.unlink()
         staged.rename(target)  # same filesystem: atomic, no half-written model is ever visible
+    if spec.chat_template:  # read by the LLM service as <model>.jinja (comps.llm.chat_template.sidecar_template)
+        shutil.copyfile(TEMPLATES / spec.chat_template, target.with_name(target.name + ".jinja"))
     log(f"{spec.name} -> {target}")
     return target
 

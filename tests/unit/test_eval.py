@@ -81,4 +81,5 @@ def test_short_facts_must_be_whole_words() -> None:
     assert ev.contains("The default is 8 spaces.", "8") and not ev.contains("Node uses V8 and port 80.", "8")
     assert ev.contains("Use --inspect-brk here", "--inspect-brk") and ev.contains("It returns '.md'.", ".md")
     assert ev.contains("Set to 1.", "set to 1") and not ev.contains("set to 10", "set to 1")
+    assert ev.contains("It reads $HOME.", "HOME") and not ev.contains("the user's home directory", "HOME")
 

@@ -12,7 +12,7 @@ from comps.core.errors import BadRequest, NotReady
 from comps.core.http import HttpClient
 from comps.core.settings import resolve_model_path
 from comps.llm.backends import Event, Finished, Started
-from comps.llm.chat_template import ChatTemplate, load_template_source
+from comps.llm.chat_template import ChatTemplate, load_template_source, sidecar_template
 from comps.llm.engine import Engine, SamplingParams, Sequence
 from comps.llm.protocol import ChatCompletionRequest, ModelCard
 from comps.llm.settings import LLMSettings
@@ -47,7 +47,9 @@ class LlamaCppBackend:
             Engine, path, n_ctx=s.n_ctx, n_batch=s.n_batch, parallel=s.parallel, n_threads=s.n_threads,
             n_gpu_layers=s.n_gpu_layers, use_extra_bufts=s.use_extra_bufts,
         )  # fmt: skip
-        source = await asyncio.to_thread(load_template_source, s.chat_template, self.engine.chat_template())
+        source = await asyncio.to_thread(
+            load_template_source, s.chat_template or sidecar_template(path), self.engine.chat_template()
+        )
         self.template = ChatTemplate(source, bos_token=self.engine.bos_token, eos_token=self.engine.eos_token)
         self.turn_stops = tuple(self.template.turn_stops())
         self.engine.start()
