@@ -7,13 +7,19 @@ PYTEST_ARGS ?=
 # llama-cpp-python compiles from source; use both cores.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: up test install models bench clean
+.PHONY: up test lint install models bench clean phoenix
 
 up: install models
 	$(VENV)/bin/chatqna up
 
-test: install models
+test: lint models
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The gates, before any test: lint, formatting and types (configured in pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 install: $(VENV)/.installed
 
@@ -25,6 +31,15 @@ $(VENV)/.installed: pyproject.toml
 
 models: install
 	$(VENV)/bin/chatqna models fetch
+
+# Arize Phoenix (LLM traces) in its own virtualenv, its dependencies apart from ours; serves on 127.0.0.1:6006.
+PHOENIX_VENV ?= .state/phoenix-venv
+phoenix: $(PHOENIX_VENV)/bin/phoenix
+	PHOENIX_HOST=127.0.0.1 PHOENIX_WORKING_DIR=.state/phoenix $(PHOENIX_VENV)/bin/phoenix serve
+
+$(PHOENIX_VENV)/bin/phoenix:
+	$(PYTHON) -m venv $(PHOENIX_VENV)
+	$(PHOENIX_VENV)/bin/pip install --quiet arize-phoenix==20.26.1
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Variables the docker compose files read. Source it (do not run it):  source set_env.sh
 # Values already set in the shell win, so it is safe to source twice and to override before sourcing.
-# No network calls: the host IP comes from the local interfaces.
+# No network calls: the host IP comes from the local interfaces, the secrets from /dev/urandom.
 
 if ! (return 0 2>/dev/null); then
     echo "set_env.sh sets variables for your shell: source it (source set_env.sh), do not run it" >&2
@@ -30,11 +30,38 @@ export EMBEDDING_MODEL="${EMBEDDING_MODEL:-all-MiniLM-L6-v2}"
 # The collection that dataprep fills and the retriever searches.
 export INDEX_NAME="${INDEX_NAME:-rag-redis}"
 
-# Host ports: the gateway (OpenAI-compatible chat) and dataprep (ingestion).
+# Host port of the gateway, the one published port (chat, models, documents, accounts).
 export MEGA_SERVICE_PORT="${MEGA_SERVICE_PORT:-8888}"
-export DATAPREP_PORT="${DATAPREP_PORT:-6007}"
+
+# Secrets: the mesh's internal token (every internal service's <SERVICE>_API_KEY), the gateway's JWT
+# signing secret and the PostgreSQL password. Each one set in the shell wins; otherwise it is read from
+# the secrets file, or generated here (256 random bits, hex) and added to it, so that sourcing again
+# gives the same values. The file (git-ignored, mode 600) is KEY=VALUE lines:
+#   kubectl -n chatqna create secret generic chatqna-secrets --from-env-file=.state/secrets.env
+# The values are never printed.
+case "${CHATQNA_STATE_DIR:-}" in
+    "") _chatqna_secrets="$_chatqna_root/.state/secrets.env" ;;
+    /*) _chatqna_secrets="$CHATQNA_STATE_DIR/secrets.env" ;;
+    *) _chatqna_secrets="$PWD/$CHATQNA_STATE_DIR/secrets.env" ;;
+esac
+for _chatqna_name in CHATQNA_INTERNAL_TOKEN GATEWAY_JWT_SECRET POSTGRES_PASSWORD; do
+    eval "_chatqna_value=\${$_chatqna_name:-}"
+    if [ -z "$_chatqna_value" ] && [ -f "$_chatqna_secrets" ]; then
+        _chatqna_value=$(sed -n "s/^${_chatqna_name}=//p" "$_chatqna_secrets" | tail -n 1)
+    fi
+    if [ -z "$_chatqna_value" ]; then
+        _chatqna_value=$(od -An -vtx1 -N32 /dev/urandom | tr -d ' \n')
+        (
+            umask 077
+            mkdir -p "$(dirname -- "$_chatqna_secrets")"
+            printf '%s=%s\n' "$_chatqna_name" "$_chatqna_value" >>"$_chatqna_secrets"
+        )
+        chmod 600 "$_chatqna_secrets"
+    fi
+    export "$_chatqna_name=$_chatqna_value"
+done
 
 if [ ! -e "$CHATQNA_MODELS_DIR/$LLM_MODEL" ] || [ ! -e "$CHATQNA_MODELS_DIR/$EMBEDDING_MODEL" ]; then
     echo "set_env.sh: $LLM_MODEL or $EMBEDDING_MODEL is missing from $CHATQNA_MODELS_DIR; run 'chatqna models fetch'" >&2
 fi
-unset _chatqna_root
+unset _chatqna_root _chatqna_secrets _chatqna_name _chatqna_value

@@ -28,11 +28,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comps.runtime import ingest  # noqa: E402
-from comps.runtime.models import DEFAULT_EMBEDDING  # noqa: E402
-from comps.runtime.process import ManagedProcess, free_port  # noqa: E402
-from comps.runtime.redis_server import EmbeddedRedis  # noqa: E402
-from comps.vectorstore import schema  # noqa: E402
+from comps.runtime import ingest
+from comps.runtime.models import DEFAULT_EMBEDDING
+from comps.runtime.process import ManagedProcess, free_port
+from comps.runtime.redis_server import EmbeddedRedis
+from comps.vectorstore import schema
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -63,8 +63,15 @@ def start(
     name: str, module: str, prefix: str, env: dict[str, str], logs: Path, sink: IO[str]
 ) -> tuple[ManagedProcess, str]:
     port = free_port()
-    full = {f"{prefix}HOST": "127.0.0.1", f"{prefix}PORT": str(port), "CHATQNA_MODELS_DIR": str(MODELS),
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "LOG_LEVEL": "WARNING", **env}  # fmt: skip
+    full = {
+        f"{prefix}HOST": "127.0.0.1",
+        f"{prefix}PORT": str(port),
+        "CHATQNA_MODELS_DIR": str(MODELS),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "LOG_LEVEL": "WARNING",
+        **env,
+    }
     argv = [sys.executable, "-m", module]
     proc = ManagedProcess(name, argv, env=full, cwd=REPO, sink=sink, log_file=logs / f"{name}.log")
     proc.start()
@@ -123,7 +130,7 @@ def main() -> None:
     print(f"corpus: {args.files} text files, {total_bytes / args.files:.0f} bytes each on average")
     print(f"chunking: chunk_size={args.chunk_size} chunk_overlap={args.chunk_overlap}; model: {DEFAULT_EMBEDDING}")
 
-    quiet = open(os.devnull, "w")  # noqa: SIM115, PTH123 - the children's output goes to log files only
+    quiet = open(os.devnull, "w")  # noqa: SIM115 - the children's output goes to log files only
     redis = EmbeddedRedis(tmp / "redis", free_port(), sink=quiet)
     redis.start()
     procs: list[ManagedProcess] = []
@@ -154,9 +161,11 @@ def main() -> None:
                 raise SystemExit(f"{len(failed)} job(s) did not succeed, e.g. {failed[0]}")
             chunks = sum(j["chunks_total"] for j in jobs.values())
             ingest_s.append(elapsed)
-            print(f"  ingest run {i + 1}: {chunks} chunks in {elapsed:.2f}s = {chunks / elapsed:.1f} chunks/s; "
-                  f"{calls:.0f} model calls of {inputs / max(calls, 1):.1f} chunks on average; CPU s: "
-                  + ", ".join(f"{name} {seconds:.1f}" for name, seconds in cpu.items()))  # fmt: skip
+            print(
+                f"  ingest run {i + 1}: {chunks} chunks in {elapsed:.2f}s = {chunks / elapsed:.1f} chunks/s; "
+                f"{calls:.0f} model calls of {inputs / max(calls, 1):.1f} chunks on average; CPU s: "
+                + ", ".join(f"{name} {seconds:.1f}" for name, seconds in cpu.items())
+            )
         texts = asyncio.run(stored_texts(redis.url, f"bench-{args.repeats - 1}"))
         assert len(texts) == chunks, (len(texts), chunks)
     finally:
@@ -175,8 +184,10 @@ def main() -> None:
         started = time.perf_counter()
         model.encode(texts, batch_size=64)
         encode_s.append(time.perf_counter() - started)
-        print(f"  raw encode run {i + 1}: {len(texts)} chunks in {encode_s[-1]:.2f}s = {len(texts) / encode_s[-1]:.1f} "
-              f"chunks/s; CPU s: {time.process_time() - cpu_before:.1f}")  # fmt: skip
+        print(
+            f"  raw encode run {i + 1}: {len(texts)} chunks in {encode_s[-1]:.2f}s = {len(texts) / encode_s[-1]:.1f} "
+            f"chunks/s; CPU s: {time.process_time() - cpu_before:.1f}"
+        )
 
     ingest_rate = chunks / statistics.median(ingest_s)
     raw_rate = len(texts) / statistics.median(encode_s)

@@ -7,12 +7,14 @@ Starts ``python -m comps.embedding`` on a free 127.0.0.1 port, then alternates, 
 Prints chunks/s for both (medians over the rounds), their ratio, and the service's mean batch size.
 
     .venv/bin/python benchmarks/bench_embedding.py [--texts 512] [--clients 32] [--rounds 3]
+        [--device cuda] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import re
@@ -85,6 +87,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both sides (default: torch's)")
     parser.add_argument("--model", default=str(REPO / "models" / "all-MiniLM-L6-v2"))
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="both sides run on this device")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -97,7 +101,7 @@ def main() -> None:
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     texts = make_texts(args.texts, args.chars)
-    model = SentenceTransformer(args.model, device="cpu", local_files_only=True)
+    model = SentenceTransformer(args.model, device=args.device, local_files_only=True)
     model.encode(texts[:64], batch_size=64, show_progress_bar=False)  # warm-up
     tokens = [len(ids) for ids in model.tokenizer(texts)["input_ids"]]
 
@@ -107,17 +111,20 @@ def main() -> None:
         "EMBEDDING_HOST": "127.0.0.1",
         "EMBEDDING_PORT": str(port),
         "EMBEDDING_MODEL": args.model,
-        "EMBEDDING_DEVICE": "cpu",
+        "EMBEDDING_DEVICE": args.device,
         "EMBEDDING_NUM_THREADS": str(threads),
         "HF_HUB_OFFLINE": "1",
     }
     service = ManagedProcess(
-        "embedding", [sys.executable, "-m", "comps.embedding"],
-        env=env, cwd=REPO, sink=open(os.devnull, "w"),  # noqa: SIM115 - its last lines are kept for errors
-    )  # fmt: skip
+        "embedding",
+        [sys.executable, "-m", "comps.embedding"],
+        env=env,
+        cwd=REPO,
+        sink=open(os.devnull, "w"),  # noqa: SIM115 - its last lines are kept for errors
+    )
     print(
         f"{args.texts} texts of ~{args.chars} chars (median {statistics.median(tokens):.0f} tokens), "
-        f"{args.clients} clients, torch threads {threads}, {os.cpu_count()} CPUs"
+        f"{args.clients} clients, torch threads {threads}, {os.cpu_count()} CPUs, device {args.device}"
     )
     local_rates, service_rates = [], []
     with service:
@@ -137,6 +144,20 @@ def main() -> None:
     print(f"service, {args.clients} clients x 1 text:    {served:8.1f} chunks/s (median of {args.rounds})")
     print(f"ratio service/in-process:              {served / local:8.2f}  (target >= 0.80)")
     print(f"service mean batch size:               {mean_batch:8.1f} inputs per model call")
+    if args.json:
+        figures = {
+            "device": args.device,
+            "threads": threads,
+            "texts": args.texts,
+            "chars": args.chars,
+            "clients": args.clients,
+            "rounds": args.rounds,
+            "median_tokens": statistics.median(tokens),
+            "in_process_chunks_per_s": local,
+            "service_chunks_per_s": served,
+            "service_mean_batch": mean_batch,
+        }
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

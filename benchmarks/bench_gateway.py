@@ -1,6 +1,17 @@
 """The gateway against OPEA's orchestrator (opea-comps 1.5), on the same instant stub services, in one run.
 
     .venv/bin/python benchmarks/bench_gateway.py [--quick]
+    .venv/bin/python benchmarks/bench_gateway.py --auth [--quick]   # auth off vs JWT vs API key, same stubs
+    .venv/bin/python benchmarks/bench_gateway.py --tracing [--quick]  # tracing off vs exporting, same stubs
+
+With ``--tracing``: four of our gateways on the same stubs: no exporter (off), exporting every span over OTLP/HTTP
+to a collector process (tests/support/otlp.py, which decodes each export) with text kept out of spans (on), with
+it in (on + content), and with 1 trace in 10 recorded (OTEL_TRACES_SAMPLER_ARG=0.1); requests/s at concurrency 64
+(median of interleaved rounds) and gateway CPU per request.
+
+With ``--auth``: two of our gateways on the same stubs, one with accounts off and one with accounts on (an
+embedded PostgreSQL in a temporary folder); the same requests with no credentials (off), an access JWT and an
+API key (on), interleaved in rounds: overhead p50/p99 over the direct hops, and gateway CPU per request at c=16.
 
 Starts (127.0.0.1 only): the four stubs in one process (tests/support/stubs.py), our gateway
 (``python -m megaservice``) and OPEA's ChatQnA megaservice (benchmarks/opea_chatqna.py, run from its own
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import subprocess
@@ -109,15 +121,9 @@ class Client:
 
     async def direct(self, stream: bool = False) -> None:
         """The four hops, called straight (our contracts), as a gateway would."""
-        post = self.s.post
-        async with post(self.stubs["embedding"] + "/v1/embeddings", json={"input": QUESTION}) as r:
-            vec = (await r.json())["data"][0]["embedding"]
-        async with post(self.stubs["retriever"] + "/v1/retrieval", json={"text": QUESTION, "embedding": vec, "k": 4}) as r:
-            docs = (await r.json())["documents"]
-        async with post(self.stubs["reranker"] + "/rerank", json={"query": QUESTION, "texts": [d["text"] for d in docs], "top_n": 3}) as r:
-            await r.json()
+        await self.direct_prefix()
         body = {"messages": [{"role": "user", "content": QUESTION}], "stream": stream}
-        async with post(self.stubs["llm"] + "/v1/chat/completions", json=body) as r:
+        async with self.s.post(self.stubs["llm"] + "/v1/chat/completions", json=body) as r:
             await r.read()
 
     async def gateway(self, url: str, stream: bool, question: str = QUESTION) -> None:
@@ -132,8 +138,10 @@ class Client:
         start = time.perf_counter()
         if url is None:  # direct: the three hops, then the LLM's own stream
             await self.direct_prefix()
-            req = self.s.post(self.stubs["llm"] + "/v1/chat/completions",
-                              json={"messages": [{"role": "user", "content": QUESTION}], "stream": True})  # fmt: skip
+            req = self.s.post(
+                self.stubs["llm"] + "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": QUESTION}], "stream": True},
+            )
         else:
             req = self.s.post(url, json={"messages": [{"role": "user", "content": QUESTION}], "stream": True})
         times = []
@@ -149,20 +157,31 @@ class Client:
                     has = bool(choices[0].get("delta", {}).get("content"))
                 if has:
                     times.append(time.perf_counter())
-        return times[0] - start, [b - a for a, b in zip(times, times[1:])]
+        return times[0] - start, [b - a for a, b in itertools.pairwise(times)]
 
     async def direct_prefix(self) -> None:
+        """The three hops before the LLM, called straight."""
         post = self.s.post
         async with post(self.stubs["embedding"] + "/v1/embeddings", json={"input": QUESTION}) as r:
             vec = (await r.json())["data"][0]["embedding"]
-        async with post(self.stubs["retriever"] + "/v1/retrieval", json={"text": QUESTION, "embedding": vec, "k": 4}) as r:
+        async with post(
+            self.stubs["retriever"] + "/v1/retrieval", json={"text": QUESTION, "embedding": vec, "k": 4}
+        ) as r:
             docs = (await r.json())["documents"]
-        async with post(self.stubs["reranker"] + "/rerank", json={"query": QUESTION, "texts": [d["text"] for d in docs], "top_n": 3}) as r:
+        async with post(
+            self.stubs["reranker"] + "/rerank", json={"query": QUESTION, "texts": [d["text"] for d in docs], "top_n": 3}
+        ) as r:
             await r.json()
 
 
-async def load(call: Callable[[], Awaitable[None]], concurrency: int, *, duration_s: float | None = None,
-               count: int | None = None, proc: Proc | None = None) -> Run:  # fmt: skip
+async def load(
+    call: Callable[[], Awaitable[None]],
+    concurrency: int,
+    *,
+    duration_s: float | None = None,
+    count: int | None = None,
+    proc: Proc | None = None,
+) -> Run:
     """``concurrency`` workers calling ``call`` until ``count`` calls or ``duration_s`` seconds."""
     run = Run()
     started = time.perf_counter()
@@ -216,10 +235,24 @@ async def bench(quick: bool, ours: Proc, opea: Proc, urls: dict[str, str], stubs
         d50, d99 = runs["direct"].pct(50), runs["direct"].pct(99)
         over = {k: (runs[k].pct(50) - d50, runs[k].pct(99) - d99) for k in ("ours", "opea")}
         rows.append(("direct 4 hops p50 / p99 (ms)", f"{d50 * 1e3:.2f} / {d99 * 1e3:.2f}", "", "", ""))
-        rows.append(("overhead p50 (ms)", f"{over['ours'][0] * 1e3:.2f}", f"{over['opea'][0] * 1e3:.2f}",
-                     _ratio(over["opea"][0], over["ours"][0]), "<= 2 ms"))  # fmt: skip
-        rows.append(("overhead p99 (ms)", f"{over['ours'][1] * 1e3:.2f}", f"{over['opea'][1] * 1e3:.2f}",
-                     _ratio(over["opea"][1], over["ours"][1]), ""))  # fmt: skip
+        rows.append(
+            (
+                "overhead p50 (ms)",
+                f"{over['ours'][0] * 1e3:.2f}",
+                f"{over['opea'][0] * 1e3:.2f}",
+                _ratio(over["opea"][0], over["ours"][0]),
+                "<= 2 ms",
+            )
+        )
+        rows.append(
+            (
+                "overhead p99 (ms)",
+                f"{over['ours'][1] * 1e3:.2f}",
+                f"{over['opea'][1] * 1e3:.2f}",
+                _ratio(over["opea"][1], over["ours"][1]),
+                "",
+            )
+        )
 
         # 2. throughput and CPU per request
         for stream in (False, True):
@@ -227,17 +260,33 @@ async def bench(quick: bool, ours: Proc, opea: Proc, urls: dict[str, str], stubs
             for conc in (1, 16, 64):
                 res = {}
                 for name in ("ours", "opea"):
-                    res[name] = await load(lambda n=name: c.gateway(gw[n], stream), conc, duration_s=dur, proc=procs[name])
+                    res[name] = await load(
+                        lambda n=name, s=stream: c.gateway(gw[n], s), conc, duration_s=dur, proc=procs[name]
+                    )
                 target = {(False, 64): ">= 3x", (True, 64): ">= 5x"}.get((stream, conc), "")
-                rows.append((f"req/s {mode} c={conc}", f"{res['ours'].rps:.0f}", f"{res['opea'].rps:.0f}",
-                             _ratio(res["ours"].rps, res["opea"].rps), target))  # fmt: skip
+                rows.append(
+                    (
+                        f"req/s {mode} c={conc}",
+                        f"{res['ours'].rps:.0f}",
+                        f"{res['opea'].rps:.0f}",
+                        _ratio(res["ours"].rps, res["opea"].rps),
+                        target,
+                    )
+                )
                 errs = res["ours"].errors + res["opea"].errors
                 if errs:
                     rows.append((f"  errors {mode} c={conc}", str(res["ours"].errors), str(res["opea"].errors), "", ""))
                 if conc == 16:
                     cpu = {k: res[k].cpu_s / max(1, len(res[k].latencies)) for k in res}
-                    rows.append((f"CPU ms/request {mode} (c=16)", f"{cpu['ours'] * 1e3:.2f}", f"{cpu['opea'] * 1e3:.2f}",
-                                 _ratio(cpu["opea"], cpu["ours"]), "<= 1/4 of OPEA"))  # fmt: skip
+                    rows.append(
+                        (
+                            f"CPU ms/request {mode} (c=16)",
+                            f"{cpu['ours'] * 1e3:.2f}",
+                            f"{cpu['opea'] * 1e3:.2f}",
+                            _ratio(cpu["opea"], cpu["ours"]),
+                            "<= 1/4 of OPEA",
+                        )
+                    )
 
         # 3. streaming: TTFT and the gap between chunks (LLM stub: 20 chunks, 10 ms apart)
         await set_llm(session, stubs["llm"], tokens=20, chunk_delay_s=0.01)
@@ -251,12 +300,33 @@ async def bench(quick: bool, ours: Proc, opea: Proc, urls: dict[str, str], stubs
                 gaps += gap
             measured[key] = (ttfts, gaps)
         med = {k: (statistics.median(v[0]), statistics.median(v[1]), max(v[1])) for k, v in measured.items()}
-        rows.append(("stream TTFT p50 (ms), direct " + f"{med['direct'][0] * 1e3:.1f}", f"{med['ours'][0] * 1e3:.1f}",
-                     f"{med['opea'][0] * 1e3:.1f}", _ratio(med["opea"][0], med["ours"][0]), ""))  # fmt: skip
-        rows.append(("chunk gap p50 (ms), direct " + f"{med['direct'][1] * 1e3:.2f}", f"{med['ours'][1] * 1e3:.2f}",
-                     f"{med['opea'][1] * 1e3:.2f}", "", "= direct"))  # fmt: skip
-        rows.append(("chunk gap max (ms), direct " + f"{med['direct'][2] * 1e3:.2f}", f"{med['ours'][2] * 1e3:.2f}",
-                     f"{med['opea'][2] * 1e3:.2f}", "", ""))  # fmt: skip
+        rows.append(
+            (
+                "stream TTFT p50 (ms), direct " + f"{med['direct'][0] * 1e3:.1f}",
+                f"{med['ours'][0] * 1e3:.1f}",
+                f"{med['opea'][0] * 1e3:.1f}",
+                _ratio(med["opea"][0], med["ours"][0]),
+                "",
+            )
+        )
+        rows.append(
+            (
+                "chunk gap p50 (ms), direct " + f"{med['direct'][1] * 1e3:.2f}",
+                f"{med['ours'][1] * 1e3:.2f}",
+                f"{med['opea'][1] * 1e3:.2f}",
+                "",
+                "= direct",
+            )
+        )
+        rows.append(
+            (
+                "chunk gap max (ms), direct " + f"{med['direct'][2] * 1e3:.2f}",
+                f"{med['ours'][2] * 1e3:.2f}",
+                f"{med['opea'][2] * 1e3:.2f}",
+                "",
+                "",
+            )
+        )
 
         # 4. a slow LLM first byte (2 s) must not stall other requests
         await set_llm(session, stubs["llm"], tokens=20, chunk_delay_s=0.0)
@@ -282,42 +352,273 @@ def _ratio(num: float, den: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the benchmark)")
+    ap.add_argument("--auth", action="store_true", help="auth off vs JWT vs API key instead of OPEA")
+    ap.add_argument("--tracing", action="store_true", help="tracing off vs exporting to a collector instead of OPEA")
     args = ap.parse_args()
+    if args.auth:
+        main_auth(args.quick)
+        return
+    if args.tracing:
+        main_tracing(args.quick)
+        return
     opea_python = ensure_opea_venv()
     ports = {name: free_port() for name in ("embedding", "retriever", "reranker", "llm")}
     stubs = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     ours_port, opea_port = free_port(), free_port()
     procs: list[Proc] = []
     try:
-        procs.append(stub := Proc("stubs", [sys.executable, "-m", "tests.support.stubs", *map(str, ports.values())], {}))
+        procs.append(
+            stub := Proc("stubs", [sys.executable, "-m", "tests.support.stubs", *map(str, ports.values())], {})
+        )
         stub.wait_http(stubs["llm"] + "/v1/ready")
-        ours = Proc("gateway", [sys.executable, "-m", "megaservice"], {
-            "GATEWAY_PORT": str(ours_port), **{f"GATEWAY_{k.upper()}_URL": v for k, v in stubs.items()},
-        })  # fmt: skip
+        ours = Proc(
+            "gateway",
+            [sys.executable, "-m", "megaservice"],
+            {
+                "GATEWAY_PORT": str(ours_port),
+                "GATEWAY_AUTH_ENABLED": "false",
+                **{f"GATEWAY_{k.upper()}_URL": v for k, v in stubs.items()},
+            },
+        )
         procs.append(ours)
-        opea = Proc("opea", [str(opea_python), str(REPO / "benchmarks" / "opea_chatqna.py")], {
-            "OPEA_PORT": str(opea_port), "PYTHONWARNINGS": "ignore",
-            **{f"STUB_{k.upper()}": f"127.0.0.1:{p}" for k, p in ports.items()},
-        })  # fmt: skip
+        opea = Proc(
+            "opea",
+            [str(opea_python), str(REPO / "benchmarks" / "opea_chatqna.py")],
+            {
+                "OPEA_PORT": str(opea_port),
+                "PYTHONWARNINGS": "ignore",
+                **{f"STUB_{k.upper()}": f"127.0.0.1:{p}" for k, p in ports.items()},
+            },
+        )
         procs.append(opea)
         ours.wait_http(f"http://127.0.0.1:{ours_port}/v1/ready")
         opea.wait_http(f"http://127.0.0.1:{opea_port}/v1/health_check")
         urls = {"ours": f"http://127.0.0.1:{ours_port}", "opea": f"http://127.0.0.1:{opea_port}"}
-        try:
-            import uvloop
-
-            uvloop.install()
-        except ImportError:
-            pass
+        install_uvloop()
         rows = asyncio.run(bench(args.quick, ours, opea, urls, stubs))
     finally:
         for p in reversed(procs):
             p.stop()
-    header = ("metric", "ours", "OPEA 1.5", "ratio", "target")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
-    print(f"\ngateway vs OPEA ServiceOrchestrator, 4 hops on instant stubs, {os.cpu_count()} CPUs")
+    print_table("gateway vs OPEA ServiceOrchestrator", ("metric", "ours", "OPEA 1.5", "ratio", "target"), rows)
+
+
+def install_uvloop() -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+
+def print_table(title: str, header: tuple[str, ...], rows: list[tuple]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print(f"\n{title}, 4 hops on instant stubs, {os.cpu_count()} CPUs")
     for r in [header, *rows]:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)))
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths, strict=True)))
+
+
+async def bench_auth(
+    quick: bool, procs: dict[str, Proc], urls: dict[str, str], stubs: dict[str, str], creds: dict[str, str]
+) -> list[tuple]:
+    n_seq = 200 if quick else 600
+    dur = 1.5 if quick else 3.0
+    rows: list[tuple] = []
+    timeout = aiohttp.ClientTimeout(total=30)
+    body = orjson.dumps({"messages": [{"role": "user", "content": QUESTION}]})
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+        c = Client(session, stubs)
+        await set_llm(session, stubs["llm"], tokens=20, chunk_delay_s=0.0)
+        modes = {"off": ("off", None), "jwt": ("on", creds["jwt"]), "api key": ("on", creds["key"])}
+
+        def call(mode: str) -> Callable[[], Awaitable[None]]:
+            which, token = modes[mode]
+            headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+
+            async def one() -> None:
+                async with session.post(urls[which] + "/v1/chatqna", data=body, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"HTTP {r.status}")
+
+            return one
+
+        for mode in modes:
+            await load(call(mode), 4, count=100)
+        runs = {k: Run() for k in ("direct", *modes)}
+        for _ in range(10):  # interleaved rounds share the machine's noise
+            for key in runs:
+                r = await load(c.direct if key == "direct" else call(key), 1, count=n_seq // 10)
+                runs[key].latencies += r.latencies
+                runs[key].errors += r.errors
+        d50, d99 = runs["direct"].pct(50), runs["direct"].pct(99)
+        rows.append(("direct 4 hops p50 / p99 (ms)", f"{d50 * 1e3:.3f} / {d99 * 1e3:.3f}", "", "", ""))
+        for mode in modes:
+            o50, o99 = runs[mode].pct(50) - d50, runs[mode].pct(99) - d99
+            added = "" if mode == "off" else f"{(runs[mode].pct(50) - runs['off'].pct(50)) * 1e3:+.3f}"
+            rows.append(
+                (
+                    f"overhead p50 / p99 (ms), {mode}",
+                    f"{o50 * 1e3:.3f} / {o99 * 1e3:.3f}",
+                    added,
+                    f"errors {runs[mode].errors}",
+                    "added p50 <= 0.1 ms" if mode != "off" else "",
+                )
+            )
+        cpu: dict[str, float] = {}
+        for _ in range(2):
+            for mode in modes:
+                res = await load(call(mode), 16, duration_s=dur, proc=procs[modes[mode][0]])
+                cpu[mode] = cpu.get(mode, 0.0) + res.cpu_s / max(1, len(res.latencies)) / 2
+        for mode in modes:
+            ratio = "" if mode == "off" else f"{cpu[mode] / cpu['off']:.3f}x"
+            rows.append(
+                (
+                    f"CPU ms/request (c=16), {mode}",
+                    f"{cpu[mode] * 1e3:.3f}",
+                    ratio,
+                    "",
+                    "<= 1.05x off" if mode != "off" else "",
+                )
+            )
+    return rows
+
+
+def main_auth(quick: bool) -> None:
+    import tempfile
+
+    import httpx
+
+    from comps.runtime.postgres_server import EmbeddedPostgres
+
+    ports = {name: free_port() for name in ("embedding", "retriever", "reranker", "llm")}
+    stubs = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    off_port, on_port = free_port(), free_port()
+    urls = {"off": f"http://127.0.0.1:{off_port}", "on": f"http://127.0.0.1:{on_port}"}
+    admin = ("bench-admin", "bench-" + os.urandom(8).hex())
+    started: list[Proc] = []
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedPostgres(Path(tmp) / "pg", free_port()) as pg:
+        try:
+            started.append(
+                stub := Proc("stubs", [sys.executable, "-m", "tests.support.stubs", *map(str, ports.values())], {})
+            )
+            stub.wait_http(stubs["llm"] + "/v1/ready")
+            hops = {f"GATEWAY_{k.upper()}_URL": v for k, v in stubs.items()}
+            procs = {
+                "off": Proc(
+                    "gateway-auth-off",
+                    [sys.executable, "-m", "megaservice"],
+                    {"GATEWAY_PORT": str(off_port), "GATEWAY_AUTH_ENABLED": "false", **hops},
+                ),
+                "on": Proc(
+                    "gateway-auth-on",
+                    [sys.executable, "-m", "megaservice"],
+                    {
+                        "GATEWAY_PORT": str(on_port),
+                        "DATABASE_URL": pg.url,
+                        "GATEWAY_JWT_SECRET": os.urandom(32).hex(),
+                        "CHATQNA_ADMIN_USER": admin[0],
+                        "CHATQNA_ADMIN_PASSWORD": admin[1],
+                        **hops,
+                    },
+                ),
+            }
+            started += procs.values()
+            for name, proc in procs.items():
+                proc.wait_http(urls[name] + "/v1/ready")
+            login = httpx.post(urls["on"] + "/v1/auth/login", json={"username": admin[0], "password": admin[1]}).json()
+            jwt_token = login["access_token"]
+            key = httpx.post(
+                urls["on"] + "/v1/auth/keys", json={"name": "bench"}, headers={"Authorization": f"Bearer {jwt_token}"}
+            ).json()["key"]
+            install_uvloop()
+            rows = asyncio.run(bench_auth(quick, procs, urls, stubs, {"jwt": jwt_token, "key": key}))
+        finally:
+            for p in reversed(started):
+                p.stop()
+    print_table("gateway auth off vs on (JWT, API key)", ("metric", "value", "vs off", "", "target"), rows)
+
+
+TRACING_MODES = ("off", "on", "on + content", "on, 10% sampled")
+
+
+async def bench_tracing(
+    quick: bool, procs: dict[str, Proc], urls: dict[str, str], stubs: dict[str, str]
+) -> list[tuple]:
+    rounds = 3 if quick else 5
+    dur = 1.5 if quick else 3.0
+    rows: list[tuple] = []
+    timeout = aiohttp.ClientTimeout(total=30)
+    # Each gateway idles while the others are measured: the client drops idle connections (2 s) before the
+    # server's keep-alive (5 s) does, so no request goes out on a connection the server is closing.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        c = Client(session, stubs)
+        await set_llm(session, stubs["llm"], tokens=20, chunk_delay_s=0.0)
+        for stream in (False, True):
+            for mode in TRACING_MODES:
+                await load(lambda m=mode, s=stream: c.gateway(urls[m] + "/v1/chatqna", s), 8, count=100)
+            rps: dict[str, list[float]] = {m: [] for m in TRACING_MODES}
+            cpu: dict[str, list[float]] = {m: [] for m in TRACING_MODES}
+            errors = dict.fromkeys(TRACING_MODES, 0)
+            for _ in range(rounds):  # interleaved rounds share the machine's noise
+                for mode in TRACING_MODES:
+                    run = await load(lambda m=mode, s=stream: c.gateway(urls[m] + "/v1/chatqna", s), 64, duration_s=dur,
+                                     proc=procs[mode])  # fmt: skip
+                    rps[mode].append(run.rps)
+                    cpu[mode].append(run.cpu_s / max(1, len(run.latencies)))
+                    errors[mode] += run.errors
+            kind = "streaming (20 chunks)" if stream else "non-streaming"
+            base, base_cpu = statistics.median(rps["off"]), statistics.median(cpu["off"])
+            for mode in TRACING_MODES:
+                r, u = statistics.median(rps[mode]), statistics.median(cpu[mode])
+                target = ">= 0.9x off" if mode != "off" else ""
+                rows.append(
+                    (f"req/s c=64, {kind}, {mode}", f"{r:.0f}", f"{r / base:.2f}x", f"{u * 1e3:.3f}",
+                     f"{u / base_cpu:.2f}x", f"errors {errors[mode]}", target)
+                )  # fmt: skip
+    return rows
+
+
+def main_tracing(quick: bool) -> None:
+    ports = {name: free_port() for name in ("embedding", "retriever", "reranker", "llm")}
+    stubs = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    collector_port = free_port()
+    gw_ports = {mode: free_port() for mode in TRACING_MODES}
+    urls = {mode: f"http://127.0.0.1:{port}" for mode, port in gw_ports.items()}
+    started: list[Proc] = []
+    try:
+        started.append(
+            stub := Proc("stubs", [sys.executable, "-m", "tests.support.stubs", *map(str, ports.values())], {})
+        )
+        started.append(Proc("otlp-collector", [sys.executable, "-m", "tests.support.otlp", str(collector_port)], {}))
+        stub.wait_http(stubs["llm"] + "/v1/ready")
+        hops = {f"GATEWAY_{k.upper()}_URL": v for k, v in stubs.items()}
+        exporting = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}"}
+        envs = {
+            "off": {},
+            "on": {**exporting, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "false"},
+            "on + content": {**exporting, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"},
+            "on, 10% sampled": {**exporting, "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+        }
+        procs = {
+            mode: Proc(
+                f"gateway-tracing-{''.join(c if c.isalnum() else '-' for c in mode)}",
+                [sys.executable, "-m", "megaservice"],
+                {"GATEWAY_PORT": str(gw_ports[mode]), "GATEWAY_AUTH_ENABLED": "false", **hops, **envs[mode]},
+            )
+            for mode in TRACING_MODES
+        }  # fmt: skip
+        started += procs.values()
+        for mode, proc in procs.items():
+            proc.wait_http(urls[mode] + "/v1/ready")
+        install_uvloop()
+        rows = asyncio.run(bench_tracing(quick, procs, urls, stubs))
+    finally:
+        for p in reversed(started):
+            p.stop()
+    print_table("gateway tracing off vs exporting over OTLP/HTTP",
+                ("metric", "value", "vs off", "CPU ms/req", "vs off", "", "target"), rows)  # fmt: skip
 
 
 if __name__ == "__main__":

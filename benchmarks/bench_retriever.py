@@ -27,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comps.runtime.process import free_port  # noqa: E402
-from comps.runtime.redis_server import EmbeddedRedis  # noqa: E402
-from comps.vectorstore import schema, search  # noqa: E402
+from comps.runtime.process import free_port
+from comps.runtime.redis_server import EmbeddedRedis
+from comps.vectorstore import schema, search
 
 DIM = 384
 K = 10
@@ -136,8 +136,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-retriever-") as tmp, EmbeddedRedis(Path(tmp), free_port()) as redis:
         t_hnsw = asyncio.run(load(redis.url, HNSW, data, "HNSW", args.m, args.ef_construction))
         t_flat = asyncio.run(load(redis.url, FLAT, data, "FLAT", args.m, args.ef_construction))
-        print(f"load (pipelined HSET, indexed on write): HNSW M={args.m} EF_CONSTRUCTION={args.ef_construction} "
-              f"{t_hnsw:.1f}s ({args.n / t_hnsw:,.0f}/s); FLAT {t_flat:.1f}s ({args.n / t_flat:,.0f}/s)")  # fmt: skip
+        print(
+            f"load (pipelined HSET, indexed on write): HNSW M={args.m} EF_CONSTRUCTION={args.ef_construction} "
+            f"{t_hnsw:.1f}s ({args.n / t_hnsw:,.0f}/s); FLAT {t_flat:.1f}s ({args.n / t_flat:,.0f}/s)"
+        )
 
         asyncio.run(run_queries(redis.url, FLAT, queries[:10], None))  # warm the connection and caches
         flat_lat, exact = asyncio.run(run_queries(redis.url, FLAT, queries, None))
@@ -154,19 +156,27 @@ def main() -> None:
                 chosen = ef
         if chosen is None:
             chosen = max(rows, key=lambda e: (rows[e][2], -rows[e][0]))
-            print(f"  no EF_RUNTIME met p50 <= {TARGET_P50_MS} ms at recall@10 >= {TARGET_RECALL}; "
-                  f"best recall: {chosen}")  # fmt: skip
+            print(
+                f"  no EF_RUNTIME met p50 <= {TARGET_P50_MS} ms at recall@10 >= {TARGET_RECALL}; best recall: {chosen}"
+            )
         p50, p95, rec = rows[chosen]
         flat_p50 = pct(flat_lat, 50)
-        print(f"\nchosen EF_RUNTIME={chosen}: p50 {p50:.2f} ms (target <= {TARGET_P50_MS}), recall@10 {rec:.3f} "
-              f"(target >= {TARGET_RECALL}); FLAT/HNSW p50 ratio {flat_p50 / p50:.1f}x")  # fmt: skip
+        print(
+            f"\nchosen EF_RUNTIME={chosen}: p50 {p50:.2f} ms (target <= {TARGET_P50_MS}), recall@10 {rec:.3f} "
+            f"(target >= {TARGET_RECALL}); FLAT/HNSW p50 ratio {flat_p50 / p50:.1f}x"
+        )
 
         if not args.no_http:
             from comps.runtime.process import ManagedProcess
 
             port = free_port()
-            env = {"RETRIEVER_PORT": str(port), "REDIS_URL": redis.url, "INDEX_NAME": HNSW,
-                   "RETRIEVER_HNSW_EF_RUNTIME": str(chosen), "LOG_LEVEL": "WARNING"}  # fmt: skip
+            env = {
+                "RETRIEVER_PORT": str(port),
+                "REDIS_URL": redis.url,
+                "INDEX_NAME": HNSW,
+                "RETRIEVER_HNSW_EF_RUNTIME": str(chosen),
+                "LOG_LEVEL": "WARNING",
+            }
             with open(Path(tmp) / "retriever.log", "w") as sink:
                 proc = ManagedProcess("retriever", [sys.executable, "-m", "comps.retriever"], env=env, sink=sink)
                 proc.start()
@@ -179,8 +189,10 @@ def main() -> None:
                 finally:
                     proc.stop()
             print(f"\nHTTP POST /v1/retrieval (embedding given, k={K}), {args.queries} sequential requests:")
-            print(f"  HNSW EF_RUNTIME={chosen}: p50 {pct(h_lat, 50):.2f} ms, p95 {pct(h_lat, 95):.2f} ms "
-                  f"(HTTP + JSON overhead over search.py: {pct(h_lat, 50) - p50:+.2f} ms at p50)")  # fmt: skip
+            print(
+                f"  HNSW EF_RUNTIME={chosen}: p50 {pct(h_lat, 50):.2f} ms, p95 {pct(h_lat, 95):.2f} ms "
+                f"(HTTP + JSON overhead over search.py: {pct(h_lat, 50) - p50:+.2f} ms at p50)"
+            )
             print(f"  FLAT:               p50 {pct(f_lat, 50):.2f} ms, p95 {pct(f_lat, 95):.2f} ms")
 
 

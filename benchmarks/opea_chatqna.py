@@ -13,6 +13,9 @@ Env: OPEA_PORT, STUB_EMBEDDING, STUB_RETRIEVER, STUB_RERANKER, STUB_LLM (host:po
 import json
 import os
 
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
 from comps import MicroService, ServiceOrchestrator, ServiceRoleType, ServiceType
 from comps.cores.mega.utils import handle_message
 from comps.cores.proto.api_protocol import (
@@ -23,8 +26,6 @@ from comps.cores.proto.api_protocol import (
     UsageInfo,
 )
 from comps.cores.proto.docarray import LLMParams, RerankerParms, RetrieverParms
-from fastapi import Request
-from fastapi.responses import StreamingResponse
 
 TEMPLATE = (
     "### You are a helpful assistant. Use the search results below; if they do not answer the question, "
@@ -90,7 +91,7 @@ def align_generator(self, gen, **kwargs):
             continue
         choices = chunk.get("choices") or []
         if choices and (choices[0].get("delta") or {}).get("content") is not None:
-            yield f"data: {repr(choices[0]['delta']['content'].encode('utf-8'))}\n\n"
+            yield f"data: {choices[0]['delta']['content'].encode('utf-8')!r}\n\n"
     yield "data: [DONE]\n\n"
 
 
@@ -102,8 +103,9 @@ def main():
 
     def remote(name, env, endpoint, kind):
         host, port = os.environ[env].rsplit(":", 1)
-        return MicroService(name=name, host=host, port=int(port), endpoint=endpoint, use_remote_service=True,
-                            service_type=kind)  # fmt: skip
+        return MicroService(
+            name=name, host=host, port=int(port), endpoint=endpoint, use_remote_service=True, service_type=kind
+        )
 
     embedding = remote("embedding", "STUB_EMBEDDING", "/embed", ServiceType.EMBEDDING)
     retriever = remote("retriever", "STUB_RETRIEVER", "/opea/retrieval", ServiceType.RETRIEVER)
@@ -141,13 +143,20 @@ def main():
             if isinstance(response, StreamingResponse):
                 return response
         text = result[graph.all_leaves()[-1]]["text"]
-        choice = ChatCompletionResponseChoice(index=0, message=ChatMessage(role="assistant", content=text),
-                                              finish_reason="stop")  # fmt: skip
+        choice = ChatCompletionResponseChoice(
+            index=0, message=ChatMessage(role="assistant", content=text), finish_reason="stop"
+        )
         return ChatCompletionResponse(model="chatqna", choices=[choice], usage=UsageInfo())
 
-    service = MicroService("ChatQnAService", service_role=ServiceRoleType.MEGASERVICE, host="127.0.0.1",
-                           port=int(os.environ["OPEA_PORT"]), endpoint="/v1/chatqna",
-                           input_datatype=ChatCompletionRequest, output_datatype=ChatCompletionResponse)  # fmt: skip
+    service = MicroService(
+        "ChatQnAService",
+        service_role=ServiceRoleType.MEGASERVICE,
+        host="127.0.0.1",
+        port=int(os.environ["OPEA_PORT"]),
+        endpoint="/v1/chatqna",
+        input_datatype=ChatCompletionRequest,
+        output_datatype=ChatCompletionResponse,
+    )
     service.add_route("/v1/chatqna", handle_request, methods=["POST"])
     service.start()
 

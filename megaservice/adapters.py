@@ -102,29 +102,15 @@ def retrieve(q: Question, embedding: EmbeddingResponse) -> RetrievalRequest:
     data = embedding.data
     if len(data) != 1 or not isinstance(data[0].embedding, list):
         raise BadAnswer("embedding answered without exactly one float vector", node="embedding")
-    r = q.request
-    # Built without validation: every value is already validated (the request's bounds are the retriever's,
-    # the vector comes from a validated answer), and re-checking 384 floats in Python costs more than the rest.
-    return RetrievalRequest.model_construct(
-        text=q.query,
-        embedding=data[0].embedding,
-        collection=r.collection,
-        k=r.k,
-        search_type=r.search_type,
-        fetch_k=r.fetch_k,
-        lambda_mult=r.lambda_mult,
-        score_threshold=r.score_threshold,
-        distance_threshold=r.distance_threshold,
-        filters=r.filters,
-    )
+    # Built without validation: every value is already validated (the options are the retriever's own, checked
+    # in the request; the vector comes from a validated answer), and re-checking 384 floats in Python costs more.
+    return RetrievalRequest.model_construct(text=q.query, embedding=data[0].embedding, **q.request.retrieval_options())
 
 
 def rerank(q: Question, retriever: RetrievalResponse) -> RerankRequest | Skip[list[RerankResult]]:
     if not retriever.documents:
         return Skip([])
-    return RerankRequest(
-        query=q.query, texts=[d.text for d in retriever.documents], top_n=q.request.top_n
-    )
+    return RerankRequest(query=q.query, texts=[d.text for d in retriever.documents], top_n=q.request.top_n)
 
 
 def ask_reranked(q: Question, retriever: RetrievalResponse, reranker: list[RerankResult]) -> ChatCompletionRequest:
@@ -189,7 +175,7 @@ def chat_request(q: Question, passages: list[Passage]) -> ChatCompletionRequest:
                 fields[name] = value
     if r.stream:
         fields["stream"] = True
-        if r.stream_options is not None:
-            fields["stream_options"] = StreamOptions(include_usage=r.stream_options.include_usage)
+        # Always: the trace records the answer's usage; the relay drops it unless the client asked for it.
+        fields["stream_options"] = StreamOptions(include_usage=True)
     messages = rag_messages(q.chat, passages, r.chat_template) if rag else plain_messages(q.chat)
     return ChatCompletionRequest(messages=messages, **fields)

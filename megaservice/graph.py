@@ -11,9 +11,9 @@
   `Graph.open_stream`).
 
 Every hop is timed (histogram per node), counted when it fails (per node and kind), traced (a span per
-node under the request's span) and its status checked by the kit's HttpClient: a failure is an
-`UpstreamError` naming the node (503 unreachable/not ready, 504 timeout, 502 bad answer, the
-upstream's own 4xx passed through).
+node under the request's span, described by the node's ``describe`` hook: `megaservice.tracing`) and its status
+checked by the kit's HttpClient: a failure is an `UpstreamError` naming the node (503 unreachable/not ready,
+504 timeout, 502 bad answer, the upstream's own 4xx passed through).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -76,6 +77,8 @@ class Node:
     read_timeout_s: float | None = None  # streaming only: longest wait between two events
     streaming: bool = False
     ready_path: str = "/v1/ready"
+    # Called with the hop's span (when recorded), request, validated answer (None: failed), upstream answers.
+    describe: Callable[[Span, Any, Any, Mapping[str, Any]], None] | None = field(default=None, compare=False)
 
     @property
     def target(self) -> str:
@@ -166,7 +169,9 @@ class Graph:
             raise GraphError(f"{where}: its annotations do not resolve: {exc}") from None
         params = list(inspect.signature(fn).parameters.values())
         if not params:
-            raise GraphError(f"{where}: takes no parameters; the first must be the graph input ({_name(self.input_type)})")
+            raise GraphError(
+                f"{where}: takes no parameters; the first must be the graph input ({_name(self.input_type)})"
+            )
         for p in params:
             if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
                 raise GraphError(f"{where}: parameter {p.name!r} must be a plain positional parameter")
@@ -211,7 +216,7 @@ class Graph:
                 raise GraphError(f"graph {self.name}: cycle {' -> '.join(cycle)}; a graph must be acyclic")
             state[name] = 1
             for src in self._steps[name].sources:
-                visit(src, path + [src])
+                visit(src, [*path, src])
             state[name] = 2
             order.append(name)
 
@@ -289,13 +294,15 @@ class Graph:
         request = self._build(step, inp, answers)
         if isinstance(request, Skip):
             return request.output
-        return await self._send(http, step, request)
+        return await self._send(http, step, request, answers)
 
     async def call_terminal(self, http: HttpClient, request: BaseModel) -> Any:
         """Send the terminal's request without streaming; returns its validated answer."""
         return await self._send(http, self._steps[self.terminal.name], request)
 
-    async def _send(self, http: HttpClient, step: _Step, request: BaseModel) -> Any:
+    async def _send(
+        self, http: HttpClient, step: _Step, request: BaseModel, upstream: Mapping[str, Any] | None = None
+    ) -> Any:
         node = step.node
         body = request.__pydantic_serializer__.to_json(request, exclude_unset=True, exclude_none=True)
         started = time.perf_counter()
@@ -312,21 +319,29 @@ class Graph:
                         f"{node.name} did not answer within {node.timeout_s:g}s", node=node.name
                     ) from None
                 try:
-                    return step.answer.validate_json(raw)
+                    answer = step.answer.validate_json(raw)
                 except ValidationError as exc:
                     raise BadAnswer(
                         f"{node.name} answered with an unexpected body: {_first_error(exc)}", node=node.name
                     ) from None
+                if node.describe is not None and span.is_recording():
+                    node.describe(span, request, answer, upstream or {})
+                return answer
             except ServiceError as exc:
                 count_error(node.name, exc)
-                span.set_attribute("error.type", type(exc).__name__)
+                _mark_failed(span, exc)
+                if node.describe is not None and span.is_recording():
+                    node.describe(span, request, None, upstream or {})
                 raise
             finally:
                 step.latency.observe(time.perf_counter() - started)
 
     @asynccontextmanager
-    async def open_stream(self, http: HttpClient, request: BaseModel) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def open_stream(
+        self, http: HttpClient, request: BaseModel
+    ) -> AsyncIterator[tuple[aiohttp.ClientResponse, Span]]:
         """Open the terminal's stream; its status is checked (errors raised) before the caller reads it.
+        Yields the response and the hop's span (ended when the block ends: the caller describes the answer).
 
         The block may end in another task than it began (a streaming response), so the node's span is
         made current only while the request is sent. Leaving the block before the stream's end closes
@@ -350,16 +365,21 @@ class Graph:
                     )
                 self._steps[node.name].latency.observe(time.perf_counter() - started)
                 try:
-                    yield resp
+                    yield resp, span
                 finally:
                     if not resp.content.at_eof():
                         resp.close()  # a half-read stream is not pooled: closing it stops the generation
         except ServiceError as exc:
             count_error(node.name, exc)
-            span.set_attribute("error.type", type(exc).__name__)
+            _mark_failed(span, exc)
             raise
         finally:
             span.end()
+
+
+def _mark_failed(span: Span, exc: ServiceError) -> None:
+    span.set_attribute("error.type", type(exc).__name__)
+    span.set_status(Status(StatusCode.ERROR, exc.message))
 
 
 def count_error(node: str, exc: ServiceError) -> None:
@@ -385,9 +405,7 @@ def _returns(annotation: Any, request: type) -> bool:
     if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
         return False
     args = typing.get_args(annotation)
-    return (
-        len(args) == 2 and request in args and any(a is Skip or typing.get_origin(a) is Skip for a in args)
-    )
+    return len(args) == 2 and request in args and any(a is Skip or typing.get_origin(a) is Skip for a in args)
 
 
 def _first_error(exc: ValidationError) -> str:

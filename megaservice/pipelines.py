@@ -21,6 +21,7 @@ from megaservice import adapters as a
 from megaservice.graph import Edge, Graph, Node
 from megaservice.prompt import Passage
 from megaservice.settings import GatewaySettings
+from megaservice.tracing import Tracing
 
 
 @dataclass(frozen=True)
@@ -33,15 +34,34 @@ class Pipeline:
 
 
 def nodes(s: GatewaySettings) -> dict[str, Node]:
+    t = Tracing(s.trace_content)
     return {
         "embedding": Node(
-            "embedding", s.embedding_url, "/v1/embeddings", EmbeddingRequest, EmbeddingResponse, s.embedding_timeout_s
+            "embedding",
+            s.embedding_url,
+            "/v1/embeddings",
+            EmbeddingRequest,
+            EmbeddingResponse,
+            s.embedding_timeout_s,
+            describe=t.embedding,
         ),
         "retriever": Node(
-            "retriever", s.retriever_url, "/v1/retrieval", RetrievalRequest, RetrievalResponse, s.retriever_timeout_s
+            "retriever",
+            s.retriever_url,
+            "/v1/retrieval",
+            RetrievalRequest,
+            RetrievalResponse,
+            s.retriever_timeout_s,
+            describe=t.retriever,
         ),
         "reranker": Node(
-            "reranker", s.reranker_url, "/rerank", RerankRequest, list[RerankResult], s.reranker_timeout_s
+            "reranker",
+            s.reranker_url,
+            "/rerank",
+            RerankRequest,
+            list[RerankResult],
+            s.reranker_timeout_s,
+            describe=t.reranker,
         ),
         "llm": Node(
             "llm",
@@ -52,6 +72,7 @@ def nodes(s: GatewaySettings) -> dict[str, Node]:
             s.llm_timeout_s,
             read_timeout_s=s.llm_read_timeout_s,
             streaming=True,
+            describe=t.llm,
         ),
     }
 

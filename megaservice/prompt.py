@@ -23,9 +23,7 @@ from comps.llm.protocol import ChatMessage
 from megaservice.protocol import Message
 
 FOLLOW_UP_WORDS = 5
-POINTING_WORDS = frozenset(
-    "it its it's itself they them their theirs this these those he him his she her hers".split()
-)
+POINTING_WORDS = frozenset("it its it's itself they them their theirs this these those he him his she her hers".split())
 _WORD = re.compile(r"[a-z']+")
 _SLOT = re.compile(r"\{(context|question)\}")
 
@@ -34,7 +32,7 @@ DEFAULT_TEMPLATE = """Answer the question using only the passages below. If the 
 Passages:
 {context}
 
-Question: {question}"""
+Question: {question}"""  # noqa: E501 - the prompt's first line is one line
 
 NO_PASSAGES = "(no passages were found)"
 CHARS_PER_TOKEN = 4.0  # English prose and docs with BPE tokenizers (SmolLM2: 4.0-4.3 on HTML documentation)
@@ -122,10 +120,7 @@ def rag_messages(chat: Sequence[Message], passages: Sequence[Passage], template:
     last = max(i for i, m in enumerate(chat) if m.role == "user" and m.text().strip())
     slots = {"context": format_passages(passages), "question": chat[last].text().strip()}
     prompt = _SLOT.sub(lambda m: slots[m.group(1)], template or DEFAULT_TEMPLATE)  # one pass: text is not re-read
-    return [
-        ChatMessage(role=m.role, content=prompt if i == last else m.text())
-        for i, m in enumerate(chat)
-    ]
+    return [ChatMessage(role=m.role, content=prompt if i == last else m.text()) for i, m in enumerate(chat)]
 
 
 def plain_messages(chat: Sequence[Message]) -> list[ChatMessage]:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from comps.llm.protocol import ChatCompletion, ChatMessage, StreamOptions
-from comps.retriever.protocol import FilterKey, FilterValue, SearchType
+from comps.retriever.protocol import RetrievalOptions
 
 PipelineName = Literal["rag-rerank", "rag", "llm-only"]
 PIPELINES: tuple[str, ...] = ("rag-rerank", "rag", "llm-only")
@@ -40,9 +40,9 @@ class ContextPassage(BaseModel):
     source: str | None = None
 
 
-class ChatQnARequest(BaseModel):
-    """An OpenAI chat request with retrieval knobs. Every retrieval field has OPEA's default except ``top_n``
-    (3, so more than one passage reaches the LLM)."""
+class ChatQnARequest(RetrievalOptions):
+    """An OpenAI chat request with the retriever's options (`RetrievalOptions`, forwarded as they are).
+    Every retrieval field has OPEA's default except ``top_n`` (3, so more than one passage reaches the LLM)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -65,13 +65,7 @@ class ChatQnARequest(BaseModel):
     n: int = Field(default=1, description="Only 1 is supported.")
     tools: list[Any] | None = Field(default=None, description="Not supported; refused when given.")
 
-    # -- Retrieval (OPEA's knobs, same defaults) --
-    k: int = Field(default=4, ge=1, le=100, description="Passages retrieved.")
-    fetch_k: int = Field(default=20, ge=1, le=1000, description="Candidates for mmr and hybrid.")
-    search_type: SearchType = "similarity"
-    score_threshold: float = Field(default=0.2, ge=-1, le=1, description="For similarity_score_threshold.")
-    distance_threshold: float | None = Field(default=None, ge=0, le=2, description="For similarity_distance_threshold.")
-    lambda_mult: float = Field(default=0.5, ge=0, le=1, description="mmr: 1 = relevance only, 0 = diversity only.")
+    # -- Retrieval: the retriever's options are inherited (RetrievalOptions); the gateway adds --
     top_n: int = Field(default=3, ge=1, le=100, description="Passages the reranker keeps.")
     passage_tokens: int | None = Field(
         default=None, ge=16, le=100_000, description="Most tokens of passages in the prompt; default: the gateway's."
@@ -82,8 +76,6 @@ class ChatQnARequest(BaseModel):
     chat_template: str | None = Field(
         default=None, max_length=20_000, description="Prompt for the last turn, with {context} and {question}."
     )
-    collection: str | None = Field(default=None, description="Collection to search; default: the retriever's.")
-    filters: dict[FilterKey, FilterValue] | None = Field(default=None, description="Metadata pre-filters, AND-ed.")
 
     # -- Which pipeline --
     pipeline: PipelineName | None = Field(default=None, description="Default: the gateway's GATEWAY_PIPELINE.")
@@ -139,10 +131,6 @@ class ChatQnARequest(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatQnARequest:
-        if self.search_type == "similarity_distance_threshold" and self.distance_threshold is None:
-            raise PydanticCustomError(
-                "missing_distance_threshold", "search_type similarity_distance_threshold needs distance_threshold"
-            )
         if self.pipeline is not None:
             implied = _implied_pipeline(self.pipeline, self.retrieval, self.rerank)
             if implied != self.pipeline:

@@ -3,44 +3,122 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from comps.core.app import create_app, http_client, ready_backend, state_of
-from comps.core.errors import NotReady, ServiceError
-from comps.core.http import HttpClient
+from comps.core.errors import NotReady, ServiceError, UpstreamError, UpstreamUnavailable
+from comps.core.http import HttpClient, bearer, wait_until_up
+from comps.identity.auth import Authenticator, AuthMiddleware, AuthState, principal_of
+from comps.identity.oidc import OIDCConfig, OIDCVerifier
+from comps.identity.router import build_router as identity_router
+from comps.identity.service import IdentityService, LoginLimiter
 from comps.llm.protocol import ModelList
+from comps.sqlstore import Database, migrate
+from megaservice import documents
+from megaservice.access import Access
 from megaservice.graph import BadAnswer, Node
 from megaservice.pipelines import build_pipelines
 from megaservice.protocol import ChatQnACompletion, ChatQnARequest
 from megaservice.service import ChatQnA
 from megaservice.settings import GatewaySettings
 
+log = logging.getLogger("megaservice")
+
 
 class Dependencies:
-    """The gateway's "backend": ready when every service of the default pipeline says it is."""
+    """The gateway's "backend": the user store (with auth on), and ready when every service of the default
+    pipeline says it is."""
 
     name = "gateway"
 
-    def __init__(self, pipeline: str, nodes: list[Node], timeout_s: float) -> None:
+    def __init__(self, settings: GatewaySettings, pipeline: str, nodes: list[Node], auth: AuthState) -> None:
+        self.settings = settings
         self.pipeline = pipeline
         self.nodes = nodes
-        self.timeout_s = timeout_s
+        self.timeout_s = settings.ready_timeout_s
+        self.auth = auth
         self.http: HttpClient | None = None
+        self.db: Database | None = None
 
     async def warm_up(self, http: HttpClient) -> None:
+        s = self.settings
+        http.default_headers = bearer(s.internal_api_key)
         self.http = http
+        if not s.auth_enabled:
+            log.warning(
+                "auth is OFF (GATEWAY_AUTH_ENABLED=false): every caller is an admin; listening on %s only", s.host
+            )
+            return
+        assert s.database_url and s.jwt_secret  # checked by the settings
+        self.db = Database(s.database_url)
+        await wait_until_up(self._migrate, what="the user store (PostgreSQL)", log=log)
+        identity = IdentityService(
+            self.db,
+            jwt_secret=s.jwt_secret.get_secret_value(),
+            access_ttl_s=s.access_token_ttl_s,
+            refresh_ttl_s=s.refresh_token_ttl_s,
+            cache_s=s.principal_cache_s,
+            limiter=LoginLimiter(s.login_max_failures, s.login_max_failures_per_address, s.login_window_s),
+        )
+        await identity.ensure_collection(s.default_collection)
+        created = (
+            await identity.ensure_first_admin(
+                s.admin_user, s.admin_password.get_secret_value() if s.admin_password else None
+            )
+            if s.admin_password
+            else None
+        )
+        if created:
+            log.info("created the first admin %r (from CHATQNA_ADMIN_USER / CHATQNA_ADMIN_PASSWORD)", created[0])
+        self.auth.authenticator = Authenticator(identity, await self._oidc(http))
+
+    async def _migrate(self) -> None:
+        assert self.db is not None
+        try:
+            await migrate(self.db)
+        except (OSError, asyncpg.PostgresError, SQLAlchemyError) as exc:
+            raise UpstreamUnavailable(f"PostgreSQL: {exc}", node="postgres") from exc
+
+    async def _oidc(self, http: HttpClient) -> OIDCVerifier | None:
+        """The SSO verifier when GATEWAY_OIDC_ISSUER is set; its keys are fetched now if the issuer answers
+        (else at the first SSO token: an issuer that is down must not keep the gateway from starting)."""
+        config = OIDCConfig.from_settings(self.settings)
+        if config is None:
+            return None
+        verifier = OIDCVerifier(config, http)
+        try:
+            await verifier.warm_up()
+        except UpstreamError as exc:
+            log.warning("OIDC issuer not reachable yet (%s); will retry at the first SSO token", exc.message)
+        return verifier
 
     async def check_ready(self) -> dict[str, Any]:
-        probes = await asyncio.gather(*(self._probe(node) for node in self.nodes))
+        probes = await asyncio.gather(*(self._probe(node) for node in self.nodes), self._probe_store())
         failed = {name: why for name, why in probes if why}
         if failed:
             raise NotReady(f"not ready: {', '.join(failed)} ({'; '.join(failed.values())})")
-        return {"pipeline": self.pipeline, "services": {node.name: node.url for node in self.nodes}}
+        return {
+            "pipeline": self.pipeline,
+            "services": {node.name: node.url for node in self.nodes},
+            "auth": "on" if self.settings.auth_enabled else "off",
+        }
+
+    async def _probe_store(self) -> tuple[str, str | None]:
+        if self.db is None:
+            return "postgres", None
+        try:
+            await asyncio.wait_for(self.db.ping(), self.timeout_s)
+            return "postgres", None
+        except Exception as exc:  # any failure of the store means not ready
+            return "postgres", f"{type(exc).__name__}: {exc}"
 
     async def _probe(self, node: Node) -> tuple[str, str | None]:
         assert self.http is not None
@@ -52,7 +130,10 @@ class Dependencies:
             return node.name, exc.message
 
     async def close(self) -> None:
-        return None
+        if self.auth.authenticator is not None:
+            await self.auth.authenticator.identity.close()
+        if self.db is not None:
+            await self.db.close()
 
 
 Http = Annotated[HttpClient, Depends(http_client)]
@@ -81,13 +162,16 @@ async def chat_body(request: Request) -> ChatQnARequest:
         raise RequestValidationError(exc.errors()) from None
 
 
-def build_router(chatqna: ChatQnA, llm: Node) -> APIRouter:
+def build_router(chatqna: ChatQnA, llm: Node, access: Access) -> APIRouter:
     router = APIRouter(tags=["chatqna"])
 
     async def answer(request: Request) -> Response:
         state = state_of(request)
         state.require_ready()
-        return await chatqna.answer(await chat_body(request), state.http, request)
+        req = await chat_body(request)
+        if req.pipeline_for(chatqna.default) != "llm-only":  # a user reads only collections they may read
+            await access.scope(principal_of(request), req)
+        return await chatqna.answer(req, state.http, request)
 
     router.add_api_route(
         "/v1/chatqna",
@@ -110,7 +194,9 @@ def build_router(chatqna: ChatQnA, llm: Node) -> APIRouter:
     @router.get("/v1/models", response_model=ModelList)
     async def models(http: Http, _: Ready) -> ModelList:
         """The LLM's models."""
-        body = await http.request_json("GET", llm.url.rstrip("/") + "/v1/models", node=llm.name, timeout_s=llm.timeout_s)
+        body = await http.request_json(
+            "GET", llm.url.rstrip("/") + "/v1/models", node=llm.name, timeout_s=llm.timeout_s
+        )
         try:
             return ModelList.model_validate(body)
         except ValidationError as exc:
@@ -131,6 +217,7 @@ def _document_request_model(app: FastAPI) -> None:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(model.pop("$defs", {}))
             components["ChatQnARequest"] = model
+            app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -139,9 +226,37 @@ def _document_request_model(app: FastAPI) -> None:
 def build_app(settings: GatewaySettings) -> FastAPI:
     pipelines = build_pipelines(settings)
     default = pipelines[settings.pipeline].graph
-    deps = Dependencies(settings.pipeline, list(default.nodes.values()), settings.ready_timeout_s)
+    auth = AuthState(settings.auth_enabled)
+    deps = Dependencies(settings, settings.pipeline, list(default.nodes.values()), auth)
     chatqna = ChatQnA(settings, pipelines)
     llm = pipelines["llm-only"].graph.terminal
-    app = create_app(settings, backend=deps, routers=[build_router(chatqna, llm)], title="ChatQnA gateway")
+    access = Access(auth, settings.default_collection)
+    routers = [
+        build_router(chatqna, llm, access),
+        identity_router(open_registration=settings.open_registration, allowed_origins=settings.cors_origins),
+        documents.build_router(access, settings.dataprep_url, settings.dataprep_timeout_s),
+        documents.collections_router(access, settings.dataprep_url, settings.dataprep_timeout_s),
+        _health_router(),
+    ]
+    app = create_app(
+        settings,
+        backend=deps,
+        routers=routers,
+        title="ChatQnA gateway",
+        middleware=[(AuthMiddleware, {"state": auth})],
+        body_limits={"/v1/dataprep/ingest": settings.max_upload_bytes},
+    )
+    app.state.auth = auth
     _document_request_model(app)
     return app
+
+
+def _health_router() -> APIRouter:
+    router = APIRouter(tags=["ops"])
+
+    @router.get("/health")
+    async def health() -> dict[str, str]:
+        """What older frontends and scripts probe (no credentials needed)."""
+        return {"status": "ok"}
+
+    return router

@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
+from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 from starlette.background import BackgroundTask
 
@@ -30,6 +31,7 @@ from megaservice.prompt import Passage
 from megaservice.protocol import ChatQnACompletion, ChatQnARequest, Source
 from megaservice.settings import GatewaySettings
 from megaservice.sse import DONE, data_of, error_event, event, event_blocks
+from megaservice.tracing import StreamTrace, Tracing
 
 log = logging.getLogger("megaservice")
 
@@ -57,6 +59,7 @@ class ChatQnA:
         self.pipelines = pipelines
         self.snippet = settings.source_snippet_chars
         self.rag = RagDefaults.of(settings)
+        self.tracing = Tracing(settings.trace_content)
         self._counts = {(p, s): REQUESTS.labels(p, "stream" if s else "json") for p in pipelines for s in (False, True)}
 
     async def answer(self, req: ChatQnARequest, http: HttpClient, request: Request) -> Response:
@@ -64,6 +67,7 @@ class ChatQnA:
         pipe = self.pipelines[req.pipeline_for(self.default)]
         q = Question.of(req, retrieves=pipe.name != "llm-only", rag=self.rag)
         self._counts[pipe.name, req.stream].inc()
+        self.tracing.chain(trace.get_current_span(), pipe.name, q, request)
         try:
             if not req.stream:
                 return await until_disconnect(request, self._complete(pipe, q, http))
@@ -82,6 +86,7 @@ class ChatQnA:
         answers, llm_request = await pipe.graph.prepare(http, q)
         sources = self.sources(pipe.passages(q, answers))
         completion = await pipe.graph.call_terminal(http, llm_request)
+        self.tracing.chain_answer(trace.get_current_span(), completion)
         body = ChatQnACompletion.model_construct(**dict(completion), sources=sources)
         return Response(body.__pydantic_serializer__.to_json(body), media_type="application/json")
 
@@ -90,8 +95,12 @@ class ChatQnA:
         sources = [s.model_dump() for s in self.sources(pipe.passages(q, answers))]
         stack = AsyncExitStack()
         called = time.perf_counter()
-        resp = await stack.enter_async_context(pipe.graph.open_stream(http, llm_request))
-        return _Relay(stack, resp, pipe.name, sources, arrived, called)
+        resp, llm_span = await stack.enter_async_context(pipe.graph.open_stream(http, llm_request))
+        recorder = self.tracing.stream(llm_span, llm_request, trace.get_current_span(), arrived, called)
+        if recorder is not None:
+            stack.callback(recorder.end)  # before the stream's span ends, however the relay ends
+        keep_usage = q.request.stream_options is not None and q.request.stream_options.include_usage
+        return _Relay(stack, resp, pipe.name, sources, arrived, called, recorder, keep_usage)
 
     def sources(self, passages: list[Passage]) -> list[Source]:
         n = self.snippet
@@ -113,6 +122,8 @@ class _Relay:
         sources: list[dict[str, object]],
         arrived: float,
         called: float,
+        recorder: StreamTrace | None = None,
+        keep_usage: bool = True,
     ) -> None:
         self.stack = stack
         self.resp = resp
@@ -120,6 +131,8 @@ class _Relay:
         self.sources = sources
         self.arrived = arrived
         self.called = called
+        self.recorder = recorder  # what the trace gets of the answer, when it is recorded
+        self.keep_usage = keep_usage  # the client asked for the usage chunk (the LLM is always asked)
         self.first = True
         self.timed = False
 
@@ -136,7 +149,8 @@ class _Relay:
                             out.append(DONE)
                             yield b"".join(out)
                             return
-                        out.append(event(self._inspect(data)))
+                        if (data := self._inspect(data)) is not None:
+                            out.append(event(data))
                     if out:
                         yield b"".join(out)  # what arrived together leaves together: no waiting
             NODE_ERRORS.labels("llm", "stream_error").inc()
@@ -148,8 +162,10 @@ class _Relay:
             yield event(orjson.dumps(error_envelope(f"relaying the answer failed: {exc}", "internal_error")))
         yield DONE
 
-    def _inspect(self, data: bytes) -> bytes:
-        """Sources onto the first chunk; time to first token at the first content; errors counted."""
+    def _inspect(self, data: bytes) -> bytes | None:
+        """Sources onto the first chunk; time to first token at the first content; errors counted; None for a
+        usage chunk the client did not ask for."""
+        chunk: object = None
         if self.first or not self.timed:
             chunk = _json(data)
             if self.first:
@@ -162,8 +178,14 @@ class _Relay:
                 now = time.perf_counter()
                 TTFT.labels(self.pipeline).observe(now - self.arrived)
                 LLM_TTFT.observe(now - self.called)
+                if self.recorder is not None:
+                    self.recorder.first_token(now)
+        if self.recorder is not None:
+            self.recorder.event(data, chunk)
         if data.startswith(b'{"error"'):
             NODE_ERRORS.labels("llm", "stream_error").inc()
+        if not self.keep_usage and b'"choices":[]' in data:
+            return None
         return data
 
     async def close(self) -> None:
@@ -181,4 +203,4 @@ def _has_content(chunk: object) -> bool:
     if not isinstance(chunk, dict):
         return False
     choices = chunk.get("choices")
-    return bool(choices) and bool(choices[0].get("delta", {}).get("content"))
+    return isinstance(choices, list) and bool(choices) and bool(choices[0].get("delta", {}).get("content"))

@@ -2,7 +2,8 @@
 
 OPEA's names are accepted too, where the ``GATEWAY_`` one is not set: ``EMBEDDING_SERVER_HOST_IP`` /
 ``EMBEDDING_SERVER_PORT``, ``RETRIEVER_SERVICE_HOST_IP`` / ``_PORT``, ``RERANK_SERVER_HOST_IP`` / ``_PORT``,
-``LLM_SERVER_HOST_IP`` / ``_PORT`` (each pair becomes ``http://host:port``) and ``MEGA_SERVICE_PORT``.
+``LLM_SERVER_HOST_IP`` / ``_PORT`` (each pair becomes ``http://host:port``), and ``MEGA_SERVICE_PORT`` (an
+alias of ``GATEWAY_PORT``).
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from typing import Any
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from comps.core.ports import PORTS, local_url
 from comps.core.settings import ServiceSettings
 from megaservice.protocol import PipelineName
 
-# field -> (OPEA host variable, OPEA port variable, default port)
-OPEA_URLS: dict[str, tuple[str, str, int]] = {
-    "embedding_url": ("EMBEDDING_SERVER_HOST_IP", "EMBEDDING_SERVER_PORT", 6000),
-    "retriever_url": ("RETRIEVER_SERVICE_HOST_IP", "RETRIEVER_SERVICE_PORT", 7000),
-    "reranker_url": ("RERANK_SERVER_HOST_IP", "RERANK_SERVER_PORT", 8000),
-    "llm_url": ("LLM_SERVER_HOST_IP", "LLM_SERVER_PORT", 9000),
+# field -> (OPEA host variable, OPEA port variable, service)
+OPEA_URLS: dict[str, tuple[str, str, str]] = {
+    "embedding_url": ("EMBEDDING_SERVER_HOST_IP", "EMBEDDING_SERVER_PORT", "embedding"),
+    "retriever_url": ("RETRIEVER_SERVICE_HOST_IP", "RETRIEVER_SERVICE_PORT", "retriever"),
+    "reranker_url": ("RERANK_SERVER_HOST_IP", "RERANK_SERVER_PORT", "reranker"),
+    "llm_url": ("LLM_SERVER_HOST_IP", "LLM_SERVER_PORT", "llm"),
 }
 
 
@@ -30,16 +32,22 @@ class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
 
     service_name: str = "gateway"
-    port: int = Field(default=8888, ge=0, le=65535)
+    port: int = Field(
+        default=PORTS["gateway"],
+        ge=0,
+        le=65535,
+        validation_alias=AliasChoices("GATEWAY_PORT", "MEGA_SERVICE_PORT"),
+        description="Also read from OPEA's MEGA_SERVICE_PORT (GATEWAY_PORT wins when both are set).",
+    )
     pipeline: PipelineName = Field(
         default="rag-rerank",
         description="Default graph: rag-rerank (embed, retrieve, rerank, LLM), rag (no reranker), llm-only.",
     )
 
-    embedding_url: str = "http://127.0.0.1:6000"
-    retriever_url: str = "http://127.0.0.1:7000"
-    reranker_url: str = "http://127.0.0.1:8000"
-    llm_url: str = "http://127.0.0.1:9000"
+    embedding_url: str = local_url("embedding")
+    retriever_url: str = local_url("retriever")
+    reranker_url: str = local_url("reranker")
+    llm_url: str = local_url("llm")
 
     embedding_timeout_s: float = Field(default=10.0, gt=0, description="Longest wait for the query's embedding.")
     retriever_timeout_s: float = Field(default=10.0, gt=0, description="Longest wait for the retrieved passages.")
@@ -91,8 +99,13 @@ class GatewaySettings(ServiceSettings):
     )
 
     # -- the mesh behind the door --
-    dataprep_url: str = "http://127.0.0.1:6007"
+    dataprep_url: str = local_url("dataprep")
     dataprep_timeout_s: float = Field(default=300.0, gt=0, description="Longest wait for a proxied dataprep call.")
+    max_upload_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1,
+        description="Largest upload to /v1/dataprep/ingest (dataprep limits each file).",
+    )
     internal_api_key: SecretStr | None = Field(
         default=None,
         description="The mesh's internal token: sent as a bearer token to every internal service (their "
@@ -133,7 +146,10 @@ class GatewaySettings(ServiceSettings):
         default=None, validation_alias=AliasChoices("CHATQNA_ADMIN_PASSWORD", "admin_password")
     )
     login_max_failures: int = Field(
-        default=5, ge=1, description="Failed logins per account or address within login_window_s before 429."
+        default=5, ge=1, description="Failed logins per account within login_window_s before 429."
+    )
+    login_max_failures_per_address: int = Field(
+        default=50, ge=1, description="Failed logins per client address within login_window_s before 429."
     )
     login_window_s: float = Field(default=300.0, gt=0)
     principal_cache_s: float = Field(
@@ -144,7 +160,9 @@ class GatewaySettings(ServiceSettings):
         "within this time on every replica.",
     )
     oidc_issuer: str | None = Field(default=None, description="OIDC issuer URL (Entra ID, Keycloak, ...).")
-    oidc_audience: str | None = Field(default=None, description="Expected `aud` of external tokens (default: client id).")
+    oidc_audience: str | None = Field(
+        default=None, description="Expected `aud` of external tokens (default: client id)."
+    )
     oidc_client_id: str | None = None
     oidc_client_secret: SecretStr | None = None
     oidc_redirect_url: str | None = Field(
@@ -155,7 +173,9 @@ class GatewaySettings(ServiceSettings):
     oidc_roles_claim: str = Field(
         default="roles", description="Dotted path of the roles claim: Entra `roles`, Keycloak `realm_access.roles`."
     )
-    oidc_admin_roles: list[str] = Field(default_factory=lambda: ["admin"], description="Role values that make an admin.")
+    oidc_admin_roles: list[str] = Field(
+        default_factory=lambda: ["admin"], description="Role values that make an admin."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -165,17 +185,20 @@ class GatewaySettings(ServiceSettings):
             return data
         env = os.environ
         data = dict(data)
-        for field, (host_var, port_var, default_port) in OPEA_URLS.items():
+        for field, (host_var, port_var, service) in OPEA_URLS.items():
             if field not in data and (env.get(host_var) or env.get(port_var)):
-                data[field] = f"http://{env.get(host_var) or '127.0.0.1'}:{env.get(port_var) or default_port}"
-        if "port" not in data and env.get("MEGA_SERVICE_PORT"):
-            data["port"] = env["MEGA_SERVICE_PORT"]
+                data[field] = f"http://{env.get(host_var) or '127.0.0.1'}:{env.get(port_var) or PORTS[service]}"
         return data
 
     @field_validator("auth_enabled")
     @classmethod
     def _loopback_without_auth(cls, value: bool, info: ValidationInfo) -> bool:
         host = info.data.get("host", "127.0.0.1")
+        if value and info.data.get("api_key") is not None:
+            raise ValueError(
+                "GATEWAY_API_KEY (one shared token) is for a gateway without accounts; with auth on, "
+                "each user makes API keys (POST /v1/auth/keys)"
+            )
         if not value and not is_loopback(host):
             raise ValueError(f"auth may be off only on a loopback address, and GATEWAY_HOST is {host!r}")
         return value
@@ -200,7 +223,7 @@ class GatewaySettings(ServiceSettings):
         return value
 
 
-WEAK_SECRETS = frozenset({"changeme", "change-me", "secret", "default", "please-change-me" * 2})
+WEAK_SECRETS = frozenset({"changeme", "change-me", "secret", "default", "password"})
 
 
 def is_loopback(host: str) -> bool:

@@ -49,5 +49,7 @@ def data_of(block: bytes) -> bytes | None:
     (a comment or keep-alive)."""
     if block.startswith(b"data: ") and b"\n" not in block:  # what OpenAI-style servers send
         return block[6:]
-    lines = [line[6:] if line.startswith(b"data: ") else line[5:] for line in block.split(b"\n") if line.startswith(b"data:")]
+    lines = [
+        line[6:] if line.startswith(b"data: ") else line[5:] for line in block.split(b"\n") if line.startswith(b"data:")
+    ]
     return b"\n".join(lines) if lines else None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +38,33 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     with EmbeddedRedis(tmp_path_factory.mktemp("redis"), free_port()) as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server: DATABASE_URL if set, else the embedded one on a free port (its ``chatqna`` database)."""
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        yield external
+        return
+    from comps.runtime.postgres_server import EmbeddedPostgres
+
+    # Not under pytest's basetemp: each pytest run makes that folder root-only again, and the server (a non-root
+    # user when the tests run as root) must keep reaching its data while other test runs start.
+    folder = Path(tempfile.mkdtemp(prefix="chatqna-pg-"))
+    try:
+        with EmbeddedPostgres(folder, free_port()) as server:
+            yield server.url
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def database_url(postgres_url: str, request: pytest.FixtureRequest) -> str:
+    """A new, empty database on that server for this test module."""
+    from tests.support.database import fresh_database
+
+    return fresh_database(postgres_url, request.module.__name__.rsplit(".", 1)[-1])
 
 
 @pytest.fixture

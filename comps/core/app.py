@@ -25,8 +25,16 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from comps.core.errors import BadRequest, NotReady, PayloadTooLarge, ServiceError, error_envelope, install_error_handlers
+from comps.core.errors import (
+    BadRequest,
+    NotReady,
+    PayloadTooLarge,
+    ServiceError,
+    error_envelope,
+    install_error_handlers,
+)
 from comps.core.http import HttpClient
 from comps.core.observability import ObservabilityMiddleware, flush_spans, setup_logging, setup_tracing
 from comps.core.settings import ServiceSettings
@@ -73,7 +81,8 @@ class ServiceState:
 
 
 def state_of(request: Request) -> ServiceState:
-    return request.app.state.service
+    state: ServiceState = request.app.state.service
+    return state
 
 
 async def ready_backend(request: Request) -> Backend:
@@ -127,13 +136,17 @@ def create_app(
     routers: Sequence[APIRouter] = (),
     title: str | None = None,
     version: str = "0.1.0",
+    middleware: Sequence[tuple[Any, dict[str, Any]]] = (),  # (ASGI middleware class, its keyword arguments)
+    body_limits: dict[str, int] | None = None,
 ) -> FastAPI:
+    """The service's app. ``middleware`` (class, kwargs) runs inside CORS and the body limit, outside the routes
+    (e.g. the gateway's authentication); ``body_limits`` sets other limits than max_body_bytes for some paths."""
     state = ServiceState(backend)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_logging(settings.service_name, settings.log_format, settings.log_level)
-        setup_tracing(settings.service_name, settings.otlp_endpoint)
+        setup_tracing(settings.service_name, settings.otlp_endpoint, settings.trace_sample_ratio)
         await state.http.start()
         warm_task = asyncio.create_task(_warm_up(state), name="warm-up")
         try:
@@ -179,17 +192,13 @@ def create_app(
             details = await asyncio.wait_for(backend_ready.check_ready(), 10)
         except ServiceError as exc:
             return JSONResponse(status_code=503, content=error_envelope(exc.message, "service_unavailable"))
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             return JSONResponse(
                 status_code=503, content=error_envelope("readiness check timed out", "service_unavailable")
             )
         except Exception as exc:  # a dependency failing in an unexpected way is still "not ready"
-            return JSONResponse(
-                status_code=503, content=error_envelope(f"not ready: {exc}", "service_unavailable")
-            )
-        return JSONResponse(
-            {"status": "ready", "service": settings.service_name, "backend": backend.name, **details}
-        )
+            return JSONResponse(status_code=503, content=error_envelope(f"not ready: {exc}", "service_unavailable"))
+        return JSONResponse({"status": "ready", "service": settings.service_name, "backend": backend.name, **details})
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     async def metrics() -> Response:
@@ -198,6 +207,8 @@ def create_app(
     for router in routers:
         app.include_router(router)
 
+    for cls, kwargs in middleware:
+        app.add_middleware(cls, **kwargs)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"], allow_headers=["*"]
@@ -205,7 +216,7 @@ def create_app(
     if settings.api_key is not None:
         app.add_middleware(BearerAuthMiddleware, token=settings.api_key.get_secret_value())
     if settings.max_body_bytes is not None:
-        app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+        app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, paths=body_limits or {})
     app.add_middleware(ObservabilityMiddleware, service=settings.service_name)
     return app
 
@@ -228,44 +239,47 @@ class BodyLimitMiddleware:
     """413 for a request body over ``limit`` bytes: at once from Content-Length, or while a chunked body
     is read (the read fails with `PayloadTooLarge`, which the error handlers answer as 413)."""
 
-    def __init__(self, app, limit: int) -> None:  # noqa: ANN001
+    def __init__(self, app: ASGIApp, limit: int, paths: dict[str, int] | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.paths = paths or {}
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.paths.get(scope.get("path", ""), self.limit)
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            resp = JSONResponse(status_code=413, content=self._too_large().envelope())
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            resp = JSONResponse(status_code=413, content=self._too_large(limit).envelope())
             await resp(scope, receive, send)
             return
         seen = 0
 
-        async def limited_receive():  # noqa: ANN202
+        async def limited_receive() -> Message:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise self._too_large()
+                if seen > limit:
+                    raise self._too_large(limit)
             return message
 
         await self.app(scope, limited_receive, send)
 
-    def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"request body is over the limit of {self.limit} bytes", code="body_too_large")
+    @staticmethod
+    def _too_large(limit: int) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body is over the limit of {limit} bytes", code="body_too_large")
 
 
 class BearerAuthMiddleware:
     """Requires ``Authorization: Bearer <token>`` on every route but health, readiness and metrics."""
 
-    def __init__(self, app, token: str) -> None:  # noqa: ANN001
+    def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
         self.token = token.encode()
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("path") not in OPEN_PATHS and scope.get("method") != "OPTIONS":
             given = dict(scope.get("headers", [])).get(b"authorization", b"")
             scheme, _, token = given.partition(b" ")

@@ -22,7 +22,8 @@ def load_backend(kind: str, registry: Mapping[str, str], name: str, setting: str
         raise ConfigError(f"{setting}={name!r} is not a known {kind} backend; valid: {', '.join(sorted(registry))}")
     module, _, attr = target.partition(":")
     try:
-        return getattr(importlib.import_module(module), attr)
+        cls: type[Any] = getattr(importlib.import_module(module), attr)
+        return cls
     except ImportError as exc:
         raise ConfigError(
             f"{setting}={name!r}: the {kind} backend needs a package that is not installed ({exc.name}); "

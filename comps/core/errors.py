@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("comps.errors")
 
@@ -199,7 +200,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unhandled(_: Request, exc: Exception) -> JSONResponse:  # errors of the middlewares themselves
-        log.exception("unhandled error: %s", exc)
+        log.error("unhandled error: %s", exc, exc_info=exc)
         return _json(500, error_envelope("internal server error", "internal_error"))
 
     app.add_middleware(UnhandledErrors)  # the first added is the innermost: it sees route errors first
@@ -213,16 +214,16 @@ class UnhandledErrors:
     connection, an innocent one, fails with "connection reset". An exception after the answer started (a
     broken stream) still propagates: the connection must close then."""
 
-    def __init__(self, app) -> None:  # noqa: ANN001 - ASGI app
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = False
 
-        async def send_wrapper(message) -> None:  # noqa: ANN001
+        async def send_wrapper(message: Message) -> None:
             nonlocal started
             started = started or message["type"] == "http.response.start"
             await send(message)

@@ -26,6 +26,7 @@ class HttpClient:
     """Owns the process's aiohttp session; created in the app's lifespan, closed with it."""
 
     def __init__(self, *, connect_timeout_s: float = 5.0, pool_size: int = 512) -> None:
+        self.default_headers: dict[str, str] = {}  # sent with every call (e.g. the mesh's internal token)
         self._connect_timeout_s = connect_timeout_s
         self._pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
@@ -69,7 +70,7 @@ class HttpClient:
                 return await asyncio.wait_for(resp.json(content_type=None), timeout_s)
             except (json.JSONDecodeError, aiohttp.ContentTypeError) as exc:
                 raise UpstreamError(f"{node} answered with a body that is not JSON: {exc}", node=node) from exc
-            except (asyncio.TimeoutError, TimeoutError) as exc:
+            except TimeoutError as exc:
                 raise UpstreamTimeout(f"{node} did not finish its answer within {timeout_s:g}s", node=node) from exc
 
     @asynccontextmanager
@@ -83,16 +84,16 @@ class HttpClient:
         json_body: Any = None,
         headers: dict[str, str] | None = None,
         read_timeout_s: float | None = None,
-        content: bytes | None = None,
+        content: bytes | aiohttp.FormData | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Open a request whose 2xx response the caller reads (e.g. a stream).
 
         ``timeout_s`` bounds the time until the response headers; ``read_timeout_s`` bounds each
         read after that (default: the same). ``content`` is a JSON body already encoded (instead of
-        ``json_body``), for callers that serialize with pydantic or orjson.
+        ``json_body``), for callers that serialize with pydantic or orjson, or a multipart form (streamed).
         """
-        hdrs = outgoing_headers(headers)
-        if content is not None:
+        hdrs = outgoing_headers({**self.default_headers, **headers} if headers else self.default_headers)
+        if isinstance(content, bytes):
             hdrs.setdefault("Content-Type", "application/json")
         timeout = aiohttp.ClientTimeout(
             total=None, connect=min(self._connect_timeout_s, timeout_s), sock_read=read_timeout_s or timeout_s
@@ -102,7 +103,7 @@ class HttpClient:
                 resp = await self.session.request(
                     method, url, json=json_body, data=content, headers=hdrs, timeout=timeout
                 )
-        except (asyncio.TimeoutError, TimeoutError) as exc:
+        except TimeoutError as exc:
             raise UpstreamTimeout(f"{node} did not answer within {timeout_s:g}s", node=node) from exc
         except aiohttp.ClientConnectionError as exc:
             raise UpstreamUnavailable(f"{node} is unreachable at {url}: {exc}", node=node) from exc
@@ -110,7 +111,7 @@ class HttpClient:
             if resp.status >= 400:
                 raise await _upstream_status_error(resp, node)
             yield resp
-        except (asyncio.TimeoutError, TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(f"{node} stalled for more than {read_timeout_s or timeout_s:g}s", node=node) from exc
         except aiohttp.ClientPayloadError as exc:
             raise UpstreamError(f"{node} broke off its answer: {exc}", node=node) from exc

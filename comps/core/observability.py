@@ -19,10 +19,14 @@ from opentelemetry.propagate import extract, inject
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from prometheus_client import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from comps.core.caller import caller_headers_var
 
 REQUEST_ID_HEADER = "x-request-id"
+PROBE_PATHS = frozenset({"/metrics", "/v1/health_check", "/v1/ready"})  # neither logged nor traced
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 HTTP_REQUESTS = Counter(
@@ -74,13 +78,16 @@ def setup_logging(service: str, fmt: str = "plain", level: str = "INFO") -> None
     logging.getLogger("uvicorn.access").disabled = True
 
 
-def setup_tracing(service: str, otlp_endpoint: str | None) -> None:
-    """Install the SDK tracer provider; spans are exported over OTLP only when an endpoint is set."""
+def setup_tracing(service: str, otlp_endpoint: str | None, sample_ratio: float = 1.0) -> None:
+    """Install the SDK tracer provider; spans are exported over OTLP only when an endpoint is set.
+
+    With an exporter, ``sample_ratio`` of the traces that start here are recorded (a caller's sampled flag
+    decides for the traces it started)."""
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         return
     # Without an exporter, a trace that no caller sampled is not recorded: its spans still carry and pass
     # on the trace context (traceparent) but cost half as much, since nothing would ever read them.
-    sampler = ParentBased(ALWAYS_ON if otlp_endpoint else ALWAYS_OFF)
+    sampler = ParentBased(TraceIdRatioBased(sample_ratio) if otlp_endpoint else ALWAYS_OFF)
     provider = TracerProvider(resource=Resource.create({"service.name": service}), sampler=sampler)
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -106,8 +113,8 @@ def tracer() -> trace.Tracer:
 
 
 def outgoing_headers(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Headers for a call to another service: request id and W3C trace context."""
-    headers = dict(extra or {})
+    """Headers for a call to another service: the caller (gateway only), request id and W3C trace context."""
+    headers = {**caller_headers_var.get(), **(extra or {})}
     rid = request_id_var.get()
     if rid != "-":
         headers[REQUEST_ID_HEADER] = rid
@@ -118,12 +125,12 @@ def outgoing_headers(extra: dict[str, str] | None = None) -> dict[str, str]:
 class ObservabilityMiddleware:
     """Pure ASGI middleware (streaming-safe): request id, server span, access log and metrics."""
 
-    def __init__(self, app, service: str) -> None:  # noqa: ANN001 - ASGI app
+    def __init__(self, app: ASGIApp, service: str) -> None:
         self.app = app
         self.service = service
         self.log = logging.getLogger("comps.access")
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -133,19 +140,24 @@ class ObservabilityMiddleware:
         status = 500
         start = time.perf_counter()
 
-        async def send_wrapper(message) -> None:  # noqa: ANN001
+        async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + [(REQUEST_ID_HEADER.encode(), rid.encode())]
+                message["headers"] = [*message["headers"], (REQUEST_ID_HEADER.encode(), rid.encode())]
             await send(message)
 
         method = scope.get("method", "GET")
-        ctx = extract(headers)
-        with tracer().start_as_current_span(
-            f"{method} {scope.get('path', '')}", context=ctx, kind=trace.SpanKind.SERVER
-        ) as span:
+        path = scope.get("path", "")
+        span_cm = (
+            trace.use_span(trace.INVALID_SPAN)  # probes and scrapes: no trace (a probe every few seconds)
+            if path in PROBE_PATHS
+            else tracer().start_as_current_span(
+                f"{method} {path}", context=extract(headers), kind=trace.SpanKind.SERVER
+            )
+        )
+        with span_cm as span:
             try:
                 await self.app(scope, receive, send_wrapper)
             finally:
@@ -153,10 +165,12 @@ class ObservabilityMiddleware:
                 elapsed = time.perf_counter() - start
                 span.set_attribute("http.route", route)
                 span.set_attribute("http.status_code", status)
+                if status >= 500:  # OpenTelemetry's HTTP conventions: a server error is an error span
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, f"HTTP {status}"))
                 span.update_name(f"{method} {route}")
                 HTTP_REQUESTS.labels(self.service, route, method, str(status)).inc()
                 HTTP_LATENCY.labels(self.service, route, method).observe(elapsed)
-                if route not in ("/metrics", "/v1/health_check", "/v1/ready"):
+                if route not in PROBE_PATHS:
                     self.log.info("%s %s %d %.1fms", method, scope.get("path", ""), status, elapsed * 1000)
                 request_id_var.reset(token)
 

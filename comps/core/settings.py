@@ -1,15 +1,16 @@
 """Settings: one pydantic-settings class per service, read once at start-up.
 
 Each service subclasses `ServiceSettings` with its own ``env_prefix`` (``EMBEDDING_``, ``LLM_``...).
-Settings that every process shares (log format, tracing endpoint) are read from their usual,
+Settings that every process shares (log format, tracing endpoint and content) are read from their usual,
 unprefixed names. `load_settings` turns a validation failure into a `ConfigError` whose message
 names the environment variable to fix.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,20 @@ class ServiceSettings(BaseSettings):
         validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "otlp_endpoint"),
         description="OTLP/HTTP collector base URL; no spans are exported when unset.",
     )
+    trace_sample_ratio: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        validation_alias=AliasChoices("OTEL_TRACES_SAMPLER_ARG", "trace_sample_ratio"),
+        description="Fraction of the traces starting at this service that are recorded and exported "
+        "(a caller's sampled flag decides for its own).",
+    )
+    trace_content: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "trace_content"),
+        description="Put the text of prompts, answers and passages into spans (ids, scores, models and token "
+        "counts always go): off by default, on in `chatqna up`.",
+    )
     api_key: SecretStr | None = Field(
         default=None, description="When set, every route but health, readiness and metrics needs this bearer token."
     )
@@ -64,7 +79,19 @@ class ServiceSettings(BaseSettings):
             return str(alias.choices[0])
         if isinstance(alias, str):
             return alias
-        return (cls.model_config.get("env_prefix") or "") .upper() + field.upper()
+        return (cls.model_config.get("env_prefix") or "").upper() + field.upper()
+
+    @classmethod
+    def env_name_set(cls, field: str) -> str:
+        """The variable that set ``field``: the first of its names found in the environment (a field may have
+        several, e.g. the gateway's GATEWAY_PORT and OPEA's MEGA_SERVICE_PORT), else `env_name`."""
+        alias = cls.model_fields[field].validation_alias
+        if isinstance(alias, AliasChoices):
+            present = {name.upper() for name in os.environ}
+            for choice in alias.choices:
+                if isinstance(choice, str) and choice.upper() in present:
+                    return choice
+        return cls.env_name(field)
 
     @classmethod
     def env_names(cls) -> set[str]:
@@ -80,7 +107,7 @@ def resolve_model_path(name_or_path: str, models_dir: Path) -> Path:
     return models_dir / name_or_path
 
 
-def load_settings(cls: type[S], **overrides: object) -> S:
+def load_settings(cls: type[S], **overrides: Any) -> S:
     """Read ``cls`` from the environment once; a bad value raises `ConfigError` naming the variable."""
     try:
         return cls(**overrides)
@@ -88,8 +115,17 @@ def load_settings(cls: type[S], **overrides: object) -> S:
         lines = []
         for err in exc.errors():
             loc = err.get("loc") or ("?",)
-            field = str(loc[0])
-            var = cls.env_name(field) if field in cls.model_fields else field
+            field = _field_named(cls, str(loc[0]))
+            var = cls.env_name_set(field) if field in cls.model_fields else field
             value = err.get("input")
             lines.append(f"{var}={value!r}: {err.get('msg')}")
         raise ConfigError(f"invalid configuration for {cls.__name__}: " + "; ".join(lines)) from None
+
+
+def _field_named(cls: type[ServiceSettings], name: str) -> str:
+    """The field an error's location names: a field's name, or one of its aliases (as pydantic-settings reports)."""
+    for field, info in cls.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices) and name.upper() in {str(c).upper() for c in alias.choices}:
+            return field
+    return name

@@ -15,7 +15,6 @@ several jobs, each job's chunks are retried alone, so one job's bad input does n
 from __future__ import annotations
 
 import asyncio
-import base64
 import heapq
 import itertools
 import json
@@ -29,13 +28,12 @@ import numpy as np
 from prometheus_client import Counter, Histogram
 
 from comps.core.errors import NotReady, UpstreamError
-from comps.core.http import HttpClient, bearer
+from comps.core.http import HttpClient
 from comps.dataprep.settings import DataprepSettings
+from comps.embedding.client import NODE, EmbeddingClient
 
 log = logging.getLogger("comps.dataprep.embedder")
 
-NODE = "embedding"
-READY_TIMEOUT_S = 3.0
 LINGER_S = 0.02  # how long a request that is not full waits for more chunks
 SIMILAR = 0.75  # a request takes chunks down to this fraction of its longest chunk's length
 FALLBACK_LIMIT = 254  # tokens, when the embedding service does not say (all-MiniLM-L6-v2's 256 less [CLS], [SEP])
@@ -61,12 +59,14 @@ class _Item:
 
 class ChunkEmbedder:
     def __init__(self, settings: DataprepSettings) -> None:
-        self.url = settings.embedding_url.rstrip("/") if settings.embedding_url else None
+        self.client = EmbeddingClient(
+            settings.embedding_url,
+            timeout_s=settings.embedding_timeout_s,
+            api_key=settings.embedding_api_key,
+            model=settings.embedding_model,
+        )
         self.batch_size = settings.embedding_batch_size
         self.concurrency = settings.embedding_concurrency
-        self.timeout_s = settings.embedding_timeout_s
-        self.model = settings.embedding_model
-        self.headers = bearer(settings.embedding_api_key)
         self._pool: list[_Item] = []
         self._arrivals = itertools.count()
         self._owners = itertools.count()
@@ -90,9 +90,9 @@ class ChunkEmbedder:
         self._pool.clear()
 
     def _base(self) -> str:
-        if self.url is None:
+        if self.client.url is None:
             raise NotReady("the embedding service is not configured: set DATAPREP_EMBEDDING_URL")
-        return self.url
+        return self.client.url
 
     async def embed(self, texts: list[str], progress: Callable[[int], Awaitable[None]]) -> tuple[np.ndarray, str]:
         """Vectors for ``texts`` (float32, one row each, in order) and the model that made them.
@@ -187,26 +187,7 @@ class ChunkEmbedder:
 
     async def _request(self, texts: list[str]) -> tuple[np.ndarray, str]:
         assert self._http is not None, "ChunkEmbedder used before start()"
-        body: dict[str, object] = {"input": texts, "encoding_format": "base64"}
-        if self.model:
-            body["model"] = self.model
-        answer = await self._http.request_json(
-            "POST", f"{self._base()}/v1/embeddings", node=NODE, timeout_s=self.timeout_s, json_body=body,
-            headers=self.headers,
-        )  # fmt: skip
-        try:
-            data = sorted(answer["data"], key=lambda d: d["index"])
-            if [d["index"] for d in data] != list(range(len(texts))):
-                raise ValueError(f"{len(data)} embeddings with indexes that do not match {len(texts)} inputs")
-            rows = [_vector(d["embedding"]) for d in data]
-            if len({len(r) for r in rows}) != 1 or len(rows[0]) == 0:
-                raise ValueError("embeddings of different or zero lengths")
-            vectors = np.vstack(rows)
-            if not np.isfinite(vectors).all():
-                raise ValueError("non-finite numbers in the embeddings")
-            return vectors, str(answer.get("model") or self.model or "")
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise UpstreamError(f"embedding answered without usable embeddings: {exc}", node=NODE) from None
+        return await self.client.embed(self._http, texts)
 
     async def measure(self) -> Measure:
         """How the embedding model counts tokens, asked once of the embedding service (``GET /v1/tokenizer``);
@@ -239,13 +220,10 @@ class ChunkEmbedder:
         """The embedding service's readiness details; `NotReady` with its reason when it is not ready."""
         base = self._base()
         try:
-            details = await http.request_json(
-                "GET", f"{base}/v1/ready", node=NODE, timeout_s=READY_TIMEOUT_S, headers=self.headers
-            )
+            details = await self.client.ready(http)
         except UpstreamError as exc:
             raise NotReady(f"the embedding service is not ready: {exc.message}") from None
-        model = details.get("model") if isinstance(details, dict) else None
-        return {"embedding": base, "embedding_model": model}
+        return {"embedding": base, "embedding_model": details.get("model")}
 
 
 @dataclass(frozen=True)

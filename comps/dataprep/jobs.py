@@ -49,10 +49,17 @@ class Job:
 
     def info(self) -> JobInfo:
         return JobInfo(
-            job_id=self.job_id, source=self.source, collection=self.collection, status=self.status,
-            chunks_total=self.chunks_total, chunks_embedded=self.chunks_embedded, doc_id=self.doc_id,
-            error=self.error, created_at=self.created_at, finished_at=self.finished_at,
-        )  # fmt: skip
+            job_id=self.job_id,
+            source=self.source,
+            collection=self.collection,
+            status=self.status,
+            chunks_total=self.chunks_total,
+            chunks_embedded=self.chunks_embedded,
+            doc_id=self.doc_id,
+            error=self.error,
+            created_at=self.created_at,
+            finished_at=self.finished_at,
+        )
 
     def finish(self, status: JobStatus, error: str | None = None) -> None:
         self.status = status

@@ -33,9 +33,26 @@ PATH_SEPARATOR = " > "
 _BLANK_RUN = re.compile(r"\n\s*\n")
 _HEADING_MARKUP = re.compile(r"`|\*\*|#+$")  # code and bold marks, a trailing anchor "#" (Sphinx, Node.js docs)
 _HTML_BLOCKS = (
-    "p", "div", "section", "article", "main", "header", "li", "ul", "ol", "table", "tr", "pre", "blockquote",
-    "br", "hr", "dd", "dt", "figcaption", "address",
-)  # fmt: skip
+    "p",
+    "div",
+    "section",
+    "article",
+    "main",
+    "header",
+    "li",
+    "ul",
+    "ol",
+    "table",
+    "tr",
+    "pre",
+    "blockquote",
+    "br",
+    "hr",
+    "dd",
+    "dt",
+    "figcaption",
+    "address",
+)
 _HTML_DROP = ("script", "style", "noscript", "template", "svg", "head", "nav", "footer", "form", "iframe")
 
 
@@ -70,7 +87,7 @@ def parse_document(
 
 
 def extract(data: bytes, kind: DocumentKind) -> list[Section]:
-    extractors = {
+    extractors: dict[str, Callable[[bytes], list[Section]]] = {
         "text": lambda d: [Section(decode_text(d))],
         "markdown": lambda d: [Section(decode_text(d))],
         "html": lambda d: [Section(html_to_markdown(d))],

@@ -42,7 +42,7 @@ from comps.dataprep.settings import DataprepSettings
 from comps.dataprep.uploads import read_ingest_form
 from comps.dataprep.urls import FetchFailed, UrlFetcher, UrlRefused, check_url
 from comps.vectorstore.documents import Chunk, CollectionMissing, DocumentRecord
-from comps.vectorstore.schema import validate_collection
+from comps.vectorstore.names import validate_collection
 
 log = logging.getLogger("comps.dataprep")
 
@@ -225,9 +225,14 @@ class DataprepService:
             if job.upload is not None:
                 await asyncio.to_thread(job.upload.discard)
         log.info(
-            "job %s %s: %s (%d chunks, %.2fs)%s", job.job_id, job.status, job.source, job.chunks_total,
-            time.perf_counter() - started, f": {job.error}" if job.error else "",
-        )  # fmt: skip
+            "job %s %s: %s (%d chunks, %.2fs)%s",
+            job.job_id,
+            job.status,
+            job.source,
+            job.chunks_total,
+            time.perf_counter() - started,
+            f": {job.error}" if job.error else "",
+        )
         await self.runner.save(job)
 
     async def _ingest(self, job: Job) -> None:
@@ -259,10 +264,17 @@ class DataprepService:
             vectors, model = await self.embedder.embed([c.text for c in chunks], progress)
             await self.store.ensure_collection(job.collection, int(vectors.shape[1]), model)
             record = DocumentRecord(
-                doc_id=job.doc_id, source=job.source, sha256=digest, tags=tags, content_type=kind,
-                size_bytes=nbytes, chunk_size=job.chunk_size, chunk_overlap=job.chunk_overlap,
-                chunk_unit=job.chunk_unit, model=model,
-            )  # fmt: skip
+                doc_id=job.doc_id,
+                source=job.source,
+                sha256=digest,
+                tags=tags,
+                content_type=kind,
+                size_bytes=nbytes,
+                chunk_size=job.chunk_size,
+                chunk_overlap=job.chunk_overlap,
+                chunk_unit=job.chunk_unit,
+                model=model,
+            )
             stored = [Chunk(c.text, v, c.page) for c, v in zip(chunks, vectors, strict=True)]
             await self.store.replace_document(job.collection, record, stored)
         job.finish("succeeded")

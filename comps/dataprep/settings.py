@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from comps.core.ports import PORTS
 from comps.vectorstore.settings import VectorStoreSettings
 
 MiB = 1024 * 1024
@@ -17,7 +18,7 @@ class DataprepSettings(VectorStoreSettings):
     model_config = SettingsConfigDict(env_prefix="DATAPREP_", extra="ignore", frozen=True)
 
     service_name: str = "dataprep"
-    port: int = Field(default=6007, ge=0, le=65535)
+    port: int = Field(default=PORTS["dataprep"], ge=0, le=65535)
     backend: str = Field(default="redis", description="Document store backend: redis.")
 
     index_algorithm: Literal["HNSW", "FLAT"] = Field(default="HNSW", description="Vector index of new collections.")

@@ -13,7 +13,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -21,6 +21,9 @@ from starlette.requests import Request
 
 from comps.core.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from comps.dataprep.protocol import SUPPORTED_EXTENSIONS, DocumentKind, kind_of
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks  # defined for type checkers only
 
 MAX_FIELD_BYTES = 1024 * 1024
 FILE_FIELD = "files"
@@ -122,7 +125,7 @@ class _MultipartReader:
         self._field = bytearray()
         self._finished: list[Upload] = []
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self.on_part_begin,
             "on_header_field": lambda d, s, e: self._add(d[s:e], value=False),
@@ -217,4 +220,3 @@ class _MultipartReader:
 def _flush_all(uploads: list[Upload], finished: list[Upload]) -> None:
     for upload in uploads:
         upload.flush(final=upload in finished)
-

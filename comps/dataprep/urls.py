@@ -91,7 +91,7 @@ async def resolve(host: str, port: int) -> tuple[bool, list[IPAddress]]:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise UrlRefused(f"host {host!r} does not resolve: {exc}") from None
-    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
     if not addresses:
         raise UrlRefused(f"host {host!r} resolves to no address")
     return False, addresses
@@ -138,9 +138,7 @@ class UrlFetcher:
     async def start(self) -> None:
         resolver = ThreadedResolver() if self.allow_private else GuardedResolver()
         connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False, limit=32)
-        self._session = aiohttp.ClientSession(
-            connector=connector, trust_env=False, headers={"User-Agent": USER_AGENT}
-        )
+        self._session = aiohttp.ClientSession(connector=connector, trust_env=False, headers={"User-Agent": USER_AGENT})
 
     async def close(self) -> None:
         if self._session is not None:
@@ -151,7 +149,7 @@ class UrlFetcher:
         """The body of ``url``; `UrlRefused` or `FetchFailed` with the reason otherwise."""
         try:
             return await asyncio.wait_for(self._fetch(url), self.timeout_s)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             raise FetchFailed(f"{url} did not answer completely within {self.timeout_s:g}s") from None
 
     async def _fetch(self, url: str) -> Fetched:
@@ -177,7 +175,7 @@ class UrlFetcher:
                             raise FetchFailed(f"{current} is larger than the limit of {self.max_bytes} bytes")
                     return Fetched(current, bytes(body), resp.content_type.lower() if resp.content_type else "")
             except aiohttp.ClientConnectorError as exc:
-                raise FetchFailed(f"cannot connect to {current}: {exc.os_error or exc}") from None
+                raise FetchFailed(f"cannot connect to {current}: {exc.os_error}") from None
             except aiohttp.ClientError as exc:
                 raise FetchFailed(f"fetching {current} failed: {type(exc).__name__}: {exc}") from None
         raise FetchFailed(f"{url} redirected more than {self.max_redirects} times")

@@ -107,7 +107,7 @@ class Batcher(Generic[P, R]):
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except (asyncio.TimeoutError, TimeoutError):
+                except TimeoutError:
                     break
             batch = self._take()
             if not batch:
@@ -123,7 +123,7 @@ class Batcher(Generic[P, R]):
                 results = [exc] * len(batch)
             if len(results) != len(batch):
                 results = [RuntimeError(f"batch of {len(batch)} jobs gave {len(results)} results")] * len(batch)
-            for job, result in zip(batch, results):
+            for job, result in zip(batch, results, strict=True):
                 if job.future.done():
                     continue
                 if isinstance(result, Exception):

@@ -26,9 +26,7 @@ def validate_texts(value: Any) -> Any:
         raise PydanticCustomError("input_type", "must be a string or a list of strings")
     if not value:
         raise PydanticCustomError("empty_input", "must not be an empty list")
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in value) or all(
-        isinstance(v, list) for v in value
-    ):
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in value) or all(isinstance(v, list) for v in value):
         raise PydanticCustomError("token_ids", "token-id arrays are not supported; send text")
     for i, v in enumerate(value):
         if not isinstance(v, str):

@@ -7,19 +7,22 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from comps.core.ports import PORTS
 from comps.core.settings import ServiceSettings
 from comps.core.torch_models import DeviceSetting
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"  # `chatqna models fetch` brings it into models/
 
 
 class EmbeddingSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="EMBEDDING_", extra="ignore", frozen=True)
 
     service_name: str = "embedding"
-    port: int = Field(default=6000, ge=0, le=65535)
+    port: int = Field(default=PORTS["embedding"], ge=0, le=65535)
     backend: str = Field(default="sentence-transformers", description="sentence-transformers | remote")
 
     # sentence-transformers backend
-    model: str = Field(default="all-MiniLM-L6-v2", description="A folder under the models dir, or a path.")
+    model: str = Field(default=DEFAULT_MODEL, description="A folder under the models dir, or a path.")
     device: DeviceSetting = Field(default="auto", description="auto: cuda when torch sees one, else cpu.")
     num_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; unset: torch's default.")
     max_batch_size: int = Field(default=64, ge=1, description="Most inputs in one model call.")

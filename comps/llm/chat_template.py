@@ -19,7 +19,7 @@ from comps.llm.protocol import ChatMessage
 class _IgnoreGeneration(jinja2.ext.Extension):
     """Pass-through for HuggingFace's ``{% generation %}`` tag."""
 
-    tags = {"generation"}
+    tags = {"generation"}  # noqa: RUF012 - jinja2.ext.Extension declares it an instance attribute
 
     def parse(self, parser: jinja2.parser.Parser) -> list[jinja2.nodes.Node]:
         parser.stream.skip(1)
@@ -84,7 +84,7 @@ class ChatTemplate:
                 eos_token=self.eos_token,
                 add_generation_prompt=add_generation_prompt,
                 raise_exception=_raise,
-                strftime_now=lambda fmt: datetime.now().strftime(fmt),
+                strftime_now=lambda fmt: datetime.now().astimezone().strftime(fmt),
                 tools=None,
             )
         except (_TemplateError, jinja2.TemplateError) as exc:

@@ -25,11 +25,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import llama_cpp as L
 
 from comps.core.errors import ServiceError
 from comps.llm.backends import Delta, Event, Finished
+from comps.llm.protocol import FinishReason
 from comps.llm.text import TextStream
 
 log = logging.getLogger("comps.llm.engine")
@@ -81,22 +83,34 @@ class Sequence:
     """One request inside the engine; after `Engine.submit` only the engine thread changes it
     (except ``cancelled``, which any thread may set through `Engine.cancel`)."""
 
-    __slots__ = ("prompt", "params", "emit", "cancelled", "slot", "seq_id", "pos", "cached", "next_token",
-                 "generated", "sampler", "text")  # fmt: skip
+    __slots__ = (
+        "cached",
+        "cancelled",
+        "emit",
+        "generated",
+        "next_token",
+        "params",
+        "pos",
+        "prompt",
+        "sampler",
+        "seq_id",
+        "slot",
+        "text",
+    )
 
     def __init__(self, prompt: list[int], params: SamplingParams, emit: Callable[[Event | Exception], None]) -> None:
         self.prompt = prompt
         self.params = params
         self.emit = emit
         self.cancelled = False
-        self.slot: Slot | None = None
+        self.slot: Slot  # set when admitted, like text
         self.seq_id = -1
         self.pos = 0  # tokens of this sequence in the KV cache
         self.cached = 0  # prompt tokens found in the slot's cache
         self.next_token = -1  # sampled, not yet decoded; -1 while the prompt is being read
         self.generated = 0
-        self.sampler = None
-        self.text: TextStream | None = None
+        self.sampler: Any = None  # the llama_sampler chain while admitted
+        self.text: TextStream
 
 
 _backend_lock = threading.Lock()
@@ -109,15 +123,18 @@ _GGML_WARN, _GGML_ERROR = 2, 3  # enum ggml_log_level
 def _llama_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
     """llama.cpp's warnings and errors go to our log; its chatter (model loading info) does not."""
     if level in (_GGML_WARN, _GGML_ERROR) and text:
-        log.log(logging.WARNING if level == _GGML_WARN else logging.ERROR, "llama.cpp: %s",
-                text.decode("utf-8", "replace").rstrip())  # fmt: skip
+        log.log(
+            logging.WARNING if level == _GGML_WARN else logging.ERROR,
+            "llama.cpp: %s",
+            text.decode("utf-8", "replace").rstrip(),
+        )
 
 
 _LOG_CALLBACK = L.llama_log_callback(_llama_log)  # kept alive for the life of the process
 
 
 def _init_backend() -> None:
-    global _backend_ready
+    global _backend_ready  # noqa: PLW0603 - llama.cpp is initialised once per process
     with _backend_lock:
         if not _backend_ready:
             L.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p())
@@ -169,8 +186,11 @@ class Engine:
         self.n_threads = threads
         self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
         if self.n_ctx > L.llama_model_n_ctx_train(self._model):
-            log.warning("n_ctx %d is above the %d tokens the model was trained on", self.n_ctx,
-                        L.llama_model_n_ctx_train(self._model))  # fmt: skip
+            log.warning(
+                "n_ctx %d is above the %d tokens the model was trained on",
+                self.n_ctx,
+                L.llama_model_n_ctx_train(self._model),
+            )
         self._batch = L.llama_batch_init(n_batch, 0, 1)
         self._pieces: dict[int, bytes] = {}
         self.bos_token = self.token_text(L.llama_vocab_bos(self._vocab))
@@ -315,11 +335,15 @@ class Engine:
             seq.text = TextStream(list(seq.params.stop), stop_repeats=seq.params.stop_on_repetition)
             self._active.append(seq)
 
-    def _make_sampler(self, p: SamplingParams):  # noqa: ANN202 - a llama_sampler pointer
+    def _make_sampler(self, p: SamplingParams) -> Any:
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         if p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0:
-            L.llama_sampler_chain_add(chain, L.llama_sampler_init_penalties(
-                self.n_vocab, _PENALTY_LAST_N, p.repetition_penalty, p.frequency_penalty, p.presence_penalty))  # fmt: skip
+            L.llama_sampler_chain_add(
+                chain,
+                L.llama_sampler_init_penalties(
+                    self.n_vocab, _PENALTY_LAST_N, p.repetition_penalty, p.frequency_penalty, p.presence_penalty
+                ),
+            )
         if p.temperature <= 0:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
             return chain
@@ -406,9 +430,9 @@ class Engine:
             seq.emit(Delta(text, 1))
             seq.next_token = token
 
-    def _finish(self, seq: Sequence, reason: str, last: Delta, *, flush: bool = True) -> None:
+    def _finish(self, seq: Sequence, reason: FinishReason, last: Delta, *, flush: bool = True) -> None:
         tail = seq.text.finish() if flush else ""
         if last.text or tail or last.tokens:
             seq.emit(Delta(last.text + tail, last.tokens))
-        seq.emit(Finished(reason, len(seq.prompt), seq.generated, seq.cached))  # type: ignore[arg-type]
+        seq.emit(Finished(reason, len(seq.prompt), seq.generated, seq.cached))
         self._remove(seq, keep_cache=True)

@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -27,6 +27,7 @@ from comps.llm.protocol import (
     Choice,
     ChunkChoice,
     DeltaMessage,
+    FinishReason,
     PromptTokensDetails,
     Usage,
     completion_id,
@@ -177,7 +178,7 @@ class ChatService:
             self.queue.release(granted)
         return JSONResponse(body)
 
-    async def _collect(self, started: Started, events: AsyncIterator[Event], meter: _Meter) -> dict[str, Any]:
+    async def _collect(self, started: Started, events: AsyncGenerator[Event, None], meter: _Meter) -> dict[str, Any]:
         parts: list[str] = []
         async for event in events:
             if isinstance(event, Delta):
@@ -195,14 +196,21 @@ class ChatService:
         raise ServiceError("the generation ended without finishing")
 
     async def _stream(
-        self, req: ChatCompletionRequest, started: Started, events: AsyncIterator[Event], meter: _Meter, granted: float
+        self,
+        req: ChatCompletionRequest,
+        started: Started,
+        events: AsyncGenerator[Event, None],
+        meter: _Meter,
+        granted: float,
     ) -> AsyncIterator[str]:
         cid, created, model = completion_id(), now(), started.model
 
-        def chunk(delta: DeltaMessage, finish: str | None = None) -> str:
-            return _sse(ChatCompletionChunk(
-                id=cid, created=created, model=model, choices=[ChunkChoice(delta=delta, finish_reason=finish)]
-            ))  # fmt: skip
+        def chunk(delta: DeltaMessage, finish: FinishReason | None = None) -> str:
+            return _sse(
+                ChatCompletionChunk(
+                    id=cid, created=created, model=model, choices=[ChunkChoice(delta=delta, finish_reason=finish)]
+                )
+            )
 
         try:
             yield chunk(DeltaMessage(role="assistant", content=""))
@@ -215,7 +223,9 @@ class ChatService:
                     meter.finished(event)
                     yield chunk(DeltaMessage(), event.reason)
                     if req.include_usage():
-                        usage = ChatCompletionChunk(id=cid, created=created, model=model, choices=[], usage=_usage(event))
+                        usage = ChatCompletionChunk(
+                            id=cid, created=created, model=model, choices=[], usage=_usage(event)
+                        )
                         yield _sse(usage)
                     break
             else:

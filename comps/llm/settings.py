@@ -5,15 +5,17 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from comps.core.ports import PORTS
 from comps.core.settings import ServiceSettings
-from comps.runtime.models import DEFAULT_LLM
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"  # `chatqna models fetch` brings it into models/
 
 
 class LLMSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="LLM_", extra="ignore", frozen=True)
 
     service_name: str = "llm"
-    port: int = Field(default=9000, ge=0, le=65535)
+    port: int = Field(default=PORTS["llm"], ge=0, le=65535)
     backend: str = Field(default="llama-cpp", description="llama-cpp | remote")
 
     # Generation limits shared by both backends.
@@ -32,7 +34,7 @@ class LLMSettings(ServiceSettings):
     )
 
     # llama-cpp backend.
-    model: str = Field(default=DEFAULT_LLM, description="GGUF file: a path, or a name under CHATQNA_MODELS_DIR.")
+    model: str = Field(default=DEFAULT_MODEL, description="GGUF file: a path, or a name under CHATQNA_MODELS_DIR.")
     n_ctx: int = Field(
         default=4096,
         ge=64,

@@ -22,7 +22,7 @@ def _not_blank(value: str) -> str:
     return value
 
 
-def _not_empty(value: list) -> list:
+def _not_empty(value: list[str]) -> list[str]:
     if not value:
         raise PydanticCustomError("empty_list", "must not be an empty list")
     return value

@@ -23,9 +23,16 @@ class RerankerService:
         self.settings = settings
 
     async def ranked(
-        self, backend: Reranker, query: str, texts: list[str], *, top_n: int | None, raw: bool, truncate: bool,
+        self,
+        backend: Reranker,
+        query: str,
+        texts: list[str],
+        *,
+        top_n: int | None,
+        raw: bool,
+        truncate: bool,
         param: str,
-    ) -> list[tuple[int, float]]:  # fmt: skip
+    ) -> list[tuple[int, float]]:
         """(index, score) pairs, best first (equal scores keep the given order), at most ``top_n``."""
         if len(texts) > self.settings.max_texts:
             raise BadRequest(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from comps.core.ports import PORTS
 from comps.core.settings import ServiceSettings
 from comps.core.torch_models import DeviceSetting
 
@@ -13,7 +14,7 @@ class RerankerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RERANKER_", extra="ignore", frozen=True)
 
     service_name: str = "reranker"
-    port: int = Field(default=8000, ge=0, le=65535)
+    port: int = Field(default=PORTS["reranker"], ge=0, le=65535)
     backend: str = Field(
         default="auto",
         description="cross-encoder | lexical-fusion | remote; auto: cross-encoder when RERANKER_MODEL names "

@@ -20,7 +20,7 @@ Scores are cosine similarities (``1 - cosine distance``, higher is better) excep
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -30,25 +30,26 @@ FilterKey = Literal["source", "doc_id", "tags", "page"]
 FilterValue = str | int | float | list[str | int]
 
 
-class RetrievalRequest(BaseModel):
-    """A query (text, embedding or both) and how to search. With both, the embedding is used for vector
-    search and the text for hybrid's BM25 part; with text only, the retriever asks the embedding service."""
+MAX_COLLECTIONS = 32
+
+
+class RetrievalOptions(BaseModel):
+    """How to search: the retrieval options, declared here once. The gateway's request includes them and
+    forwards them as they are, so a new option is one edit."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    text: str | None = Field(
-        default=None, max_length=100_000, validation_alias=AliasChoices("text", "input"), description="The query."
-    )
-    embedding: list[float] | None = Field(
-        default=None,
-        min_length=1,
-        max_length=16_384,
-        description="The query's embedding (from the collection's embedding model).",
-    )
     collection: str | None = Field(
         default=None,
         validation_alias=AliasChoices("collection", "index_name"),
         description="Collection (index) to search; default: the service's INDEX_NAME.",
+    )
+    collections: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_COLLECTIONS,
+        description="Several collections searched together (instead of `collection`): each is searched the same "
+        "way and the hits are merged, best score first, k in all.",
     )
     k: int = Field(default=4, ge=1, le=100, description="Documents to return.")
     search_type: SearchType = "similarity"
@@ -64,6 +65,35 @@ class RetrievalRequest(BaseModel):
         default=None,
         description="Metadata pre-filters, AND-ed: source, doc_id, tags (exact, case-insensitive), page (number); "
         "a list means any of its values.",
+    )
+
+    @model_validator(mode="after")
+    def _threshold_given(self) -> Self:
+        if self.collections is not None and self.collection is not None:
+            raise PydanticCustomError("two_scopes", "give collection or collections, not both")
+        if self.search_type == "similarity_distance_threshold" and self.distance_threshold is None:
+            raise PydanticCustomError(
+                "missing_distance_threshold", "search_type similarity_distance_threshold needs distance_threshold"
+            )
+        return self
+
+    def retrieval_options(self) -> dict[str, Any]:
+        """These options' values, by field name (what a subclass forwards to the retriever)."""
+        return {name: getattr(self, name) for name in RetrievalOptions.model_fields}
+
+
+class RetrievalRequest(RetrievalOptions):
+    """A query (text, embedding or both) and how to search. With both, the embedding is used for vector
+    search and the text for hybrid's BM25 part; with text only, the retriever asks the embedding service."""
+
+    text: str | None = Field(
+        default=None, max_length=100_000, validation_alias=AliasChoices("text", "input"), description="The query."
+    )
+    embedding: list[float] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16_384,
+        description="The query's embedding (from the collection's embedding model).",
     )
 
     @field_validator("embedding", mode="before")
@@ -87,14 +117,10 @@ class RetrievalRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> RetrievalRequest:
+    def _has_query(self) -> Self:
         has_text = self.text is not None and self.text.strip() != ""
         if not has_text and self.embedding is None:
             raise PydanticCustomError("missing_query", "give the query as text, embedding or both")
-        if self.search_type == "similarity_distance_threshold" and self.distance_threshold is None:
-            raise PydanticCustomError(
-                "missing_distance_threshold", "search_type similarity_distance_threshold needs distance_threshold"
-            )
         if self.search_type == "hybrid" and not has_text:
             raise PydanticCustomError(
                 "missing_text", "search_type hybrid needs text (its keyword part searches the query's words)"
@@ -119,7 +145,7 @@ class RetrievedDocument(BaseModel):
 
 class RetrievalResponse(BaseModel):
     query: str | None
-    collection: str
+    collection: str = Field(description="The collection searched (the first one, when several were).")
     search_type: str
     documents: list[RetrievedDocument] = Field(description="Best first; empty when nothing matches.")
 

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, FastAPI
 from comps.core.app import create_app, http_client, ready_backend
 from comps.core.backends import load_backend
 from comps.core.http import HttpClient
+from comps.embedding.client import EmbeddingClient
 from comps.retriever.backends import REGISTRY, Retriever
-from comps.retriever.embedder import QueryEmbedder
 from comps.retriever.protocol import CollectionsResponse, RetrievalRequest, RetrievalResponse
 from comps.retriever.service import RetrieverService
 from comps.retriever.settings import RetrieverSettings
@@ -37,14 +37,16 @@ def build_router(service: RetrieverService) -> APIRouter:
 
 def build_app(settings: RetrieverSettings) -> FastAPI:
     backend_cls = load_backend("retriever", REGISTRY, settings.backend, "RETRIEVER_BACKEND")
-    embedder = QueryEmbedder(
+    embedding = EmbeddingClient(
         settings.embedding_url,
         timeout_s=settings.embedding_timeout_s,
-        api_key=settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else None,
+        api_key=settings.embedding_api_key,
+        unconfigured="embedding service is not configured (RETRIEVER_EMBEDDING_URL): send the query's embedding "
+        "with the request, or configure the service",
     )
     return create_app(
         settings,
-        backend=backend_cls(settings, embedder),
-        routers=[build_router(RetrieverService(settings, embedder))],
+        backend=backend_cls(settings, embedding),
+        routers=[build_router(RetrieverService(settings, embedding))],
         title="retriever",
     )

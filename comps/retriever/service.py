@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import numpy as np
 from prometheus_client import Histogram
 
 from comps.core.http import HttpClient
+from comps.embedding.client import EmbeddingClient
 from comps.retriever.backends import Retriever
-from comps.retriever.embedder import QueryEmbedder
 from comps.retriever.protocol import (
     CollectionsResponse,
     CollectionSummary,
@@ -18,7 +20,8 @@ from comps.retriever.protocol import (
     RetrievedDocument,
 )
 from comps.retriever.settings import RetrieverSettings
-from comps.vectorstore import schema, search
+from comps.vectorstore import search
+from comps.vectorstore.names import validate_collection
 
 QUERY_LATENCY = Histogram(
     "chatqna_retriever_query_seconds",
@@ -40,17 +43,18 @@ RESULTS = Histogram(
 
 
 class RetrieverService:
-    def __init__(self, settings: RetrieverSettings, embedder: QueryEmbedder) -> None:
+    def __init__(self, settings: RetrieverSettings, embedding: EmbeddingClient) -> None:
         self.settings = settings
-        self.embedder = embedder
+        self.embedding = embedding
 
     async def retrieve(self, backend: Retriever, http: HttpClient, req: RetrievalRequest) -> RetrievalResponse:
-        collection = schema.validate_collection(req.collection or self.settings.index_name)
+        names = [validate_collection(c) for c in req.collections or [req.collection or self.settings.index_name]]
         search.build_filter(req.filters)  # bad filter values fail before an embedding is paid for
-        vector = req.embedding
+        vector: list[float] | np.ndarray | None = req.embedding
         if vector is None:
             started = time.perf_counter()
-            vector = await self.embedder.embed(http, req.text or "")
+            vectors, _ = await self.embedding.embed(http, [req.text or ""])
+            vector = vectors[0]
             EMBEDDING_LATENCY.observe(time.perf_counter() - started)
         query = search.Query(
             vector=vector,
@@ -65,12 +69,16 @@ class RetrieverService:
             ef_runtime=self.settings.hnsw_ef_runtime,
         )
         started = time.perf_counter()
-        hits = await backend.search(collection, query)
+        if len(names) == 1:
+            hits = await backend.search(names[0], query)
+        else:  # each collection searched alike, then one ranking: scores are comparable (same model, same measure)
+            found = await asyncio.gather(*(backend.search(name, query) for name in dict.fromkeys(names)))
+            hits = sorted((h for some in found for h in some), key=lambda h: h.score, reverse=True)[: req.k]
         QUERY_LATENCY.labels(req.search_type).observe(time.perf_counter() - started)
         RESULTS.labels(req.search_type).observe(len(hits))
         return RetrievalResponse(
             query=req.text,
-            collection=collection,
+            collection=names[0],
             search_type=req.search_type,
             documents=[
                 RetrievedDocument(

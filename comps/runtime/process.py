@@ -15,25 +15,43 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TypedDict
 
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:
     """The HTTP status of a GET, or None when nothing answers."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
-            return resp.status
+            status: int = resp.status
+            return status
     except urllib.error.HTTPError as exc:
         return exc.code
     except (urllib.error.URLError, OSError):
         return None
+
+
+class UserArgs(TypedDict, total=False):
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
+def as_user(user: str | None) -> UserArgs:
+    """Popen arguments that run a child as ``user`` with that user's group only (not root's groups)."""
+    if user is None:
+        return {}
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 class ProcessFailed(RuntimeError):
@@ -53,6 +71,7 @@ class ManagedProcess:
         sink: IO[str] | None = None,
         log_file: Path | None = None,
         prefix_width: int = 10,
+        user: str | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -60,6 +79,7 @@ class ManagedProcess:
         self.cwd = str(cwd) if cwd else None
         self.sink = sink if sink is not None else sys.stderr
         self.log_file = log_file
+        self.user = user  # run as this system user (needs root)
         self.prefix = f"{name:<{prefix_width}}| "
         self.proc: subprocess.Popen[str] | None = None
         self.tail: list[str] = []
@@ -82,6 +102,7 @@ class ManagedProcess:
             errors="replace",
             bufsize=1,
             start_new_session=True,
+            **as_user(self.user),
         )
         self._pump = threading.Thread(target=self._forward, name=f"log-{self.name}", daemon=True)
         self._pump.start()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.resources
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from comps.runtime.process import ManagedProcess, ProcessFailed
 
@@ -37,16 +37,25 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [
             str(valkey_binary()),
-            "--bind", "127.0.0.1",
-            "--port", str(port),
-            "--dir", str(self.data_dir.resolve()),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "300 1",
-            "--protected-mode", "yes",
-            "--daemonize", "no",
-            "--loadmodule", str(redisearch_module()),
-        ]  # fmt: skip
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(self.data_dir.resolve()),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "300 1",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--loadmodule",
+            str(redisearch_module()),
+        ]
         self.process = ManagedProcess("redis", argv, sink=sink, log_file=log_file)
 
     def start(self, timeout_s: float = 30.0) -> EmbeddedRedis:
@@ -77,7 +86,7 @@ class EmbeddedRedis:
         self.stop()
 
 
-def _module_names(client) -> list:  # noqa: ANN001
+def _module_names(client: Any) -> list[Any]:
     names = []
     for entry in client.execute_command("MODULE", "LIST"):
         if isinstance(entry, dict):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from comps.core.ports import PORTS
 
-def _env(name: str, default: object, description: str = "") -> object:
+
+def _env(name: str, default: object, description: str = "") -> Any:
     return Field(default=default, validation_alias=AliasChoices(name), description=description)
 
 
@@ -20,11 +23,22 @@ class RuntimeSettings(BaseSettings):
     host: str = _env("CHATQNA_HOST", "127.0.0.1", "Address every local service binds to")
     redis_url: str | None = _env("REDIS_URL", None, "Use this Redis instead of starting the embedded one")
     redis_port: int = _env("CHATQNA_REDIS_PORT", 6379)
-    embedding_port: int = _env("EMBEDDING_PORT", 6000)
-    retriever_port: int = _env("RETRIEVER_PORT", 7000)
-    reranker_port: int = _env("RERANKER_PORT", 8000)
-    llm_port: int = _env("LLM_PORT", 9000)
-    dataprep_port: int = _env("DATAPREP_PORT", 6007)
-    gateway_port: int = _env("MEGA_SERVICE_PORT", 8888)
+    auth_enabled: bool = _env("GATEWAY_AUTH_ENABLED", True, "Accounts at the gateway (needs PostgreSQL)")
+    database_url: str | None = _env("DATABASE_URL", None, "Use this PostgreSQL instead of starting the embedded one")
+    postgres_port: int = _env("CHATQNA_POSTGRES_PORT", 5432)
+    admin_user: str | None = _env("CHATQNA_ADMIN_USER", None, "Name of the first admin (default: admin)")
+    admin_password: SecretStr | None = _env(
+        "CHATQNA_ADMIN_PASSWORD", None, "Password of the first admin (default: generated)"
+    )
+    embedding_port: int = _env("EMBEDDING_PORT", PORTS["embedding"])
+    retriever_port: int = _env("RETRIEVER_PORT", PORTS["retriever"])
+    reranker_port: int = _env("RERANKER_PORT", PORTS["reranker"])
+    llm_port: int = _env("LLM_PORT", PORTS["llm"])
+    dataprep_port: int = _env("DATAPREP_PORT", PORTS["dataprep"])
+    gateway_port: int = _env("MEGA_SERVICE_PORT", PORTS["gateway"])
     ready_timeout_s: float = _env("CHATQNA_READY_TIMEOUT_S", 600.0, "How long `up` waits for every service")
     log_format: str = _env("LOG_FORMAT", "plain")
+    trace_content: bool = _env(
+        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", True,
+        "Prompts, answers and passages in trace spans (on for local use; the services' own default is off)",
+    )  # fmt: skip

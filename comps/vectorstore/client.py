@@ -27,8 +27,8 @@ async def check_redis(r: aioredis.Redis, where: str) -> None:
         raise NotReady(
             f"redis at {where} has no search module ({exc}); use Redis Stack, Redis 8 or valkey with RediSearch"
         ) from exc
-    except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError) as exc:
-        raise NotReady(f"redis at {where} is unreachable: {exc or type(exc).__name__}") from exc
+    except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise NotReady(f"redis at {where} is unreachable: {str(exc) or type(exc).__name__}") from exc
 
 
 @contextmanager

@@ -12,6 +12,7 @@ A collection ``c`` (OPEA's ``INDEX_NAME``, default ``rag-redis``) is:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,6 +23,7 @@ from redis.commands.search.index_definition import IndexDefinition, IndexType
 from redis.exceptions import ResponseError
 
 from comps.core.errors import BadRequest
+from comps.vectorstore.names import validate_collection
 
 Algorithm = Literal["HNSW", "FLAT"]
 
@@ -35,17 +37,7 @@ CHUNK = "chunk"
 TAG_FIELDS = (SOURCE, DOC_ID, TAGS)
 NUMERIC_FIELDS = (PAGE, CHUNK)
 
-_COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TAG_SPECIAL = re.compile(r"([,.<>{}\[\]\"':;!@#$%^&*()\-+=~|/\\ ?])")
-
-
-def validate_collection(name: str) -> str:
-    if not _COLLECTION_RE.match(name or ""):
-        raise BadRequest(
-            f"collection name {name!r} is invalid: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit",
-            param="collection",
-        )
-    return name
 
 
 def chunk_prefix(collection: str) -> str:
@@ -73,7 +65,7 @@ def escape_tag(value: str) -> str:
     return _TAG_SPECIAL.sub(r"\\\1", str(value))
 
 
-def vector_bytes(vector: np.ndarray | list[float]) -> bytes:
+def vector_bytes(vector: np.ndarray | Sequence[float]) -> bytes:
     return np.asarray(vector, dtype=np.float32).tobytes()
 
 
@@ -94,7 +86,10 @@ async def collection_info(r: aioredis.Redis, collection: str) -> CollectionInfo 
     meta = await r.hgetall(meta_key(collection))
     if not meta:
         return None
-    get = lambda k: meta.get(k.encode(), b"").decode()  # noqa: E731
+
+    def get(field: str) -> str:
+        return str(meta.get(field.encode(), b"").decode())
+
     return CollectionInfo(collection, int(get("dim")), get("algorithm"), get("model"))
 
 

@@ -31,13 +31,13 @@ from redis.exceptions import ResponseError
 
 from comps.core.errors import BadRequest
 from comps.vectorstore import schema
+from comps.vectorstore.names import validate_collection
 
-SearchType = Literal[
-    "similarity", "similarity_score_threshold", "similarity_distance_threshold", "mmr", "hybrid"
-]
+SearchType = Literal["similarity", "similarity_score_threshold", "similarity_distance_threshold", "mmr", "hybrid"]
 SEARCH_TYPES: tuple[str, ...] = get_args(SearchType)
 FILTER_KEYS: tuple[str, ...] = (schema.SOURCE, schema.DOC_ID, schema.TAGS, schema.PAGE)
 FilterValue = str | int | float | Sequence[str | int | float]
+Filters = Mapping[Any, FilterValue]  # any keys: `build_filter` refuses the unknown ones
 
 RRF_K = 60  # reciprocal rank fusion constant: score(d) = sum over rankings of 1 / (RRF_K + rank(d))
 MAX_TEXT_TERMS = 32  # most distinct words of the query sent to BM25
@@ -60,7 +60,7 @@ class Query:
     lambda_mult: float = 0.5
     score_threshold: float = 0.2
     distance_threshold: float | None = None
-    filters: Mapping[str, FilterValue] | None = None
+    filters: Filters | None = None
     ef_runtime: int | None = None  # HNSW search breadth; None: the index's own EF_RUNTIME
 
 
@@ -89,7 +89,7 @@ class CollectionSummary:
 # ---------------------------------------------------------------------------------------------- filters
 
 
-def build_filter(filters: Mapping[str, FilterValue] | None) -> str:
+def build_filter(filters: Filters | None) -> str:
     """A RediSearch pre-filter for ``filters`` ("" when there is none); keys are AND-ed, list values OR-ed."""
     if not filters:
         return ""
@@ -121,7 +121,7 @@ def build_filter(filters: Mapping[str, FilterValue] | None) -> str:
     return " ".join(clauses)
 
 
-def _page_number(value: object) -> int:
+def _page_number(value: Any) -> int:
     try:
         number = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
@@ -186,7 +186,7 @@ def _normalize(m: np.ndarray) -> np.ndarray:
 
 async def search(r: aioredis.Redis, collection: str, query: Query) -> list[Hit]:
     """Run ``query`` against ``collection``; best first. Bad input raises `BadRequest`."""
-    schema.validate_collection(collection)
+    validate_collection(collection)
     if query.search_type not in SEARCH_TYPES:
         raise BadRequest(
             f"search_type {query.search_type!r} is not one of {', '.join(SEARCH_TYPES)}", param="search_type"
@@ -216,9 +216,7 @@ async def search(r: aioredis.Redis, collection: str, query: Query) -> list[Hit]:
         raise
 
 
-async def _run(
-    r: aioredis.Redis, collection: str, q: Query, vector: np.ndarray, flt: str, ef: int | None
-) -> list[Hit]:
+async def _run(r: aioredis.Redis, collection: str, q: Query, vector: np.ndarray, flt: str, ef: int | None) -> list[Hit]:
     blob = schema.vector_bytes(vector)
     kind = q.search_type
     if kind in ("similarity", "similarity_score_threshold"):
@@ -227,7 +225,9 @@ async def _run(
             hits = [h for h in hits if h.score >= q.score_threshold]
         return hits
     if kind == "similarity_distance_threshold":
-        rows = await _range(r, collection, blob, q.k, float(q.distance_threshold), flt)
+        if q.distance_threshold is None:
+            raise BadRequest(f"search_type {kind} needs distance_threshold", param="distance_threshold")
+        rows = await _range(r, collection, blob, q.k, q.distance_threshold, flt)
         return [_hit(row) for row in rows]
     fetch_k = max(q.fetch_k, q.k)
     if kind == "mmr":
@@ -251,30 +251,41 @@ async def _knn(
     ef_clause, params = ("", ["vec", blob]) if ef is None else (" EF_RUNTIME $ef", ["vec", blob, "ef", ef])
     base = f"({flt})" if flt else "*"
     fields = (*_FIELDS, _DISTANCE, *((schema.EMBEDDING,) if with_vectors else ()))
-    reply = await r.execute_command(
-        "FT.SEARCH", collection, f"{base}=>[KNN {k} @{schema.EMBEDDING} $vec{ef_clause} AS {_DISTANCE}]",
-        "PARAMS", len(params), *params,
-        "SORTBY", _DISTANCE, "ASC",
-        "RETURN", len(fields), *fields,
-        "LIMIT", 0, k,
-        "DIALECT", 2,
-    )  # fmt: skip
-    return _rows(reply)
+    query = f"{base}=>[KNN {k} @{schema.EMBEDDING} $vec{ef_clause} AS {_DISTANCE}]"
+    return await _nearest(r, collection, query, params, fields, k)
 
 
 async def _range(
     r: aioredis.Redis, collection: str, blob: bytes, k: int, radius: float, flt: str
 ) -> list[tuple[str, dict[str, bytes]]]:
     vector_range = f"@{schema.EMBEDDING}:[VECTOR_RANGE $radius $vec]=>{{$YIELD_DISTANCE_AS: {_DISTANCE}}}"
-    fields = (*_FIELDS, _DISTANCE)
+    query = f"({flt} {vector_range})" if flt else vector_range
+    return await _nearest(r, collection, query, ["radius", radius, "vec", blob], (*_FIELDS, _DISTANCE), k)
+
+
+async def _nearest(
+    r: aioredis.Redis, collection: str, query: str, params: list[Any], fields: tuple[str, ...], k: int
+) -> list[tuple[str, dict[str, bytes]]]:
+    """The ``k`` rows of a vector query (KNN or range), closest first."""
     reply = await r.execute_command(
-        "FT.SEARCH", collection, f"({flt} {vector_range})" if flt else vector_range,
-        "PARAMS", 4, "radius", radius, "vec", blob,
-        "SORTBY", _DISTANCE, "ASC",
-        "RETURN", len(fields), *fields,
-        "LIMIT", 0, k,
-        "DIALECT", 2,
-    )  # fmt: skip
+        "FT.SEARCH",
+        collection,
+        query,
+        "PARAMS",
+        len(params),
+        *params,
+        "SORTBY",
+        _DISTANCE,
+        "ASC",
+        "RETURN",
+        len(fields),
+        *fields,
+        "LIMIT",
+        0,
+        k,
+        "DIALECT",
+        2,
+    )
     return _rows(reply)
 
 
@@ -285,12 +296,20 @@ async def _bm25(
         return []
     text = f"@{schema.TEXT}:({' | '.join(terms)})"
     reply = await r.execute_command(
-        "FT.SEARCH", collection, f"({flt}) {text}" if flt else text,
-        "SCORER", "BM25",
-        "RETURN", len(_FIELDS), *_FIELDS,
-        "LIMIT", 0, n,
-        "DIALECT", 2,
-    )  # fmt: skip
+        "FT.SEARCH",
+        collection,
+        f"({flt}) {text}" if flt else text,
+        "SCORER",
+        "BM25",
+        "RETURN",
+        len(_FIELDS),
+        *_FIELDS,
+        "LIMIT",
+        0,
+        n,
+        "DIALECT",
+        2,
+    )
     return _rows(reply)
 
 
@@ -302,7 +321,7 @@ def _rows(reply: Any) -> list[tuple[str, dict[str, bytes]]]:
     return [(_str(reply[i]), _fields(reply[i + 1])) for i in range(1, len(reply) - 1, 2)]
 
 
-def _get(reply: dict, name: str, default: Any = None) -> Any:
+def _get(reply: dict[Any, Any], name: str, default: Any = None) -> Any:
     """A RESP3 map entry, whether the client decodes keys or not."""
     return reply.get(name.encode(), reply.get(name, default))
 

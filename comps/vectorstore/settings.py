@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, field_validator
 
 from comps.core.settings import ServiceSettings
-from comps.vectorstore.schema import validate_collection
+from comps.vectorstore.names import validate_collection
 
 
 class VectorStoreSettings(ServiceSettings):

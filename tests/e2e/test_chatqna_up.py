@@ -1,5 +1,6 @@
 """`chatqna up` as users run it: every port moved to a free one, state in a temporary folder; it prints its
-"ready" table, answers one ChatQnA request, and a SIGTERM stops every child with exit code 0."""
+"ready" table with the first admin's generated password, answers one ChatQnA request of that admin, and a
+SIGTERM stops every child with exit code 0."""
 
 from __future__ import annotations
 
@@ -20,8 +21,16 @@ from tests.support.procs import REPO
 
 pytestmark = pytest.mark.e2e
 
-PORTS = ("EMBEDDING_PORT", "RETRIEVER_PORT", "RERANKER_PORT", "LLM_PORT", "DATAPREP_PORT", "MEGA_SERVICE_PORT",
-         "CHATQNA_REDIS_PORT")  # fmt: skip
+PORTS = (
+    "EMBEDDING_PORT",
+    "RETRIEVER_PORT",
+    "RERANKER_PORT",
+    "LLM_PORT",
+    "DATAPREP_PORT",
+    "MEGA_SERVICE_PORT",
+    "CHATQNA_REDIS_PORT",
+    "CHATQNA_POSTGRES_PORT",
+)
 
 
 def children_of(pid: int) -> set[int]:
@@ -48,15 +57,26 @@ def alive(pid: int) -> bool:
 
 def test_chatqna_up_serves_and_stops_cleanly(models_dir: Path, tmp_path: Path) -> None:
     ports = {name: str(free_port()) for name in PORTS}
-    env = {**os.environ, **ports, "CHATQNA_STATE_DIR": str(tmp_path / "state"), "CHATQNA_MODELS_DIR": str(models_dir),
-           "PYTHONUNBUFFERED": "1"}  # fmt: skip
-    env.pop("REDIS_URL", None)
+    env = {
+        **os.environ,
+        **ports,
+        "CHATQNA_STATE_DIR": str(tmp_path / "state"),
+        "CHATQNA_MODELS_DIR": str(models_dir),
+        "PYTHONUNBUFFERED": "1",
+    }
+    for name in ("REDIS_URL", "DATABASE_URL", "CHATQNA_ADMIN_USER", "CHATQNA_ADMIN_PASSWORD", "GATEWAY_AUTH_ENABLED"):
+        env.pop(name, None)
     cli = Path(sys.executable).with_name("chatqna")  # the installed console script
     argv = [str(cli)] if cli.exists() else [sys.executable, "-m", "comps.runtime.cli"]
     up = subprocess.Popen(
         [*argv, "up", "--no-fetch-models"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in up.stdout], daemon=True).start()  # type: ignore[union-attr]
     table: list[str] = []
@@ -72,14 +92,25 @@ def test_chatqna_up_serves_and_stops_cleanly(models_dir: Path, tmp_path: Path) -
                 table.append(line.rstrip())
                 if line.startswith("Ctrl-C stops everything"):
                     break
-        rows = {row.split()[0]: row for row in table[1:-1] if row.strip()}
-        assert set(rows) == {"redis", "embedding", "reranker", "llm", "retriever", "dataprep", "gateway"}
+        rows = {row.split()[0]: row for row in table[1:-1] if row.startswith("  ")}
+        assert set(rows) == {"redis", "postgres", "embedding", "reranker", "llm", "retriever", "dataprep", "gateway"}
         assert f"127.0.0.1:{ports['MEGA_SERVICE_PORT']}" in rows["gateway"]
+        admin = next(line for line in table if line.startswith("Created the first admin: "))
+        user, password = admin.removeprefix("Created the first admin: ").split(" / password: ")
+        password = password.split()[0]
         children = children_of(up.pid)
-        assert len(children) >= 7
+        assert len(children) >= 8
 
-        r = httpx.post(f"http://127.0.0.1:{ports['MEGA_SERVICE_PORT']}/v1/chatqna",
-                       json={"messages": "What is ChatQnA?", "max_tokens": 8}, timeout=120)  # fmt: skip
+        gateway = f"http://127.0.0.1:{ports['MEGA_SERVICE_PORT']}"
+        assert httpx.post(f"{gateway}/v1/chatqna", json={"messages": "Hi?"}, timeout=30).status_code == 401
+        login = httpx.post(f"{gateway}/v1/auth/login", json={"username": user, "password": password}, timeout=30)
+        assert login.status_code == 200, login.text
+        r = httpx.post(
+            f"{gateway}/v1/chatqna",
+            json={"messages": "What is ChatQnA?", "max_tokens": 8},
+            headers={"Authorization": f"Bearer {login.json()['access_token']}"},
+            timeout=120,
+        )
         assert r.status_code == 200, r.text
         assert r.json()["object"] == "chat.completion" and r.json()["sources"] == []  # nothing ingested yet
 

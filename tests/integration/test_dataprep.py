@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import numpy as np
@@ -48,7 +49,9 @@ def corpus() -> dict[str, bytes]:
         "garden.md": MD.encode(),
         "bikes.html": HTML.encode(),
         "earth.pdf": make_pdf(PDF_PAGES),
-        "report.docx": make_docx("Quarterly report", ["Sales grew by ten percent."], [["region", "sales"], ["north", "12"]]),
+        "report.docx": make_docx(
+            "Quarterly report", ["Sales grew by ten percent."], [["region", "sales"], ["north", "12"]]
+        ),
         "cities.csv": CSV.encode(),
         "quiz.jsonl": JSONL.encode(),
         "fruit.json": JSON.encode(),
@@ -59,7 +62,7 @@ def corpus() -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def embedding(models_dir, tmp_path_factory) -> Iterator[Service]:  # noqa: ANN001
+def embedding(models_dir, tmp_path_factory) -> Iterator[Service]:
     svc = start_service(
         "comps.embedding", "EMBEDDING_", {"EMBEDDING_DEVICE": "cpu"}, log_dir=tmp_path_factory.mktemp("embedding")
     )
@@ -78,23 +81,25 @@ def dataprep_env(redis_url: str, embedding_url: str, **extra: str) -> dict[str, 
 
 
 @pytest.fixture(scope="module")
-def dataprep(redis_url, embedding, tmp_path_factory) -> Iterator[Service]:  # noqa: ANN001
+def dataprep(redis_url, embedding, tmp_path_factory) -> Iterator[Service]:
     svc = start_service(
-        "comps.dataprep", "DATAPREP_", dataprep_env(redis_url, embedding.url),
+        "comps.dataprep",
+        "DATAPREP_",
+        dataprep_env(redis_url, embedding.url),
         log_dir=tmp_path_factory.mktemp("dataprep"),
-    )  # fmt: skip
+    )
     yield svc
     svc.stop()
 
 
 @pytest.fixture(scope="module")
-def client(dataprep) -> Iterator[httpx.Client]:  # noqa: ANN001
+def client(dataprep) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=dataprep.url, timeout=60) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def r(redis_url) -> Iterator[redis.Redis]:  # noqa: ANN001
+def r(redis_url) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
@@ -103,19 +108,23 @@ def r(redis_url) -> Iterator[redis.Redis]:  # noqa: ANN001
 class LocalSite:
     """A tiny HTTP server on 127.0.0.1 with a few fixed pages."""
 
-    PAGES = {
-        "/page.html": (200, "text/html; charset=utf-8", b"<html><body><h1>Harbor</h1><p>The ferry leaves at nine.</p></body></html>"),
+    PAGES: ClassVar[dict[str, tuple[int, str, bytes]]] = {
+        "/page.html": (
+            200,
+            "text/html; charset=utf-8",
+            b"<html><body><h1>Harbor</h1><p>The ferry leaves at nine.</p></body></html>",
+        ),
         "/notes.md": (200, "application/octet-stream", b"# Lighthouse\n\nThe lamp turns every ten seconds.\n"),
         "/image": (200, "image/png", b"\x89PNG\r\n\x1a\n...."),
         "/missing": (404, "text/plain", b"not here"),
     }
-    REDIRECTS = {"/to-file": "file:///etc/passwd", "/to-page": "/page.html"}
+    REDIRECTS: ClassVar[dict[str, str]] = {"/to-file": "file:///etc/passwd", "/to-page": "/page.html"}
 
     def __init__(self) -> None:
         site = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 if self.path in site.REDIRECTS:
                     self.send_response(302)
                     self.send_header("Location", site.REDIRECTS[self.path])
@@ -358,7 +367,12 @@ BAD_REQUESTS = [
     # (files, fields, status, message part)
     ({}, {}, 400, "nothing to ingest: send files and/or link_list"),
     ({}, {"link_list": "[]"}, 400, "nothing to ingest"),
-    ({"x.txt": b"x"}, {"chunk_size": 100, "chunk_overlap": 100}, 400, "chunk_overlap (100) must be smaller than chunk_size (100)"),
+    (
+        {"x.txt": b"x"},
+        {"chunk_size": 100, "chunk_overlap": 100},
+        400,
+        "chunk_overlap (100) must be smaller than chunk_size (100)",
+    ),
     ({"x.txt": b"x"}, {"chunk_size": 0}, 400, "chunk_size: Input should be greater than 0"),
     ({"x.txt": b"x"}, {"chunk_overlap": -1}, 400, "chunk_overlap: Input should be greater than or equal to 0"),
     ({"x.txt": b"x"}, {"chunk_size": "big"}, 400, "chunk_size: Input should be a valid integer"),
@@ -370,8 +384,12 @@ BAD_REQUESTS = [
     ({"x.txt": b"x"}, {"collection": "bad name!"}, 400, "collection name 'bad name!' is invalid"),
     ({}, {"link_list": ["file:///etc/passwd"]}, 400, "only http and https URLs are fetched, not 'file'"),
     ({}, {"link_list": ["gopher://example.com/"]}, 400, "only http and https URLs are fetched, not 'gopher'"),
-    ({}, {"link_list": ["http://127.0.0.1:6379/"]}, 400,
-     "http://127.0.0.1:6379/ is refused: 127.0.0.1 is a loopback address (set DATAPREP_ALLOW_PRIVATE_URLS=true"),
+    (
+        {},
+        {"link_list": ["http://127.0.0.1:6379/"]},
+        400,
+        "http://127.0.0.1:6379/ is refused: 127.0.0.1 is a loopback address (set DATAPREP_ALLOW_PRIVATE_URLS=true",
+    ),
     ({}, {"link_list": ["http://localhost:6379/"]}, 400, "is refused: localhost resolves to "),
     ({}, {"link_list": ["http://[::1]/"]}, 400, "::1 is a loopback address"),
     ({}, {"link_list": ["http://169.254.169.254/latest/meta-data/"]}, 400, "169.254.169.254 is a link-local address"),
@@ -386,12 +404,14 @@ def test_bad_requests_are_refused_and_touch_nothing(client: httpx.Client, r: red
     ingest_ok(client, {"stored.txt": b"already stored document", "x.txt": b"x"}, collection="guarded")
     before = snapshot(r, "guarded")
     jobs_before = client.get("/v1/dataprep/jobs", params={"limit": 1000}).json()["jobs"]
-    cases = [*BAD_REQUESTS, ({}, {"link_list": [f"{site.url}/page.html"]}, 400, "(set DATAPREP_ALLOW_PRIVATE_URLS=true")]
-    for files, fields, status, message in cases:
-        fields = {"collection": "guarded", **fields}
+    cases = [
+        *BAD_REQUESTS,
+        ({}, {"link_list": [f"{site.url}/page.html"]}, 400, "(set DATAPREP_ALLOW_PRIVATE_URLS=true"),
+    ]
+    for bad_files, bad_fields, status, message in cases:
+        fields = {"collection": "guarded", **bad_fields}
         # a good file along with the bad part: the whole request is refused, nothing is queued
-        if "nothing to ingest" not in message:
-            files = {"good.txt": b"a good file", **files}
+        files = bad_files if "nothing to ingest" in message else {"good.txt": b"a good file", **bad_files}
         msg = error_of(ingest(client, files, **fields), status)
         assert message in msg, (fields, msg)
     msg = error_of(client.post("/v1/dataprep/ingest", json={"link_list": []}), 415)
@@ -430,7 +450,9 @@ def test_unreadable_documents_fail_their_job_with_the_reason(client: httpx.Clien
     assert snapshot(r, "unreadable") == before  # the good old broken.pdf is still there, untouched
 
 
-def test_dimension_mismatch_fails_the_job_and_keeps_the_old_version(client: httpx.Client, r: redis.Redis, redis_url: str) -> None:
+def test_dimension_mismatch_fails_the_job_and_keeps_the_old_version(
+    client: httpx.Client, r: redis.Redis, redis_url: str
+) -> None:
     async def seed() -> None:
         ar = schema.connect(redis_url)
         try:
@@ -454,7 +476,9 @@ def test_dimension_mismatch_fails_the_job_and_keeps_the_old_version(client: http
 def test_embedding_stopping_midway_fails_the_job_and_keeps_the_old_version(
     redis_url: str, models_dir: Path, tmp_path: Path, r: redis.Redis
 ) -> None:
-    emb = start_service("comps.embedding", "EMBEDDING_", {"EMBEDDING_DEVICE": "cpu"}, log_dir=tmp_path, name="embedding-2")
+    emb = start_service(
+        "comps.embedding", "EMBEDDING_", {"EMBEDDING_DEVICE": "cpu"}, log_dir=tmp_path, name="embedding-2"
+    )
     env = dataprep_env(redis_url, emb.url, DATAPREP_EMBEDDING_CONCURRENCY="1", DATAPREP_EMBEDDING_BATCH_SIZE="16")
     dp = start_service("comps.dataprep", "DATAPREP_", env, log_dir=tmp_path, name="dataprep-2")
     try:
@@ -481,12 +505,16 @@ def test_embedding_stopping_midway_fails_the_job_and_keeps_the_old_version(
         emb.stop()
 
 
-def test_private_urls_when_allowed(redis_url: str, embedding: Service, site: LocalSite, tmp_path: Path, r: redis.Redis) -> None:
+def test_private_urls_when_allowed(
+    redis_url: str, embedding: Service, site: LocalSite, tmp_path: Path, r: redis.Redis
+) -> None:
     env = dataprep_env(redis_url, embedding.url, DATAPREP_ALLOW_PRIVATE_URLS="true")
     dp = start_service("comps.dataprep", "DATAPREP_", env, log_dir=tmp_path, name="dataprep-private")
     try:
         with httpx.Client(base_url=dp.url, timeout=60) as c:
-            links = [f"{site.url}{p}" for p in ("/page.html", "/notes.md", "/to-page", "/image", "/missing", "/to-file")]
+            links = [
+                f"{site.url}{p}" for p in ("/page.html", "/notes.md", "/to-page", "/image", "/missing", "/to-file")
+            ]
             jobs = {j["source"]: j for j in wait_jobs(c, ingest(c, link_list=links, collection="web"))}
             assert [jobs[u]["status"] for u in links[:3]] == ["succeeded"] * 3
             assert jobs[links[3]]["error"] == (

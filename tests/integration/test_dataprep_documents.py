@@ -29,11 +29,11 @@ def chunks(n: int, label: str) -> list[Chunk]:
     return [Chunk(f"{label} chunk {i}", vec(i), page=i + 1 if label == "pdf" else None) for i in range(n)]
 
 
-async def keys(r, collection: str) -> set[str]:  # noqa: ANN001
+async def keys(r, collection: str) -> set[str]:
     return {k.decode() async for k in r.scan_iter(match=f"{collection}:*", count=1000)}
 
 
-async def snapshot(r, collection: str) -> dict[str, object]:  # noqa: ANN001
+async def snapshot(r, collection: str) -> dict[str, object]:
     state: dict[str, object] = {}
     for key in sorted(await keys(r, collection)):
         kind = await r.type(key)
@@ -41,11 +41,11 @@ async def snapshot(r, collection: str) -> dict[str, object]:  # noqa: ANN001
     return state
 
 
-async def indexed(r, collection: str) -> int:  # noqa: ANN001
+async def indexed(r, collection: str) -> int:
     return int((await r.ft(collection).search(Query("*").paging(0, 0))).total)
 
 
-def run(redis_url: str, test) -> None:  # noqa: ANN001
+def run(redis_url: str, test) -> None:
     """Run ``test(r, collection)`` on a fresh collection with its own client and event loop."""
 
     async def main() -> None:
@@ -63,7 +63,7 @@ def run(redis_url: str, test) -> None:  # noqa: ANN001
 
 
 def test_replace_swaps_versions_and_keeps_the_index_consistent(redis_url: str) -> None:
-    async def body(r, c: str) -> None:  # noqa: ANN001
+    async def body(r, c: str) -> None:
         first = await documents.replace_document(r, c, record(), chunks(3, "old"))
         assert first.chunks == 3 and first.version >= 1
         old_keys = {schema.chunk_key(c, "d1", first.version, n) for n in range(3)}
@@ -84,7 +84,7 @@ def test_replace_swaps_versions_and_keeps_the_index_consistent(redis_url: str) -
 
 
 def test_failure_before_commit_removes_the_new_keys_and_keeps_the_old_version(redis_url: str) -> None:
-    async def body(r, c: str) -> None:  # noqa: ANN001
+    async def body(r, c: str) -> None:
         await documents.replace_document(r, c, record(), chunks(3, "pdf"))
         before = await snapshot(r, c)
         with pytest.raises(RuntimeError, match="boom"):
@@ -106,7 +106,7 @@ def test_failure_before_commit_removes_the_new_keys_and_keeps_the_old_version(re
 
 
 def test_two_writers_of_one_document_leave_exactly_the_last_version(redis_url: str) -> None:
-    async def body(r, c: str) -> None:  # noqa: ANN001
+    async def body(r, c: str) -> None:
         async with documents.staged_version(r, c, "d1") as a, documents.staged_version(r, c, "d1") as b:
             assert a.version != b.version
             await a.write(chunks(2, "a"), source="d1.txt", tags="")
@@ -123,7 +123,7 @@ def test_two_writers_of_one_document_leave_exactly_the_last_version(redis_url: s
 
 
 def test_deleting_the_collection_during_a_write_fails_it_cleanly(redis_url: str) -> None:
-    async def body(r, c: str) -> None:  # noqa: ANN001
+    async def body(r, c: str) -> None:
         with pytest.raises(CollectionMissing, match="was deleted while writing"):
             async with documents.staged_version(r, c, "d1") as staged:
                 await staged.write(chunks(3, "x"), source="d1.txt", tags="")
@@ -137,7 +137,7 @@ def test_deleting_the_collection_during_a_write_fails_it_cleanly(redis_url: str)
 
 
 def test_list_get_delete_and_delete_all(redis_url: str) -> None:
-    async def body(r, c: str) -> None:  # noqa: ANN001
+    async def body(r, c: str) -> None:
         for doc_id in ("b", "a", "c"):
             await documents.replace_document(r, c, record(doc_id, tags="t1,t2"), chunks(2, doc_id))
         listed = await documents.list_documents(r, c)
@@ -157,19 +157,28 @@ def test_list_get_delete_and_delete_all(redis_url: str) -> None:
 
 def test_record_round_trips_through_the_hash() -> None:
     rec = DocumentRecord(
-        doc_id="x", source="s.pdf", sha256="h", version=7, chunks=3, tags="a,b", content_type="pdf",
-        size_bytes=10, chunk_size=1500, chunk_overlap=100, model="m", updated_at=1.25,
-    )  # fmt: skip
+        doc_id="x",
+        source="s.pdf",
+        sha256="h",
+        version=7,
+        chunks=3,
+        tags="a,b",
+        content_type="pdf",
+        size_bytes=10,
+        chunk_size=1500,
+        chunk_overlap=100,
+        model="m",
+        updated_at=1.25,
+    )
     raw = {k.encode(): str(v).encode() for k, v in rec.to_hash().items()}
     assert DocumentRecord.from_hash(raw) == rec
-
 
 
 def test_a_write_whose_keys_vanished_is_not_committed(redis_url: str) -> None:
     """The collection deleted and created again while a version was being written: the commit must not
     point the record at chunk keys that the deletion removed."""
 
-    async def body(r, c: str) -> None:  # noqa: ANN001
+    async def body(r, c: str) -> None:
         with pytest.raises(CollectionMissing, match="was deleted while writing"):
             async with documents.staged_version(r, c, "d1") as staged:
                 await staged.write(chunks(3, "x"), source="d1.txt", tags="")

@@ -29,25 +29,26 @@ LONG = "alpha beta gamma delta " * 200  # about 800 tokens, over MiniLM's 256
 
 
 @pytest.fixture(scope="module")
-def local(models_dir, tmp_path_factory):  # noqa: ANN001, ANN201
+def local(models_dir, tmp_path_factory):
     """The sentence-transformers service; it wants a bearer token (so the remote tests check the key)."""
     svc = start_service(
-        MODULE, "EMBEDDING_",
+        MODULE,
+        "EMBEDDING_",
         {"EMBEDDING_API_KEY": KEY, "EMBEDDING_DEVICE": "cpu", "EMBEDDING_MAX_WAIT_MS": "20"},
         log_dir=tmp_path_factory.mktemp("embedding"),
-    )  # fmt: skip
+    )
     yield svc
     svc.stop()
 
 
 @pytest.fixture(scope="module")
-def client(local):  # noqa: ANN001, ANN201
+def client(local):
     with httpx.Client(base_url=local.url, headers=AUTH, timeout=60) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def reference(models_dir):  # noqa: ANN001, ANN201
+def reference(models_dir):
     """The same model in this process, to check the service's numbers."""
     from sentence_transformers import SentenceTransformer
 
@@ -67,7 +68,7 @@ def test_readiness_names_model_dimension_limit_device_and_backend(client: httpx.
     assert client.get("/v1/models").json()["data"][0]["id"] == "all-MiniLM-L6-v2"
 
 
-def test_openai_embeddings_equal_the_model_and_usage_counts_tokens(client: httpx.Client, reference) -> None:  # noqa: ANN001
+def test_openai_embeddings_equal_the_model_and_usage_counts_tokens(client: httpx.Client, reference) -> None:
     r = client.post("/v1/embeddings", json={"input": TEXTS, "model": "anything"})
     assert r.status_code == 200
     body = r.json()
@@ -81,7 +82,7 @@ def test_openai_embeddings_equal_the_model_and_usage_counts_tokens(client: httpx
     assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
-def test_official_openai_client_gets_the_same_vectors_via_base64(local, client: httpx.Client) -> None:  # noqa: ANN001
+def test_official_openai_client_gets_the_same_vectors_via_base64(local, client: httpx.Client) -> None:
     from openai import OpenAI
 
     oa = OpenAI(base_url=f"{local.url}/v1", api_key=KEY)
@@ -92,7 +93,7 @@ def test_official_openai_client_gets_the_same_vectors_via_base64(local, client: 
     assert resp.usage.prompt_tokens > 0
 
 
-def test_tei_embed_normalizes_by_default_and_reports_tokens(client: httpx.Client, reference) -> None:  # noqa: ANN001
+def test_tei_embed_normalizes_by_default_and_reports_tokens(client: httpx.Client, reference) -> None:
     r = client.post("/embed", json={"inputs": TEXTS})
     assert r.status_code == 200
     vectors = np.array(r.json())
@@ -104,7 +105,7 @@ def test_tei_embed_normalizes_by_default_and_reports_tokens(client: httpx.Client
     assert len(single) == 1 and np.allclose(single[0], vectors[0], atol=1e-5)
 
 
-def test_long_input_is_truncated_to_the_models_limit_by_default(client: httpx.Client, reference) -> None:  # noqa: ANN001
+def test_long_input_is_truncated_to_the_models_limit_by_default(client: httpx.Client, reference) -> None:
     r = client.post("/v1/embeddings", json={"input": LONG})
     assert r.status_code == 200
     assert r.json()["usage"]["prompt_tokens"] == 256
@@ -112,7 +113,9 @@ def test_long_input_is_truncated_to_the_models_limit_by_default(client: httpx.Cl
     assert np.abs(got - reference.encode(LONG)).max() < 1e-5  # the model truncates to 256 too
 
 
-def test_long_input_without_truncation_is_refused_naming_index_tokens_and_limit(client: httpx.Client, reference) -> None:  # noqa: ANN001
+def test_long_input_without_truncation_is_refused_naming_index_tokens_and_limit(
+    client: httpx.Client, reference
+) -> None:
     tokens = len(reference.tokenizer(LONG)["input_ids"])
     r = client.post("/embed", json={"inputs": ["short", LONG], "truncate": False})
     assert r.status_code == 400
@@ -133,15 +136,22 @@ def test_long_input_without_truncation_is_refused_naming_index_tokens_and_limit(
         ("/v1/embeddings", {"input": [101, 2023, 102]}, "input: token-id arrays are not supported; send text"),
         ("/v1/embeddings", {"input": [[101, 102]]}, "input: token-id arrays are not supported; send text"),
         ("/v1/embeddings", {"input": ["x"] * 513}, "input has 513 items, more than the limit of 512 per request"),
-        ("/v1/embeddings", {"input": "x", "dimensions": 128},
-         "dimensions=128 is not supported: all-MiniLM-L6-v2 gives 384-dimensional embeddings only"),
-        ("/v1/embeddings", {"input": "x", "encoding_format": "int8"}, "encoding_format: Input should be 'float' or 'base64'"),
+        (
+            "/v1/embeddings",
+            {"input": "x", "dimensions": 128},
+            "dimensions=128 is not supported: all-MiniLM-L6-v2 gives 384-dimensional embeddings only",
+        ),
+        (
+            "/v1/embeddings",
+            {"input": "x", "encoding_format": "int8"},
+            "encoding_format: Input should be 'float' or 'base64'",
+        ),
         ("/v1/embeddings", {"model": "m"}, "input: Field required"),
         ("/embed", {"inputs": []}, "inputs: must not be an empty list"),
         ("/embed", {"inputs": {"a": 1}}, "inputs: must be a string or a list of strings"),
         ("/embed", {"inputs": ["x"] * 513}, "inputs has 513 items, more than the limit of 512 per request"),
     ],
-)  # fmt: skip
+)
 def test_bad_input_gets_400_with_the_reason(client: httpx.Client, path: str, body: dict, message: str) -> None:
     r = client.post(path, json=body)
     assert r.status_code == 400
@@ -150,7 +160,7 @@ def test_bad_input_gets_400_with_the_reason(client: httpx.Client, path: str, bod
     assert err["message"] == message
 
 
-def test_missing_bearer_token_is_refused(local) -> None:  # noqa: ANN001
+def test_missing_bearer_token_is_refused(local) -> None:
     r = httpx.post(f"{local.url}/v1/embeddings", json={"input": "x"})
     assert r.status_code == 401
 
@@ -162,7 +172,7 @@ def _batch_metrics(client: httpx.Client) -> tuple[float, float]:
     return total, count
 
 
-def test_concurrent_requests_are_batched_and_each_gets_its_own_vector(local, client: httpx.Client, reference) -> None:  # noqa: ANN001
+def test_concurrent_requests_are_batched_and_each_gets_its_own_vector(local, client: httpx.Client, reference) -> None:
     texts = [f"Ticket {i}: the parcel for order {i * 7} arrived late." for i in range(24)]
     before = _batch_metrics(client)
 
@@ -186,33 +196,45 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_vector(local, cli
 
 
 @pytest.fixture(scope="module", params=["tei", "openai"])
-def remote(request, local, tmp_path_factory):  # noqa: ANN001, ANN201
+def remote(request, local, tmp_path_factory):
     """A second instance whose `remote` backend calls the local one over ``request.param``'s API."""
     svc = start_service(
-        MODULE, "EMBEDDING_",
-        {"EMBEDDING_BACKEND": "remote", "EMBEDDING_REMOTE_URL": local.url, "EMBEDDING_REMOTE_API": request.param,
-         "EMBEDDING_REMOTE_MODEL": "all-MiniLM-L6-v2", "EMBEDDING_REMOTE_API_KEY": KEY},
-        name=f"remote-{request.param}", log_dir=tmp_path_factory.mktemp("remote"),
-    )  # fmt: skip
+        MODULE,
+        "EMBEDDING_",
+        {
+            "EMBEDDING_BACKEND": "remote",
+            "EMBEDDING_REMOTE_URL": local.url,
+            "EMBEDDING_REMOTE_API": request.param,
+            "EMBEDDING_REMOTE_MODEL": "all-MiniLM-L6-v2",
+            "EMBEDDING_REMOTE_API_KEY": KEY,
+        },
+        name=f"remote-{request.param}",
+        log_dir=tmp_path_factory.mktemp("remote"),
+    )
     yield request.param, svc
     svc.stop()
 
 
-def test_remote_backend_gives_the_upstreams_vectors_and_tokens(remote, client: httpx.Client) -> None:  # noqa: ANN001
+def test_remote_backend_gives_the_upstreams_vectors_and_tokens(remote, client: httpx.Client) -> None:
     api, svc = remote
     ready = httpx.get(f"{svc.url}/v1/ready").json()
     assert (ready["backend"], ready["model"], ready["dimension"], ready["remote_api"]) == (
-        "remote", "all-MiniLM-L6-v2", 384, api,
-    )  # fmt: skip
+        "remote",
+        "all-MiniLM-L6-v2",
+        384,
+        api,
+    )
     direct = client.post("/v1/embeddings", json={"input": TEXTS}).json()
     via = httpx.post(f"{svc.url}/v1/embeddings", json={"input": TEXTS}, timeout=60).json()
     assert via["usage"] == direct["usage"]
-    assert np.abs(np.array([d["embedding"] for d in via["data"]]) - [d["embedding"] for d in direct["data"]]).max() < 1e-6
+    assert (
+        np.abs(np.array([d["embedding"] for d in via["data"]]) - [d["embedding"] for d in direct["data"]]).max() < 1e-6
+    )
     tei = httpx.post(f"{svc.url}/embed", json={"inputs": TEXTS[:2]}, timeout=60)
     assert tei.status_code == 200 and np.array(tei.json()).shape == (2, 384)
 
 
-def test_remote_truncation_tei_passes_the_switch_openai_leaves_it_to_the_remote(remote) -> None:  # noqa: ANN001
+def test_remote_truncation_tei_passes_the_switch_openai_leaves_it_to_the_remote(remote) -> None:
     api, svc = remote
     r = httpx.post(f"{svc.url}/embed", json={"inputs": ["ok", LONG], "truncate": False}, timeout=60)
     if api == "openai":  # no truncate switch in the OpenAI API: the upstream's default (truncate) applies
@@ -230,16 +252,23 @@ def test_remote_truncation_tei_passes_the_switch_openai_leaves_it_to_the_remote(
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"EMBEDDING_BACKEND": "nope"}, "EMBEDDING_BACKEND='nope' is not a known embedding backend; valid: remote, sentence-transformers"),
+        (
+            {"EMBEDDING_BACKEND": "nope"},
+            "EMBEDDING_BACKEND='nope' is not a known embedding backend; valid: remote, sentence-transformers",
+        ),
         ({"EMBEDDING_BACKEND": "remote"}, "EMBEDDING_BACKEND=remote needs EMBEDDING_REMOTE_URL"),
         ({"EMBEDDING_MODEL": "no-such-model"}, "EMBEDDING_MODEL='no-such-model': no model folder at"),
         ({"EMBEDDING_MAX_BATCH_SIZE": "0"}, "EMBEDDING_MAX_BATCH_SIZE='0': Input should be greater than or equal to 1"),
     ],
-)  # fmt: skip
-def test_bad_configuration_stops_at_start_naming_the_variable(env: dict, message: str, models_dir) -> None:  # noqa: ANN001
+)
+def test_bad_configuration_stops_at_start_naming_the_variable(env: dict, message: str, models_dir) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", MODULE], env={**os.environ, "CHATQNA_MODELS_DIR": str(models_dir), **env},
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-m", MODULE],
+        env={**os.environ, "CHATQNA_MODELS_DIR": str(models_dir), **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert message in result.stderr

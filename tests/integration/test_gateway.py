@@ -18,6 +18,7 @@ import pytest
 
 from comps.runtime.process import free_port
 from tests.support.procs import Service, start_service
+from tests.support.sse import sse_data
 from tests.support.stubs import DOCS, TOKENS, StubMesh
 
 pytestmark = pytest.mark.integration
@@ -34,7 +35,9 @@ def mesh() -> Iterator[StubMesh]:
 @pytest.fixture(scope="module")
 def gateway(mesh: StubMesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     env = {**mesh.env(), "GATEWAY_RETRIEVER_TIMEOUT_S": "1", "GATEWAY_LLM_READ_TIMEOUT_S": "2"}
-    svc = start_service("megaservice", "GATEWAY_", env, name="gateway", log_dir=tmp_path_factory.mktemp("gw"), timeout_s=60)
+    svc = start_service(
+        "megaservice", "GATEWAY_", env, name="gateway", log_dir=tmp_path_factory.mktemp("gw"), timeout_s=60
+    )
     yield svc
     svc.stop()
 
@@ -53,15 +56,6 @@ def client(gateway: Service) -> Iterator[httpx.Client]:
 @pytest.fixture
 def oai(gateway: Service) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=20)
-
-
-def sse(text: str) -> list[str]:
-    """The data of each event, checking the framing: every event is exactly ``data: <payload>\\n\\n``."""
-    assert text.endswith("\n\n"), text[-80:]
-    blocks = text[:-2].split("\n\n")
-    for block in blocks:
-        assert block.startswith("data: ") and "\n" not in block, block
-    return [b[len("data: ") :] for b in blocks]
 
 
 def assert_error(resp: httpx.Response, status: int, code: str | None, contains: str) -> dict:
@@ -86,8 +80,13 @@ def test_a_non_streamed_answer_is_the_llms_completion_with_its_sources(client: h
     # The stub reranker ranks the 4 retrieved texts in reverse; top_n=3 keeps docs 3, 2, 1.
     assert [s["id"] for s in body["sources"]] == [DOCS[3]["id"], DOCS[2]["id"], DOCS[1]["id"]]
     assert body["sources"][0] == {
-        "id": DOCS[3]["id"], "source": "doc3.txt", "doc_id": "doc3", "page": None, "score": 0.99, "text": DOCS[3]["text"],
-    }  # fmt: skip
+        "id": DOCS[3]["id"],
+        "source": "doc3.txt",
+        "doc_id": "doc3",
+        "page": None,
+        "score": 0.99,
+        "text": DOCS[3]["text"],
+    }
     # What each hop was sent.
     assert mesh.seen["embedding"] == [{"input": QUESTION}]
     retrieval = mesh.seen["retriever"][0]
@@ -104,8 +103,9 @@ def test_a_non_streamed_answer_is_the_llms_completion_with_its_sources(client: h
 
 
 def test_the_openai_client_works_with_only_a_base_url_change(oai: openai.OpenAI, mesh: StubMesh) -> None:
-    done = oai.chat.completions.create(model="anything", messages=[{"role": "user", "content": QUESTION}],
-                                       temperature=0, max_tokens=50, seed=7)  # fmt: skip
+    done = oai.chat.completions.create(
+        model="anything", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=50, seed=7
+    )
     assert done.choices[0].message.content == "".join(TOKENS)
     assert done.model == "stub-llm" and done.usage is not None and done.usage.prompt_tokens == 11
     assert [s["id"] for s in done.model_extra["sources"]] == [DOCS[3]["id"], DOCS[2]["id"], DOCS[1]["id"]]
@@ -115,18 +115,21 @@ def test_the_openai_client_works_with_only_a_base_url_change(oai: openai.OpenAI,
 
 
 def test_a_stream_is_real_chat_completion_chunks_with_sources_first(oai: openai.OpenAI, client: httpx.Client) -> None:
-    stream = oai.chat.completions.create(model="m", messages=[{"role": "user", "content": QUESTION}], stream=True,
-                                         stream_options={"include_usage": True})  # fmt: skip
+    stream = oai.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": QUESTION}], stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert [s["id"] for s in chunks[0].model_extra["sources"]] == [DOCS[3]["id"], DOCS[2]["id"], DOCS[1]["id"]]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(TOKENS)
     assert chunks[-2].choices[0].finish_reason == "stop"
-    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == len(TOKENS)
+    assert (
+        chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == len(TOKENS)
+    )
     # The wire format, exactly: data events, the last one [DONE], nothing after it.
     with client.stream("POST", "/v1/chatqna", json={"messages": QUESTION, "stream": True}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        events = sse(r.read().decode())
+        events = sse_data(r.read().decode())
     assert events[-1] == "[DONE]" and events.count("[DONE]") == 1
     parsed = [json.loads(e) for e in events[:-1]]
     assert all(p["object"] == "chat.completion.chunk" and p["model"] == "stub-llm" for p in parsed)
@@ -134,16 +137,21 @@ def test_a_stream_is_real_chat_completion_chunks_with_sources_first(oai: openai.
 
 
 def test_the_frontend_seed_shape_adds_the_callers_passages(client: httpx.Client, mesh: StubMesh) -> None:
-    r = client.post("/v1/chatqna", json={
-        "messages": [{"role": "user", "content": QUESTION}], "stream": False,
-        "context": ["The caller says Zorblax is blue.", {"text": "And square.", "source": "notes.md"}],
-        "meta": {"auth_token": ""},
-    })  # fmt: skip
+    r = client.post(
+        "/v1/chatqna",
+        json={
+            "messages": [{"role": "user", "content": QUESTION}],
+            "stream": False,
+            "context": ["The caller says Zorblax is blue.", {"text": "And square.", "source": "notes.md"}],
+            "meta": {"auth_token": ""},
+        },
+    )
     assert r.status_code == 200
     sources = r.json()["sources"]
     assert [(s["id"], s["source"], s["score"]) for s in sources[:2]] == [
-        ("context-0", "request", None), ("context-1", "notes.md", None),
-    ]  # fmt: skip
+        ("context-0", "request", None),
+        ("context-1", "notes.md", None),
+    ]
     assert len(sources) == 5
     prompt = mesh.seen["llm"][0]["messages"][-1]["content"]
     assert "[1] request\nThe caller says Zorblax is blue." in prompt
@@ -159,7 +167,9 @@ def test_the_frontend_seed_shape_adds_the_callers_passages(client: httpx.Client,
         ({"pipeline": "llm-only"}, ["llm"], 0),
     ],
 )
-def test_each_variant_calls_only_its_services(client: httpx.Client, mesh: StubMesh, fields: dict, called: list[str], n_sources: int) -> None:
+def test_each_variant_calls_only_its_services(
+    client: httpx.Client, mesh: StubMesh, fields: dict, called: list[str], n_sources: int
+) -> None:
     r = client.post("/v1/chatqna", json={"messages": QUESTION, **fields})
     assert r.status_code == 200, r.text
     assert [name for name, seen in mesh.seen.items() if seen] == called
@@ -177,7 +187,9 @@ def test_nothing_retrieved_skips_the_reranker_and_says_so_to_the_llm(client: htt
     assert "(no passages were found)" in mesh.seen["llm"][0]["messages"][0]["content"]
 
 
-def test_a_follow_up_searches_with_the_previous_turn_and_the_llm_gets_the_history(client: httpx.Client, mesh: StubMesh) -> None:
+def test_a_follow_up_searches_with_the_previous_turn_and_the_llm_gets_the_history(
+    client: httpx.Client, mesh: StubMesh
+) -> None:
     history = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Who built the Zorblax reactor?"},
@@ -188,7 +200,9 @@ def test_a_follow_up_searches_with_the_previous_turn_and_the_llm_gets_the_histor
     assert mesh.seen["embedding"][0]["input"] == "Who built the Zorblax reactor?\nWhen was it finished?"
     sent = mesh.seen["llm"][0]["messages"]
     assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
-    assert sent[1]["content"] == "Who built the Zorblax reactor?" and sent[3]["content"].endswith("Question: When was it finished?")
+    assert sent[1]["content"] == "Who built the Zorblax reactor?" and sent[3]["content"].endswith(
+        "Question: When was it finished?"
+    )
 
 
 # -- failures before the answer starts ----------------------------------------------------------------
@@ -204,7 +218,9 @@ def test_a_follow_up_searches_with_the_previous_turn_and_the_llm_gets_the_histor
         ({"messages": "q", "chat_template": "no slots"}, "chat_template", "must contain both {context} and {question}"),
     ],
 )
-def test_bad_fields_get_a_400_envelope_naming_the_field(client: httpx.Client, mesh: StubMesh, body: dict, param: str, contains: str) -> None:
+def test_bad_fields_get_a_400_envelope_naming_the_field(
+    client: httpx.Client, mesh: StubMesh, body: dict, param: str, contains: str
+) -> None:
     err = assert_error(client.post("/v1/chatqna", json=body), 400, "invalid_value", contains)
     assert err["param"] == param and err["type"] == "invalid_request_error"
     assert not any(mesh.seen.values())
@@ -219,7 +235,9 @@ def test_a_body_that_is_not_json_gets_a_400(client: httpx.Client) -> None:
 def test_a_failing_hop_is_a_502_naming_it(client: httpx.Client, mesh: StubMesh, node: str) -> None:
     mesh.knobs[node].status = 500
     mesh.knobs[node].message = f"{node} exploded"
-    err = assert_error(client.post("/v1/chatqna", json={"messages": QUESTION}), 502, node, f"{node} answered HTTP 500: {node} exploded")
+    err = assert_error(
+        client.post("/v1/chatqna", json={"messages": QUESTION}), 502, node, f"{node} answered HTTP 500: {node} exploded"
+    )
     assert err["type"] == "upstream_error"
 
 
@@ -231,7 +249,9 @@ def test_a_service_saying_it_is_unavailable_is_a_503_naming_it(client: httpx.Cli
 def test_a_slow_service_past_its_timeout_is_a_504_naming_it(client: httpx.Client, mesh: StubMesh) -> None:
     mesh.knobs["retriever"].delay_s = 1.6  # the gateway gives the retriever 1 s here
     started = time.monotonic()
-    assert_error(client.post("/v1/chatqna", json={"messages": QUESTION}), 504, "retriever", "retriever did not answer within 1s")
+    assert_error(
+        client.post("/v1/chatqna", json={"messages": QUESTION}), 504, "retriever", "retriever did not answer within 1s"
+    )
     assert time.monotonic() - started < 1.5
     assert mesh.seen["reranker"] == [] and mesh.seen["llm"] == []
 
@@ -240,8 +260,12 @@ def test_an_llm_400_is_passed_through_as_the_clients_error(client: httpx.Client,
     mesh.knobs["llm"].status = 400
     mesh.knobs["llm"].message = "prompt (5000 tokens) + max_tokens (512) exceed the context window (4096)"
     for stream in (False, True):
-        err = assert_error(client.post("/v1/chatqna", json={"messages": QUESTION, "stream": stream}), 400, "llm",
-                           "exceed the context window (4096)")  # fmt: skip
+        err = assert_error(
+            client.post("/v1/chatqna", json={"messages": QUESTION, "stream": stream}),
+            400,
+            "llm",
+            "exceed the context window (4096)",
+        )
         assert err["type"] == "invalid_request_error"
 
 
@@ -255,8 +279,12 @@ def test_a_full_llm_queue_is_a_429_with_retry_after(client: httpx.Client, mesh: 
 
 def test_an_answer_that_breaks_the_contract_is_a_502(client: httpx.Client, mesh: StubMesh) -> None:
     mesh.knobs["retriever"].documents = [{"id": "x", "text": "no metadata", "score": 1.0}]
-    assert_error(client.post("/v1/chatqna", json={"messages": QUESTION}), 502, "retriever",
-                 "retriever answered with an unexpected body: documents.0.metadata: Field required")  # fmt: skip
+    assert_error(
+        client.post("/v1/chatqna", json={"messages": QUESTION}),
+        502,
+        "retriever",
+        "retriever answered with an unexpected body: documents.0.metadata: Field required",
+    )
 
 
 # -- failures during a stream -----------------------------------------------------------------------
@@ -266,7 +294,7 @@ def test_an_llm_error_mid_stream_is_an_error_event_then_done(client: httpx.Clien
     mesh.knobs["llm"].fail_after = 2
     r = client.post("/v1/chatqna", json={"messages": QUESTION, "stream": True})
     assert r.status_code == 200
-    events = sse(r.text)
+    events = sse_data(r.text)
     assert [json.loads(e)["choices"][0]["delta"].get("content") for e in events[1:3]] == TOKENS[:2]
     assert json.loads(events[3])["error"]["message"] == "stub generation failed"
     assert events[4:] == ["[DONE]"]
@@ -274,7 +302,7 @@ def test_an_llm_error_mid_stream_is_an_error_event_then_done(client: httpx.Clien
 
 def test_a_stream_that_breaks_off_ends_with_an_error_event_naming_the_llm(client: httpx.Client, mesh: StubMesh) -> None:
     mesh.knobs["llm"].cut_after = 3
-    events = sse(client.post("/v1/chatqna", json={"messages": QUESTION, "stream": True}).text)
+    events = sse_data(client.post("/v1/chatqna", json={"messages": QUESTION, "stream": True}).text)
     assert len(events) == 1 + 3 + 2
     err = json.loads(events[-2])["error"]
     assert err["code"] == "llm" and err["type"] == "upstream_error"
@@ -285,7 +313,7 @@ def test_a_stalled_stream_ends_with_a_timeout_event(client: httpx.Client, mesh: 
     mesh.knobs["llm"].chunk_delay_s = 3  # the gateway allows 2 s of silence here
     mesh.knobs["llm"].tokens = ["a", "b"]
     started = time.monotonic()
-    events = sse(client.post("/v1/chatqna", json={"messages": QUESTION, "stream": True}).text)
+    events = sse_data(client.post("/v1/chatqna", json={"messages": QUESTION, "stream": True}).text)
     assert time.monotonic() - started < 2.9
     err = json.loads(events[-2])["error"]
     assert (err["code"], err["type"]) == ("llm", "upstream_timeout")
@@ -317,7 +345,9 @@ def test_a_slow_llm_first_byte_does_not_stall_other_requests(gateway: Service, m
 
     def slow_request() -> None:
         t = time.monotonic()
-        httpx.post(f"{gateway.url}/v1/chatqna", json={"messages": QUESTION + " [slow-first-byte]", "stream": True}, timeout=10)
+        httpx.post(
+            f"{gateway.url}/v1/chatqna", json={"messages": QUESTION + " [slow-first-byte]", "stream": True}, timeout=10
+        )
         slow["s"] = time.monotonic() - t
 
     thread = threading.Thread(target=slow_request)
@@ -336,28 +366,37 @@ def test_a_slow_llm_first_byte_does_not_stall_other_requests(gateway: Service, m
 
 
 def test_readiness_follows_the_services_of_the_graph(client: httpx.Client, mesh: StubMesh) -> None:
-    assert client.get("/v1/ready").json()["services"] == {n: mesh.url(n) for n in ("embedding", "retriever", "reranker", "llm")}
+    assert client.get("/v1/ready").json()["services"] == {
+        n: mesh.url(n) for n in ("embedding", "retriever", "reranker", "llm")
+    }
     mesh.knobs["retriever"].ready = False
     mesh.knobs["llm"].ready = False
     r = client.get("/v1/ready")
-    err = assert_error(r, 503, None, "not ready: retriever, llm (retriever answered HTTP 503: retriever stub is warming up")
+    err = assert_error(
+        r, 503, None, "not ready: retriever, llm (retriever answered HTTP 503: retriever stub is warming up"
+    )
     assert err["type"] == "service_unavailable"
     mesh.knobs["retriever"].ready = True
     mesh.knobs["llm"].ready = True
     assert client.get("/v1/ready").status_code == 200
 
 
-def test_a_service_down_before_the_request_is_a_503_naming_it(mesh: StubMesh, tmp_path) -> None:  # noqa: ANN001
+def test_a_service_down_before_the_request_is_a_503_naming_it(mesh: StubMesh, tmp_path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     env = {**mesh.env(), "GATEWAY_RERANKER_URL": dead}
     # wait for liveness only: readiness is expected to say 503 while the reranker is down
-    svc = start_service("megaservice", "GATEWAY_", env, name="gateway-dead", wait="health", log_dir=tmp_path, timeout_s=60)
+    svc = start_service(
+        "megaservice", "GATEWAY_", env, name="gateway-dead", wait="health", log_dir=tmp_path, timeout_s=60
+    )
     try:
         r = httpx.get(f"{svc.url}/v1/ready", timeout=10)
         assert_error(r, 503, None, f"not ready: reranker (reranker is unreachable at {dead}/v1/ready")
         r = httpx.post(f"{svc.url}/v1/chatqna", json={"messages": QUESTION}, timeout=10)
         assert_error(r, 503, "reranker", f"reranker is unreachable at {dead}/rerank")
-        assert httpx.post(f"{svc.url}/v1/chatqna", json={"messages": QUESTION, "rerank": False}, timeout=10).status_code == 200
+        assert (
+            httpx.post(f"{svc.url}/v1/chatqna", json={"messages": QUESTION, "rerank": False}, timeout=10).status_code
+            == 200
+        )
     finally:
         svc.stop()
 
@@ -375,14 +414,21 @@ def test_metrics_count_hops_errors_and_time_to_first_token(client: httpx.Client,
     assert 'chatqna_gateway_requests_total{mode="stream",pipeline="rag-rerank"}' in text
 
 
-def test_the_api_key_guards_the_chat_routes(mesh: StubMesh, tmp_path) -> None:  # noqa: ANN001
-    svc = start_service("megaservice", "GATEWAY_", {**mesh.env(), "GATEWAY_API_KEY": "s3cret"}, name="gateway-auth",
-                        log_dir=tmp_path, timeout_s=60)  # fmt: skip
+def test_the_api_key_guards_the_chat_routes(mesh: StubMesh, tmp_path) -> None:
+    svc = start_service(
+        "megaservice",
+        "GATEWAY_",
+        {**mesh.env(), "GATEWAY_API_KEY": "s3cret"},
+        name="gateway-auth",
+        log_dir=tmp_path,
+        timeout_s=60,
+    )
     try:
         r = httpx.post(f"{svc.url}/v1/chatqna", json={"messages": QUESTION}, timeout=10)
         assert_error(r, 401, None, "missing or invalid bearer token")
-        ok = httpx.post(f"{svc.url}/v1/chatqna", json={"messages": QUESTION}, timeout=10,
-                        headers={"Authorization": "Bearer s3cret"})  # fmt: skip
+        ok = httpx.post(
+            f"{svc.url}/v1/chatqna", json={"messages": QUESTION}, timeout=10, headers={"Authorization": "Bearer s3cret"}
+        )
         assert ok.status_code == 200
         assert httpx.get(f"{svc.url}/v1/ready", timeout=10).status_code == 200
     finally:

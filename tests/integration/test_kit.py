@@ -72,8 +72,12 @@ def test_metrics_count_requests_per_route(relay_pair) -> None:
     httpx.post(f"{up.url}/v1/echo", json={"text": "x"})
     httpx.post(f"{up.url}/v1/echo", json={"text": 1})
     text = httpx.get(f"{up.url}/metrics").text
-    ok = re.search(r'chatqna_http_requests_total\{method="POST",route="/v1/echo",service="relay",status="200"\} (\S+)', text)
-    bad = re.search(r'chatqna_http_requests_total\{method="POST",route="/v1/echo",service="relay",status="400"\} (\S+)', text)
+    ok = re.search(
+        r'chatqna_http_requests_total\{method="POST",route="/v1/echo",service="relay",status="200"\} (\S+)', text
+    )
+    bad = re.search(
+        r'chatqna_http_requests_total\{method="POST",route="/v1/echo",service="relay",status="400"\} (\S+)', text
+    )
     assert ok and float(ok.group(1)) >= 1
     assert bad and float(bad.group(1)) >= 1
     assert 'chatqna_http_request_duration_seconds_bucket{le="0.005",method="POST",route="/v1/echo"' in text
@@ -88,7 +92,7 @@ def test_request_id_and_trace_context_cross_two_processes(relay_pair) -> None:
     assert r.headers["x-request-id"] == "req-abc-123"
     seen = r.json()["seen_downstream"]
     assert seen["request_id"] == "req-abc-123"
-    version, tid, span_id, _ = seen["traceparent"].split("-")
+    _, tid, span_id, _ = seen["traceparent"].split("-")
     assert tid == trace_id and span_id != "00f067aa0ba902b7"
     # without a request id, one is generated and still propagated
     r = httpx.get(f"{up.url}/v1/relay")
@@ -159,13 +163,21 @@ def test_embedded_redis_keeps_data_across_restart(tmp_path: Path) -> None:
 
     port = free_port()
     with EmbeddedRedis(tmp_path / "data", port) as srv:
+
         async def write() -> None:
             r = schema.connect(srv.url)
             await schema.ensure_index(r, "persist", 3, model="m")
-            await r.hset(schema.chunk_key("persist", "d", 1, 0), mapping={
-                "text": "the vault code is 7741", "embedding": schema.vector_bytes([1, 0, 0]),
-                "source": "a.txt", "doc_id": "d", "page": 1, "chunk": 0,
-            })  # fmt: skip
+            await r.hset(
+                schema.chunk_key("persist", "d", 1, 0),
+                mapping={
+                    "text": "the vault code is 7741",
+                    "embedding": schema.vector_bytes([1, 0, 0]),
+                    "source": "a.txt",
+                    "doc_id": "d",
+                    "page": 1,
+                    "chunk": 0,
+                },
+            )
             await r.aclose()
 
         asyncio.run(write())
@@ -183,7 +195,7 @@ def test_spans_are_exported_over_otlp_when_configured(service_factory) -> None:
     bodies: list[bytes] = []
 
     class Collector(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             bodies.append((self.path, self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")
@@ -195,12 +207,18 @@ def test_spans_are_exported_over_otlp_when_configured(service_factory) -> None:
     collector = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
     threading.Thread(target=collector.serve_forever, daemon=True).start()
     try:
-        svc = service_factory(MODULE, "RELAY_", {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.server_address[1]}",
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-        })  # fmt: skip
+        svc = service_factory(
+            MODULE,
+            "RELAY_",
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.server_address[1]}",
+                "OTEL_BSP_SCHEDULE_DELAY": "100",
+            },
+        )
         trace_id = "0af7651916cd43dd8448eb211c80319c"
-        httpx.post(f"{svc.url}/v1/echo", json={"text": "a"}, headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"})
+        httpx.post(
+            f"{svc.url}/v1/echo", json={"text": "a"}, headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"}
+        )
         deadline = time.monotonic() + 10
         while not any(bytes.fromhex(trace_id) in body for _, body in bodies):
             assert time.monotonic() < deadline, f"no span with the trace id reached the collector: {len(bodies)} posts"
@@ -223,9 +241,11 @@ def test_request_bodies_over_the_limit_get_413(service_factory) -> None:
     r = httpx.post(f"{svc.url}/v1/echo", json={"text": "x" * 2000})
     assert r.status_code == 413
     assert r.json()["error"] == {
-        "message": "request body is over the limit of 1000 bytes", "type": "invalid_request_error",
-        "param": None, "code": "body_too_large",
-    }  # fmt: skip
+        "message": "request body is over the limit of 1000 bytes",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "body_too_large",
+    }
 
     def chunked():  # no Content-Length: the limit is enforced while the body is read
         yield b'{"text": "'

@@ -34,15 +34,16 @@ CUSTOM_TEMPLATE = (
 
 
 @pytest.fixture(scope="module")
-def llm(models_dir, tmp_path_factory):  # noqa: ANN001, ANN201
-    svc = start_service(MODULE, "LLM_", {"LLM_N_CTX": str(N_CTX), "LLM_PARALLEL": "2"},
-                        log_dir=tmp_path_factory.mktemp("llm"))  # fmt: skip
+def llm(models_dir, tmp_path_factory):
+    svc = start_service(
+        MODULE, "LLM_", {"LLM_N_CTX": str(N_CTX), "LLM_PARALLEL": "2"}, log_dir=tmp_path_factory.mktemp("llm")
+    )
     yield svc
     svc.stop()
 
 
 @pytest.fixture(scope="module")
-def single(models_dir, tmp_path_factory):  # noqa: ANN001, ANN201
+def single(models_dir, tmp_path_factory):
     """One slot, one queue place, and a chat template given inline."""
     env = {"LLM_N_CTX": str(N_CTX), "LLM_PARALLEL": "1", "LLM_MAX_QUEUE": "1", "LLM_CHAT_TEMPLATE": CUSTOM_TEMPLATE}
     svc = start_service(MODULE, "LLM_", env, name="llm-single", log_dir=tmp_path_factory.mktemp("llm-single"))
@@ -51,7 +52,7 @@ def single(models_dir, tmp_path_factory):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="module")
-def remote(llm, tmp_path_factory):  # noqa: ANN001, ANN201
+def remote(llm, tmp_path_factory):
     env = {"LLM_BACKEND": "remote", "LLM_REMOTE_URL": llm.url + "/v1", "LLM_REMOTE_TIMEOUT_S": "30"}
     svc = start_service(MODULE, "LLM_", env, name="llm-remote", log_dir=tmp_path_factory.mktemp("llm-remote"))
     yield svc
@@ -59,15 +60,19 @@ def remote(llm, tmp_path_factory):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="module")
-def vocab(models_dir):  # noqa: ANN001, ANN201
+def vocab(models_dir):
     """The GGUF's tokenizer and chat template in this process, as llama-cpp-python reads them."""
     from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     tok = Llama(str(models_dir / DEFAULT_LLM), vocab_only=True, verbose=False)
-    special = lambda t: tok.detokenize([t], special=True).decode()  # noqa: E731
-    fmt = Jinja2ChatFormatter(tok.metadata["tokenizer.chat_template"], eos_token=special(tok.token_eos()),
-                              bos_token=special(tok.token_bos()))  # fmt: skip
+
+    def special(token: int) -> str:
+        return str(tok.detokenize([token], special=True).decode())
+
+    fmt = Jinja2ChatFormatter(
+        tok.metadata["tokenizer.chat_template"], eos_token=special(tok.token_eos()), bos_token=special(tok.token_bos())
+    )
 
     class Vocab:
         def prompt_tokens(self, messages: list[dict]) -> int:
@@ -79,22 +84,22 @@ def vocab(models_dir):  # noqa: ANN001, ANN201
     return Vocab()
 
 
-def client(svc) -> openai.OpenAI:  # noqa: ANN001
+def client(svc) -> openai.OpenAI:
     return openai.OpenAI(base_url=svc.url + "/v1", api_key="x", max_retries=0, timeout=60)
 
 
-def complete(svc, messages: list[dict], **kw):  # noqa: ANN001, ANN201
+def complete(svc, messages: list[dict], **kw):
     return client(svc).chat.completions.create(model="anything", messages=messages, **kw)
 
 
-def sse_lines(svc, body: dict) -> list[str]:  # noqa: ANN001
+def sse_lines(svc, body: dict) -> list[str]:
     with httpx.stream("POST", svc.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         return [line for line in r.iter_lines() if line]
 
 
-def metric(svc, name: str) -> float:  # noqa: ANN001
+def metric(svc, name: str) -> float:
     text = httpx.get(svc.url + "/metrics", timeout=10).text
     match = re.search(rf"^{name} (\S+)$", text, re.M)
     assert match, f"{name} not in /metrics"
@@ -104,15 +109,19 @@ def metric(svc, name: str) -> float:  # noqa: ANN001
 # ---- the llama-cpp backend ----
 
 
-def test_readiness_and_models_name_the_loaded_gguf(llm) -> None:  # noqa: ANN001
+def test_readiness_and_models_name_the_loaded_gguf(llm) -> None:
     ready = httpx.get(llm.url + "/v1/ready").json()
     assert {k: ready[k] for k in ("status", "backend", "model", "n_ctx", "parallel")} == {
-        "status": "ready", "backend": "llama-cpp", "model": DEFAULT_LLM, "n_ctx": N_CTX, "parallel": 2,
-    }  # fmt: skip
+        "status": "ready",
+        "backend": "llama-cpp",
+        "model": DEFAULT_LLM,
+        "n_ctx": N_CTX,
+        "parallel": 2,
+    }
     assert [m.id for m in client(llm).models.list().data] == [DEFAULT_LLM]
 
 
-def test_non_streaming_answer_has_true_usage_and_real_model(llm, vocab) -> None:  # noqa: ANN001
+def test_non_streaming_answer_has_true_usage_and_real_model(llm, vocab) -> None:
     resp = complete(llm, QUESTION, max_tokens=16, temperature=0)
     assert resp.model == DEFAULT_LLM
     assert resp.object == "chat.completion"
@@ -122,7 +131,7 @@ def test_non_streaming_answer_has_true_usage_and_real_model(llm, vocab) -> None:
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + 16
 
 
-def test_stream_grammar_is_exact(llm) -> None:  # noqa: ANN001
+def test_stream_grammar_is_exact(llm) -> None:
     usage = {"stream_options": {"include_usage": True}}
     lines = sse_lines(llm, {"messages": QUESTION, "max_tokens": 8, "temperature": 0, **usage})
     assert all(line.startswith("data: ") for line in lines)
@@ -137,13 +146,13 @@ def test_stream_grammar_is_exact(llm) -> None:  # noqa: ANN001
     assert all("usage" not in c for c in chunks[:-1])
 
 
-def test_stream_without_usage_ends_with_finish_then_done(llm) -> None:  # noqa: ANN001
+def test_stream_without_usage_ends_with_finish_then_done(llm) -> None:
     lines = sse_lines(llm, {"messages": QUESTION, "max_tokens": 4, "temperature": 0})
     assert lines[-1] == "data: [DONE]"
     assert json.loads(lines[-2][6:])["choices"][0]["finish_reason"] == "length"
 
 
-def test_openai_stream_matches_the_non_streaming_answer(llm) -> None:  # noqa: ANN001
+def test_openai_stream_matches_the_non_streaming_answer(llm) -> None:
     whole = complete(llm, QUESTION, max_tokens=24, temperature=0)
     stream = complete(llm, QUESTION, max_tokens=24, temperature=0, stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
@@ -153,13 +162,13 @@ def test_openai_stream_matches_the_non_streaming_answer(llm) -> None:  # noqa: A
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
-def test_temperature_zero_is_deterministic(llm) -> None:  # noqa: ANN001
+def test_temperature_zero_is_deterministic(llm) -> None:
     a = complete(llm, LONG_TASK, max_tokens=24, temperature=0).choices[0].message.content
     b = complete(llm, LONG_TASK, max_tokens=24, temperature=0).choices[0].message.content
     assert a == b and len(a) > 20
 
 
-def test_same_seed_same_text_other_seed_other_text(llm) -> None:  # noqa: ANN001
+def test_same_seed_same_text_other_seed_other_text(llm) -> None:
     def sample(seed: int) -> str:
         return complete(llm, LONG_TASK, max_tokens=24, temperature=1.5, seed=seed).choices[0].message.content
 
@@ -168,8 +177,8 @@ def test_same_seed_same_text_other_seed_other_text(llm) -> None:  # noqa: ANN001
     assert any(sample(seed) != first for seed in (1, 2))
 
 
-def test_top_k_one_and_tiny_top_p_are_greedy(llm) -> None:  # noqa: ANN001
-    def text(**kw) -> str:  # noqa: ANN003
+def test_top_k_one_and_tiny_top_p_are_greedy(llm) -> None:
+    def text(**kw) -> str:
         return complete(llm, LONG_TASK, max_tokens=16, **kw).choices[0].message.content
 
     greedy = text(temperature=0)
@@ -177,13 +186,13 @@ def test_top_k_one_and_tiny_top_p_are_greedy(llm) -> None:  # noqa: ANN001
     assert text(temperature=1.0, top_p=1e-6, seed=5) == greedy
 
 
-def test_frequency_penalty_changes_a_repetitive_answer(llm) -> None:  # noqa: ANN001
+def test_frequency_penalty_changes_a_repetitive_answer(llm) -> None:
     plain = complete(llm, QUESTION, max_tokens=30, temperature=0).choices[0].message.content
     penalised = complete(llm, QUESTION, max_tokens=30, temperature=0, frequency_penalty=2.0).choices[0].message.content
     assert penalised != plain
 
 
-def test_stop_string_cuts_the_answer_before_it(llm) -> None:  # noqa: ANN001
+def test_stop_string_cuts_the_answer_before_it(llm) -> None:
     full = complete(llm, LONG_TASK, max_tokens=40, temperature=0).choices[0].message.content
     words = full.split()
     stop = words[len(words) // 2]  # a word from the middle: usually split over tokens with its space
@@ -200,7 +209,7 @@ def test_stop_string_cuts_the_answer_before_it(llm) -> None:  # noqa: ANN001
 LOOP = [{"role": "user", "content": "Write the sentence 'The blue kettle sings every morning.' ten times."}]
 
 
-def test_a_repeated_sentence_ends_the_answer_before_it_is_sent_again(llm) -> None:  # noqa: ANN001
+def test_a_repeated_sentence_ends_the_answer_before_it_is_sent_again(llm) -> None:
     looped = complete(llm, LOOP, max_tokens=120, temperature=0, extra_body={"stop_on_repetition": False})
     text = looped.choices[0].message.content
     sentence = next(s for s in re.split(r"(?<=[.!?])\s+|\n", text) if len(s.strip()) >= 20)
@@ -213,18 +222,18 @@ def test_a_repeated_sentence_ends_the_answer_before_it_is_sent_again(llm) -> Non
     assert chunks[-1].choices[0].finish_reason == "repetition"
 
 
-def test_non_ascii_round_trips_in_both_modes(llm, vocab) -> None:  # noqa: ANN001
+def test_non_ascii_round_trips_in_both_modes(llm, vocab) -> None:
     whole = complete(llm, FRENCH, max_tokens=20, temperature=0)
     text = whole.choices[0].message.content
     assert whole.usage.prompt_tokens == vocab.prompt_tokens(FRENCH)
     assert re.search(r"[éçèà]", text) and "\ufffd" not in text
     lines = sse_lines(llm, {"messages": FRENCH, "max_tokens": 20, "temperature": 0})
-    assert "".join(json.loads(l[6:])["choices"][0]["delta"].get("content", "") for l in lines[:-1]) == text
+    assert "".join(json.loads(line[6:])["choices"][0]["delta"].get("content", "") for line in lines[:-1]) == text
     cut = complete(llm, FRENCH, max_tokens=20, temperature=0, stop="é").choices[0].message.content
     assert cut == text[: text.index("é")]
 
 
-def test_prompt_over_the_context_window_is_a_clear_400(llm, vocab) -> None:  # noqa: ANN001
+def test_prompt_over_the_context_window_is_a_clear_400(llm, vocab) -> None:
     n = vocab.prompt_tokens(QUESTION)
     with pytest.raises(openai.BadRequestError) as info:
         complete(llm, QUESTION, max_tokens=3000)
@@ -250,21 +259,29 @@ def test_prompt_over_the_context_window_is_a_clear_400(llm, vocab) -> None:  # n
         ({"temperature": -1}, "temperature"),
     ],
 )
-def test_invalid_requests_get_400_in_the_envelope(llm, extra: dict, needle: str) -> None:  # noqa: ANN001
+def test_invalid_requests_get_400_in_the_envelope(llm, extra: dict, needle: str) -> None:
     resp = httpx.post(llm.url + "/v1/chat/completions", json={"messages": QUESTION, **extra}, timeout=30)
     assert resp.status_code == 400
     assert resp.json()["error"]["type"] == "invalid_request_error"
     assert needle in resp.json()["error"]["message"]
 
 
-def test_metrics_count_tokens_and_time_each_generation(llm) -> None:  # noqa: ANN001
-    names = ("generated_tokens_total", "prompt_tokens_total", "time_to_first_token_seconds_count",
-             "time_per_output_token_seconds_count")  # fmt: skip
+def test_metrics_count_tokens_and_time_each_generation(llm) -> None:
+    names = (
+        "generated_tokens_total",
+        "prompt_tokens_total",
+        "time_to_first_token_seconds_count",
+        "time_per_output_token_seconds_count",
+    )
     before = {m: metric(llm, f"chatqna_llm_{m}") for m in names}
     resp = complete(llm, QUESTION, max_tokens=6, temperature=0)
     grown = {m: metric(llm, f"chatqna_llm_{m}") - before[m] for m in names}
-    assert grown == {"generated_tokens_total": 6, "prompt_tokens_total": resp.usage.prompt_tokens,
-                     "time_to_first_token_seconds_count": 1, "time_per_output_token_seconds_count": 1}  # fmt: skip
+    assert grown == {
+        "generated_tokens_total": 6,
+        "prompt_tokens_total": resp.usage.prompt_tokens,
+        "time_to_first_token_seconds_count": 1,
+        "time_per_output_token_seconds_count": 1,
+    }
     assert metric(llm, "chatqna_llm_active_sequences") == 0
 
 
@@ -280,13 +297,13 @@ def first_content(lines: Iterator[str]) -> str:
     raise AssertionError("the stream ended without content")
 
 
-def test_inline_chat_template_is_used(single, vocab) -> None:  # noqa: ANN001
+def test_inline_chat_template_is_used(single, vocab) -> None:
     resp = complete(single, [{"role": "user", "content": "Hello there, friend."}], max_tokens=2, temperature=0)
     rendered = "<|im_start|>user\nHello there, friend.<|im_end|>\n<|im_start|>assistant\n"
     assert resp.usage.prompt_tokens == vocab.tokens(rendered, special=True)
 
 
-def test_a_disconnecting_client_frees_its_slot_at_once(single) -> None:  # noqa: ANN001
+def test_a_disconnecting_client_frees_its_slot_at_once(single) -> None:
     body = {"messages": LONG_TASK, "max_tokens": 1500, "temperature": 0, "stream": True}
     with httpx.Client(timeout=30) as http:
         with http.stream("POST", single.url + "/v1/chat/completions", json=body) as resp:
@@ -305,7 +322,7 @@ def test_a_disconnecting_client_frees_its_slot_at_once(single) -> None:  # noqa:
         assert time.monotonic() - started < 3  # the 1500-token stream would hold the only slot for ~20 s
 
 
-def test_a_non_streaming_client_that_gives_up_stops_its_generation(single) -> None:  # noqa: ANN001
+def test_a_non_streaming_client_that_gives_up_stops_its_generation(single) -> None:
     body = {"messages": LONG_TASK, "max_tokens": 1500, "temperature": 0}
     with pytest.raises(httpx.ReadTimeout):  # the client hangs up after a second
         httpx.post(single.url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=1.0))
@@ -316,13 +333,16 @@ def test_a_non_streaming_client_that_gives_up_stops_its_generation(single) -> No
     assert metric(single, "chatqna_llm_active_sequences") == 0
 
 
-def test_a_full_queue_answers_429_with_retry_after(single) -> None:  # noqa: ANN001
+def test_a_full_queue_answers_429_with_retry_after(single) -> None:
     body = {"messages": LONG_TASK, "max_tokens": 1500, "temperature": 0, "stream": True}
     queued: dict[str, httpx.Response] = {}
 
     def wait_in_queue() -> None:
-        queued["resp"] = httpx.post(single.url + "/v1/chat/completions", timeout=60,
-                                    json={"messages": LONG_TASK, "max_tokens": 4, "temperature": 0})  # fmt: skip
+        queued["resp"] = httpx.post(
+            single.url + "/v1/chat/completions",
+            timeout=60,
+            json={"messages": LONG_TASK, "max_tokens": 4, "temperature": 0},
+        )
 
     with httpx.Client(timeout=30) as http, http.stream("POST", single.url + "/v1/chat/completions", json=body) as hold:
         lines = hold.iter_lines()
@@ -345,7 +365,7 @@ def test_a_full_queue_answers_429_with_retry_after(single) -> None:  # noqa: ANN
 # ---- the remote backend, in front of the llama-cpp instance ----
 
 
-def test_remote_passes_answers_through(remote, llm) -> None:  # noqa: ANN001
+def test_remote_passes_answers_through(remote, llm) -> None:
     direct = complete(llm, QUESTION, max_tokens=12, temperature=0)
     via = complete(remote, QUESTION, max_tokens=12, temperature=0)
     assert via.model == DEFAULT_LLM
@@ -355,7 +375,7 @@ def test_remote_passes_answers_through(remote, llm) -> None:  # noqa: ANN001
     assert httpx.get(remote.url + "/v1/ready").json()["backend"] == "remote"
 
 
-def test_remote_stream_keeps_the_grammar(remote) -> None:  # noqa: ANN001
+def test_remote_stream_keeps_the_grammar(remote) -> None:
     usage = {"stream_options": {"include_usage": True}}
     lines = sse_lines(remote, {"messages": QUESTION, "max_tokens": 6, "temperature": 0, **usage})
     chunks = [json.loads(line[6:]) for line in lines[:-1]]
@@ -365,7 +385,7 @@ def test_remote_stream_keeps_the_grammar(remote) -> None:  # noqa: ANN001
     assert chunks[-1]["usage"]["completion_tokens"] == 6
 
 
-def test_remote_keeps_the_upstream_400(remote) -> None:  # noqa: ANN001
+def test_remote_keeps_the_upstream_400(remote) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         complete(remote, QUESTION, max_tokens=3000)
     assert info.value.status_code == 400
@@ -373,7 +393,7 @@ def test_remote_keeps_the_upstream_400(remote) -> None:  # noqa: ANN001
     assert "3000 in the completion" in info.value.body["message"]
 
 
-def test_remote_without_upstream_is_not_ready_and_answers_503(service_factory) -> None:  # noqa: ANN001
+def test_remote_without_upstream_is_not_ready_and_answers_503(service_factory) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     svc = service_factory(MODULE, "LLM_", {"LLM_BACKEND": "remote", "LLM_REMOTE_URL": dead}, wait="health")
     assert httpx.get(svc.url + "/v1/ready").status_code == 503
@@ -382,7 +402,7 @@ def test_remote_without_upstream_is_not_ready_and_answers_503(service_factory) -
     assert "unreachable" in resp.json()["error"]["message"]
 
 
-def test_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(service_factory) -> None:  # noqa: ANN001
+def test_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(service_factory) -> None:
     upstream = service_factory(MODULE, "LLM_", {"LLM_N_CTX": str(N_CTX), "LLM_PARALLEL": "1"}, name="llm-doomed")
     svc = service_factory(MODULE, "LLM_", {"LLM_BACKEND": "remote", "LLM_REMOTE_URL": upstream.url}, name="llm-front")
     body = {"messages": LONG_TASK, "max_tokens": 1500, "temperature": 0, "stream": True}

@@ -41,33 +41,102 @@ class Chunk:
 
 
 CORPUS = [
-    Chunk("hours", "The Zorblat office in Quentara opens at 07:40 and closes at 16:10 on weekdays.",
-          HANDBOOK, "handbook", 0, ("hr", "policy"), 1),
-    Chunk("leave", "Zorblat employees receive 31 days of paid leave per year, which the staff call glimmer days.",
-          HANDBOOK, "handbook", 1, ("hr", "policy"), 2),
-    Chunk("soup", "The Zorblat cafeteria serves purple lentil soup every Thursday.",
-          HANDBOOK, "handbook", 2, ("hr",), 3),
-    Chunk("recal", "The Frobnicator 9000 must be recalibrated every 17 days using the brass key.",
-          MANUAL, "frob-manual", 0, ("product", "maintenance")),
-    Chunk("recal_dup", "Every 17 days, recalibrate the Frobnicator 9000 with the brass key.",
-          MANUAL, "frob-manual", 1, ("product", "maintenance")),
-    Chunk("e77", "Error code E-77 on the Frobnicator 9000 means that its coolant tank is empty.",
-          MANUAL, "frob-manual", 2, ("product", "maintenance")),
-    Chunk("noise", "The Frobnicator 9000 hums at 43 decibels when it runs at full speed.",
-          MANUAL, "frob-manual", 3, ("product",)),
+    Chunk(
+        "hours",
+        "The Zorblat office in Quentara opens at 07:40 and closes at 16:10 on weekdays.",
+        HANDBOOK,
+        "handbook",
+        0,
+        ("hr", "policy"),
+        1,
+    ),
+    Chunk(
+        "leave",
+        "Zorblat employees receive 31 days of paid leave per year, which the staff call glimmer days.",
+        HANDBOOK,
+        "handbook",
+        1,
+        ("hr", "policy"),
+        2,
+    ),
+    Chunk(
+        "soup", "The Zorblat cafeteria serves purple lentil soup every Thursday.", HANDBOOK, "handbook", 2, ("hr",), 3
+    ),
+    Chunk(
+        "recal",
+        "The Frobnicator 9000 must be recalibrated every 17 days using the brass key.",
+        MANUAL,
+        "frob-manual",
+        0,
+        ("product", "maintenance"),
+    ),
+    Chunk(
+        "recal_dup",
+        "Every 17 days, recalibrate the Frobnicator 9000 with the brass key.",
+        MANUAL,
+        "frob-manual",
+        1,
+        ("product", "maintenance"),
+    ),
+    Chunk(
+        "e77",
+        "Error code E-77 on the Frobnicator 9000 means that its coolant tank is empty.",
+        MANUAL,
+        "frob-manual",
+        2,
+        ("product", "maintenance"),
+    ),
+    Chunk(
+        "noise",
+        "The Frobnicator 9000 hums at 43 decibels when it runs at full speed.",
+        MANUAL,
+        "frob-manual",
+        3,
+        ("product",),
+    ),
     # A rare product code: one passage names KV-5093 (tokens "kv", "5093"); the others are about widgets with
     # look-alike single-token codes, which the embedding model ranks above it for "Which gadget is KV-5093?".
-    Chunk("kv5093", "KV-5093: anodised housing, ships in a cedar crate, discontinued in 2031.",
-          CATALOGUE, "catalogue", 0, ("product", "sales")),
-    Chunk("kv5093b", "The widget KV5093B is a small handheld device sold in pairs.",
-          CATALOGUE, "catalogue", 1, ("product", "sales")),
-    Chunk("kv5039", "Our widget KV5039 is a compact device for measuring humidity.",
-          CATALOGUE, "catalogue", 2, ("product", "sales")),
-    Chunk("kv50930", "The KV50930 widget is a portable device with a folding handle.",
-          CATALOGUE, "catalogue", 3, ("product", "sales")),
-    Chunk("kv9350", "A widget called KV9350 is the smallest device in the catalogue.",
-          CATALOGUE, "catalogue", 4, ("product", "sales")),
-]  # fmt: skip
+    Chunk(
+        "kv5093",
+        "KV-5093: anodised housing, ships in a cedar crate, discontinued in 2031.",
+        CATALOGUE,
+        "catalogue",
+        0,
+        ("product", "sales"),
+    ),
+    Chunk(
+        "kv5093b",
+        "The widget KV5093B is a small handheld device sold in pairs.",
+        CATALOGUE,
+        "catalogue",
+        1,
+        ("product", "sales"),
+    ),
+    Chunk(
+        "kv5039",
+        "Our widget KV5039 is a compact device for measuring humidity.",
+        CATALOGUE,
+        "catalogue",
+        2,
+        ("product", "sales"),
+    ),
+    Chunk(
+        "kv50930",
+        "The KV50930 widget is a portable device with a folding handle.",
+        CATALOGUE,
+        "catalogue",
+        3,
+        ("product", "sales"),
+    ),
+    Chunk(
+        "kv9350",
+        "A widget called KV9350 is the smallest device in the catalogue.",
+        CATALOGUE,
+        "catalogue",
+        4,
+        ("product", "sales"),
+    ),
+]
 OTHER_CORPUS = [
     Chunk("moon", "The moon base Tycho-7 grows 40 kilograms of basil each month.", "moon.txt", "moon", 0, ("space",)),
     Chunk("rover", "Rover Pinwheel drives at most 9 kilometres per lunar day.", "moon.txt", "moon", 1, ("space",)),
@@ -90,7 +159,7 @@ RECAL = "How often must the Frobnicator be recalibrated?"
 
 
 @pytest.fixture(scope="module")
-def embedding(models_dir, tmp_path_factory):  # noqa: ANN001, ANN201
+def embedding(models_dir, tmp_path_factory):
     svc = start_service(
         "comps.embedding", "EMBEDDING_", {"EMBEDDING_DEVICE": "cpu"}, log_dir=tmp_path_factory.mktemp("embedding")
     )
@@ -99,7 +168,7 @@ def embedding(models_dir, tmp_path_factory):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="module")
-def embed(embedding):  # noqa: ANN001, ANN201
+def embed(embedding):
     """Texts -> unit vectors, from the real embedding service."""
     with httpx.Client(base_url=embedding.url, timeout=120) as c:
 
@@ -141,7 +210,7 @@ async def _write(url: str, collection: str, chunks: list[Chunk], vectors: np.nda
 
 
 @pytest.fixture(scope="module")
-def vectors(redis_url, embed):  # noqa: ANN001, ANN201
+def vectors(redis_url, embed):
     """Writes the three collections; returns each chunk's vector by name."""
     kb = embed([c.text for c in CORPUS])
     other = embed([c.text for c in OTHER_CORPUS])
@@ -152,24 +221,25 @@ def vectors(redis_url, embed):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="module")
-def retriever(redis_url, embedding, vectors, tmp_path_factory):  # noqa: ANN001, ANN201
+def retriever(redis_url, embedding, vectors, tmp_path_factory):
     svc = start_service(
-        "comps.retriever", "RETRIEVER_",
+        "comps.retriever",
+        "RETRIEVER_",
         {"REDIS_URL": redis_url, "INDEX_NAME": KB, "RETRIEVER_EMBEDDING_URL": embedding.url},
         log_dir=tmp_path_factory.mktemp("retriever"),
-    )  # fmt: skip
+    )
     yield svc
     svc.stop()
 
 
 @pytest.fixture(scope="module")
-def client(retriever):  # noqa: ANN001, ANN201
+def client(retriever):
     with httpx.Client(base_url=retriever.url, timeout=60) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def q(embed):  # noqa: ANN001, ANN201
+def q(embed):
     """A question's embedding as a JSON list."""
     cache: dict[str, list[float]] = {}
 
@@ -208,9 +278,7 @@ def test_ready_reports_redis_and_embedding(client: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize(("question", "expected"), QUESTIONS)
-def test_question_finds_its_passage_first(
-    client: httpx.Client, q, vectors, question: str, expected: str  # noqa: ANN001
-) -> None:
+def test_question_finds_its_passage_first(client: httpx.Client, q, vectors, question: str, expected: str) -> None:
     body = client.post("/v1/retrieval", json={"text": question, "embedding": q(question)}).json()
     assert (body["query"], body["collection"], body["search_type"]) == (question, KB, "similarity")
     docs = body["documents"]
@@ -221,14 +289,18 @@ def test_question_finds_its_passage_first(
     assert [d["score"] for d in docs] == sorted((d["score"] for d in docs), reverse=True)
 
 
-def test_metadata_round_trips(client: httpx.Client, q) -> None:  # noqa: ANN001
+def test_metadata_round_trips(client: httpx.Client, q) -> None:
     question, _ = QUESTIONS[1]
     top = retrieve(client, embedding=q(question), k=1)[0]
     assert top["id"] == KEYS["leave"]
     assert top["text"] == CORPUS[1].text
     assert top["metadata"] == {
-        "source": HANDBOOK, "doc_id": "handbook", "page": 2, "chunk": 1, "tags": ["hr", "policy"],
-    }  # fmt: skip
+        "source": HANDBOOK,
+        "doc_id": "handbook",
+        "page": 2,
+        "chunk": 1,
+        "tags": ["hr", "policy"],
+    }
     manual = retrieve(client, embedding=q(RECAL), k=1)[0]
     assert manual["metadata"]["page"] is None and manual["metadata"]["source"] == MANUAL
 
@@ -255,17 +327,22 @@ def test_text_only_query_uses_the_embedding_service(client: httpx.Client) -> Non
 )
 @pytest.mark.parametrize("search_type", ["similarity", "mmr", "hybrid", "similarity_distance_threshold"])
 def test_filters_apply_to_every_search_type(
-    client: httpx.Client, q, filters: dict, allowed: set, search_type: str  # noqa: ANN001
+    client: httpx.Client, q, filters: dict, allowed: set, search_type: str
 ) -> None:
     question = "What does error E-77 mean?"  # its best passage is outside most filters
     docs = retrieve(
-        client, text=question, embedding=q(question), k=10, filters=filters, search_type=search_type,
+        client,
+        text=question,
+        embedding=q(question),
+        k=10,
+        filters=filters,
+        search_type=search_type,
         distance_threshold=2.0,
-    )  # fmt: skip
+    )
     assert set(names(docs)) == allowed  # k=10 >= every allowed set: all of them, nothing else
 
 
-def test_collections_are_isolated(client: httpx.Client, q) -> None:  # noqa: ANN001
+def test_collections_are_isolated(client: httpx.Client, q) -> None:
     question = "How much basil does the moon base grow?"
     other = retrieve(client, embedding=q(question), collection=OTHER, k=10)
     assert names(other) == ["moon", "rover"]
@@ -279,10 +356,25 @@ def test_collections_are_isolated(client: httpx.Client, q) -> None:  # noqa: ANN
     assert listed[EMPTY]["chunks"] == 0
 
 
+def test_several_collections_are_searched_together_best_first(client: httpx.Client, q) -> None:
+    question = "How much basil does the moon base grow?"
+    both = retrieve(client, embedding=q(question), collections=[KB, OTHER, EMPTY, "rtest-never-written"], k=3)
+    assert names(both)[0] == "moon"  # the best hit, from the second collection
+    assert len(both) == 3 and [d["score"] for d in both] == sorted((d["score"] for d in both), reverse=True)
+    alone = {d["id"]: d["score"] for d in retrieve(client, embedding=q(question), collection=KB, k=10)}
+    for d in both:  # a hit's score does not depend on what else was searched
+        assert d["score"] == pytest.approx(alone.get(d["id"], d["score"]))
+    refused = client.post("/v1/retrieval", json={"embedding": q(question), "collection": KB, "collections": [OTHER]})
+    assert error_of(refused, 400).endswith("give collection or collections, not both")
+    assert "invalid" in error_of(
+        client.post("/v1/retrieval", json={"embedding": q(question), "collections": ["../x"]}), 400
+    )
+
+
 @pytest.mark.parametrize("collection", [EMPTY, "rtest-never-written"])
 @pytest.mark.parametrize("search_type", ["similarity", "mmr", "hybrid"])
 def test_empty_or_missing_collection_gives_no_documents(
-    client: httpx.Client, q, collection: str, search_type: str  # noqa: ANN001
+    client: httpx.Client, q, collection: str, search_type: str
 ) -> None:
     resp = client.post(
         "/v1/retrieval",
@@ -298,7 +390,7 @@ def test_wrong_dimension_names_both(client: httpx.Client) -> None:
     assert re.search(r"holds 384-dimensional vectors; the query embedding has 383 dimensions", message)
 
 
-def test_mmr_skips_the_near_duplicate(client: httpx.Client, q) -> None:  # noqa: ANN001
+def test_mmr_skips_the_near_duplicate(client: httpx.Client, q) -> None:
     plain = names(retrieve(client, embedding=q(RECAL), k=2))
     assert set(plain) == {"recal", "recal_dup"}  # the premise: similarity puts both copies on top
     diverse = names(retrieve(client, embedding=q(RECAL), k=2, search_type="mmr", lambda_mult=0.25, fetch_k=10))
@@ -310,7 +402,7 @@ def test_mmr_skips_the_near_duplicate(client: httpx.Client, q) -> None:  # noqa:
     )
 
 
-def test_hybrid_finds_the_rare_product_code(client: httpx.Client, q) -> None:  # noqa: ANN001
+def test_hybrid_finds_the_rare_product_code(client: httpx.Client, q) -> None:
     vector_only = names(retrieve(client, embedding=q(GADGET), k=5))
     assert vector_only[0] != "kv5093" and "kv5093" in vector_only  # the premise: vectors rank it lower
     docs = retrieve(client, text=GADGET, embedding=q(GADGET), k=3, search_type="hybrid")
@@ -322,7 +414,7 @@ def test_hybrid_finds_the_rare_product_code(client: httpx.Client, q) -> None:  #
     assert names(only_stop) == vector_only[:3]
 
 
-def test_score_and_distance_thresholds(client: httpx.Client, q) -> None:  # noqa: ANN001
+def test_score_and_distance_thresholds(client: httpx.Client, q) -> None:
     question = "How many vacation days do Zorblat staff get?"
     ranked = retrieve(client, embedding=q(question), k=10)
     scores = [d["score"] for d in ranked]
@@ -335,17 +427,31 @@ def test_score_and_distance_thresholds(client: httpx.Client, q) -> None:  # noqa
     assert names(near) == names(ranked)[:2]
     assert [d["score"] for d in near] == pytest.approx(scores[:2], abs=1e-5)
     # k still bounds the answer
-    assert len(retrieve(client, embedding=q(question), k=1, search_type="similarity_distance_threshold",
-                        distance_threshold=2.0)) == 1  # fmt: skip
+    assert (
+        len(
+            retrieve(
+                client, embedding=q(question), k=1, search_type="similarity_distance_threshold", distance_threshold=2.0
+            )
+        )
+        == 1
+    )
 
 
-def test_opea_request_shape(client: httpx.Client, q) -> None:  # noqa: ANN001
+def test_opea_request_shape(client: httpx.Client, q) -> None:
     question, expected = QUESTIONS[0]
     body = {
-        "id": "9f1c", "text": question, "embedding": q(question), "search_type": "similarity", "k": 2,
-        "distance_threshold": None, "fetch_k": 20, "lambda_mult": 0.5, "score_threshold": 0.2,
-        "constraints": None, "downstream_black_list": [],
-    }  # fmt: skip
+        "id": "9f1c",
+        "text": question,
+        "embedding": q(question),
+        "search_type": "similarity",
+        "k": 2,
+        "distance_threshold": None,
+        "fetch_k": 20,
+        "lambda_mult": 0.5,
+        "score_threshold": 0.2,
+        "constraints": None,
+        "downstream_black_list": [],
+    }
     assert names(retrieve(client, **body))[0] == expected
     assert names(retrieve(client, input=question, k=1)) == [expected]
 
@@ -374,7 +480,7 @@ def test_bad_json_is_a_400(client: httpx.Client) -> None:
     assert "not valid JSON" in error_of(resp, 400)
 
 
-def test_metrics_count_queries_and_results(client: httpx.Client, q) -> None:  # noqa: ANN001
+def test_metrics_count_queries_and_results(client: httpx.Client, q) -> None:
     retrieve(client, embedding=q(RECAL), k=3, search_type="mmr")
     text = client.get("/metrics").text
     count = re.search(r'chatqna_retriever_query_seconds_count\{search_type="mmr"\} (\d+)', text)
@@ -383,12 +489,13 @@ def test_metrics_count_queries_and_results(client: httpx.Client, q) -> None:  # 
     assert results and float(results.group(1)) >= 3
 
 
-def test_without_embedding_service(redis_url, service_factory, q, vectors) -> None:  # noqa: ANN001
+def test_without_embedding_service(redis_url, service_factory, q, vectors) -> None:
     """Ready (it still serves queries that carry their embedding); text-only queries: 503 naming embedding."""
     svc = service_factory(
-        "comps.retriever", "RETRIEVER_",
+        "comps.retriever",
+        "RETRIEVER_",
         {"REDIS_URL": redis_url, "INDEX_NAME": KB, "RETRIEVER_EMBEDDING_URL": f"http://127.0.0.1:{free_port()}"},
-    )  # fmt: skip
+    )
     with httpx.Client(base_url=svc.url, timeout=30) as c:
         ready = c.get("/v1/ready")
         assert ready.status_code == 200
@@ -399,11 +506,9 @@ def test_without_embedding_service(redis_url, service_factory, q, vectors) -> No
         assert resp.json()["error"]["message"].startswith("embedding is unreachable")
 
 
-def test_not_ready_without_redis(service_factory) -> None:  # noqa: ANN001
+def test_not_ready_without_redis(service_factory) -> None:
     port = free_port()
-    svc = service_factory(
-        "comps.retriever", "RETRIEVER_", {"REDIS_URL": f"redis://127.0.0.1:{port}"}, wait="health"
-    )
+    svc = service_factory("comps.retriever", "RETRIEVER_", {"REDIS_URL": f"redis://127.0.0.1:{port}"}, wait="health")
     with httpx.Client(base_url=svc.url, timeout=30) as c:
         resp = c.get("/v1/ready")
         assert resp.status_code == 503

@@ -52,9 +52,10 @@ class Target:
 
 
 @pytest.fixture(scope="module")
-def embedding(models_dir, tmp_path_factory) -> Iterator[Service]:  # noqa: ANN001
-    svc = start_service("comps.embedding", "EMBEDDING_", {"EMBEDDING_DEVICE": "cpu"},
-                        log_dir=tmp_path_factory.mktemp("embedding"))  # fmt: skip
+def embedding(models_dir, tmp_path_factory) -> Iterator[Service]:
+    svc = start_service(
+        "comps.embedding", "EMBEDDING_", {"EMBEDDING_DEVICE": "cpu"}, log_dir=tmp_path_factory.mktemp("embedding")
+    )
     yield svc
     svc.stop()
 
@@ -96,8 +97,10 @@ def check_retriever(c: httpx.Client) -> object:
 
 def check_llm(c: httpx.Client) -> object:
     question = "What is the capital of France? Answer in one word."
-    resp = c.post("/v1/chat/completions", json={
-        "messages": [{"role": "user", "content": question}], "max_tokens": 16, "temperature": 0})  # fmt: skip
+    resp = c.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": question}], "max_tokens": 16, "temperature": 0},
+    )
     assert resp.status_code == 200, resp.text
     answer = resp.json()["choices"][0]["message"]["content"]
     assert "Paris" in answer, answer
@@ -105,7 +108,7 @@ def check_llm(c: httpx.Client) -> object:
 
 
 @pytest.fixture(scope="module")
-def targets(models_dir, redis_url, embedding, tmp_path_factory) -> Iterator[dict[str, Target]]:  # noqa: ANN001
+def targets(models_dir, redis_url, embedding, tmp_path_factory) -> Iterator[dict[str, Target]]:
     """Each service started once; the retriever searches a small collection embedded by the real model."""
     started: list[Service] = []
 
@@ -122,29 +125,49 @@ def targets(models_dir, redis_url, embedding, tmp_path_factory) -> Iterator[dict
         asyncio.run(_write_collection(redis_url, vectors))
         tiny = build_tiny_cross_encoder(models_dir, tmp_path_factory.mktemp("tiny-cross-encoder"))
         lexical = start("comps.reranker", "RERANKER_", {}, "reranker-lex")
-        cross = start("comps.reranker", "RERANKER_", {"RERANKER_MODEL": str(tiny), "RERANKER_DEVICE": "cpu"},
-                      "reranker-ce")  # fmt: skip
-        retriever = start("comps.retriever", "RETRIEVER_", {
-            "REDIS_URL": redis_url, "INDEX_NAME": COLLECTION, "RETRIEVER_EMBEDDING_URL": embedding.url}, "retriever")
-        llm = start("comps.llm", "LLM_", {"LLM_N_CTX": "1024", "LLM_PARALLEL": "2", "LLM_DEFAULT_MAX_TOKENS": "4"},
-                    "llm")
+        cross = start(
+            "comps.reranker", "RERANKER_", {"RERANKER_MODEL": str(tiny), "RERANKER_DEVICE": "cpu"}, "reranker-ce"
+        )
+        retriever = start(
+            "comps.retriever",
+            "RETRIEVER_",
+            {"REDIS_URL": redis_url, "INDEX_NAME": COLLECTION, "RETRIEVER_EMBEDDING_URL": embedding.url},
+            "retriever",
+        )
+        llm = start(
+            "comps.llm", "LLM_", {"LLM_N_CTX": "1024", "LLM_PARALLEL": "2", "LLM_DEFAULT_MAX_TOKENS": "4"}, "llm"
+        )
         rerank = {
             "/rerank": [{"query": QUERY, "texts": PASSAGES}],
             "/v1/reranking": [{"initial_query": QUERY, "retrieved_docs": [{"text": t} for t in PASSAGES]}],
         }
         yield {
-            "embedding": Target(embedding, {"/v1/embeddings": [{"input": "hello world"}], "/embed": [{"inputs": "hi"}]},
-                                check_embedding),
+            "embedding": Target(
+                embedding, {"/v1/embeddings": [{"input": "hello world"}], "/embed": [{"inputs": "hi"}]}, check_embedding
+            ),
             "reranker-lexical": Target(lexical, rerank, check_lexical),
             "reranker-cross-encoder": Target(cross, rerank, check_cross_encoder),
-            "retriever": Target(retriever, {"/v1/retrieval": [
-                {"text": QUERY, "k": 2},  # text only: the retriever asks the embedding service
-                {"text": QUERY, "search_type": "hybrid", "k": 2, "filters": {"source": "faq.txt", "page": 1}},
-                {"embedding": query_vector, "search_type": "mmr", "k": 2, "fetch_k": 3},
-            ]}, check_retriever),
-            "llm": Target(llm, {"/v1/chat/completions": [
-                {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2, "temperature": 0}]}, check_llm),
-        }  # fmt: skip
+            "retriever": Target(
+                retriever,
+                {
+                    "/v1/retrieval": [
+                        {"text": QUERY, "k": 2},  # text only: the retriever asks the embedding service
+                        {"text": QUERY, "search_type": "hybrid", "k": 2, "filters": {"source": "faq.txt", "page": 1}},
+                        {"embedding": query_vector, "search_type": "mmr", "k": 2, "fetch_k": 3},
+                    ]
+                },
+                check_retriever,
+            ),
+            "llm": Target(
+                llm,
+                {
+                    "/v1/chat/completions": [
+                        {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2, "temperature": 0}
+                    ]
+                },
+                check_llm,
+            ),
+        }
     finally:
         for svc in reversed(started):
             svc.stop()
@@ -262,7 +285,7 @@ JSON_TYPE = "application/json"
         (b'{"query": "\xc3\x28", "texts": ["a"]}', JSON_TYPE, 400, "request body is not valid JSON: 'utf-8' codec"),
         (b'{"query": "q", "texts": "a"}', JSON_TYPE, 400, "texts: Input should be a valid list"),
     ],
-)  # fmt: skip
+)
 def test_body_errors_say_what_is_wrong(
     targets: dict[str, Target], body: bytes, content_type: str | None, status: int, message: str
 ) -> None:

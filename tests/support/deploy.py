@@ -3,17 +3,22 @@ anchors resolved), kustomize renders, set_env.sh's exports, and each service's s
 
 from __future__ import annotations
 
+import atexit
+import functools
 import importlib
 import importlib.util
 import os
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import AliasChoices
 
 from comps.core.settings import ServiceSettings
 from comps.runtime.mesh import SERVICES, ServiceSpec
@@ -39,11 +44,21 @@ KUSTOMIZATIONS = {
 SPECS = {spec.name: spec for spec in SERVICES}
 MODEL_SERVICES = ("embedding", "reranker", "llm")  # the ones that load a model from /models
 
+# The one public door. The web UI of a later issue will be the only other published service.
+PUBLISHED = {"gateway"}
+# The secrets set_env.sh generates (into <state dir>/secrets.env) and the Kubernetes Secret chatqna-secrets holds.
+SECRET_VARS = ("CHATQNA_INTERNAL_TOKEN", "GATEWAY_JWT_SECRET", "POSTGRES_PASSWORD")
+INTERNAL_TOKEN = "CHATQNA_INTERNAL_TOKEN"
+K8S_SECRET = "chatqna-secrets"
+# Names that hold a secret wherever they are set (compose environment, ConfigMap, container env).
+SECRET_NAME = re.compile(r"(API_KEY|SECRET|PASSWORD|TOKEN)$")
+
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}, ${VAR:+alt}
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
 
 
 # --- settings classes ---------------------------------------------------------------------------------
+
 
 def settings_class(spec: ServiceSpec) -> type[ServiceSettings]:
     """The service's settings class (ServiceSpec.settings, "module:Class").
@@ -79,7 +94,23 @@ def default_port(spec: ServiceSpec) -> int:
 
 def runtime_env_names() -> set[str]:
     """The variables RuntimeSettings (`chatqna` CLI, local mesh) reads."""
-    return {str(f.validation_alias.choices[0]) for f in RuntimeSettings.model_fields.values()}
+    aliases = [f.validation_alias for f in RuntimeSettings.model_fields.values()]
+    assert all(isinstance(a, AliasChoices) for a in aliases), "RuntimeSettings names each variable (_env)"
+    return {str(a.choices[0]) for a in aliases if isinstance(a, AliasChoices)}
+
+
+def callers() -> dict[str, set[str]]:
+    """Who opens connections to whom: each service's `needs`, the gateway to dataprep (it proxies
+    /v1/dataprep/*) and to PostgreSQL, and the Redis users to Redis."""
+    found: dict[str, set[str]] = {name: set() for name in [*SPECS, "redis", "postgres"]}
+    for spec in SPECS.values():
+        for need in spec.needs:
+            found[need].add(spec.name)
+        if spec.uses_redis:
+            found["redis"].add(spec.name)
+    found["dataprep"].add("gateway")
+    found["postgres"].add("gateway")
+    return found
 
 
 def wiring(spec: ServiceSpec) -> dict[str, str]:
@@ -90,10 +121,33 @@ def wiring(spec: ServiceSpec) -> dict[str, str]:
         env[f"{spec.env_prefix}{need.upper()}_URL"] = f"http://{need}:{default_port(SPECS[need])}"
     if spec.uses_redis:
         env["REDIS_URL"] = "redis://redis:6379"
+    if spec.name == "gateway":
+        env["GATEWAY_DATAPREP_URL"] = f"http://dataprep:{default_port(SPECS['dataprep'])}"
+        env["DATABASE_URL"] = "postgresql://chatqna:$(POSTGRES_PASSWORD)@postgres:5432/chatqna"
     return env
 
 
+def secret_wiring(spec: ServiceSpec) -> dict[str, str]:
+    """The secrets a deployment must give a service, as `$(VARIABLE)` of the secret they come from: every
+    internal service requires the internal token (<PREFIX>API_KEY) and sends it to what it calls; the
+    gateway sends it to everything and signs access tokens with its JWT secret."""
+    token = f"$({INTERNAL_TOKEN})"
+    if spec.name == "gateway":
+        return {"GATEWAY_INTERNAL_API_KEY": token, "GATEWAY_JWT_SECRET": "$(GATEWAY_JWT_SECRET)"}
+    env = {f"{spec.env_prefix}API_KEY": token}
+    for need in spec.needs:
+        env[f"{spec.env_prefix}{need.upper()}_API_KEY"] = token
+    return env
+
+
+def secrets_as_references(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with each secret variable replaced by ``$(NAME)``: compose values interpolated with it read
+    like Kubernetes' secretKeyRef entries (see `container_env`), so the two can be compared."""
+    return {**env, **{name: f"$({name})" for name in SECRET_VARS}}
+
+
 # --- compose ------------------------------------------------------------------------------------------
+
 
 def load_yaml(path: Path) -> dict[str, Any]:
     with path.open() as f:
@@ -180,12 +234,34 @@ def environment(service: dict[str, Any]) -> dict[str, str | None]:
 
 # --- set_env.sh ---------------------------------------------------------------------------------------
 
-def source_set_env(env: dict[str, str] | None = None, times: int = 1) -> subprocess.CompletedProcess[str]:
-    """Source set_env.sh ``times`` times in a clean `bash` with `set -euo pipefail`; prints `env -0`."""
+
+@functools.cache
+def scratch_state_dir() -> Path:
+    """Where set_env.sh keeps its secrets during the tests (never the checkout's .state/); removed at exit."""
+    path = Path(tempfile.mkdtemp(prefix="chatqna-set-env-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def source_set_env(
+    env: dict[str, str] | None = None, times: int = 1, state_dir: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Source set_env.sh ``times`` times in a clean `bash` with `set -euo pipefail`; prints `env -0`.
+    Its secrets file lives in ``state_dir`` (default: one scratch folder for the whole test run)."""
     script = "set -euo pipefail\n" + f'source "{SET_ENV}"\n' * times + "env -0\n"
-    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+    base = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "CHATQNA_STATE_DIR": str(state_dir or scratch_state_dir()),
+    }
     return subprocess.run(
-        ["bash", "-c", script], env={**base, **(env or {})}, capture_output=True, text=True, timeout=30, cwd=REPO
+        ["bash", "-c", script],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        check=False,
     )
 
 
@@ -203,6 +279,18 @@ def set_env_exports() -> dict[str, str]:
 
 # --- kubernetes ---------------------------------------------------------------------------------------
 
+
+def dev_tool(name: str) -> str:
+    """A command-line tool of the dev extra: from the checkout's .venv, the running interpreter's
+    environment (a shared venv), or PATH. Missing: a failure, not a skip (CI must run it)."""
+    for folder in (VENV_BIN, Path(sys.executable).parent):
+        if (folder / name).exists():
+            return str(folder / name)
+    found = shutil.which(name)
+    assert found, f"{name} is missing: install the dev extra (pip install -e '.[dev]')"
+    return found
+
+
 def kubectl() -> str:
     path = shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None)
     if path is None:
@@ -213,7 +301,7 @@ def kubectl() -> str:
 def kustomize(name: str) -> tuple[str, list[dict[str, Any]]]:
     """`kubectl kustomize` of one kustomization: the rendered text and its resources."""
     result = subprocess.run(
-        [kubectl(), "kustomize", str(KUSTOMIZATIONS[name])], capture_output=True, text=True, timeout=120
+        [kubectl(), "kustomize", str(KUSTOMIZATIONS[name])], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, f"kubectl kustomize {KUSTOMIZATIONS[name]} failed:\n{result.stderr}"
     return result.stdout, [d for d in yaml.safe_load_all(result.stdout) if d]
@@ -221,6 +309,16 @@ def kustomize(name: str) -> tuple[str, list[dict[str, Any]]]:
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def container_env(docs: list[dict[str, Any]], name: str) -> dict[str, str]:
+    """The `env` of a Deployment's or StatefulSet's first container; a secretKeyRef reads ``$(KEY)``."""
+    workloads = {**by_kind(docs, "Deployment"), **by_kind(docs, "StatefulSet")}
+    found: dict[str, str] = {}
+    for entry in workloads[name]["spec"]["template"]["spec"]["containers"][0].get("env", []):
+        ref = entry.get("valueFrom", {}).get("secretKeyRef")
+        found[entry["name"]] = f"$({ref['key']})" if ref else entry["value"]
+    return found
 
 
 def config_map(docs: list[dict[str, Any]]) -> dict[str, str]:

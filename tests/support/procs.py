@@ -46,9 +46,12 @@ def start_service(
         **(env or {}),
     }
     proc = ManagedProcess(
-        name, [sys.executable, "-m", module], env=full_env, cwd=REPO,
+        name,
+        [sys.executable, "-m", module],
+        env=full_env,
+        cwd=REPO,
         log_file=(log_dir / f"{name}-{port}.log") if log_dir else None,
-    )  # fmt: skip
+    )
     proc.start()
     url = f"http://127.0.0.1:{port}"
     try:

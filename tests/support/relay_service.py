@@ -40,7 +40,7 @@ class FileGatedBackend:
         self.ready_file = ready_file
 
     async def warm_up(self, http: HttpClient) -> None:
-        while self.ready_file is not None and not self.ready_file.exists():
+        while self.ready_file is not None and not self.ready_file.exists():  # noqa: ASYNC110 - another process makes it
             await asyncio.sleep(0.05)
 
     async def check_ready(self) -> dict[str, Any]:

@@ -64,6 +64,7 @@ class Stubs:
     def __init__(self) -> None:
         self.knobs: dict[str, Knobs] = {n: Knobs() for n in ("embedding", "retriever", "reranker", "llm")}
         self.seen: dict[str, list[Any]] = {n: [] for n in self.knobs}
+        self.headers: dict[str, list[dict[str, str]]] = {n: [] for n in self.knobs}  # of each request, lower-case
         self.record = True
         self.llm_aborted = threading.Event()  # the LLM saw its client go away mid-stream
         self.llm_streams_open = 0
@@ -81,29 +82,40 @@ class Stubs:
         for name in self.knobs:
             self.knobs[name] = Knobs()
             self.seen[name].clear()
+            self.headers[name].clear()
         self.llm_aborted.clear()
 
     # -- helpers --
 
-    async def _common(self, name: str, request: web.Request, raw: bytes | None = None) -> tuple[Knobs, Any, web.Response | None]:
+    async def _common(
+        self, name: str, request: web.Request, raw: bytes | None = None
+    ) -> tuple[Knobs, Any, web.Response | None]:
         """Record the body, apply the delay, and answer the error status when one is set."""
         knobs = self.knobs[name]
         raw = await request.read() if raw is None else raw
         body = orjson.loads(raw) if raw else None
         if self.record:
             self.seen[name].append(body)
+            self.headers[name].append({k.lower(): v for k, v in request.headers.items()})
         if knobs.delay_s:
             await asyncio.sleep(knobs.delay_s)
         if knobs.status != 200:
             headers = {"Retry-After": knobs.retry_after} if knobs.status == 429 else None
             envelope = {"error": {"message": knobs.message, "type": "stub", "param": None, "code": None}}
-            return knobs, body, web.Response(status=knobs.status, body=orjson.dumps(envelope),
-                                             content_type="application/json", headers=headers)  # fmt: skip
+            return (
+                knobs,
+                body,
+                web.Response(
+                    status=knobs.status, body=orjson.dumps(envelope), content_type="application/json", headers=headers
+                ),
+            )
         return knobs, body, None
 
     @staticmethod
     def _json(data: Any) -> web.Response:
-        return web.Response(body=data if isinstance(data, bytes) else orjson.dumps(data), content_type="application/json")
+        return web.Response(
+            body=data if isinstance(data, bytes) else orjson.dumps(data), content_type="application/json"
+        )
 
     # -- routes --
 
@@ -113,17 +125,19 @@ class Stubs:
         async def ready(_: web.Request) -> web.Response:
             knobs = self.knobs[name]
             if not knobs.ready:
-                return web.Response(status=503, body=orjson.dumps({"error": {"message": f"{name} stub is warming up"}}),
-                                    content_type="application/json")  # fmt: skip
+                return web.Response(
+                    status=503,
+                    body=orjson.dumps({"error": {"message": f"{name} stub is warming up"}}),
+                    content_type="application/json",
+                )
             return self._json({"status": "ready", "service": name})
 
         async def set_knobs(request: web.Request) -> web.Response:
             """Benchmarks change a stub in another process: {"chunk_delay_s": 0.01, "tokens": 20, ...}."""
             knobs = self.knobs[name]
             for key, value in (await request.json()).items():
-                if key == "tokens" and isinstance(value, int):
-                    value = [f" t{i}" for i in range(value)]
-                setattr(knobs, key, value)
+                tokens = [f" t{i}" for i in range(value)] if key == "tokens" and isinstance(value, int) else None
+                setattr(knobs, key, value if tokens is None else tokens)
             return self._json({"ok": True})
 
         app.router.add_post("/_knobs", set_knobs)
@@ -140,14 +154,29 @@ class Stubs:
         if name == "llm":
 
             async def models(_: web.Request) -> web.Response:
-                return self._json({"object": "list", "data": [{"id": "stub-llm", "object": "model", "owned_by": "stub"}]})
+                return self._json(
+                    {"object": "list", "data": [{"id": "stub-llm", "object": "model", "owned_by": "stub"}]}
+                )
 
             app.router.add_get("/v1/models", models)
         return app
 
     async def embeddings(self, request: web.Request) -> web.Response:
-        _, _, error = await self._common("embedding", request)
-        return error or self._json(self._embed_body)
+        _, body, error = await self._common("embedding", request)
+        if error:
+            return error
+        inputs = body.get("input") if isinstance(body, dict) else None
+        if isinstance(inputs, list) and len(inputs) != 1:  # a batch (dataprep): one vector per input
+            data = [{"object": "embedding", "index": i, "embedding": VECTOR} for i in range(len(inputs))]
+            return self._json(
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": "stub-embedding",
+                    "usage": {"prompt_tokens": 8, "total_tokens": 8},
+                }
+            )
+        return self._json(self._embed_body)
 
     async def tei_embed(self, request: web.Request) -> web.Response:
         _, _, error = await self._common("embedding", request)
@@ -158,16 +187,28 @@ class Stubs:
         if error:
             return error
         docs = knobs.documents[: body.get("k", 4)]
-        return self._json({"query": body.get("text"), "collection": body.get("collection") or "rag-redis",
-                           "search_type": body.get("search_type", "similarity"), "documents": docs})  # fmt: skip
+        return self._json(
+            {
+                "query": body.get("text"),
+                "collection": body.get("collection") or "rag-redis",
+                "search_type": body.get("search_type", "similarity"),
+                "documents": docs,
+            }
+        )
 
     async def opea_retrieval(self, request: web.Request) -> web.Response:
         knobs, body, error = await self._common("retriever", request)
         if error:
             return error
         docs = knobs.documents[: body.get("k", 4)]
-        return self._json({"id": "x", "retrieved_docs": [{"text": d["text"]} for d in docs],
-                           "initial_query": body.get("text"), "top_n": 1})  # fmt: skip
+        return self._json(
+            {
+                "id": "x",
+                "retrieved_docs": [{"text": d["text"]} for d in docs],
+                "initial_query": body.get("text"),
+                "top_n": 1,
+            }
+        )
 
     async def rerank(self, request: web.Request) -> web.Response:
         _, body, error = await self._common("reranker", request)
@@ -195,20 +236,46 @@ class Stubs:
         model, created, cid = "stub-llm", int(time.time()), "chatcmpl-stub"
         if not body.get("stream"):
             text = "".join(knobs.tokens)
-            return self._json({
-                "id": cid, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
-                             "logprobs": None}],
-                "usage": {"prompt_tokens": 11, "completion_tokens": len(knobs.tokens), "total_tokens": 11 + len(knobs.tokens)},
-            })  # fmt: skip
+            return self._json(
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                            "logprobs": None,
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": 11,
+                        "completion_tokens": len(knobs.tokens),
+                        "total_tokens": 11 + len(knobs.tokens),
+                    },
+                }
+            )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         self.llm_streams_open += 1
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-            return b"data: " + orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                             "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                             "finish_reason": finish}], **extra}) + b"\n\n"  # fmt: skip
+            return (
+                b"data: "
+                + orjson.dumps(
+                    {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                        **extra,
+                    }
+                )
+                + b"\n\n"
+            )
 
         try:
             await resp.write(chunk({"role": "assistant", "content": ""}))
@@ -216,7 +283,8 @@ class Stubs:
                 if knobs.chunk_delay_s:
                     await asyncio.sleep(knobs.chunk_delay_s)
                 if knobs.fail_after is not None and n == knobs.fail_after:
-                    await resp.write(b'data: {"error":{"message":"stub generation failed","type":"internal_error","param":null,"code":null}}\n\n')
+                    error = {"message": "stub generation failed", "type": "internal_error", "param": None, "code": None}
+                    await resp.write(b"data: " + orjson.dumps({"error": error}) + b"\n\n")
                     await resp.write(b"data: [DONE]\n\n")
                     return resp
                 if knobs.cut_after is not None and n == knobs.cut_after:
@@ -225,9 +293,25 @@ class Stubs:
                 await resp.write(chunk({"content": token}))
             await resp.write(chunk({}, "stop"))
             if (body.get("stream_options") or {}).get("include_usage"):
-                usage = {"prompt_tokens": 11, "completion_tokens": len(knobs.tokens), "total_tokens": 11 + len(knobs.tokens)}
-                await resp.write(b"data: " + orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                 "model": model, "choices": [], "usage": usage}) + b"\n\n")  # fmt: skip
+                usage = {
+                    "prompt_tokens": 11,
+                    "completion_tokens": len(knobs.tokens),
+                    "total_tokens": 11 + len(knobs.tokens),
+                }
+                await resp.write(
+                    b"data: "
+                    + orjson.dumps(
+                        {
+                            "id": cid,
+                            "object": "chat.completion.chunk",
+                            "created": created,
+                            "model": model,
+                            "choices": [],
+                            "usage": usage,
+                        }
+                    )
+                    + b"\n\n"
+                )
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
         finally:
@@ -264,6 +348,10 @@ class StubMesh:
     @property
     def seen(self) -> dict[str, list[Any]]:
         return self.stubs.seen
+
+    @property
+    def headers(self) -> dict[str, list[dict[str, str]]]:
+        return self.stubs.headers
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"

@@ -18,9 +18,15 @@ def build_tiny_cross_encoder(models_dir: Path, folder: Path) -> Path:
     for name in TOKENIZER_FILES:
         shutil.copy(models_dir / "all-MiniLM-L6-v2" / name, folder / name)
     config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=512, num_labels=1, initializer_range=0.5,
-    )  # fmt: skip
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=1,
+        initializer_range=0.5,
+    )
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(folder)
     return folder

@@ -22,14 +22,18 @@ class FakeEmbeddings:
         self.requests: list[list[str]] = []
         self.refuse = refuse
 
-    async def request_json(self, method: str, url: str, *, node: str, timeout_s: float, json_body, headers):  # noqa: ANN001, ANN201
+    async def request_json(self, method: str, url: str, *, node: str, timeout_s: float, json_body, headers):
         texts = json_body["input"]
         self.requests.append(texts)
         await asyncio.sleep(0.001)
         if self.refuse and any(self.refuse in t for t in texts):
             raise UpstreamError("embedding answered HTTP 400: input too long", node=node, status=400)
         data = [{"index": i, "embedding": [float(len(t)), float(ord(t[0]))]} for i, t in enumerate(texts)]
-        return {"data": data[::-1], "model": "fake"}  # any order: indexes say which is which
+        return {
+            "data": data[::-1],
+            "model": "fake",
+            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        }  # any order: indexes say which is which
 
 
 def embedder(**settings: object) -> ChunkEmbedder:
@@ -43,7 +47,7 @@ def test_jobs_share_requests_of_similar_lengths_and_get_their_own_vectors() -> N
         emb.start(fake)  # type: ignore[arg-type]
         done: dict[str, int] = {"a": 0, "b": 0}
 
-        def progress(job: str):  # noqa: ANN202
+        def progress(job: str):
             async def report(n: int) -> None:
                 done[job] += n
 
@@ -54,7 +58,9 @@ def test_jobs_share_requests_of_similar_lengths_and_get_their_own_vectors() -> N
         (va, ma), (vb, mb) = await asyncio.gather(emb.embed(a, progress("a")), emb.embed(b, progress("b")))
         await emb.close()
         assert ma == mb == "fake" and done == {"a": 5, "b": 3}
-        assert np.array_equal(va, [[len(t), ord("a")] for t in a]) and np.array_equal(vb, [[len(t), ord("b")] for t in b])
+        assert np.array_equal(va, [[len(t), ord("a")] for t in a]) and np.array_equal(
+            vb, [[len(t), ord("b")] for t in b]
+        )
         assert sorted(len(t) for r in fake.requests for t in r) == sorted(len(t) for t in a + b)
         for request in fake.requests:
             lengths = [len(t) for t in request]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from comps.dataprep.parsing import ParseError, TextChunk, parse_document
@@ -18,7 +20,7 @@ def test_recursive_split_respects_size_and_overlap() -> None:
     words = " ".join(f"w{i:03d}" for i in range(300))  # 1499 characters
     chunks = parse_document(words.encode(), "text", 200, 40)
     assert all(len(c.text) <= 200 for c in chunks) and len(chunks) >= 8
-    for left, right in zip(chunks, chunks[1:], strict=False):
+    for left, right in itertools.pairwise(chunks):
         assert left.text.split()[-1] in right.text.split()  # neighbours share words (overlap)
     assert " ".join(texts(chunks)).split()[0] == "w000" and chunks[-1].text.endswith("w299")
     assert all(c.page is None for c in chunks)
@@ -111,7 +113,9 @@ def test_pdf_encrypted_with_an_empty_password_is_read() -> None:
 
 def test_docx_headings_paragraphs_and_tables() -> None:
     data = make_docx("Report", ["Sales grew.", "Costs fell."], [["region", "sales"], ["north", "12"]])
-    assert texts(parse_document(data, "docx", 1000, 0)) == ["Report\n\nSales grew.\nCosts fell.\nregion | sales\nnorth | 12"]
+    assert texts(parse_document(data, "docx", 1000, 0)) == [
+        "Report\n\nSales grew.\nCosts fell.\nregion | sales\nnorth | 12"
+    ]
     with pytest.raises(ParseError, match=r"^not a readable \.docx \(Word 2007\+\) file: File is not a zip file"):
         parse_document(b"plain text", "docx", 100, 0)
 
@@ -126,21 +130,21 @@ def test_json_and_jsonl() -> None:
     assert texts(parse_document(b'[{"k": "v\xc3\xa9"}, "plain"]', "json", 1000, 0)) == ['{"k": "v\u00e9"}\n\nplain']
     assert texts(parse_document(b'{"a": {"b": 1}}', "json", 1000, 0)) == ['{\n "a": {\n  "b": 1\n }\n}']
     assert texts(parse_document(b'{"a": 1}\n\n{"b": 2}\n', "jsonl", 1000, 0)) == ['{"a": 1}\n\n{"b": 2}']
-    with pytest.raises(ParseError, match="^invalid JSON: Expecting ',' delimiter"):
+    with pytest.raises(ParseError, match=r"^invalid JSON: Expecting ',' delimiter"):
         parse_document(b'{"a": 1 "b": 2}', "json", 100, 0)
-    with pytest.raises(ParseError, match="^line 3 is not valid JSON"):
+    with pytest.raises(ParseError, match=r"^line 3 is not valid JSON"):
         parse_document(b'{"a": 1}\n\n[oops\n', "jsonl", 100, 0)
 
 
 def test_text_encodings() -> None:
     assert texts(parse_document("\ufeffcaf\u00e9".encode(), "text", 100, 0)) == ["caf\u00e9"]
     assert texts(parse_document("caf\u00e9".encode("latin-1"), "text", 100, 0)) == ["caf\u00e9"]
-    with pytest.raises(ParseError, match="^the file is binary, not text"):
+    with pytest.raises(ParseError, match=r"^the file is binary, not text"):
         parse_document(b"\x89PNG\x00\x00\xff\xfe", "text", 100, 0)
 
 
 def test_whitespace_only_document_has_no_text() -> None:
-    with pytest.raises(ParseError, match="^no text found in the markdown document$"):
+    with pytest.raises(ParseError, match=r"^no text found in the markdown document$"):
         parse_document(b"  \n\n\t\n", "markdown", 100, 0)
 
 

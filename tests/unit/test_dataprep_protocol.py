@@ -58,7 +58,9 @@ def test_document_id_is_stable_per_collection_and_source() -> None:
 BOUNDARY = "XyZ"
 
 
-def multipart_request(chunks, content_type: str = f"multipart/form-data; boundary={BOUNDARY}") -> tuple[Request, list[int]]:  # noqa: ANN001
+def multipart_request(
+    chunks, content_type: str = f"multipart/form-data; boundary={BOUNDARY}"
+) -> tuple[Request, list[int]]:
     """A request whose body is the iterator ``chunks``; the list counts the bytes the reader took."""
     taken = [0]
     it = iter(chunks)
@@ -83,7 +85,7 @@ def part(name: str, body: bytes, filename: str | None = None) -> bytes:
 END = f"--{BOUNDARY}--\r\n".encode()
 
 
-def read(request: Request, spool: Path, max_file_bytes: int = 1000, max_files: int = 3):  # noqa: ANN201
+def read(request: Request, spool: Path, max_file_bytes: int = 1000, max_files: int = 3):
     return asyncio.run(read_ingest_form(request, spool_dir=spool, max_file_bytes=max_file_bytes, max_files=max_files))
 
 
@@ -101,14 +103,14 @@ def test_reads_fields_and_spools_files(tmp_path: Path) -> None:
 
 
 def test_oversized_file_is_refused_before_the_rest_is_read(tmp_path: Path) -> None:
-    def endless():  # noqa: ANN202
+    def endless():
         yield part("files", b"small", "ok.txt")[:-2] + b"\r\n"
-        yield f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.txt\"\r\n\r\n".encode()
+        yield f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; filename="big.txt"\r\n\r\n'.encode()
         while True:
             yield b"x" * 65536
 
     request, taken = multipart_request(endless())
-    with pytest.raises(PayloadTooLarge, match="^big.txt is larger than the limit of 100000 bytes$"):
+    with pytest.raises(PayloadTooLarge, match=r"^big\.txt is larger than the limit of 100000 bytes$"):
         read(request, tmp_path, max_file_bytes=100_000)
     assert taken[0] < 100_000 + 2 * 65536 + 1000
     assert list(tmp_path.iterdir()) == []  # the good file's spool is gone too
@@ -117,10 +119,18 @@ def test_oversized_file_is_refused_before_the_rest_is_read(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("body", "error", "message"),
     [
-        (part("files", b"MZ", "x.exe") + END, UnsupportedMediaType, "x.exe: unsupported file type; supported extensions: .csv"),
+        (
+            part("files", b"MZ", "x.exe") + END,
+            UnsupportedMediaType,
+            "x.exe: unsupported file type; supported extensions: .csv",
+        ),
         (part("files", b"", "empty.txt") + END, BadRequest, "empty.txt is empty"),
         (part("other", b"data", "a.txt") + END, BadRequest, "unexpected file in form field 'other'"),
-        (b"".join(part("files", b"x", f"{i}.txt") for i in range(4)) + END, BadRequest, "more than 3 files in one request"),
+        (
+            b"".join(part("files", b"x", f"{i}.txt") for i in range(4)) + END,
+            BadRequest,
+            "more than 3 files in one request",
+        ),
         (part("link_list", b"x" * (1024 * 1024 + 1)) + END, PayloadTooLarge, "form field 'link_list' is larger than"),
         (part("files", b"abc", "a.txt"), BadRequest, "the multipart body ended before its closing boundary"),
     ],
@@ -140,7 +150,7 @@ def test_empty_file_input_is_no_file(tmp_path: Path) -> None:
 def test_other_content_types(tmp_path: Path) -> None:
     request, _ = multipart_request([b"link_list=%5B%5D&chunk_size=10"], "application/x-www-form-urlencoded")
     assert read(request, tmp_path).fields == {"link_list": "[]", "chunk_size": "10"}
-    with pytest.raises(UnsupportedMediaType, match="^ingest expects multipart/form-data .* not application/json$"):
+    with pytest.raises(UnsupportedMediaType, match=r"^ingest expects multipart/form-data .* not application/json$"):
         read(multipart_request([b"{}"], "application/json")[0], tmp_path)
     with pytest.raises(BadRequest, match="without a boundary"):
         read(multipart_request([b""], "multipart/form-data")[0], tmp_path)

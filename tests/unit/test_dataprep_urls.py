@@ -75,5 +75,7 @@ def test_resolver_refuses_at_connect_time() -> None:
         finally:
             await resolver.close()
 
-    with pytest.raises(OSError, match="refused to connect to localhost: it resolves to 127.0.0.1, a loopback address"):
+    with pytest.raises(
+        OSError, match=r"refused to connect to localhost: it resolves to 127\.0\.0\.1, a loopback address"
+    ):
         asyncio.run(resolve("localhost"))

@@ -1,9 +1,9 @@
-"""docker_compose/: the files validate against the compose spec, and each profile runs what it should."""
+"""docker_compose/: the files validate against the compose spec, each profile runs what it should, only
+the gateway is published, and every internal service requires the mesh's internal token."""
 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -11,17 +11,21 @@ import pytest
 from comps.runtime.settings import RuntimeSettings
 from tests.support.deploy import (
     COMPOSE_DIR,
+    INTERNAL_TOKEN,
     MODEL_SERVICES,
     PROFILES,
+    PUBLISHED,
     REPO,
     SPECS,
-    VENV_BIN,
-    load_yaml,
+    callers,
     compose_project,
     default_port,
+    dev_tool,
     environment,
     interpolate,
     interpolations,
+    load_yaml,
+    secret_wiring,
     set_env_exports,
     strings,
 )
@@ -59,31 +63,47 @@ def resolved(profile: str, shell_env: dict[str, str]) -> dict[str, dict]:
 def test_every_compose_file_validates_against_the_compose_spec() -> None:
     files = sorted(COMPOSE_DIR.rglob("*.yaml")) + sorted(COMPOSE_DIR.rglob("*.yml"))
     assert set(PROFILES.values()) <= set(files)
-    tool = VENV_BIN / "check-jsonschema"
-    exe = str(tool) if tool.exists() else shutil.which("check-jsonschema")
-    assert exe, "check-jsonschema is missing: install the dev extra (pip install -e '.[dev]')"
     result = subprocess.run(
-        [exe, "--builtin-schema", "vendor.compose-spec", *map(str, files)], capture_output=True, text=True, timeout=120
+        [dev_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_each_profile_runs_redis_and_every_service(profile: str) -> None:
+def test_each_profile_runs_redis_postgres_and_every_service(profile: str) -> None:
     project = compose_project(PROFILES[profile])
-    expected = {"redis", *SPECS} | ({"vllm"} if profile == "nvidia-vllm" else set())
+    expected = {"redis", "postgres", "phoenix", *SPECS} | ({"vllm"} if profile == "nvidia-vllm" else set())
     assert set(project["services"]) == expected
     assert project["name"] == "chatqna"
-    assert "redis-data" in project["volumes"]
+    assert {"redis-data", "postgres-data", "phoenix-data"} <= set(project["volumes"])
     redis = project["services"]["redis"]
     assert redis["image"].startswith("redis/redis-stack-server:") and "latest" not in redis["image"]
     assert "redis-data:/data" in redis["volumes"]
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
 
 
+def test_postgres_keeps_its_data_and_reports_ready_over_tcp(profile: str, shell_env: dict[str, str]) -> None:
+    raw = compose_project(PROFILES[profile])["services"]["postgres"]
+    assert raw["image"] == "pgvector/pgvector:pg17"
+    assert raw["volumes"] == ["postgres-data:/var/lib/postgresql/data"]
+    assert raw["healthcheck"]["test"][:4] == ["CMD", "pg_isready", "-h", "127.0.0.1"]
+    assert raw["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    env = environment(resolved(profile, shell_env)["postgres"])
+    assert env["POSTGRES_PASSWORD"] == shell_env["POSTGRES_PASSWORD"]
+    user, db = env["POSTGRES_USER"], env["POSTGRES_DB"]
+    assert raw["healthcheck"]["test"][4:] == ["-U", user, "-d", db]
+    gateway = environment(resolved(profile, shell_env)["gateway"])
+    assert gateway["DATABASE_URL"] == f"postgresql://{user}:{shell_env['POSTGRES_PASSWORD']}@postgres:5432/{db}"
+
+
 def test_services_start_after_what_they_call_is_healthy(profile: str) -> None:
     services = compose_project(PROFILES[profile])["services"]
-    for name, spec in SPECS.items():
-        expected = set(spec.needs) | ({"redis"} if spec.uses_redis else set())
+    called_by = callers()
+    for name in SPECS:
+        expected = {target for target, who in called_by.items() if name in who}
         if profile == "nvidia-vllm" and name == "llm":
             expected.add("vllm")
         depends = services[name].get("depends_on") or {}
@@ -118,19 +138,64 @@ def test_each_service_is_built_from_its_own_extra(profile: str, name: str, shell
     assert svc["image"] == f"chatqna/{name}{suffix}:latest"
 
 
-@pytest.mark.parametrize("name", list(SPECS))
-def test_only_the_gateway_and_dataprep_are_published(profile: str, name: str, shell_env: dict[str, str]) -> None:
+def published_services(services: dict[str, dict]) -> set[str]:
+    """Services reachable from outside the host: a `ports` entry not bound to 127.0.0.1, or the host's network."""
+    return {
+        name
+        for name, svc in services.items()
+        if any(not str(p).startswith("127.0.0.1:") for p in svc.get("ports") or ()) or svc.get("network_mode") == "host"
+    }
+
+
+def test_phoenix_is_optional_and_on_this_host_only(profile: str, shell_env: dict[str, str]) -> None:
     services = resolved(profile, shell_env)
-    published = {"gateway": "gateway_port", "dataprep": "dataprep_port"}  # RuntimeSettings: the host's ports
-    port = default_port(SPECS[name])
-    if name in published:
-        host_default = RuntimeSettings.model_fields[published[name]].default
-        assert services[name]["ports"] == [f"{host_default}:{port}"]
-        assert "expose" not in services[name]
-    else:
-        assert "ports" not in services[name], f"{name} should not be published (scaling it would clash)"
-        assert services[name]["expose"] == [str(port)]
-    assert "ports" not in services["redis"]
+    phoenix = services["phoenix"]
+    assert phoenix["profiles"] == ["tracing"] and phoenix["image"].startswith("arizephoenix/phoenix:version-")
+    assert phoenix["ports"] == ["127.0.0.1:6006:6006"] and phoenix["volumes"] == ["phoenix-data:/mnt/data"]
+    for name in SPECS:  # no prompt, answer or passage text in spans unless the operator says so
+        env = environment(services[name])
+        assert env["OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"] == "false", name
+
+
+def test_only_the_gateway_is_published_in_any_compose_file() -> None:
+    for path in sorted(COMPOSE_DIR.rglob("*.yaml")):
+        services = load_yaml(path).get("services") or {}
+        assert published_services(services) <= PUBLISHED, f"{path} publishes {published_services(services) - PUBLISHED}"
+
+
+def test_each_profile_publishes_the_gateway_and_nothing_else(profile: str, shell_env: dict[str, str]) -> None:
+    services = resolved(profile, shell_env)
+    assert published_services(services) == {"gateway"}
+    port = default_port(SPECS["gateway"])
+    assert services["gateway"]["ports"] == [f"{RuntimeSettings.model_fields['gateway_port'].default}:{port}"]
+    assert "expose" not in services["gateway"]
+    for name in set(SPECS) - {"gateway"}:  # reached by name inside the network; they scale in place
+        assert services[name]["expose"] == [str(default_port(SPECS[name]))], name
+    assert services["redis"]["expose"] == ["6379"] and services["postgres"]["expose"] == ["5432"]
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_every_service_requires_and_sends_the_internal_token(profile: str, name: str, shell_env: dict) -> None:
+    env = environment(resolved(profile, shell_env)[name])
+    token = shell_env[INTERNAL_TOKEN]
+    for key, ref in secret_wiring(SPECS[name]).items():
+        secret = ref.removeprefix("$(").removesuffix(")")
+        assert env.get(key) == shell_env[secret], f"{profile}/{name}: {key} is not ${{{secret}}}"
+    raw = environment(compose_project(PROFILES[profile])["services"][name])
+    required_key = next(iter(secret_wiring(SPECS[name])))  # <PREFIX>API_KEY; the gateway's INTERNAL_API_KEY
+    with pytest.raises(KeyError, match=INTERNAL_TOKEN):  # compose refuses to start without it
+        interpolate(raw[required_key], {})
+    if name == "gateway":
+        assert "GATEWAY_API_KEY" not in env, "accounts and API keys replace one static gateway key"
+        assert "GATEWAY_AUTH_ENABLED" not in env, "auth stays on (the default) behind a published port"
+        assert env["GATEWAY_DATAPREP_URL"] == f"http://dataprep:{default_port(SPECS['dataprep'])}"
+        assert token != shell_env["GATEWAY_JWT_SECRET"]
+
+
+def test_vllm_requires_the_internal_token_too(shell_env: dict[str, str]) -> None:
+    services = resolved("nvidia-vllm", shell_env)
+    assert environment(services["vllm"])["VLLM_API_KEY"] == shell_env[INTERNAL_TOKEN]
+    assert environment(services["llm"])["LLM_REMOTE_API_KEY"] == shell_env[INTERNAL_TOKEN]
 
 
 def test_models_are_mounted_read_only_only_where_a_model_runs(profile: str, shell_env: dict[str, str]) -> None:

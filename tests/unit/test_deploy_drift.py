@@ -1,6 +1,7 @@
 """No drift between the deployment files and the code: every variable compose and Kubernetes set is one
 that the service's settings class reads (`ServiceSettings.env_names()`), each service is told what it
-needs, and the ports agree everywhere (settings default == comps/runtime/mesh.py == compose == k8s).
+needs (secrets included), the settings class accepts what it is told (the gateway's secure-default checks
+pass), and the ports agree everywhere (settings default == comps/runtime/mesh.py == compose == k8s).
 
 Settings classes come from comps/runtime/mesh.py (ServiceSpec.settings). A service whose settings
 module does not exist yet is skipped; with CHATQNA_REQUIRE_ALL=1 that is a failure instead."""
@@ -15,11 +16,14 @@ from tests.support.deploy import (
     by_kind,
     compose_project,
     config_map,
+    container_env,
     default_port,
     environment,
     interpolate,
     kustomize,
     runtime_env_names,
+    secret_wiring,
+    secrets_as_references,
     set_env_exports,
     settings_class,
     wiring,
@@ -27,8 +31,20 @@ from tests.support.deploy import (
 
 pytestmark = pytest.mark.unit
 
-SHARED = {"REDIS_URL", "INDEX_NAME", "LOG_FORMAT", "LOG_LEVEL", "OTEL_EXPORTER_OTLP_ENDPOINT", "CHATQNA_MODELS_DIR"}
+SHARED = {
+    "REDIS_URL",
+    "INDEX_NAME",
+    "LOG_FORMAT",
+    "LOG_LEVEL",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "CHATQNA_MODELS_DIR",
+    "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "CHATQNA_ADMIN_USER",  # the gateway's first admin (README.md puts it in the ConfigMap)
+}
 PREFIXES = {spec.env_prefix for spec in SPECS.values()}
+# Set on the gateway's container only so that Kubernetes can expand it into DATABASE_URL.
+K8S_HELPERS = {"gateway": {"POSTGRES_PASSWORD"}}
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +58,21 @@ def k8s() -> dict[str, list[dict]]:
 
 
 def compose_env(profile: str, name: str, shell_env: dict[str, str]) -> dict[str, str | None]:
+    """A service's compose environment after set_env.sh, each secret shown as ``$(NAME)`` of its variable."""
     raw = environment(compose_project(PROFILES[profile])["services"][name])
-    return {k: interpolate(v, shell_env) for k, v in raw.items()}
+    env = secrets_as_references(shell_env)
+    return {k: interpolate(v, env) for k, v in raw.items()}
+
+
+def k8s_env(docs: list[dict], name: str) -> dict[str, str]:
+    """What a service's container gets: the ConfigMap, then its own `env` (secretKeyRef as ``$(KEY)``)."""
+    return {**config_map(docs), **container_env(docs, name)}
 
 
 def assert_told_what_it_needs(where: str, spec, cls, env: dict) -> None:
-    """Where it listens and where its dependencies are (`wiring`), and every setting without a default."""
-    for key, value in wiring(spec).items():
+    """Where it listens, where its dependencies are (`wiring`), the secrets it needs (`secret_wiring`), and
+    every setting without a default."""
+    for key, value in {**wiring(spec), **secret_wiring(spec)}.items():
         assert env.get(key) == value, f"{where}/{spec.name}: {key}={env.get(key)!r}, should be {value!r}"
     required = {cls.env_name(f) for f, info in cls.model_fields.items() if info.is_required()}
     assert required <= set(env), f"{where}/{spec.name} lacks {required - set(env)}, which {cls.__name__} requires"
@@ -74,7 +98,52 @@ def test_kubernetes_config_of_each_service_is_read_by_it(overlay: str, name: str
     own = {k for k in config if k.startswith(spec.env_prefix)}
     dead = own - cls.env_names()
     assert not dead, f"{overlay}: ConfigMap sets {sorted(dead)}, which {cls.__name__} does not read"
-    assert_told_what_it_needs(f"k8s {overlay}", spec, cls, config)
+    dead = set(container_env(k8s[overlay], name)) - cls.env_names() - K8S_HELPERS.get(name, set())
+    assert not dead, f"{overlay}: the {name} container's env sets {sorted(dead)}, which {cls.__name__} does not read"
+    assert_told_what_it_needs(f"k8s {overlay}", spec, cls, k8s_env(k8s[overlay], name))
+
+
+def accepts(cls, env: dict[str, str | None], monkeypatch: pytest.MonkeyPatch):
+    """Load ``cls`` from exactly ``env`` (None: unset), as the container would at start."""
+    for var in cls.env_names() | set(env):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        if value is not None:
+            monkeypatch.setenv(var, value)
+    return cls()
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_each_service_accepts_what_compose_gives_it(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings validate with the real generated secrets: auth on, a strong JWT secret, a database."""
+    cls = settings_class(SPECS[name])
+    env = set_env_exports()
+    raw = environment(compose_project(PROFILES["cpu"])["services"][name])
+    settings = accepts(cls, {k: interpolate(v, env) for k, v in raw.items()}, monkeypatch)
+    assert settings.api_key is None or settings.api_key.get_secret_value() == env["CHATQNA_INTERNAL_TOKEN"]
+    if name != "gateway":
+        assert settings.api_key is not None, f"{name} would answer calls without the internal token"
+    else:
+        assert settings.auth_enabled is True
+        assert settings.internal_api_key.get_secret_value() == env["CHATQNA_INTERNAL_TOKEN"]
+        assert settings.jwt_secret.get_secret_value() == env["GATEWAY_JWT_SECRET"]
+        assert settings.database_url == f"postgresql://chatqna:{env['POSTGRES_PASSWORD']}@postgres:5432/chatqna"
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_each_service_accepts_what_kubernetes_gives_it(name: str, k8s, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the Secret's keys filled in the way `kubectl create secret --from-env-file` would."""
+    cls = settings_class(SPECS[name])
+    secrets = set_env_exports()
+    env = k8s_env(k8s["cpu"], name)
+    for key, value in secrets.items():  # secretKeyRef entries and $(VAR) expansion, as the kubelet does
+        env = {k: v.replace(f"$({key})", value) for k, v in env.items()}
+    env = {k: v for k, v in env.items() if "$(" not in v}  # optional keys the Secret does not hold
+    settings = accepts(cls, env, monkeypatch)
+    if name != "gateway":
+        assert settings.api_key is not None and settings.api_key.get_secret_value() == secrets["CHATQNA_INTERNAL_TOKEN"]
+    else:
+        assert settings.auth_enabled is True and settings.database_url.startswith("postgresql://chatqna:")
 
 
 @pytest.mark.parametrize("overlay", ["cpu", "nvidia"])
@@ -99,13 +168,14 @@ def test_kubernetes_config_has_no_dead_variables(overlay: str, k8s) -> None:
 
 @pytest.mark.parametrize("name", list(SPECS))
 def test_compose_and_kubernetes_tell_a_service_the_same(name: str, shell_env: dict[str, str], k8s) -> None:
-    """On CPU, each value compose gives a service (after set_env.sh) is the one the k8s ConfigMap gives."""
+    """On CPU, each value compose gives a service (after set_env.sh) is the one Kubernetes gives: the
+    ConfigMap's, or for a secret the same key of the Secret (both shown as ``$(NAME)``)."""
     settings_class(SPECS[name])
-    config = config_map(k8s["cpu"])
+    given = k8s_env(k8s["cpu"], name)
     for key, value in compose_env("cpu", name, shell_env).items():
         if value is None:  # passed through from the operator's shell when set
             continue
-        assert config.get(key) == value, f"{name}: compose {key}={value!r}, k8s ConfigMap {config.get(key)!r}"
+        assert given.get(key) == value, f"{name}: compose {key}={value!r}, Kubernetes {given.get(key)!r}"
 
 
 @pytest.mark.parametrize("name", list(SPECS))

@@ -1,11 +1,17 @@
 """docker/: each image installs only its service's extra (no torch where no model runs), runs as a
-non-root user, checks readiness, and builds from a context that holds what it copies."""
+non-root user, checks readiness, builds from a context that holds what it copies, and installs a package
+that carries every file of comps/ and megaservice/ (the gateway's migrations included)."""
 
 from __future__ import annotations
 
 import fnmatch
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -63,11 +69,61 @@ def test_each_service_has_an_extra_and_only_model_services_pull_a_model_runtime(
         assert not deps & MODEL_RUNTIMES, f"the {name} image would carry {deps & MODEL_RUNTIMES}"
 
 
+def test_gateway_image_carries_identity_and_nothing_heavier() -> None:
+    deps = set(closure("gateway"))
+    # accounts and keys in PostgreSQL (SQLAlchemy async, asyncpg, Alembic), argon2id, JWTs (RS/ES need crypto)
+    assert {"sqlalchemy", "asyncpg", "alembic", "argon2-cffi", "pyjwt"} <= deps
+    assert "crypto" in closure("gateway")["pyjwt"] and "asyncio" in closure("gateway")["sqlalchemy"]
+    local = {re.match(r"[A-Za-z0-9_.\-]+", req)[0].lower() for req in extras()["local"]}
+    assert not deps & (MODEL_RUNTIMES | local), f"the gateway image would carry {deps & (MODEL_RUNTIMES | local)}"
+
+
+def test_the_installed_package_carries_every_source_file(tmp_path: Path) -> None:
+    """`pip install .` (what the images run) ships each file under comps/ and megaservice/: the migrations
+    folders have no __init__.py and non-Python files (alembic's script template) need package data."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("comps", "megaservice"):
+        shutil.copytree(REPO / name, src / name, ignore=ignore)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = (tmp_path / "dist").glob("chatqna-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    sources = {
+        path.relative_to(src).as_posix()
+        for name in ("comps", "megaservice")
+        for path in (src / name).rglob("*")
+        if path.is_file()
+    }
+    assert sources - shipped == set(), "missing from the installed package (add them to package data)"
+
+
 @pytest.mark.parametrize("kind", list(DOCKERFILES))
 def test_images_install_one_extra_and_run_as_non_root_with_a_readiness_healthcheck(kind: str) -> None:
     build, runtime = stages(DOCKERFILES[kind])
     runs = " ".join(args for ins, args in build if ins == "RUN")
-    assert 'pip install' in runs and '".[${SERVICE}]"' in runs, "installs exactly one extra"
+    assert "pip install" in runs and '".[${SERVICE}]"' in runs, "installs exactly one extra"
     env = " ".join(args for ins, args in runtime if ins == "ENV")
     assert "CHATQNA_READY_URL=http://127.0.0.1:${PORT}/v1/ready" in env
     assert "CHATQNA_MODULE=${MODULE}" in env and "CHATQNA_MODELS_DIR=/models" in env

@@ -1,21 +1,27 @@
 """kubernetes/: every kustomization renders offline and its resources validate against the API schemas;
-the rendered objects have what an operator relies on (probes, requests, HPAs, GPUs only on nvidia)."""
+the rendered objects have what an operator relies on (probes, requests, HPAs, GPUs only on nvidia), only
+the gateway may be exposed, NetworkPolicies let only callers in, and secrets come from the operator's Secret."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.support.deploy import (
+    INTERNAL_TOKEN,
+    K8S_SECRET,
     KUSTOMIZATIONS,
     MODEL_SERVICES,
+    PUBLISHED,
+    SECRET_NAME,
+    SECRET_VARS,
     SPECS,
-    VENV_BIN,
     by_kind,
+    callers,
     config_map,
+    dev_tool,
     kustomize,
 )
 
@@ -43,21 +49,22 @@ def server(deployment: dict) -> dict:
 
 @pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
 def test_renders_and_validates_against_the_kubernetes_schemas(name: str, rendered, tmp_path: Path) -> None:
-    tool = VENV_BIN / "kubernetes-validate"
-    exe = str(tool) if tool.exists() else shutil.which("kubernetes-validate")
-    assert exe, "kubernetes-validate is missing: install the dev extra (pip install -e '.[dev]')"
+    exe = dev_tool("kubernetes-validate")
     manifest = tmp_path / f"{name}.yaml"
     manifest.write_text(rendered[name][0])
     # --strict rejects unknown fields; the schemas ship with the package (no network).
-    result = subprocess.run([exe, "--strict", "--quiet", str(manifest)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [exe, "--strict", "--quiet", str(manifest)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ERROR" not in result.stdout + result.stderr
 
 
-def test_one_deployment_and_service_per_service_plus_redis(docs: list[dict]) -> None:
+def test_one_deployment_and_service_per_service_plus_redis_and_postgres(docs: list[dict]) -> None:
     deployments, services = by_kind(docs, "Deployment"), by_kind(docs, "Service")
     assert set(deployments) == set(SPECS)
-    assert set(services) == set(SPECS) | {"redis"}
+    assert set(services) == set(SPECS) | {"redis", "postgres"}
+    assert set(by_kind(docs, "StatefulSet")) == {"redis", "postgres"}
     for name in SPECS:
         labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
         assert services[name]["spec"]["selector"] == {"app.kubernetes.io/name": name}
@@ -86,7 +93,7 @@ def test_probes_hit_the_real_endpoints(docs: list[dict]) -> None:
 
 def test_every_container_requests_resources(docs: list[dict]) -> None:
     pods = [d["spec"]["template"] for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")]
-    assert len(pods) == len(SPECS) + 2  # the services, redis, the model fetch job
+    assert len(pods) == len(SPECS) + 3  # the services, redis, postgres, the model fetch job
     for pod in pods:
         for c in pod["spec"]["containers"]:
             resources = c["resources"]
@@ -110,8 +117,9 @@ def test_services_read_the_settings_configmap_and_run_as_non_root(docs: list[dic
     for name, deployment in by_kind(docs, "Deployment").items():
         pod = deployment["spec"]["template"]["spec"]
         c = server(deployment)
-        assert {"configMapRef": {"name": config}} in c["envFrom"], name
-        assert "env" not in c, f"{name}: settings belong in the ConfigMap"
+        assert c["envFrom"] == [{"configMapRef": {"name": config}}], name
+        for entry in c.get("env", []):  # settings belong in the ConfigMap; `env` holds the secrets
+            assert "valueFrom" in entry or entry["name"] == "DATABASE_URL", f"{name}: {entry['name']}"
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
         assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
@@ -160,3 +168,97 @@ def test_gpu_limits_only_in_the_nvidia_overlay(rendered) -> None:
     assert config["LLM_N_GPU_LAYERS"] == "-1"  # every layer offloaded
     assert config["EMBEDDING_DEVICE"] == "cuda"
     assert config["RERANKER_DEVICE"] == "cpu"
+
+
+def test_postgres_is_a_statefulset_with_a_volume_and_a_readiness_probe(docs: list[dict]) -> None:
+    postgres = by_kind(docs, "StatefulSet")["postgres"]
+    assert [c["metadata"]["name"] for c in postgres["spec"]["volumeClaimTemplates"]] == ["data"]
+    pod = postgres["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "pgvector/pgvector:pg17"
+    assert {"name": "data", "mountPath": "/var/lib/postgresql/data"} in container["volumeMounts"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PGDATA"]["value"].startswith("/var/lib/postgresql/data/")  # below lost+found of the volume root
+    assert env["POSTGRES_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": K8S_SECRET, "key": "POSTGRES_PASSWORD"}}
+    user, db = env["POSTGRES_USER"]["value"], env["POSTGRES_DB"]["value"]
+    assert container["readinessProbe"]["exec"]["command"] == ["pg_isready", "-h", "127.0.0.1", "-U", user, "-d", db]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    service = by_kind(docs, "Service")["postgres"]["spec"]
+    assert service["ports"] == [{"name": "postgres", "port": 5432, "targetPort": "postgres"}]
+    gateway = {e["name"]: e for e in server(by_kind(docs, "Deployment")["gateway"])["env"]}
+    assert gateway["DATABASE_URL"]["value"] == f"postgresql://{user}:$(POSTGRES_PASSWORD)@postgres:5432/{db}"
+    names = list(gateway)
+    assert names.index("POSTGRES_PASSWORD") < names.index("DATABASE_URL"), "$(VAR) expands earlier entries only"
+
+
+def test_only_the_gateway_may_be_exposed(docs: list[dict]) -> None:
+    for name, service in by_kind(docs, "Service").items():
+        spec = service["spec"]
+        assert spec.get("type", "ClusterIP") == "ClusterIP", f"Service {name} is {spec['type']}"
+        assert not {"externalIPs", "loadBalancerIP", "externalName"} & set(spec), name
+        assert all("nodePort" not in port for port in spec["ports"]), name
+    for ingress in by_kind(docs, "Ingress").values():
+        backends = [p["backend"]["service"]["name"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
+        assert set(backends) <= PUBLISHED, f"Ingress {ingress['metadata']['name']} exposes {backends}"
+    pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")]
+    for pod in pods:
+        assert not pod.get("hostNetwork")
+        assert all("hostPort" not in p for c in pod["containers"] for p in c.get("ports", []))
+
+
+def test_network_policies_let_only_the_callers_in(docs: list[dict]) -> None:
+    policies = list(by_kind(docs, "NetworkPolicy").values())
+    targets: dict[str, dict] = {}
+    for policy in policies:
+        target = policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+        assert target not in targets, f"two NetworkPolicies select {target}"
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        targets[target] = policy
+    expected = {name: who for name, who in callers().items() if name not in PUBLISHED}
+    assert set(targets) == set(expected) | PUBLISHED
+    for target, who in expected.items():
+        rules = targets[target]["spec"]["ingress"]
+        assert len(rules) == 1, target
+        allowed = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in rules[0]["from"]}
+        assert allowed == who, f"{target} admits {allowed}, its callers are {who}"
+        assert all(set(peer) == {"podSelector"} for peer in rules[0]["from"]), "no namespace-wide or IP peers"
+    for name in PUBLISHED:
+        assert targets[name]["spec"]["ingress"] == [{"ports": [{"port": "http"}]}]  # anyone, on its port only
+
+
+def secret_refs(docs: list[dict]) -> dict[tuple[str, str], dict]:
+    """(workload, variable) -> its secretKeyRef, over every container of every workload."""
+    found = {}
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet", "Job"):
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                for e in c.get("env", []):
+                    if "secretKeyRef" in e.get("valueFrom", {}):
+                        found[(d["metadata"]["name"], e["name"])] = e["valueFrom"]["secretKeyRef"]
+    return found
+
+
+def test_secrets_come_from_the_operators_secret_and_each_pod_gets_only_its_own(docs: list[dict]) -> None:
+    refs = secret_refs(docs)
+    assert {r["name"] for r in refs.values()} == {K8S_SECRET}
+    # What `kubectl create secret generic chatqna-secrets --from-env-file=.state/secrets.env` holds.
+    assert {r["key"] for r in refs.values() if not r.get("optional")} == set(SECRET_VARS)
+    for name, spec in SPECS.items():
+        token = f"{spec.env_prefix}INTERNAL_API_KEY" if name == "gateway" else f"{spec.env_prefix}API_KEY"
+        assert refs[(name, token)] == {"name": K8S_SECRET, "key": INTERNAL_TOKEN}, name
+    holders = {workload for (workload, _), r in refs.items() if r["key"] in ("GATEWAY_JWT_SECRET", "POSTGRES_PASSWORD")}
+    assert holders == {"gateway", "postgres"}, "the JWT secret and the database password reach no other pod"
+    assert not by_kind(docs, "Secret"), "no Secret is rendered: the operator creates it (README.md)"
+
+
+def test_no_secret_is_written_into_a_manifest(rendered) -> None:
+    for name, (_, docs) in rendered.items():
+        for key in config_map(docs):
+            assert not SECRET_NAME.search(key), f"{name}: {key} belongs in the Secret, not the ConfigMap"
+        for d in docs:
+            if d["kind"] in ("Deployment", "StatefulSet", "Job"):
+                for c in d["spec"]["template"]["spec"]["containers"]:
+                    for e in c.get("env", []):
+                        if SECRET_NAME.search(e["name"]):
+                            assert "valueFrom" in e, f"{name}/{d['metadata']['name']}: {e['name']} has a literal value"

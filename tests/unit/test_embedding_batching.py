@@ -33,14 +33,16 @@ class Recorder:
         return [BadRequest(f"bad {p}") if p.startswith("bad") else p.upper() for p in payloads]
 
 
-def run_with(recorder: Recorder, body, **kw):  # noqa: ANN001
-    async def main():  # noqa: ANN202
+def run_with(recorder: Recorder, body, **kw):
+    async def main():
         executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         batcher = Batcher(
-            recorder, executor,
-            max_batch_size=kw.get("max_batch_size", 64), max_wait_s=kw.get("max_wait_s", 0.05),
+            recorder,
+            executor,
+            max_batch_size=kw.get("max_batch_size", 64),
+            max_wait_s=kw.get("max_wait_s", 0.05),
             max_queue=kw.get("max_queue", 1000),
-        )  # fmt: skip
+        )
         batcher.start()
         try:
             return await body(batcher)

@@ -4,10 +4,13 @@ SSE parsing, settings (with OPEA's variable names)."""
 from __future__ import annotations
 
 import asyncio
+import json
+
 import pytest
 from pydantic import ValidationError
 
-from comps.core.errors import UpstreamError
+from comps.core.errors import ConfigError, UpstreamError
+from comps.core.settings import load_settings
 from comps.embedding.protocol import EmbeddingResponse
 from comps.reranker.protocol import RerankResult
 from comps.retriever.protocol import RetrievalResponse
@@ -35,21 +38,31 @@ def msgs(*turns: tuple[str, str]) -> list[Message]:
 def test_defaults_follow_openai_and_opea_but_keep_three_passages() -> None:
     r = req()
     assert (r.stream, r.k, r.fetch_k, r.score_threshold, r.lambda_mult, r.search_type) == (
-        False, 4, 20, 0.2, 0.5, "similarity",
-    )  # fmt: skip
+        False,
+        4,
+        20,
+        0.2,
+        0.5,
+        "similarity",
+    )
     assert r.top_n == 3
     assert r.chat() == [Message(role="user", content="What is Zorblax?")]
 
 
 def test_the_frontend_seed_shape_is_accepted() -> None:
     r = ChatQnARequest.model_validate(
-        {"messages": [{"role": "user", "content": "hi"}], "stream": False,
-         "context": ["first passage", {"text": "second", "source": "b.txt"}], "meta": {"auth_token": ""}}
-    )  # fmt: skip
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": False,
+            "context": ["first passage", {"text": "second", "source": "b.txt"}],
+            "meta": {"auth_token": ""},
+        }
+    )
     q = a.Question.of(r, retrieves=True)
     assert [(p.id, p.source, p.text) for p in q.given] == [
-        ("context-0", "request", "first passage"), ("context-1", "b.txt", "second"),
-    ]  # fmt: skip
+        ("context-0", "request", "first passage"),
+        ("context-1", "b.txt", "second"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -59,9 +72,14 @@ def test_the_frontend_seed_shape_is_accepted() -> None:
         ({"messages": "  "}, "messages: must not be empty"),
         ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages: must contain a user message with text"),
         ({"messages": "q", "k": 0}, "k: Input should be greater than or equal to 1"),
-        ({"messages": "q", "chat_template": "{question} only"}, "chat_template: must contain both {context} and {question}"),
-        ({"messages": "q", "search_type": "similarity_distance_threshold"},
-         "search_type similarity_distance_threshold needs distance_threshold"),
+        (
+            {"messages": "q", "chat_template": "{question} only"},
+            "chat_template: must contain both {context} and {question}",
+        ),
+        (
+            {"messages": "q", "search_type": "similarity_distance_threshold"},
+            "search_type similarity_distance_threshold needs distance_threshold",
+        ),
         ({"messages": "q", "pipeline": "llm-only", "retrieval": True}, "pipeline llm-only contradicts retrieval=true"),
         ({"messages": "q", "filters": {"colour": "red"}}, "filters.colour"),
         ({"messages": "q", "n": 2}, "n: only n=1 is supported"),
@@ -91,7 +109,9 @@ def test_bad_fields_are_refused_with_the_reason(body: dict, message: str) -> Non
         ("llm-only", {"pipeline": "rag-rerank", "rerank": True}, "rag-rerank"),
     ],
 )
-def test_the_pipeline_is_the_deployment_default_narrowed_by_the_request(default: str, fields: dict, expected: str) -> None:
+def test_the_pipeline_is_the_deployment_default_narrowed_by_the_request(
+    default: str, fields: dict, expected: str
+) -> None:
     assert req(**fields).pipeline_for(default) == expected
 
 
@@ -110,14 +130,20 @@ def test_a_short_follow_up_gets_the_previous_user_turn() -> None:
 
 
 def test_a_pointing_word_makes_a_long_turn_a_follow_up() -> None:
-    chat = msgs(("user", "Tell me about the Zorblax reactor."), ("assistant", "..."),
-                ("user", "How much power does it produce at full load in winter?"))  # fmt: skip
+    chat = msgs(
+        ("user", "Tell me about the Zorblax reactor."),
+        ("assistant", "..."),
+        ("user", "How much power does it produce at full load in winter?"),
+    )
     assert retrieval_query(chat).startswith("Tell me about the Zorblax reactor.\n")
 
 
 def test_a_self_contained_turn_stands_alone() -> None:
-    chat = msgs(("user", "What is the capital of France?"), ("assistant", "Paris."),
-                ("user", "Which river flows through Budapest in Hungary?"))  # fmt: skip
+    chat = msgs(
+        ("user", "What is the capital of France?"),
+        ("assistant", "Paris."),
+        ("user", "Which river flows through Budapest in Hungary?"),
+    )
     assert retrieval_query(chat) == "Which river flows through Budapest in Hungary?"
 
 
@@ -126,7 +152,10 @@ def test_a_self_contained_turn_stands_alone() -> None:
 
 def test_the_rag_prompt_numbers_the_passages_and_keeps_the_history() -> None:
     chat = msgs(("system", "Be brief."), ("user", "Who made it?"), ("assistant", "A team."), ("user", "When was that?"))
-    passages = [Passage(id="1", text=" Built in 1999. ", source="a.txt", page=3), Passage(id="2", text="By Ada.", source=None)]
+    passages = [
+        Passage(id="1", text=" Built in 1999. ", source="a.txt", page=3),
+        Passage(id="2", text="By Ada.", source=None),
+    ]
     out = rag_messages(chat, passages, None)
     assert [m.role for m in out] == ["system", "user", "assistant", "user"]
     assert [m.content for m in out[:3]] == ["Be brief.", "Who made it?", "A team."]
@@ -148,27 +177,49 @@ def test_no_passages_are_said_to_be_missing() -> None:
 
 # -- adapters ---------------------------------------------------------------------------------------
 
-DOCS = RetrievalResponse.model_validate({
-    "query": "q", "collection": "c", "search_type": "similarity",
-    "documents": [
-        {"id": f"c:chunk:d{i}:1:0", "text": f"text {i}", "score": 0.9 - i / 10,
-         "metadata": {"source": f"d{i}.txt", "doc_id": f"d{i}", "page": i, "chunk": 0, "tags": []}}
-        for i in range(4)
-    ],
-})  # fmt: skip
+DOCS = RetrievalResponse.model_validate(
+    {
+        "query": "q",
+        "collection": "c",
+        "search_type": "similarity",
+        "documents": [
+            {
+                "id": f"c:chunk:d{i}:1:0",
+                "text": f"text {i}",
+                "score": 0.9 - i / 10,
+                "metadata": {"source": f"d{i}.txt", "doc_id": f"d{i}", "page": i, "chunk": 0, "tags": []},
+            }
+            for i in range(4)
+        ],
+    }
+)
 
 
 def test_the_retrieval_request_carries_the_vector_and_every_knob() -> None:
     emb = EmbeddingResponse.model_validate(
-        {"data": [{"index": 0, "embedding": [0.1, 0.2]}], "model": "m", "usage": {"prompt_tokens": 1, "total_tokens": 1}}
+        {
+            "data": [{"index": 0, "embedding": [0.1, 0.2]}],
+            "model": "m",
+            "usage": {"prompt_tokens": 1, "total_tokens": 1},
+        }
     )
-    q = a.Question.of(req(k=7, search_type="mmr", fetch_k=30, lambda_mult=0.3, collection="kb", filters={"tags": ["x"]}), retrieves=True)
+    q = a.Question.of(
+        req(k=7, search_type="mmr", fetch_k=30, lambda_mult=0.3, collection="kb", filters={"tags": ["x"]}),
+        retrieves=True,
+    )
     r = a.retrieve(q, emb)
     sent = r.__pydantic_serializer__.to_json(r, exclude_unset=True, exclude_none=True)
-    assert sent == (
-        b'{"text":"What is Zorblax?","embedding":[0.1,0.2],"collection":"kb","k":7,"search_type":"mmr",'
-        b'"fetch_k":30,"lambda_mult":0.3,"score_threshold":0.2,"filters":{"tags":["x"]}}'
-    )
+    assert json.loads(sent) == {
+        "text": "What is Zorblax?",
+        "embedding": [0.1, 0.2],
+        "collection": "kb",
+        "k": 7,
+        "search_type": "mmr",
+        "fetch_k": 30,
+        "lambda_mult": 0.3,
+        "score_threshold": 0.2,
+        "filters": {"tags": ["x"]},
+    }
 
 
 def test_an_embedding_answer_without_one_vector_is_a_bad_answer() -> None:
@@ -190,15 +241,20 @@ def test_reranked_passages_follow_the_reranker_after_the_callers_own() -> None:
     ranked = [RerankResult(index=2, score=0.8), RerankResult(index=0, score=0.5), RerankResult(index=1, score=0.1)]
     passages = a.reranked_passages(q, DOCS, ranked)
     assert [(p.id, p.score) for p in passages] == [
-        ("context-0", None), ("c:chunk:d2:1:0", 0.8), ("c:chunk:d0:1:0", 0.5), ("c:chunk:d1:1:0", 0.1),
-    ]  # fmt: skip
+        ("context-0", None),
+        ("c:chunk:d2:1:0", 0.8),
+        ("c:chunk:d0:1:0", 0.5),
+        ("c:chunk:d1:1:0", 0.1),
+    ]
     assert passages[1].source == "d2.txt" and passages[1].page == 2
     with pytest.raises(BadAnswer, match="reranker answered index 9 for 4 texts"):
         a.reranked_passages(q, DOCS, [RerankResult(index=9, score=1.0)])
 
 
 def test_the_llm_request_forwards_only_what_the_client_set() -> None:
-    q = a.Question.of(req(temperature=0, max_tokens=20, seed=3, stream=True, stream_options={"include_usage": True}), retrieves=True)
+    q = a.Question.of(
+        req(temperature=0, max_tokens=20, seed=3, stream=True, stream_options={"include_usage": True}), retrieves=True
+    )
     llm = a.ask_retrieved(q, DOCS)
     sent = llm.model_dump(exclude_unset=True, exclude_none=True)
     assert set(sent) == {"messages", "temperature", "max_tokens", "seed", "stream", "stream_options"}
@@ -207,7 +263,11 @@ def test_the_llm_request_forwards_only_what_the_client_set() -> None:
 
 
 def test_llm_only_passes_the_conversation_unchanged_unless_the_caller_gave_passages() -> None:
-    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "2+2?"}]
+    chat = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo"},
+        {"role": "user", "content": "2+2?"},
+    ]
     plain = a.ask_directly(a.Question.of(req(messages=chat), retrieves=False))
     assert [m.content for m in plain.messages] == ["hi", "yo", "2+2?"]
     given = a.ask_directly(a.Question.of(req(messages=chat, context=["four"]), retrieves=False))
@@ -236,9 +296,11 @@ def _blocks(*reads: bytes) -> list[list[bytes]]:
 
 
 def test_events_are_passed_on_per_read_and_split_across_reads_are_joined() -> None:
-    assert _blocks(b'data: {"a":1}\n\ndata: {"b"', b':2}\n\n', b"data: [DONE]\n\n") == [
-        [b'data: {"a":1}'], [b'data: {"b":2}'], [b"data: [DONE]"],
-    ]  # fmt: skip
+    assert _blocks(b'data: {"a":1}\n\ndata: {"b"', b":2}\n\n", b"data: [DONE]\n\n") == [
+        [b'data: {"a":1}'],
+        [b'data: {"b":2}'],
+        [b"data: [DONE]"],
+    ]
     assert _blocks(b"data: 1\n\ndata: 2\n\ndata: 3\n\n") == [[b"data: 1", b"data: 2", b"data: 3"]]
 
 
@@ -275,6 +337,7 @@ def test_opea_variable_names_fill_what_gateway_names_leave_unset(monkeypatch: py
     monkeypatch.setenv("RERANK_SERVER_PORT", "8808")
     monkeypatch.setenv("MEGA_SERVICE_PORT", "9999")
     monkeypatch.setenv("GATEWAY_LLM_URL", "http://explicit:1234")
+    monkeypatch.setenv("GATEWAY_AUTH_ENABLED", "false")
     s = GatewaySettings()
     assert s.embedding_url == "http://10.0.0.5:6006"
     assert s.reranker_url == "http://127.0.0.1:8808"
@@ -290,6 +353,7 @@ def test_gateway_settings_defaults_and_prefix(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("GATEWAY_PIPELINE", "rag")
     monkeypatch.setenv("GATEWAY_API_KEY", "s3cret")
+    monkeypatch.setenv("GATEWAY_AUTH_ENABLED", "false")  # one shared token: only without accounts
     s = GatewaySettings()
     assert (s.port, s.pipeline, s.service_name) == (8888, "rag", "gateway")
     assert s.api_key is not None and s.api_key.get_secret_value() == "s3cret"
@@ -307,7 +371,7 @@ def test_the_gateway_imports_only_the_services_contracts() -> None:
         "import sys, megaservice.router, megaservice.__main__; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'torch', 'redis', 'llama_cpp', 'numpy', 'sentence_transformers', 'transformers'} "
-        "or ('.backends' in m and m != 'comps.core.backends')))"
+        "or (m.startswith('comps.') and '.backends' in m and m != 'comps.core.backends')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -353,3 +417,13 @@ def test_the_relevance_floor_and_the_budget_apply_to_reranked_passages() -> None
     assert len(a.Question.of(req(), retrieves=True, rag=a.RagDefaults(passage_tokens=400)).budgeted(long)) == 3
     assert len(a.Question.of(req(passage_tokens=130), retrieves=True, rag=a.RagDefaults(passage_tokens=400)).budgeted(long)) == 1
     assert len(a.Question.of(req(), retrieves=True).budgeted(long)) == 3  # no budget set anywhere
+
+
+@pytest.mark.parametrize("var", ["MEGA_SERVICE_PORT", "GATEWAY_PORT"])
+def test_a_bad_port_is_reported_under_the_variable_that_set_it(monkeypatch: pytest.MonkeyPatch, var: str) -> None:
+    for name in ("MEGA_SERVICE_PORT", "GATEWAY_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GATEWAY_AUTH_ENABLED", "false")
+    monkeypatch.setenv(var, "eighty")
+    with pytest.raises(ConfigError, match=f"{var}='eighty'"):
+        load_settings(GatewaySettings)

@@ -106,14 +106,20 @@ def test_two_terminal_nodes_are_refused() -> None:
         return LReq(prompt="")
 
     with pytest.raises(GraphError) as err:
-        Graph("g", Inp, [a_node(), b_node(), llm_node()], [Edge("a", to_a), Edge("b", to_b), Edge("llm", to_llm_from_a)])
+        Graph(
+            "g", Inp, [a_node(), b_node(), llm_node()], [Edge("a", to_a), Edge("b", to_b), Edge("llm", to_llm_from_a)]
+        )
     assert "2 nodes end the graph (b, llm)" in str(err.value)
 
 
 def test_the_terminal_must_be_the_streaming_node() -> None:
     with pytest.raises(GraphError) as err:
-        Graph("g", Inp, [a_node(), b_node(), llm_node(streaming=False)],
-              [Edge("a", to_a), Edge("b", to_b), Edge("llm", to_llm)])  # fmt: skip
+        Graph(
+            "g",
+            Inp,
+            [a_node(), b_node(), llm_node(streaming=False)],
+            [Edge("a", to_a), Edge("b", to_b), Edge("llm", to_llm)],
+        )
     assert "the terminal node 'llm' is not a streaming node; streaming nodes are: (none)" in str(err.value)
 
 
@@ -140,7 +146,12 @@ def test_an_adapter_returning_another_request_type_is_refused() -> None:
         return AReq(q="")
 
     with pytest.raises(GraphError) as err:
-        Graph("g", Inp, [a_node(), b_node(), llm_node()], [Edge("a", to_a), Edge("b", to_b_returns_a), Edge("llm", to_llm)])
+        Graph(
+            "g",
+            Inp,
+            [a_node(), b_node(), llm_node()],
+            [Edge("a", to_a), Edge("b", to_b_returns_a), Edge("llm", to_llm)],
+        )
     assert "returns AReq, but node 'b' takes BReq (or BReq | Skip)" in str(err.value)
 
 
@@ -177,7 +188,9 @@ def test_an_adapter_may_skip_its_node() -> None:
     def maybe_b(inp: Inp, a: AResp) -> BReq | Skip[BResp]:
         return Skip(BResp(b=0)) if a.a == 0 else BReq(a=a.a)
 
-    graph = Graph("g", Inp, [a_node(), b_node(), llm_node()], [Edge("a", to_a), Edge("b", maybe_b), Edge("llm", to_llm)])
+    graph = Graph(
+        "g", Inp, [a_node(), b_node(), llm_node()], [Edge("a", to_a), Edge("b", maybe_b), Edge("llm", to_llm)]
+    )
     assert graph.order == ("a", "b", "llm")
 
 
@@ -189,12 +202,13 @@ def test_independent_nodes_run_concurrently(monkeypatch: pytest.MonkeyPatch) -> 
     def to_llm_both(inp: Inp, a: AResp, b: BResp) -> LReq:
         return LReq(prompt=f"{a.a}{b.b}")
 
-    graph = Graph("g", Inp, [a_node(), b_node(), llm_node()],
-                  [Edge("a", to_a), Edge("b", b_from_input), Edge("llm", to_llm_both)])  # fmt: skip
+    graph = Graph(
+        "g", Inp, [a_node(), b_node(), llm_node()], [Edge("a", to_a), Edge("b", b_from_input), Edge("llm", to_llm_both)]
+    )
     running: list[str] = []
     overlap: list[set[str]] = []
 
-    async def fake_send(http: object, step: object, request: BaseModel) -> BaseModel:
+    async def fake_send(http: object, step: object, request: BaseModel, upstream: object = None) -> BaseModel:
         name = step.node.name  # type: ignore[attr-defined]
         running.append(name)
         overlap.append(set(running))
@@ -210,7 +224,7 @@ def test_independent_nodes_run_concurrently(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_the_chatqna_pipelines_validate() -> None:
-    pipelines = build_pipelines(GatewaySettings())
+    pipelines = build_pipelines(GatewaySettings(auth_enabled=False))
     assert pipelines["rag-rerank"].graph.order == ("embedding", "retriever", "reranker", "llm")
     assert pipelines["rag"].graph.order == ("embedding", "retriever", "llm")
     assert pipelines["llm-only"].graph.order == ("llm",)

@@ -29,6 +29,23 @@ def test_settings_read_prefixed_and_shared_names(monkeypatch: pytest.MonkeyPatch
     assert (s.port, s.log_format, s.otlp_endpoint) == (4321, "json", "http://127.0.0.1:4318")
 
 
+def test_span_content_is_off_unless_the_shared_setting_allows_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from comps.runtime.mesh import SERVICES, Mesh
+    from comps.runtime.settings import RuntimeSettings
+
+    assert load_settings(DemoSettings).trace_content is False  # a service's default (containers, Kubernetes)
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    assert load_settings(DemoSettings).trace_content is True
+    monkeypatch.delenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")
+    local = Mesh(RuntimeSettings(), "redis://127.0.0.1:6379")  # `chatqna up`: on, for the developer's own machine
+    assert {local.env_for(spec)["OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"] for spec in SERVICES} == {"true"}
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "false")
+    private = Mesh(RuntimeSettings(), "redis://127.0.0.1:6379")
+    assert {private.env_for(spec)["OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"] for spec in SERVICES} == {
+        "false"
+    }
+
+
 def test_settings_error_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEMO_BATCH", "0")
     monkeypatch.setenv("LOG_FORMAT", "xml")
@@ -84,7 +101,9 @@ def test_errors_map_to_one_envelope() -> None:
     assert r.json()["error"]["param"] == "n" and r.json()["error"]["type"] == "invalid_request_error"
     r = client.get("/busy")
     assert r.status_code == 429 and r.headers["retry-after"] == "3"
-    assert r.json() == {"error": {"message": "queue full", "type": "rate_limit_error", "param": None, "code": "queue_full"}}
+    assert r.json() == {
+        "error": {"message": "queue full", "type": "rate_limit_error", "param": None, "code": "queue_full"}
+    }
     r = client.get("/slow")
     assert r.status_code == 504 and r.json()["error"]["code"] == "llm"
     r = client.get("/boom")

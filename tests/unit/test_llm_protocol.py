@@ -69,14 +69,17 @@ CHATML = (
 def test_template_renders_messages_and_generation_prompt() -> None:
     tpl = ChatTemplate(CHATML, bos_token="<s>", eos_token="</s>")
     prompt = tpl.render([ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Grüße")])
-    assert prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nGrüße<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nGrüße<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_template_raise_exception_is_a_bad_request() -> None:
     tpl = ChatTemplate(
         "{% if messages[0]['role'] != 'user' %}{{ raise_exception('must start with user') }}{% endif %}ok",
-        bos_token="", eos_token="",
-    )  # fmt: skip
+        bos_token="",
+        eos_token="",
+    )
     assert tpl.render([ChatMessage(role="user", content="x")]) == "ok"
     with pytest.raises(BadRequest, match="must start with user"):
         tpl.render([ChatMessage(role="assistant", content="x")])
@@ -87,7 +90,7 @@ def test_template_uses_bos_token_and_tojson() -> None:
     assert tpl.render([ChatMessage(role="user", content="é")]) == '<s>"é"'
 
 
-def test_template_source_setting_wins_as_file_or_inline(tmp_path) -> None:  # noqa: ANN001
+def test_template_source_setting_wins_as_file_or_inline(tmp_path) -> None:
     path = tmp_path / "t.jinja"
     path.write_text("FROM FILE", encoding="utf-8")
     assert load_template_source(str(path), "MODEL") == "FROM FILE"

@@ -67,13 +67,13 @@ def test_multibyte_character_split_across_tokens() -> None:
 
 def test_incomplete_utf8_at_the_end_becomes_a_replacement_character() -> None:
     stream = TextStream([])
-    assert stream.feed("ok ".encode() + "é".encode()[:1]) == ("ok ", None)
+    assert stream.feed(b"ok " + "é".encode()[:1]) == ("ok ", None)
     assert stream.finish() == "\ufffd"
 
 
 def test_non_ascii_stop_split_inside_a_character() -> None:
     stream = TextStream(["café"])
-    pieces = [b"un ca", "f".encode(), "é".encode()[:1], "é".encode()[1:] + b" noir"]
+    pieces = [b"un ca", b"f", "é".encode()[:1], "é".encode()[1:] + b" noir"]
     texts = [stream.feed(p) for p in pieces]
     assert "".join(t for t, _ in texts) == "un "
     assert texts[-1][1] == "stop"

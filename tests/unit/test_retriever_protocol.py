@@ -19,14 +19,29 @@ def test_defaults() -> None:
 
 def test_opea_embed_doc_is_accepted() -> None:
     body = {
-        "id": "abc", "text": "what?", "embedding": [0.1, 0.2], "search_type": "mmr", "k": 3,
-        "distance_threshold": None, "fetch_k": 30, "lambda_mult": 0.3, "score_threshold": 0.5,
-        "constraints": None, "index_name": "opea-idx", "downstream_black_list": [],
-    }  # fmt: skip
+        "id": "abc",
+        "text": "what?",
+        "embedding": [0.1, 0.2],
+        "search_type": "mmr",
+        "k": 3,
+        "distance_threshold": None,
+        "fetch_k": 30,
+        "lambda_mult": 0.3,
+        "score_threshold": 0.5,
+        "constraints": None,
+        "index_name": "opea-idx",
+        "downstream_black_list": [],
+    }
     req = RetrievalRequest.model_validate(body)
     assert (req.text, req.embedding, req.search_type, req.k, req.fetch_k, req.lambda_mult, req.collection) == (
-        "what?", [0.1, 0.2], "mmr", 3, 30, 0.3, "opea-idx",
-    )  # fmt: skip
+        "what?",
+        [0.1, 0.2],
+        "mmr",
+        3,
+        30,
+        0.3,
+        "opea-idx",
+    )
 
 
 def test_input_alias_and_wrapped_embeddings() -> None:

@@ -66,8 +66,14 @@ def test_build_filter_refuses(filters: dict, message: str) -> None:
 
 def test_text_terms_drop_punctuation_dedupe_and_escape() -> None:
     assert text_terms("Which gadget is KV-5093? (kv 5093!) item_3 -@{x}") == [
-        "which", "gadget", "is", "kv", "5093", r"item\_3", "x",
-    ]  # fmt: skip
+        "which",
+        "gadget",
+        "is",
+        "kv",
+        "5093",
+        r"item\_3",
+        "x",
+    ]
     assert text_terms("Grüße, café!") == ["grüße", "café"]
     assert text_terms("?!  ...") == []
     assert text_terms(None) == []
@@ -133,8 +139,15 @@ def test_rrf_constant_and_empty() -> None:
 
 # --------------------------------------------------------------------------------------- reply parsing
 
-_FIELDS = {b"text": b"hello", b"source": b"a.pdf", b"doc_id": b"d1", b"tags": b"x, y z,", b"page": b"3",
-           b"chunk": b"7", b"vector_distance": b"0.25"}  # fmt: skip
+_FIELDS = {
+    b"text": b"hello",
+    b"source": b"a.pdf",
+    b"doc_id": b"d1",
+    b"tags": b"x, y z,",
+    b"page": b"3",
+    b"chunk": b"7",
+    b"vector_distance": b"0.25",
+}
 
 
 def test_rows_parse_resp2_and_resp3_alike() -> None:

@@ -39,8 +39,9 @@ class RemoteEmbedder:
         self._http = http
         probe = await wait_until_up(
             lambda: self.embed(["ping"], truncate=True),
-            what="the remote embedding server", log=log,
-        )  # fmt: skip
+            what="the remote embedding server",
+            log=log,
+        )
         self.dimension = int(probe.vectors.shape[1])
 
     async def check_ready(self) -> dict[str, Any]:
@@ -78,17 +79,19 @@ class RemoteEmbedder:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a malformed answer is the remote's fault
             raise UpstreamError(f"{NODE} answered with an unexpected body: {exc!r}", node=NODE) from exc
         if array.ndim != 2 or array.shape[0] != len(texts) or array.shape[1] == 0:
-            raise UpstreamError(
-                f"{NODE} answered vectors of shape {array.shape} for {len(texts)} inputs", node=NODE
-            )
+            raise UpstreamError(f"{NODE} answered vectors of shape {array.shape} for {len(texts)} inputs", node=NODE)
         return Embedded(array, tokens)
 
     async def _tei(self, http: HttpClient, texts: list[str], truncate: bool) -> tuple[Any, int]:
         body = {"inputs": texts, "normalize": False, "truncate": truncate}
         async with http.stream(
-            "POST", f"{self.base_url}/embed", node=NODE, timeout_s=self.settings.remote_timeout_s,
-            json_body=body, headers=self.headers,
-        ) as resp:  # fmt: skip
+            "POST",
+            f"{self.base_url}/embed",
+            node=NODE,
+            timeout_s=self.settings.remote_timeout_s,
+            json_body=body,
+            headers=self.headers,
+        ) as resp:
             answer = await resp.json(content_type=None)
             return answer, int(resp.headers.get("x-compute-tokens", "0"))
 
@@ -97,8 +100,12 @@ class RemoteEmbedder:
         if self.settings.remote_model:
             body["model"] = self.settings.remote_model
         answer = await http.request_json(
-            "POST", f"{self.base_url}/v1/embeddings", node=NODE, timeout_s=self.settings.remote_timeout_s,
-            json_body=body, headers=self.headers,
-        )  # fmt: skip
+            "POST",
+            f"{self.base_url}/v1/embeddings",
+            node=NODE,
+            timeout_s=self.settings.remote_timeout_s,
+            json_body=body,
+            headers=self.headers,
+        )
         data = sorted(answer["data"], key=lambda d: d["index"])
         return [d["embedding"] for d in data], int((answer.get("usage") or {}).get("prompt_tokens", 0))

@@ -120,6 +120,7 @@ class SentenceTransformerEmbedder:
                 results.append(item)
                 continue
             count, tokens, truncated = item
+            assert vectors is not None  # this item's texts were encoded
             results.append(Embedded(vectors[start : start + count], tokens, truncated))
             start += count
         return results

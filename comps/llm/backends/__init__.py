@@ -12,7 +12,7 @@ A backend turns a validated request into a stream of events. The service owns ev
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,4 +52,4 @@ class LLMBackend(Backend, Protocol):
 
     async def prepare(self, request: ChatCompletionRequest) -> Any: ...
 
-    def generate(self, prepared: Any) -> AsyncIterator[Event]: ...
+    def generate(self, prepared: Any) -> AsyncGenerator[Event, None]: ...

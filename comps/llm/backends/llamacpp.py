@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,9 +44,15 @@ class LlamaCppBackend:
         s = self.settings
         path = resolve_model_path(s.model, s.models_dir)
         self.engine = await asyncio.to_thread(
-            Engine, path, n_ctx=s.n_ctx, n_batch=s.n_batch, parallel=s.parallel, n_threads=s.n_threads,
-            n_gpu_layers=s.n_gpu_layers, use_extra_bufts=s.use_extra_bufts,
-        )  # fmt: skip
+            Engine,
+            path,
+            n_ctx=s.n_ctx,
+            n_batch=s.n_batch,
+            parallel=s.parallel,
+            n_threads=s.n_threads,
+            n_gpu_layers=s.n_gpu_layers,
+            use_extra_bufts=s.use_extra_bufts,
+        )
         source = await asyncio.to_thread(
             load_template_source, s.chat_template or sidecar_template(path), self.engine.chat_template()
         )
@@ -58,8 +64,13 @@ class LlamaCppBackend:
         engine = self.engine
         if engine is None or not engine.alive():
             raise NotReady(f"the generation engine is not running: {engine.error if engine else 'not loaded'}")
-        return {"model": self.model_name, "n_ctx": engine.n_ctx, "parallel": engine.parallel,
-                "n_batch": engine.n_batch, "n_threads": engine.n_threads}  # fmt: skip
+        return {
+            "model": self.model_name,
+            "n_ctx": engine.n_ctx,
+            "parallel": engine.parallel,
+            "n_batch": engine.n_batch,
+            "n_threads": engine.n_threads,
+        }
 
     async def close(self) -> None:
         if self.engine is not None:
@@ -98,17 +109,18 @@ class LlamaCppBackend:
         return Prepared(tokens, params)
 
     def _prompt_tokens(self, request: ChatCompletionRequest) -> list[int]:
+        assert self.engine is not None and self.template is not None, "used before warm_up()"
         tokens = self.engine.tokenize(self.template.render(request.messages))
         if not tokens:
             raise BadRequest("the messages render to an empty prompt", param="messages")
         return tokens
 
-    async def generate(self, prepared: Prepared) -> AsyncIterator[Event]:
+    async def generate(self, prepared: Prepared) -> AsyncGenerator[Event, None]:
         assert self.engine is not None
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
+        queue: asyncio.Queue[Event | Exception] = asyncio.Queue()
 
-        def emit(event: object) -> None:  # engine thread
+        def emit(event: Event | Exception) -> None:  # engine thread
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, event)
             except RuntimeError:  # the loop is closed: nobody is listening any more

@@ -9,7 +9,7 @@ overloaded server is 503, a stall 504, and a mid-stream failure ends our stream 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -68,12 +68,16 @@ class RemoteBackend:
             body["model"] = self.model
         return body
 
-    async def generate(self, body: dict[str, Any]) -> AsyncIterator[Event]:
+    async def generate(self, body: dict[str, Any]) -> AsyncGenerator[Event, None]:
         assert self.http is not None
         async with self.http.stream(
-            "POST", f"{self.base}/v1/chat/completions", node=NODE, timeout_s=self.timeout_s,
-            json_body=body, headers=self.headers,
-        ) as resp:  # fmt: skip
+            "POST",
+            f"{self.base}/v1/chat/completions",
+            node=NODE,
+            timeout_s=self.timeout_s,
+            json_body=body,
+            headers=self.headers,
+        ) as resp:
             started = False
             reason: str | None = None
             usage: dict[str, Any] = {}

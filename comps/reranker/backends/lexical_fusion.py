@@ -56,7 +56,7 @@ def bm25(query: Sequence[str], docs: Sequence[Sequence[str]], *, k1: float = K1,
     df = Counter(t for d in docs for t in set(d))
     counts = [Counter(d) for d in docs]
     scores = []
-    for doc, tf in zip(docs, counts):
+    for doc, tf in zip(docs, counts, strict=True):
         norm = k1 * (1 - b + b * len(doc) / avg_len)
         score = 0.0
         for t in set(query):

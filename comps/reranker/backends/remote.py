@@ -47,9 +47,13 @@ class RemoteReranker:
             raise NotReady("the remote backend is not started")
         body = {"query": query, "texts": texts, "raw_scores": raw, "truncate": truncate, "return_text": False}
         answer = await self._http.request_json(
-            "POST", f"{self.base_url}/rerank", node=NODE, timeout_s=self.settings.remote_timeout_s,
-            json_body=body, headers=self.headers,
-        )  # fmt: skip
+            "POST",
+            f"{self.base_url}/rerank",
+            node=NODE,
+            timeout_s=self.settings.remote_timeout_s,
+            json_body=body,
+            headers=self.headers,
+        )
         scores: list[float | None] = [None] * len(texts)
         try:
             for item in answer:

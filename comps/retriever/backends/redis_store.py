@@ -6,9 +6,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from comps.core.errors import NotReady
+from comps.core.errors import NotReady, UpstreamError
 from comps.core.http import HttpClient
-from comps.retriever.embedder import QueryEmbedder
+from comps.embedding.client import EmbeddingClient
 from comps.retriever.settings import RetrieverSettings
 from comps.vectorstore import schema, search
 from comps.vectorstore.client import check_redis, redacted, redis_errors
@@ -18,9 +18,9 @@ from comps.vectorstore.search import CollectionSummary, Hit, Query
 class RedisRetriever:
     name = "redis"
 
-    def __init__(self, settings: RetrieverSettings, embedder: QueryEmbedder) -> None:
+    def __init__(self, settings: RetrieverSettings, embedding: EmbeddingClient) -> None:
         self.settings = settings
-        self.embedder = embedder
+        self.embedding = embedding
         self.where = redacted(settings.redis_url)
         self._redis: aioredis.Redis | None = None
         self._http: HttpClient | None = None
@@ -38,8 +38,18 @@ class RedisRetriever:
             "default_collection": self.settings.index_name,
             "hnsw_ef_runtime": self.settings.hnsw_ef_runtime,
             # Text-only queries need it; queries that carry their embedding do not, so it is reported, not required.
-            "embedding": await self.embedder.status(self._http),
+            "embedding": await self._embedding_status(self._http),
         }
+
+    async def _embedding_status(self, http: HttpClient) -> str:
+        """``ready``, ``not configured``, or why not (never raises)."""
+        if self.embedding.url is None:
+            return "not configured"
+        try:
+            await self.embedding.ready(http)
+        except UpstreamError as exc:
+            return f"unavailable: {exc.message}"
+        return "ready"
 
     async def search(self, collection: str, query: Query) -> list[Hit]:
         with redis_errors(self.where):
@@ -58,4 +68,3 @@ class RedisRetriever:
         if self._redis is None:
             raise NotReady("redis backend is not started")
         return self._redis
-

@@ -1,0 +1,92 @@
+"""Engine, sessions, the tables' base and migrations of the relational store."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from sqlalchemy import MetaData, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+
+log = logging.getLogger("comps.sqlstore")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# Any fixed 64-bit number: every process that migrates takes this lock first (pg_advisory_lock).
+MIGRATION_LOCK_ID = 0x43_48_41_54_51_4E_41  # "CHATQNA"
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Base of every table of the relational store (identity now; conversations and usage next)."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def async_url(url: str) -> str:
+    """``postgresql://...`` (what operators write) as the asyncpg dialect's URL; other drivers are refused."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"only PostgreSQL is supported, not {parsed.get_backend_name()!r}")
+    return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs and tables."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+class Database:
+    """One engine (a small connection pool) per process; sessions are short and per unit of work."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(
+            async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, echo=echo
+        )
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction: committed when the block ends, rolled back if it raises."""
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+async def migrate(db: Database, revision: str = "head") -> None:
+    """Upgrade the schema to ``revision``; concurrent callers wait on one advisory lock, then find it done."""
+    async with db.engine.connect() as conn:
+        await conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+        try:
+            await conn.run_sync(_upgrade, revision)
+            await conn.commit()
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
+            await conn.commit()
+
+
+def _upgrade(conn: Connection, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = conn
+    command.upgrade(config, revision)
