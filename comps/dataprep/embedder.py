@@ -200,20 +200,20 @@ class ChunkEmbedder:
     async def _ask_measure(self) -> Measure:
         assert self._http is not None, "ChunkEmbedder used before start()"
         try:
-            document = await self._http.request_json(
-                "GET", f"{self._base()}/v1/tokenizer", node=NODE, timeout_s=self.timeout_s, headers=self.headers
-            )
+            document = await self.client.tokenizer(self._http)
             return await asyncio.to_thread(tokenizer_measure, document)
         except UpstreamError as exc:
             if getattr(exc, "upstream_status", None) != 404:
                 raise
-        except Exception as exc:  # noqa: BLE001 - any unusable answer: estimate instead
+        except Exception as exc:  # any unusable answer: estimate instead
             log.warning("the embedding service's tokenizer is unusable (%s): chunk tokens are estimated", exc)
             return estimated_measure()
         log.warning(
             "the embedding service does not give its tokenizer: chunk tokens are estimated from characters "
-            "(%.1f a token) with a limit of %d", FALLBACK_CHARS_PER_TOKEN, FALLBACK_LIMIT,
-        )  # fmt: skip
+            "(%.1f a token) with a limit of %d",
+            FALLBACK_CHARS_PER_TOKEN,
+            FALLBACK_LIMIT,
+        )
         return estimated_measure()
 
     async def check_ready(self, http: HttpClient) -> dict[str, object]:
@@ -255,9 +255,3 @@ def tokenizer_measure(document: dict[str, Any]) -> Measure:
 def estimated_measure(limit: int = FALLBACK_LIMIT) -> Measure:
     """Tokens estimated from characters, on the safe side (word-piece tokenizers: 3.5-4.5 characters a token)."""
     return Measure(limit, lambda text: math.ceil(len(text) / FALLBACK_CHARS_PER_TOKEN), exact=False)
-
-
-def _vector(value: object) -> np.ndarray:
-    if isinstance(value, str):
-        return np.frombuffer(base64.b64decode(value), dtype="<f4").astype(np.float32)
-    return np.asarray(value, dtype=np.float32)

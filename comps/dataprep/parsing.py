@@ -15,6 +15,7 @@ cannot be read raises `ParseError` with the precise reason.
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import re
@@ -31,6 +32,7 @@ MARKDOWN_KINDS = frozenset({"markdown", "html", "docx"})
 HEADERS = [("#", "h1"), ("##", "h2"), ("###", "h3"), ("####", "h4")]
 PATH_SEPARATOR = " > "
 _BLANK_RUN = re.compile(r"\n\s*\n")
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.I | re.S)
 _HEADING_MARKUP = re.compile(r"`|\*\*|#+$")  # code and bold marks, a trailing anchor "#" (Sphinx, Node.js docs)
 _HTML_BLOCKS = (
     "p",
@@ -112,7 +114,10 @@ def split(
         if markdown:
             by_heading = MarkdownHeaderTextSplitter(HEADERS, strip_headers=True)
             parts = [
-                (tuple(doc.metadata[key] for _, key in HEADERS if doc.metadata.get(key)), _rstrip_lines(doc.page_content))
+                (
+                    tuple(doc.metadata[key] for _, key in HEADERS if doc.metadata.get(key)),
+                    _rstrip_lines(doc.page_content),
+                )
                 for doc in by_heading.split_text(section.text)
             ]
         for headings, text in parts:
@@ -198,14 +203,14 @@ def _outline_paths(reader: Any) -> dict[int, tuple[str, ...]]:
                 continue
             try:
                 page = reader.get_destination_page_number(item) + 1
-            except Exception:  # noqa: BLE001, S112 - a broken outline entry is skipped, the page text is still read
+            except Exception:  # a broken outline entry is skipped, the page text is still read
                 continue
             last = (*path, str(item.title or "").strip())
             starts.append((page, last))
 
     try:
         walk(reader.outline, ())
-    except Exception:  # noqa: BLE001 - a broken outline: pages without headings
+    except Exception:  # a broken outline: pages without headings
         return {}
     paths: dict[int, tuple[str, ...]] = {}
     current: tuple[str, ...] = ()
@@ -238,13 +243,10 @@ def html_to_markdown(data: bytes) -> str:
 
 
 def _html_title(data: bytes) -> str:
-    from lxml import etree, html
-
-    try:
-        titles = html.fromstring(data).xpath("//title//text()")
-    except (etree.ParserError, ValueError):  # an empty or broken page
+    found = _TITLE.search(data)
+    if not found:
         return ""
-    return " ".join(" ".join(titles).split())
+    return " ".join(html.unescape(found.group(1).decode("utf-8", "replace")).split())
 
 
 def _visible_text(data: bytes) -> str:

@@ -139,7 +139,9 @@ class IngestOptions(BaseModel):
     def _one_unit(self) -> IngestOptions:
         chars = self.chunk_size is not None or self.chunk_overlap is not None
         if chars and (self.chunk_tokens is not None or self.chunk_overlap_tokens is not None):
-            raise ValueError("give chunk_size/chunk_overlap (characters) or chunk_tokens/chunk_overlap_tokens, not both")
+            raise ValueError(
+                "give chunk_size/chunk_overlap (characters) or chunk_tokens/chunk_overlap_tokens, not both"
+            )
         for size, overlap in (("chunk_size", "chunk_overlap"), ("chunk_tokens", "chunk_overlap_tokens")):
             n, m = getattr(self, size), getattr(self, overlap)
             if n is not None and m is not None and m >= n:

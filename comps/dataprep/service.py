@@ -127,10 +127,11 @@ class DataprepService:
                     tags=fields.get("tags"),
                     link_list=fields.get("link_list"),
                 )
-                unit, size, overlap = options.chunking(self.settings.chunk_tokens, self.settings.chunk_overlap_tokens)
             except ValidationError as exc:
                 message, param = _first_error(exc)
                 raise BadRequest(message, param=param, code="invalid_value") from None
+            try:
+                unit, size, overlap = options.chunking(self.settings.chunk_tokens, self.settings.chunk_overlap_tokens)
             except ValueError as exc:
                 param = "chunk_overlap" if options.chunk_size or options.chunk_overlap else "chunk_overlap_tokens"
                 raise BadRequest(str(exc), param=param, code="invalid_value") from None
@@ -248,7 +249,8 @@ class DataprepService:
             if had == wanted:
                 job.finish("skipped")
                 return
-            size, overlap, length = job.chunk_size, job.chunk_overlap, len
+            size, overlap = job.chunk_size, job.chunk_overlap
+            length: Callable[[str], int] = len
             if job.chunk_unit == "tokens":
                 measure = await self.embedder.measure()
                 size, length = min(size, measure.limit), measure.count

@@ -46,7 +46,9 @@ def build_router(service: EmbeddingService) -> APIRouter:
         if document is None:
             raise NotFound(f"the {backend.name} backend does not know its model's tokenizer", code="no_tokenizer")
         limit = backend.describe().get("max_seq_length")
-        body = f'{{"model":{json.dumps(backend.model_name)},"max_seq_length":{json.dumps(limit)},"tokenizer":{document}}}'
+        body = (
+            f'{{"model":{json.dumps(backend.model_name)},"max_seq_length":{json.dumps(limit)},"tokenizer":{document}}}'
+        )
         return Response(body, media_type="application/json")
 
     return router

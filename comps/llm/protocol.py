@@ -76,7 +76,7 @@ class ChatCompletionRequest(_Strict):
     )
     stop_on_repetition: bool | None = Field(
         default=None,
-        description="End the answer (finish_reason \"repetition\") before a whole sentence is said a second time. "
+        description='End the answer (finish_reason "repetition") before a whole sentence is said a second time. '
         "Unset: the service's LLM_STOP_ON_REPETITION. Not sent to a remote LLM.",
     )
     stream: bool = False

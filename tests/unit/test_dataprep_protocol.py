@@ -22,7 +22,9 @@ def test_options_defaults_and_rules() -> None:
     assert (opts.chunking(200, 24), opts.tags, opts.link_list) == (("tokens", 200, 24), [], [])
     assert IngestOptions(collection="c", chunk_tokens=32).chunking(200, 24) == ("tokens", 32, 16)  # overlap <= half
     assert IngestOptions(collection="c", chunk_size=800).chunking(200, 24) == ("chars", 800, 100)  # OPEA's unit
-    opts = IngestOptions(collection="c", chunk_size="50", chunk_overlap="0", tags=" a, b ,,a", link_list=' ["http://x/"] ')
+    opts = IngestOptions(
+        collection="c", chunk_size="50", chunk_overlap="0", tags=" a, b ,,a", link_list=' ["http://x/"] '
+    )
     assert (opts.chunking(200, 24), opts.tags, opts.link_list) == (("chars", 50, 0), ["a", "b"], ["http://x/"])
     with pytest.raises(ValidationError, match=r"chunk_overlap \(10\) must be smaller than chunk_size \(10\)"):
         IngestOptions(collection="c", chunk_size=10, chunk_overlap=10)

@@ -82,4 +82,3 @@ def test_short_facts_must_be_whole_words() -> None:
     assert ev.contains("Use --inspect-brk here", "--inspect-brk") and ev.contains("It returns '.md'.", ".md")
     assert ev.contains("Set to 1.", "set to 1") and not ev.contains("set to 10", "set to 1")
     assert ev.contains("It reads $HOME.", "HOME") and not ev.contains("the user's home directory", "HOME")
-

@@ -167,7 +167,9 @@ def test_the_rag_prompt_numbers_the_passages_and_keeps_the_history() -> None:
 
 def test_a_custom_template_is_filled_once_and_passage_text_is_not_reinterpreted() -> None:
     chat = msgs(("user", "Q?"))
-    out = rag_messages(chat, [Passage(id="1", text="has {question} inside", source="s")], "C: {context} | Q: {question}")
+    out = rag_messages(
+        chat, [Passage(id="1", text="has {question} inside", source="s")], "C: {context} | Q: {question}"
+    )
     assert out[0].content == "C: [1] s\nhas {question} inside | Q: Q?"
 
 
@@ -415,7 +417,12 @@ def test_the_relevance_floor_and_the_budget_apply_to_reranked_passages() -> None
     assert len(a.reranked_passages(asked, DOCS, ranked)) == 2
     long = [a.Passage(id=str(i), text="word " * 100, source="s") for i in range(3)]  # 125 tokens each
     assert len(a.Question.of(req(), retrieves=True, rag=a.RagDefaults(passage_tokens=400)).budgeted(long)) == 3
-    assert len(a.Question.of(req(passage_tokens=130), retrieves=True, rag=a.RagDefaults(passage_tokens=400)).budgeted(long)) == 1
+    assert (
+        len(
+            a.Question.of(req(passage_tokens=130), retrieves=True, rag=a.RagDefaults(passage_tokens=400)).budgeted(long)
+        )
+        == 1
+    )
     assert len(a.Question.of(req(), retrieves=True).budgeted(long)) == 3  # no budget set anywhere
 
 

@@ -121,4 +121,6 @@ def test_repetition_fields_are_optional_and_bounded() -> None:
     assert (req.repetition_penalty, req.stop_on_repetition) == (None, None)
     with pytest.raises(ValidationError):
         ChatCompletionRequest(messages=USER, repetition_penalty=0)
-    assert ChatCompletionRequest(messages=USER, repetition_penalty=1.2, stop_on_repetition=False).repetition_penalty == 1.2
+    assert (
+        ChatCompletionRequest(messages=USER, repetition_penalty=1.2, stop_on_repetition=False).repetition_penalty == 1.2
+    )
