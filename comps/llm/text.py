@@ -57,10 +57,12 @@ class RepeatGuard:
         return "".join(out), False
 
     def flush(self) -> str:
-        """The held-back text, at the end of a generation that did not end on a repeat."""
+        """The held-back text, at the end of a generation that did not end on a repeat; nothing when it is a
+        last sentence said before (ended by the end of the text rather than by white space)."""
         tail = self.current[self.emitted :]
+        key = _norm(self.current)
         self.current, self.emitted = "", 0
-        return tail
+        return "" if len(key) >= MIN_REPEAT_CHARS and key in self.seen else tail
 
 
 class StopMatcher:

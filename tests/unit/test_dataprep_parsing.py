@@ -154,8 +154,8 @@ def test_pdf_pages_carry_the_path_of_the_outline() -> None:
     from pypdf import PdfReader, PdfWriter
 
     writer = PdfWriter(clone_from=PdfReader(io.BytesIO(make_pdf(["Alpha page.", "Beta page.", "Gamma page."]))))
-    part = writer.add_outline_item("Part One", 0)
-    writer.add_outline_item("Chapter B", 1, parent=part)
+    part = writer.add_outline_item(title="Part One", page_number=0)
+    writer.add_outline_item(title="Chapter B", page_number=1, parent=part)
     out = io.BytesIO()
     writer.write(out)
     assert [(c.page, c.text) for c in parse_document(out.getvalue(), "pdf", 100, 0)] == [

@@ -125,3 +125,8 @@ def test_a_stop_string_still_ends_the_text_with_the_guard_on() -> None:
         "One sentence here, long. More ",
         "stop",
     )
+
+
+def test_a_repeated_last_sentence_is_dropped_at_the_end() -> None:
+    twice = "The blue kettle sings every morning. The blue kettle sings every morning."
+    assert stream_text(TextStream([], stop_repeats=True), twice) == ("The blue kettle sings every morning.", None)
