@@ -7,7 +7,8 @@ are ignored (frontends send extras); bad values of known fields get a 400 naming
 
 Answers are OpenAI's: a ``chat.completion`` (model and usage from the LLM), or ``chat.completion.chunk``
 events ending with ``data: [DONE]``. Each carries ``sources`` (top level; on the first chunk when
-streaming): the passages given to the LLM, best first. OpenAI clients ignore the extra field.
+streaming): the passages given to the LLM, best first. OpenAI clients ignore the extra field. With
+``conversation_id`` or ``store: true`` they also carry ``conversation_id`` and ``conversation_saved``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from comps.llm.protocol import ChatCompletion, ChatMessage, StreamOptions
+from comps.llm.protocol import MAX_STOP_CHARS, ChatCompletion, ChatMessage, StreamOptions
+from comps.prompt_registry.protocol import NAME_PATTERN as PROMPT_NAME_PATTERN
 from comps.retriever.protocol import RetrievalOptions
 
 PipelineName = Literal["rag-rerank", "rag", "llm-only"]
@@ -82,6 +84,20 @@ class ChatQnARequest(RetrievalOptions):
     retrieval: bool | None = Field(default=None, description="false: answer without retrieval (llm-only).")
     rerank: bool | None = Field(default=None, description="false: skip the reranker (rag).")
 
+    # -- Conversations (megaservice/conversations.py) --
+    conversation_id: str | None = Field(
+        default=None, max_length=64, description="Continue this stored conversation: send only the new turn."
+    )
+    store: bool = Field(default=False, description="Without conversation_id: keep this exchange as a new conversation.")
+    question_rewrite: Literal["heuristic", "condense"] | None = Field(
+        default=None, description="How a follow-up becomes the search query; default: GATEWAY_QUESTION_REWRITE."
+    )
+    prompt: str | None = Field(
+        default=None,
+        pattern=PROMPT_NAME_PATTERN,
+        description="A prompt of the registry (name or id) instead of chat_template.",
+    )
+
     # -- OPEA frontends' shape --
     context: list[str | ContextPassage] | None = Field(
         default=None, max_length=50, description="Caller-provided passages, added before the retrieved ones."
@@ -127,6 +143,8 @@ class ChatQnARequest(RetrievalOptions):
     def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > 16:
             raise PydanticCustomError("too_many_stops", "at most 16 stop strings")
+        if any(len(s) > MAX_STOP_CHARS for s in ([value] if isinstance(value, str) else value or [])):
+            raise PydanticCustomError("stop_too_long", f"a stop string is longer than {MAX_STOP_CHARS} characters")
         return value
 
     @model_validator(mode="after")

@@ -13,8 +13,8 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from comps.core.app import create_app, http_client, ready_backend, state_of
-from comps.core.errors import NotReady, ServiceError, UpstreamError, UpstreamUnavailable
+from comps.core.app import create_app, http_client, is_json, ready_backend, state_of
+from comps.core.errors import NotReady, ServiceError, UnsupportedMediaType, UpstreamError, UpstreamUnavailable
 from comps.core.http import HttpClient, bearer, wait_until_up
 from comps.identity.auth import Authenticator, AuthMiddleware, AuthState, principal_of
 from comps.identity.oidc import OIDCConfig, OIDCVerifier
@@ -22,10 +22,11 @@ from comps.identity.router import build_router as identity_router
 from comps.identity.service import IdentityService, LoginLimiter
 from comps.llm.protocol import ModelList
 from comps.sqlstore import Database, migrate
-from megaservice import documents
+from megaservice import conversations, documents
 from megaservice.access import Access
 from megaservice.graph import BadAnswer, Node
 from megaservice.pipelines import build_pipelines
+from megaservice.prompts import Prompts
 from megaservice.protocol import ChatQnACompletion, ChatQnARequest
 from megaservice.service import ChatQnA
 from megaservice.settings import GatewaySettings
@@ -39,8 +40,16 @@ class Dependencies:
 
     name = "gateway"
 
-    def __init__(self, settings: GatewaySettings, pipeline: str, nodes: list[Node], auth: AuthState) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        pipeline: str,
+        nodes: list[Node],
+        auth: AuthState,
+        memory: conversations.Memory | None = None,
+    ) -> None:
         self.settings = settings
+        self.memory = memory
         self.pipeline = pipeline
         self.nodes = nodes
         self.timeout_s = settings.ready_timeout_s
@@ -130,6 +139,8 @@ class Dependencies:
             return node.name, exc.message
 
     async def close(self) -> None:
+        if self.memory is not None:  # answers already sent are stored before the process ends
+            await self.memory.drain()
         if self.auth.authenticator is not None:
             await self.auth.authenticator.identity.close()
         if self.db is not None:
@@ -156,6 +167,11 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 async def chat_body(request: Request) -> ChatQnARequest:
+    """The request, parsed in one pass; JSON only, as the kit's other routes take it (415 otherwise)."""
+    if not is_json(request.headers.get("content-type")):
+        raise UnsupportedMediaType(
+            "request body must be JSON sent with Content-Type: application/json", code="invalid_value"
+        )
     try:
         return ChatQnARequest.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -227,8 +243,16 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     pipelines = build_pipelines(settings)
     default = pipelines[settings.pipeline].graph
     auth = AuthState(settings.auth_enabled)
-    deps = Dependencies(settings, settings.pipeline, list(default.nodes.values()), auth)
-    chatqna = ChatQnA(settings, pipelines)
+    memory = (
+        conversations.Memory(
+            settings.chathistory_url, timeout_s=settings.chathistory_timeout_s, budget_tokens=settings.history_tokens
+        )
+        if settings.chathistory_url
+        else None
+    )
+    deps = Dependencies(settings, settings.pipeline, list(default.nodes.values()), auth, memory)
+    prompts = Prompts(settings.prompts_url, timeout_s=settings.chathistory_timeout_s) if settings.prompts_url else None
+    chatqna = ChatQnA(settings, pipelines, memory, prompts)
     llm = pipelines["llm-only"].graph.terminal
     access = Access(auth, settings.default_collection)
     routers = [
@@ -238,6 +262,14 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         documents.collections_router(access, settings.dataprep_url, settings.dataprep_timeout_s),
         _health_router(),
     ]
+    if settings.chathistory_url:
+        routers.append(conversations.build_router(settings.chathistory_url, settings.chathistory_timeout_s, memory))
+    if settings.prompts_url:
+        routers.append(
+            conversations.proxy_router(
+                settings.prompts_url, settings.chathistory_timeout_s, conversations.PROMPT_ROUTES, "prompts"
+            )
+        )
     app = create_app(
         settings,
         backend=deps,

@@ -8,6 +8,7 @@ in flight; during a stream that closes the LLM connection, which stops the gener
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,12 +23,15 @@ from prometheus_client import Counter, Histogram
 from starlette.background import BackgroundTask
 
 from comps.core.disconnect import ClientGone, until_disconnect
-from comps.core.errors import ServiceError, UpstreamError, error_envelope
+from comps.core.errors import BadRequest, ServiceError, UpstreamError, error_envelope
 from comps.core.http import HttpClient
 from megaservice.adapters import Question, RagDefaults
+from megaservice.condense import Condenser
+from megaservice.conversations import Memory, Turn
 from megaservice.graph import NODE_ERRORS
 from megaservice.pipelines import Pipeline
 from megaservice.prompt import Passage
+from megaservice.prompts import Prompts, UsedPrompt
 from megaservice.protocol import ChatQnACompletion, ChatQnARequest, Source
 from megaservice.settings import GatewaySettings
 from megaservice.sse import DONE, data_of, error_event, event, event_blocks
@@ -54,26 +58,51 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class ChatQnA:
-    def __init__(self, settings: GatewaySettings, pipelines: dict[str, Pipeline]) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        pipelines: dict[str, Pipeline],
+        memory: Memory | None = None,
+        prompts: Prompts | None = None,
+    ) -> None:
         self.default = settings.pipeline
+        self.memory = memory
+        self.prompts = prompts
         self.pipelines = pipelines
         self.snippet = settings.source_snippet_chars
         self.rag = RagDefaults.of(settings)
+        self.question_rewrite = settings.question_rewrite
+        self.condenser = Condenser(pipelines["llm-only"].graph)
         self.tracing = Tracing(settings.trace_content)
         self._counts = {(p, s): REQUESTS.labels(p, "stream" if s else "json") for p in pipelines for s in (False, True)}
 
     async def answer(self, req: ChatQnARequest, http: HttpClient, request: Request) -> Response:
         arrived = time.perf_counter()
+        used: UsedPrompt | None = None
+        if req.prompt is not None:
+            if self.prompts is None:
+                raise BadRequest("this gateway has no prompt registry", param="prompt", code="no_prompt_registry")
+            req, used = await self.prompts.apply(req, http)
+        turn = await self._turn(req, http)
+        if turn is not None:
+            turn.prompt = used
+            req = turn.request  # with the conversation's earlier turns
         pipe = self.pipelines[req.pipeline_for(self.default)]
         q = Question.of(req, retrieves=pipe.name != "llm-only", rag=self.rag)
+        if q.retrieves and (req.question_rewrite or self.question_rewrite) == "condense":
+            standalone = await self.condenser.standalone(q.chat, http)
+            if standalone:
+                q = dataclasses.replace(q, query=standalone)
         self._counts[pipe.name, req.stream].inc()
         self.tracing.chain(trace.get_current_span(), pipe.name, q, request)
         try:
             if not req.stream:
-                return await until_disconnect(request, self._complete(pipe, q, http))
-            stream = await until_disconnect(request, self._open(pipe, q, http, arrived))
+                return await until_disconnect(request, self._complete(pipe, q, http, turn))
+            stream = await until_disconnect(request, self._open(pipe, q, http, arrived, turn))
         except ClientGone:
             CLIENT_GONE.inc()
+            if turn is not None:
+                turn.end(cut_short=True)
             return Response(status_code=499)
         return StreamingResponse(
             stream.events(),
@@ -82,15 +111,27 @@ class ChatQnA:
             background=BackgroundTask(stream.close),
         )
 
-    async def _complete(self, pipe: Pipeline, q: Question, http: HttpClient) -> Response:
+    async def _turn(self, req: ChatQnARequest, http: HttpClient) -> Turn | None:
+        """The conversation turn of a request with ``conversation_id`` or ``store: true`` (else None)."""
+        if self.memory is None or (req.conversation_id is None and not req.store):
+            return None
+        return await self.memory.begin(req, http)
+
+    async def _complete(self, pipe: Pipeline, q: Question, http: HttpClient, turn: Turn | None) -> Response:
         answers, llm_request = await pipe.graph.prepare(http, q)
         sources = self.sources(pipe.passages(q, answers))
         completion = await pipe.graph.call_terminal(http, llm_request)
         self.tracing.chain_answer(trace.get_current_span(), completion)
         body = ChatQnACompletion.model_construct(**dict(completion), sources=sources)
-        return Response(body.__pydantic_serializer__.to_json(body), media_type="application/json")
+        if turn is None:
+            return Response(body.__pydantic_serializer__.to_json(body), media_type="application/json")
+        reply = body.__pydantic_serializer__.to_python(body, mode="json")
+        turn.sources = reply["sources"]
+        turn.completed(reply)
+        turn.end(cut_short=False)
+        return Response(orjson.dumps(reply | turn.extras()), media_type="application/json")
 
-    async def _open(self, pipe: Pipeline, q: Question, http: HttpClient, arrived: float) -> _Relay:
+    async def _open(self, pipe: Pipeline, q: Question, http: HttpClient, arrived: float, turn: Turn | None) -> _Relay:
         answers, llm_request = await pipe.graph.prepare(http, q)
         sources = [s.model_dump() for s in self.sources(pipe.passages(q, answers))]
         stack = AsyncExitStack()
@@ -100,7 +141,9 @@ class ChatQnA:
         if recorder is not None:
             stack.callback(recorder.end)  # before the stream's span ends, however the relay ends
         keep_usage = q.request.stream_options is not None and q.request.stream_options.include_usage
-        return _Relay(stack, resp, pipe.name, sources, arrived, called, recorder, keep_usage)
+        if turn is not None:
+            turn.sources = sources
+        return _Relay(stack, resp, pipe.name, sources, arrived, called, recorder, keep_usage, turn)
 
     def sources(self, passages: list[Passage]) -> list[Source]:
         n = self.snippet
@@ -124,7 +167,10 @@ class _Relay:
         called: float,
         recorder: StreamTrace | None = None,
         keep_usage: bool = True,
+        turn: Turn | None = None,
     ) -> None:
+        self.turn = turn  # a conversation's: stored when the stream ends, cut short unless [DONE] came
+        self.finished = False
         self.stack = stack
         self.resp = resp
         self.pipeline = pipeline
@@ -146,6 +192,7 @@ class _Relay:
                         if data is None:
                             continue
                         if data == b"[DONE]":
+                            self.finished = True
                             out.append(DONE)
                             yield b"".join(out)
                             return
@@ -160,18 +207,28 @@ class _Relay:
         except Exception as exc:  # never a broken stream: the client gets the error, then [DONE]
             log.exception("relaying the LLM stream failed")
             yield event(orjson.dumps(error_envelope(f"relaying the answer failed: {exc}", "internal_error")))
+        finally:
+            self._end()
         yield DONE
+
+    def _end(self) -> None:
+        if self.turn is not None:
+            self.turn.end(cut_short=not self.finished)
 
     def _inspect(self, data: bytes) -> bytes | None:
         """Sources onto the first chunk; time to first token at the first content; errors counted; None for a
         usage chunk the client did not ask for."""
         chunk: object = None
-        if self.first or not self.timed:
+        if self.first or not self.timed or self.turn is not None:
             chunk = _json(data)
+            if self.turn is not None:
+                self.turn.observe(chunk)
             if self.first:
                 self.first = False
                 if isinstance(chunk, dict) and "choices" in chunk:
                     chunk["sources"] = self.sources
+                    if self.turn is not None:
+                        chunk.update(self.turn.extras())
                     data = orjson.dumps(chunk)
             if not self.timed and _has_content(chunk):
                 self.timed = True
@@ -189,6 +246,7 @@ class _Relay:
         return data
 
     async def close(self) -> None:
+        self._end()  # a client that left mid-stream: the generator may never resume to its own finally
         await self.stack.aclose()
 
 

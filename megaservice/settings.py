@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -105,6 +105,27 @@ class GatewaySettings(ServiceSettings):
         default=512 * 1024 * 1024,
         ge=1,
         description="Largest upload to /v1/dataprep/ingest (dataprep limits each file).",
+    )
+    chathistory_url: str | None = Field(
+        default=local_url("chathistory"),
+        description="The chathistory service (conversations: `conversation_id`, `store`); unset: no memory.",
+    )
+    chathistory_timeout_s: float = Field(
+        default=5.0, gt=0, description="Longest wait for a conversation's context or a proxied chathistory call."
+    )
+    prompts_url: str | None = Field(
+        default=local_url("prompts"), description="The prompt registry (requests' `prompt`); unset: none."
+    )
+    question_rewrite: Literal["heuristic", "condense"] = Field(
+        default="heuristic",
+        description="The search query of a follow-up: the word-list heuristic (megaservice/prompt.py) or one short "
+        "LLM call that rewrites it into a standalone question (megaservice/condense.py).",
+    )
+    history_tokens: int = Field(
+        default=1024,
+        ge=0,
+        description="Token budget of the earlier turns sent with a conversation's new question (a share of the "
+        "LLM's window: 4096 tokens by default, leaving room for passages and the answer).",
     )
     internal_api_key: SecretStr | None = Field(
         default=None,

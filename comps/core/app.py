@@ -5,6 +5,8 @@ What every service gets from here:
   background (liveness answers at once, readiness says 503 with the reason until it is done), and on
   shutdown in-flight requests drained before the backend and the client close;
 - ``GET /v1/health_check`` (liveness), ``GET /v1/ready`` (really asks the backend), ``GET /metrics``;
+- a process that cannot serve any more (`comps.core.tasks.fatal`: a critical background task or worker
+  thread died) fails liveness and readiness, drains, and exits with a non-zero code for its supervisor;
 - the error envelope for every non-2xx answer, request ids, a server span per request;
 - optional bearer-token auth and CORS for configured origins only.
 """
@@ -15,6 +17,7 @@ import asyncio
 import hmac
 import json
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -38,6 +41,7 @@ from comps.core.errors import (
 from comps.core.http import HttpClient
 from comps.core.observability import ObservabilityMiddleware, flush_spans, setup_logging, setup_tracing
 from comps.core.settings import ServiceSettings
+from comps.core.tasks import FATAL_EXIT_CODE, exit_on_fatal, fatal_reason
 
 log = logging.getLogger("comps.app")
 
@@ -176,18 +180,19 @@ def create_app(
 
     @app.get("/v1/health_check", tags=["ops"])
     async def health_check() -> JSONResponse:
-        """Liveness: the process serves requests. Fails only when warm-up failed for good."""
-        if state.warm_error:
-            return JSONResponse(
-                status_code=503,
-                content=error_envelope(f"warm-up failed: {state.warm_error}", "service_unavailable"),
-            )
+        """Liveness: the process serves requests. Fails when warm-up failed for good or the process is dead
+        inside (a critical task or worker thread died)."""
+        dead = f"warm-up failed: {state.warm_error}" if state.warm_error else fatal_reason()
+        if dead:
+            return JSONResponse(status_code=503, content=error_envelope(dead, "service_unavailable"))
         return JSONResponse({"status": "ok", "service": settings.service_name})
 
     @app.get("/v1/ready", tags=["ops"])
     async def ready() -> JSONResponse:
         """Readiness: the backend is loaded and its dependencies answer right now."""
         try:
+            if fatal_reason():
+                raise NotReady(f"the process is stopping: {fatal_reason()}")
             backend_ready = state.require_ready()
             details = await asyncio.wait_for(backend_ready.check_ready(), 10)
         except ServiceError as exc:
@@ -295,7 +300,8 @@ class BearerAuthMiddleware:
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
-    """Run ``app`` until SIGINT/SIGTERM; in-flight requests get ``drain_timeout_s`` to finish."""
+    """Run ``app`` until SIGINT/SIGTERM; in-flight requests get ``drain_timeout_s`` to finish. After a
+    `comps.core.tasks.fatal` the process exits with `FATAL_EXIT_CODE`."""
     setup_logging(settings.service_name, settings.log_format, settings.log_level)
     config = uvicorn.Config(
         app,
@@ -306,4 +312,7 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
         lifespan="on",
     )
+    exit_on_fatal()
     uvicorn.Server(config).run()
+    if fatal_reason():
+        sys.exit(FATAL_EXIT_CODE)

@@ -21,6 +21,9 @@ from comps.core.observability import outgoing_headers
 
 T = TypeVar("T")
 
+MAX_JSON_BYTES = 64 * 1024 * 1024  # most bytes of one JSON answer read into memory (a full embedding batch fits)
+ERROR_BODY_BYTES = 8192  # what is read of an upstream error answer
+
 
 class HttpClient:
     """Owns the process's aiohttp session; created in the app's lifespan, closed with it."""
@@ -61,15 +64,15 @@ class HttpClient:
         json_body: Any = None,
         headers: dict[str, str] | None = None,
         content: bytes | None = None,
+        max_bytes: int = MAX_JSON_BYTES,
     ) -> Any:
-        """Send one request and return the decoded JSON body; any failure names ``node``."""
+        """Send one request and return the decoded JSON body (at most ``max_bytes``); any failure names
+        ``node``."""
         async with self.stream(
             method, url, node=node, timeout_s=timeout_s, json_body=json_body, headers=headers, content=content
         ) as resp:
             try:
-                return await asyncio.wait_for(resp.json(content_type=None), timeout_s)
-            except (json.JSONDecodeError, aiohttp.ContentTypeError) as exc:
-                raise UpstreamError(f"{node} answered with a body that is not JSON: {exc}", node=node) from exc
+                return await asyncio.wait_for(read_json(resp, node, max_bytes), timeout_s)
             except TimeoutError as exc:
                 raise UpstreamTimeout(f"{node} did not finish its answer within {timeout_s:g}s", node=node) from exc
 
@@ -121,8 +124,24 @@ class HttpClient:
             resp.release()
 
 
+async def read_json(resp: aiohttp.ClientResponse, node: str, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """The decoded JSON body; `UpstreamError` when it is not JSON, or as soon as it is known to be over
+    ``max_bytes`` (nothing more is read into memory)."""
+    if resp.content_length is not None and resp.content_length > max_bytes:
+        raise UpstreamError(f"{node} answered {resp.content_length} bytes, over the limit of {max_bytes}", node=node)
+    body = bytearray()
+    async for block in resp.content.iter_any():
+        body += block
+        if len(body) > max_bytes:
+            raise UpstreamError(f"{node} answered more than the limit of {max_bytes} bytes", node=node)
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UpstreamError(f"{node} answered with a body that is not JSON: {exc}", node=node) from exc
+
+
 async def _upstream_status_error(resp: aiohttp.ClientResponse, node: str) -> UpstreamError:
-    text = (await resp.text(errors="replace"))[:2000]
+    text = (await resp.content.read(ERROR_BODY_BYTES)).decode(errors="replace")[:2000]
     detail = text
     try:
         body = json.loads(text)

@@ -9,6 +9,8 @@ PORTS: dict[str, int] = {
     "reranker": 8000,
     "llm": 9000,
     "dataprep": 6007,
+    "chathistory": 6012,
+    "prompts": 6018,
     "gateway": 8888,
 }
 

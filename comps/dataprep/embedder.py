@@ -29,6 +29,7 @@ from prometheus_client import Counter, Histogram
 
 from comps.core.errors import NotReady, UpstreamError
 from comps.core.http import HttpClient
+from comps.core.tasks import TaskGroup
 from comps.dataprep.settings import DataprepSettings
 from comps.embedding.client import NODE, EmbeddingClient
 
@@ -75,12 +76,19 @@ class ChunkEmbedder:
         self._tasks: set[asyncio.Task[None]] = set()
         self._measure: Measure | None = None
         self._measure_lock = asyncio.Lock()
+        self._group: TaskGroup | None = None
 
-    def start(self, http: HttpClient) -> None:
+    def start(self, http: HttpClient, tasks: TaskGroup | None = None) -> None:
+        """Start the dispatcher, supervised by ``tasks`` (default: a group of its own): if it dies it is
+        restarted, and the chunks in the pool wait for it."""
         self._http = http
-        self._spawn(self._dispatch())
+        self._group = tasks or TaskGroup("dataprep embedder")
+        self._group.spawn("dataprep-embedding-dispatcher", self._dispatch)
 
     async def close(self) -> None:
+        """Stop the dispatcher; cancel the requests in flight and the chunks waiting."""
+        if self._group is not None:
+            await self._group.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -135,6 +143,7 @@ class ChunkEmbedder:
 
     async def _dispatch(self) -> None:
         slots = asyncio.Semaphore(self.concurrency)
+        self._wake.set()  # a restarted dispatcher first serves what waited while it was down
         while True:
             await self._wake.wait()
             self._wake.clear()

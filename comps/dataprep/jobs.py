@@ -1,7 +1,10 @@
-"""Ingestion jobs: their state, a bounded queue with a fixed number of workers, and per-document locks.
+"""Ingestion jobs: their state, a bounded queue with a fixed number of supervised workers, and
+per-document locks.
 
-Job state lives in memory (the last ``DATAPREP_JOBS_KEPT`` finished jobs) and is mirrored to the store
-at every change, so a job's status can still be read after dataprep restarts.
+Job state lives in memory (the last ``DATAPREP_JOBS_KEPT`` finished jobs) and is saved to the store at
+every change, with what it takes to run the job again (its options, and where its upload is spooled):
+after a crash, `JobRunner.recover` finds the jobs left queued or running, resumes those it can and fails
+the others with the reason, so no job stays unfinished.
 """
 
 from __future__ import annotations
@@ -14,18 +17,24 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 
 from comps.core.errors import Overloaded
-from comps.dataprep.protocol import FINISHED, ChunkUnit, JobInfo, JobStatus
+from comps.core.tasks import TaskGroup
+from comps.dataprep.protocol import FINISHED, ChunkUnit, DocumentKind, JobInfo, JobStatus
 from comps.dataprep.uploads import Upload
 
 log = logging.getLogger("comps.dataprep.jobs")
 
 JOBS = Counter("chatqna_dataprep_jobs_total", "Ingestion jobs finished, by status", ["status"])
 QUEUED = Gauge("chatqna_dataprep_jobs_queued", "Ingestion jobs waiting for a worker")
+RECOVERED = Counter(
+    "chatqna_dataprep_jobs_recovered_total", "Unfinished jobs of an earlier run found at start-up", ["outcome"]
+)
+LOST_UPLOAD = "dataprep restarted and the uploaded file of this job is gone; ingest it again"
 
 
 @dataclass
@@ -61,6 +70,29 @@ class Job:
             finished_at=self.finished_at,
         )
 
+    def record(self) -> dict[str, Any]:
+        """What the store keeps: the status, and what running the job again needs."""
+        record: dict[str, Any] = self.info().model_dump()
+        record.update(chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap, tags=",".join(self.tags))
+        if self.upload is not None:
+            u = self.upload
+            record.update(upload_path=str(u.path), upload_kind=u.kind, upload_size=u.size, upload_sha256=u.sha256)
+        return record
+
+    @classmethod
+    def from_record(cls, saved: dict[str, Any]) -> Job:
+        """The job a saved record describes, queued again (its progress starts over)."""
+        upload = None
+        if saved.get("upload_path"):
+            kind: DocumentKind = saved["upload_kind"]
+            upload = Upload(saved["source"], kind, Path(saved["upload_path"]), int(saved["upload_size"]),
+                            saved["upload_sha256"])  # fmt: skip
+        return cls(
+            source=saved["source"], collection=saved["collection"], chunk_size=int(saved["chunk_size"]),
+            chunk_overlap=int(saved["chunk_overlap"]), tags=[t for t in saved.get("tags", "").split(",") if t],
+            upload=upload, job_id=saved["job_id"], created_at=float(saved["created_at"]),
+        )  # fmt: skip
+
     def finish(self, status: JobStatus, error: str | None = None) -> None:
         self.status = status
         self.error = error
@@ -69,8 +101,9 @@ class Job:
 
 
 class JobRunner:
-    """``workers`` tasks take jobs from a queue of at most ``max_queued``; ``run`` does one job and never
-    raises; ``save`` mirrors a job's state (its failures are logged, not fatal)."""
+    """``workers`` supervised tasks take jobs from a queue of at most ``max_queued``; ``run`` does one job
+    and should not raise (if it does, the job fails with the reason and the worker is restarted); ``save``
+    keeps a job's record in the store (its failures are logged, not fatal)."""
 
     def __init__(
         self,
@@ -87,17 +120,17 @@ class JobRunner:
         self._save = save
         self._queue: asyncio.Queue[Job] = asyncio.Queue(max_queued)
         self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.tasks = TaskGroup("dataprep")
 
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._work(), name=f"dataprep-worker-{i}") for i in range(self.workers)]
+    def start(self, tasks: TaskGroup | None = None) -> None:
+        """Start the workers, under ``tasks`` (default: the runner's own group)."""
+        self.tasks = tasks or self.tasks
+        for i in range(self.workers):
+            self.tasks.spawn(f"dataprep-worker-{i}", self._work)
 
     async def stop(self) -> None:
         """Stop the workers; jobs not finished are failed (and saved) with the reason."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await self.tasks.stop()
         for job in self._jobs.values():
             if job.status not in FINISHED:
                 job.finish("failed", "dataprep stopped before the job finished; ingest it again")
@@ -118,6 +151,36 @@ class JobRunner:
             self._queue.put_nowait(job)
         QUEUED.set(self._queue.qsize())
 
+    async def recover(self, saved: list[dict[str, Any]]) -> tuple[int, int]:
+        """Queue again the unfinished jobs of an earlier run (``saved`` records); a job whose upload is gone
+        fails with the reason. Returns (resumed, failed)."""
+        resumed = failed = 0
+        for record in sorted(saved, key=lambda r: float(r.get("created_at", 0))):
+            if record["job_id"] in self._jobs:
+                continue  # ours already
+            try:
+                job = Job.from_record(record)
+            except (KeyError, ValueError) as exc:  # a record from an older version: cannot be run again
+                job = Job(source=record.get("source", "?"), collection=record.get("collection", "?"), chunk_size=0,
+                          chunk_overlap=0, tags=[], job_id=record["job_id"])  # fmt: skip
+                job.finish("failed", f"dataprep restarted and cannot resume this job ({exc!r}); ingest it again")
+            else:
+                upload = job.upload
+                if upload is not None and not await asyncio.to_thread(_intact, upload):
+                    job.finish("failed", LOST_UPLOAD)
+            self._remember(job)
+            if job.status == "failed":
+                failed += 1
+                RECOVERED.labels("failed").inc()
+                await self.save(job)
+                continue
+            resumed += 1
+            RECOVERED.labels("resumed").inc()
+            await self.save(job)
+            await self._queue.put(job)  # waits for room: recovered jobs are never refused
+            QUEUED.set(self._queue.qsize())
+        return resumed, failed
+
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
@@ -127,7 +190,7 @@ class JobRunner:
     async def save(self, job: Job) -> None:
         try:
             async with job.saving:
-                await self._save(job.info().model_dump())
+                await self._save(job.record())
         except Exception as exc:  # the job goes on; only its copy in the store is stale
             log.warning("could not save the state of job %s: %s", job.job_id, exc)
 
@@ -143,8 +206,20 @@ class JobRunner:
             QUEUED.set(self._queue.qsize())
             try:
                 await self._run(job)
+            except Exception as exc:  # never a job left "running": fail it, then the worker dies and restarts
+                if job.status not in FINISHED:
+                    job.finish("failed", f"internal error: {type(exc).__name__}: {exc}")
+                    await self.save(job)
+                raise
             finally:
                 self._queue.task_done()
+
+
+def _intact(upload: Upload) -> bool:
+    try:
+        return upload.path.stat().st_size == upload.size
+    except OSError:
+        return False
 
 
 class KeyedLocks:

@@ -2,7 +2,9 @@
 parse and chunk -> embed -> replace the document atomically), listing and deleting documents.
 
 `DataprepService` is the app's backend for the kit: warm-up opens the store, the URL fetcher, the spool
-folder and the job workers; readiness needs Redis with search AND the embedding service.
+folder and the job workers; readiness needs Redis with search AND the embedding service, every background
+task running, and the start-up recovery done: the unfinished jobs of an earlier run (a crash) resumed or
+failed with the reason, and chunks that no document version owns swept away.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.requests import Request
 
-from comps.core.errors import BadRequest, NotFound, ServiceError
+from comps.core.errors import BadRequest, NotFound, NotReady, ServiceError
 from comps.core.http import HttpClient
+from comps.core.tasks import TaskGroup
 from comps.dataprep.backends import DocumentStore
 from comps.dataprep.embedder import ChunkEmbedder
 from comps.dataprep.jobs import Job, JobRunner, KeyedLocks
@@ -46,6 +49,8 @@ from comps.vectorstore.names import validate_collection
 
 log = logging.getLogger("comps.dataprep")
 
+RECOVERY_RETRY_MAX_S = 5.0  # start-up recovery retries until the store answers, at most this far apart
+
 
 class DataprepService:
     def __init__(self, settings: DataprepSettings, store: DocumentStore) -> None:
@@ -64,6 +69,8 @@ class DataprepService:
         self.spool: Path | None = None
         self._own_spool = False
         self._http: HttpClient | None = None
+        self.tasks = TaskGroup("dataprep")
+        self.recovered: tuple[int, int, int] | None = None  # (jobs resumed, jobs failed, orphan chunks swept)
 
     # ------------------------------------------------------------------------------ kit backend protocol
 
@@ -71,7 +78,7 @@ class DataprepService:
         self._http = http
         await self.store.warm_up(http)
         await self.fetcher.start()
-        self.embedder.start(http)
+        self.embedder.start(http, self.tasks)
         if self.settings.spool_dir is not None:
             self.spool = self.settings.spool_dir
             await asyncio.to_thread(self.spool.mkdir, parents=True, exist_ok=True)
@@ -85,16 +92,21 @@ class DataprepService:
             run=self._run,
             save=self.store.save_job,
         )
-        self.runner.start()
+        self.runner.start(self.tasks)
+        self.tasks.spawn("dataprep-recovery", self._recover, once=True)
 
     async def check_ready(self) -> dict[str, Any]:
         assert self._http is not None
+        self.tasks.check()
         details = await self.store.check_ready()
+        if self.recovered is None:
+            raise NotReady("dataprep is recovering the jobs and chunks a crash may have left")
         details.update(await self.embedder.check_ready(self._http))
         return details
 
     async def close(self) -> None:
         try:
+            await self.tasks.stop()
             if self.runner is not None:
                 await self.runner.stop()
             await self.embedder.close()
@@ -205,6 +217,28 @@ class DataprepService:
         )
 
     # --------------------------------------------------------------------------------------------- jobs
+
+    async def _recover(self) -> None:
+        """Once the store answers: resume or fail the jobs an earlier run left unfinished, and sweep chunks
+        that no document version owns."""
+        assert self.runner is not None
+        saved, swept = await self._open_jobs_and_sweep()
+        resumed, failed = await self.runner.recover(saved)
+        self.recovered = (resumed, failed, swept)
+        if resumed or failed or swept:
+            log.warning("start-up recovery: %d unfinished jobs resumed, %d failed (upload lost), "
+                        "%d orphan chunks deleted", resumed, failed, swept)  # fmt: skip
+
+    async def _open_jobs_and_sweep(self) -> tuple[list[dict[str, Any]], int]:
+        """The unfinished jobs in the store and the number of orphan chunks swept, once the store answers."""
+        delay = 0.2
+        while True:
+            try:
+                return await self.store.open_jobs(), await self.store.sweep_orphans()
+            except ServiceError as exc:  # the store is not up yet
+                log.info("start-up recovery waits for the store: %s", exc.message)
+                await asyncio.sleep(delay)
+                delay = min(RECOVERY_RETRY_MAX_S, delay * 2)
 
     async def _run(self, job: Job) -> None:
         assert self.runner is not None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 from urllib.parse import parse_qsl
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
@@ -94,6 +95,9 @@ async def read_ingest_form(request: Request, *, spool_dir: Path, max_file_bytes:
         if not reader.ended:
             raise BadRequest("the multipart body ended before its closing boundary")
         await reader.flush()
+    except MultipartParseError as exc:  # e.g. a part without headers, or a header line without a colon
+        await asyncio.to_thread(form.discard)
+        raise BadRequest(f"the multipart body is malformed: {exc}") from None
     except BaseException:
         await asyncio.to_thread(form.discard)
         raise

@@ -1,8 +1,9 @@
 """Fetching ``link_list`` URLs without becoming a proxy into the private network (SSRF).
 
-A URL is refused unless its scheme is http(s) and EVERY address its host resolves to is public: not
-private, loopback, link-local, multicast, reserved or unspecified (IPv4-mapped IPv6 included), unless
-``DATAPREP_ALLOW_PRIVATE_URLS=true``. The check runs up front (a 400 naming the reason), again for each
+A URL is refused unless its scheme is http(s) and EVERY address its host resolves to is globally
+routable (``is_global``, and not multicast; IPv4-mapped and NAT64 addresses are judged by the IPv4
+address inside, 6to4 ``2002::/16`` is refused whole), unless ``DATAPREP_ALLOW_PRIVATE_URLS=true``.
+Name resolution is bounded in time. The check runs up front (a 400 naming the reason), again for each
 redirect hop (redirects are followed by hand), and a third time where it cannot be raced: the fetch
 session's resolver refuses forbidden answers at connect time, so DNS rebinding between the check and the
 connection does not get through. That is why untrusted URLs go through their own session (`UrlFetcher`),
@@ -24,6 +25,12 @@ from aiohttp.resolver import ThreadedResolver
 USER_AGENT = "chatqna-dataprep/0.1 (+https://github.com/opea-project)"
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+DNS_TIMEOUT_S = 5.0  # default bound on resolving one host name
+
+_SIXTOFOUR = ipaddress.ip_network("2002::/16")  # tunnels to any IPv4 address, private ones included
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the IPv4 address is in the last 32 bits
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT: not private to Python, not global either
 
 
 class UrlRefused(ValueError):
@@ -35,9 +42,17 @@ class FetchFailed(RuntimeError):
 
 
 def forbidden_reason(ip: IPAddress) -> str | None:
-    """What kind of non-public address ``ip`` is ("a loopback address"...), or None when it is public."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """What kind of non-public address ``ip`` is ("a loopback address"...), or None when it is globally
+    routable."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip in _SIXTOFOUR:
+            return "a 6to4 address"
+        elif ip in _NAT64_LOCAL:
+            return "a local-use NAT64 address"
+        elif ip in _NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     for attr, what in (
         ("is_loopback", "a loopback"),
         ("is_link_local", "a link-local"),
@@ -48,6 +63,10 @@ def forbidden_reason(ip: IPAddress) -> str | None:
     ):
         if getattr(ip, attr):
             return f"{what} address"
+    if ip in _SHARED:
+        return "a shared (carrier-grade NAT) address"
+    if not ip.is_global:
+        return "a non-global address"
     return None
 
 
@@ -65,13 +84,13 @@ def split_url(url: str) -> tuple[str, int]:
     return parts.hostname, port or (443 if parts.scheme.lower() == "https" else 80)
 
 
-async def check_url(url: str, *, allow_private: bool) -> None:
-    """Refuse ``url`` (`UrlRefused`) if it is not http(s), its host does not resolve, or any address
-    it resolves to is not public (unless ``allow_private``)."""
+async def check_url(url: str, *, allow_private: bool, dns_timeout_s: float = DNS_TIMEOUT_S) -> None:
+    """Refuse ``url`` (`UrlRefused`) if it is not http(s), its host does not resolve (within
+    ``dns_timeout_s``), or any address it resolves to is not public (unless ``allow_private``)."""
     host, port = split_url(url)
     if allow_private:
         return
-    literal, addresses = await resolve(host, port)
+    literal, addresses = await resolve(host, port, dns_timeout_s)
     for ip in addresses:
         reason = forbidden_reason(ip)
         if reason:
@@ -81,14 +100,17 @@ async def check_url(url: str, *, allow_private: bool) -> None:
             )
 
 
-async def resolve(host: str, port: int) -> tuple[bool, list[IPAddress]]:
+async def resolve(host: str, port: int, timeout_s: float = DNS_TIMEOUT_S) -> tuple[bool, list[IPAddress]]:
     """(whether ``host`` is an IP literal, the addresses it stands for)."""
     try:
         return True, [ipaddress.ip_address(host)]
     except ValueError:
         pass
+    lookup = asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await asyncio.wait_for(lookup, timeout_s)
+    except TimeoutError:
+        raise UrlRefused(f"host {host!r} did not resolve within {timeout_s:g}s") from None
     except (socket.gaierror, UnicodeError) as exc:
         raise UrlRefused(f"host {host!r} does not resolve: {exc}") from None
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
@@ -100,13 +122,17 @@ async def resolve(host: str, port: int) -> tuple[bool, list[IPAddress]]:
 class GuardedResolver(AbstractResolver):
     """aiohttp resolver that fails the connection when any resolved address is not public."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = DNS_TIMEOUT_S) -> None:
         self._inner = ThreadedResolver()
+        self.timeout_s = timeout_s
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
+        try:
+            results = await asyncio.wait_for(self._inner.resolve(host, port, family), self.timeout_s)
+        except TimeoutError:
+            raise OSError(f"{host} did not resolve within {self.timeout_s:g}s") from None
         for result in results:
             reason = forbidden_reason(ipaddress.ip_address(result["host"]))
             if reason:
@@ -128,15 +154,19 @@ class UrlFetcher:
     """Fetches untrusted URLs: own session (guarded resolver unless private URLs are allowed), bounded
     body size, explicit timeout, redirects followed by hand and checked at each hop."""
 
-    def __init__(self, *, allow_private: bool, timeout_s: float, max_bytes: int, max_redirects: int) -> None:
+    def __init__(
+        self, *, allow_private: bool, timeout_s: float, max_bytes: int, max_redirects: int,
+        dns_timeout_s: float = DNS_TIMEOUT_S,
+    ) -> None:  # fmt: skip
         self.allow_private = allow_private
+        self.dns_timeout_s = dns_timeout_s
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
         self.max_redirects = max_redirects
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        resolver = ThreadedResolver() if self.allow_private else GuardedResolver()
+        resolver = ThreadedResolver() if self.allow_private else GuardedResolver(self.dns_timeout_s)
         connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False, limit=32)
         self._session = aiohttp.ClientSession(connector=connector, trust_env=False, headers={"User-Agent": USER_AGENT})
 
@@ -156,7 +186,7 @@ class UrlFetcher:
         assert self._session is not None, "UrlFetcher used before start()"
         current = url
         for _ in range(self.max_redirects + 1):
-            await check_url(current, allow_private=self.allow_private)
+            await check_url(current, allow_private=self.allow_private, dns_timeout_s=self.dns_timeout_s)
             try:
                 async with self._session.get(current, allow_redirects=False) as resp:
                     if resp.status in REDIRECTS and "Location" in resp.headers:

@@ -13,6 +13,11 @@ The asyncio side talks to the thread through `submit` / `cancel` (thread-safe); 
 through the sequence's ``emit`` callback, called on the engine thread (the backend bridges it to
 the event loop with ``loop.call_soon_threadsafe``). A cancelled sequence leaves the batch before the
 next step: its slot's KV cache is cleared and the slot freed.
+
+Failures: an exception while admitting, sampling or detokenising one sequence fails that sequence only
+(it gets the error, its slot is cleared and freed); the engine goes on with the others. Only a failure of
+the engine's own bookkeeping ends the thread: then ``error`` is set, every waiting sequence gets the
+error, and ``on_death`` is called (the backend makes the process exit, so its supervisor restarts it).
 """
 
 from __future__ import annotations
@@ -203,6 +208,7 @@ class Engine:
         self._active: list[Sequence] = []
         self._free_slots = [Slot(i) for i in range(parallel)]
         self.error: BaseException | None = None
+        self.on_death: Callable[[BaseException], None] | None = None  # called on the engine thread
         self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
 
     # ---- model facts (thread-safe: the vocabulary is read-only) ----
@@ -294,7 +300,10 @@ class Engine:
             reason = f"the generation engine stopped: {self.error}" if self.error else "the service is shutting down"
             for seq in leftovers:
                 seq.emit(EngineError(reason))
-            self._free()
+            if self.error is None:
+                self._free()
+            elif self.on_death is not None:  # the model stays loaded (tokenize may still be called) until close()
+                self.on_death(self.error)
 
     def _free(self) -> None:
         for seq in self._active:
@@ -319,21 +328,35 @@ class Engine:
         for seq in [s for s in self._active if s.cancelled]:
             self._remove(seq)
 
+    def _fail(self, seq: Sequence, exc: Exception) -> None:
+        """``seq`` broke (not the engine): it gets the error, leaves the batch, and its slot is cleared."""
+        log.error("generation of one sequence failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        seq.emit(EngineError(f"generation failed: {type(exc).__name__}: {exc}"))
+        if seq in self._active:
+            self._remove(seq)
+
     def _admit(self) -> None:
         while self._pending and self._free_slots:
             seq = self._pending.popleft()
-            # The slot with the longest cached prefix of this prompt; on a tie the lowest id (see _step).
-            slot = max(self._free_slots, key=lambda s: (common_prefix(s.tokens, seq.prompt), -s.seq_id))
-            self._free_slots.remove(slot)
-            keep = min(common_prefix(slot.tokens, seq.prompt), len(seq.prompt) - 1)  # >= 1 token to decode
-            if not L.llama_memory_seq_rm(self._mem, slot.seq_id, keep, -1):  # e.g. recurrent models
-                L.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
-                keep = 0
-            del slot.tokens[keep:]
-            seq.slot, seq.seq_id, seq.pos, seq.cached = slot, slot.seq_id, keep, keep
-            seq.sampler = self._make_sampler(seq.params)
-            seq.text = TextStream(list(seq.params.stop), stop_repeats=seq.params.stop_on_repetition)
-            self._active.append(seq)
+            try:
+                self._admit_one(seq)
+            except Exception as exc:  # one sequence broke, not the engine
+                self._fail(seq, exc)
+
+    def _admit_one(self, seq: Sequence) -> None:
+        # The slot with the longest cached prefix of this prompt; on a tie the lowest id (see _step).
+        slot = max(self._free_slots, key=lambda s: (common_prefix(s.tokens, seq.prompt), -s.seq_id))
+        self._free_slots.remove(slot)
+        seq.slot, seq.seq_id = slot, slot.seq_id
+        self._active.append(seq)  # from here on a failure frees the slot again (`_fail`)
+        keep = min(common_prefix(slot.tokens, seq.prompt), len(seq.prompt) - 1)  # >= 1 token to decode
+        if not L.llama_memory_seq_rm(self._mem, slot.seq_id, keep, -1):  # e.g. recurrent models
+            L.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+            keep = 0
+        del slot.tokens[keep:]
+        seq.pos, seq.cached = keep, keep
+        seq.sampler = self._make_sampler(seq.params)
+        seq.text = TextStream(list(seq.params.stop), stop_repeats=seq.params.stop_on_repetition)
 
     def _make_sampler(self, p: SamplingParams) -> Any:
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
@@ -410,8 +433,11 @@ class Engine:
                 self._remove(seq)
             return
         for seq, index in outputs:
-            token = L.llama_sampler_sample(seq.sampler, self._ctx, index)
-            self._on_token(seq, token)
+            try:
+                token = L.llama_sampler_sample(seq.sampler, self._ctx, index)
+                self._on_token(seq, token)
+            except Exception as exc:  # one sequence broke, not the engine
+                self._fail(seq, exc)
 
     def _on_token(self, seq: Sequence, token: int) -> None:
         if L.llama_vocab_is_eog(self._vocab, token):

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FinishReason = Literal["stop", "length", "repetition"]
+MAX_STOP_CHARS = 256  # each stop string is searched for in the text held back: bounded work per token
 
 
 class _Strict(BaseModel):
@@ -63,7 +64,9 @@ class ChatCompletionRequest(_Strict):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0, description="0 or unset: no top-k cut.")
-    stop: str | list[str] | None = Field(default=None, description="Up to 16 strings; the text stops before them.")
+    stop: str | list[str] | None = Field(
+        default=None, description="Up to 16 strings of up to 256 characters; the text stops before them."
+    )
     seed: int | None = None
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
@@ -104,6 +107,9 @@ class ChatCompletionRequest(_Strict):
     def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > 16:
             raise ValueError("at most 16 stop strings")
+        stops = [value] if isinstance(value, str) else value or []
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop string is longer than {MAX_STOP_CHARS} characters")
         return value
 
     def stop_list(self) -> list[str]:

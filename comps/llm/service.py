@@ -9,12 +9,13 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Counter, Gauge, Histogram
+from starlette.types import Receive, Scope, Send
 
 from comps.core.disconnect import ClientGone, until_disconnect
 from comps.core.errors import Overloaded, ServiceError, error_envelope
@@ -42,6 +43,11 @@ ACTIVE = Gauge("chatqna_llm_active_sequences", "Requests holding a generation sl
 REJECTED = Counter("chatqna_llm_rejected_requests", "Requests refused with 429 because the queue was full")
 GENERATED_TOKENS = Counter("chatqna_llm_generated_tokens", "Completion tokens generated")
 PROMPT_TOKENS = Counter("chatqna_llm_prompt_tokens", "Prompt tokens of finished generations")
+QUEUE_WAIT = Histogram(
+    "chatqna_llm_queue_wait_seconds",
+    "From the request's admission to the queue to its generation slot (0 when a slot was free)",
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300),
+)
 TTFT = Histogram(
     "chatqna_llm_time_to_first_token_seconds",
     "From the request's arrival (queueing included) to its first generated token",
@@ -73,6 +79,7 @@ class AdmissionQueue:
         if self.active < self.parallel and not self._waiters:
             self.active += 1
             self._gauges()
+            QUEUE_WAIT.observe(0)
             return time.monotonic()
         if len(self._waiters) >= self.max_queue:
             REJECTED.inc()
@@ -82,6 +89,7 @@ class AdmissionQueue:
                 retry_after=max(1, min(60, math.ceil(retry))),
             )
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queued_at = time.monotonic()
         self._waiters.append(fut)
         self._gauges()
         try:
@@ -93,7 +101,9 @@ class AdmissionQueue:
                 self._waiters.remove(fut)
             self._gauges()
             raise
-        return time.monotonic()
+        granted = time.monotonic()
+        QUEUE_WAIT.observe(granted - queued_at)
+        return granted
 
     def release(self, granted_at: float) -> None:
         self._hold_s = 0.8 * self._hold_s + 0.2 * (time.monotonic() - granted_at)
@@ -140,6 +150,47 @@ class _Meter:
             TPOT.observe((self.last - self.first) / (event.completion_tokens - 1))
 
 
+class _Lease:
+    """A granted slot and the generation holding it; `release` closes the generation and frees the slot,
+    once, whoever calls it first (the stream's own ``finally`` or the response's lifecycle)."""
+
+    def __init__(self, queue: AdmissionQueue, granted: float, events: AsyncGenerator[Event, None]) -> None:
+        self.queue = queue
+        self.granted = granted
+        self.events = events
+        self.released = False
+
+    async def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        try:
+            await self.events.aclose()
+        finally:
+            self.queue.release(self.granted)
+
+
+class _LeasedStream(StreamingResponse):
+    """A streamed answer that frees its slot when the response ends, however it ends: its body generator
+    may never start at all (the client left before the first chunk was asked for), and then its own
+    ``finally`` never runs."""
+
+    def __init__(self, body: AsyncGenerator[str, None], lease: _Lease) -> None:
+        super().__init__(
+            body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        self.lease = lease
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            finally:
+                await self.lease.release()
+
+
 class ChatService:
     def __init__(self, parallel: int, max_queue: int) -> None:
         self.queue = AdmissionQueue(parallel, max_queue)
@@ -163,19 +214,15 @@ class ChatService:
                 return Response(status_code=499)
             raise
         meter = _Meter(arrived)
+        lease = _Lease(self.queue, granted, events)
         if req.stream:
-            return StreamingResponse(
-                self._stream(req, started, events, meter, granted),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
+            return _LeasedStream(self._stream(req, started, meter, lease), lease)
         try:
             body = await until_disconnect(request, self._collect(started, events, meter))
         except ClientGone:
             return Response(status_code=499)
         finally:
-            await events.aclose()
-            self.queue.release(granted)
+            await lease.release()
         return JSONResponse(body)
 
     async def _collect(self, started: Started, events: AsyncGenerator[Event, None], meter: _Meter) -> dict[str, Any]:
@@ -196,13 +243,9 @@ class ChatService:
         raise ServiceError("the generation ended without finishing")
 
     async def _stream(
-        self,
-        req: ChatCompletionRequest,
-        started: Started,
-        events: AsyncGenerator[Event, None],
-        meter: _Meter,
-        granted: float,
-    ) -> AsyncIterator[str]:
+        self, req: ChatCompletionRequest, started: Started, meter: _Meter, lease: _Lease
+    ) -> AsyncGenerator[str, None]:
+        events = lease.events
         cid, created, model = completion_id(), now(), started.model
 
         def chunk(delta: DeltaMessage, finish: FinishReason | None = None) -> str:
@@ -236,8 +279,7 @@ class ChatService:
             log.exception("generation failed mid-stream")
             yield f"data: {json.dumps(error_envelope(f'generation failed: {exc}', 'internal_error'))}\n\n"
         finally:
-            await events.aclose()
-            self.queue.release(granted)
+            await lease.release()
         yield "data: [DONE]\n\n"
 
 

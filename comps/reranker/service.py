@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
-from comps.core.errors import BadRequest
+from comps.core.errors import BadRequest, Overloaded
 from comps.reranker.backends import Reranker
 from comps.reranker.protocol import (
     RerankedDocument,
@@ -16,11 +16,14 @@ from comps.reranker.protocol import (
 from comps.reranker.settings import RerankerSettings
 
 TEXTS = Counter("chatqna_reranker_texts_total", "Candidate texts scored")
+QUEUED = Gauge("chatqna_reranker_queued_texts", "Texts being scored or waiting to be")
+REJECTED = Counter("chatqna_reranker_rejected_requests", "Requests refused with 429 because the queue was full")
 
 
 class RerankerService:
     def __init__(self, settings: RerankerSettings) -> None:
         self.settings = settings
+        self.queued = 0  # texts of the requests being scored now
 
     async def ranked(
         self,
@@ -40,7 +43,16 @@ class RerankerService:
                 param=param,
                 code="too_many_texts",
             )
-        scores = await backend.score(query, texts, truncate=truncate, raw=raw)
+        if self.queued and self.queued + len(texts) > self.settings.max_queue:
+            REJECTED.inc()
+            raise Overloaded(f"{self.queued} texts are already waiting for the reranker; retry shortly")
+        self.queued += len(texts)
+        QUEUED.set(self.queued)
+        try:
+            scores = await backend.score(query, texts, truncate=truncate, raw=raw)
+        finally:
+            self.queued -= len(texts)
+            QUEUED.set(self.queued)
         TEXTS.inc(len(texts))
         order = sorted(range(len(texts)), key=lambda i: -scores[i])
         return [(i, scores[i]) for i in order[:top_n]]

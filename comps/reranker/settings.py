@@ -21,6 +21,9 @@ class RerankerSettings(ServiceSettings):
         "an existing folder, else lexical-fusion.",
     )
     max_texts: int = Field(default=256, ge=1, description="Most texts in one request.")
+    max_queue: int = Field(
+        default=4096, ge=1, description="Texts being scored or waiting to be; beyond that: 429 with Retry-After."
+    )
 
     # cross-encoder backend
     model: str | None = Field(default=None, description="A cross-encoder folder under the models dir, or a path.")

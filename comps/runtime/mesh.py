@@ -29,6 +29,7 @@ class ServiceSpec:
     env_prefix: str
     needs: tuple[str, ...] = ()  # other services it calls
     uses_redis: bool = False
+    uses_database: bool = False  # gets DATABASE_URL (the relational store)
     settings: str = ""  # "module:Class" of its settings (what it reads from the environment)
 
     def available(self) -> bool:
@@ -72,11 +73,27 @@ SERVICES: tuple[ServiceSpec, ...] = (
         settings="comps.dataprep.settings:DataprepSettings",
     ),
     ServiceSpec(
+        "chathistory",
+        "comps.chathistory",
+        "chathistory_port",
+        "CHATHISTORY_",
+        uses_database=True,
+        settings="comps.chathistory.settings:ChatHistorySettings",
+    ),
+    ServiceSpec(
+        "prompts",
+        "comps.prompt_registry",
+        "prompts_port",
+        "PROMPTS_",
+        uses_database=True,
+        settings="comps.prompt_registry.settings:PromptRegistrySettings",
+    ),
+    ServiceSpec(
         "gateway",
         "megaservice",
         "gateway_port",
         "GATEWAY_",
-        ("embedding", "retriever", "reranker", "llm", "dataprep"),
+        ("embedding", "retriever", "reranker", "llm", "dataprep", "chathistory", "prompts"),
         settings="megaservice.settings:GatewaySettings",
     ),
 )
@@ -90,7 +107,7 @@ class Mesh:
     redis_url: str
     services: tuple[ServiceSpec, ...] = SERVICES
     overrides: dict[str, dict[str, str]] = field(default_factory=dict)
-    database_url: str | None = None  # with auth on: the gateway's user store
+    database_url: str | None = None  # the relational store: the gateway's users (auth on), conversations
     jwt_secret: str | None = None
     internal_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
@@ -108,8 +125,12 @@ class Mesh:
         }
         if spec.uses_redis:
             env["REDIS_URL"] = self.redis_url
+        if spec.uses_database:
+            env["DATABASE_URL"] = self.database_url or ""
         for need in spec.needs:
             env[f"{spec.env_prefix}{need.upper()}_URL"] = self.url(need)
+        if spec.name == "dataprep":  # queued uploads wait here for their jobs, across restarts
+            env["DATAPREP_SPOOL_DIR"] = str((self.settings.state_dir / "spool").resolve())
         # Only the gateway has the mesh's internal token for the others; each service requires it.
         if spec.name == "gateway":
             env["GATEWAY_INTERNAL_API_KEY"] = self.internal_token
@@ -135,8 +156,18 @@ class Mesh:
         )
 
 
+RESTART_BASE_S = 0.5  # backoff before the first restart of a crashed child; doubled per crash in a row
+RESTART_MAX_S = 30.0
+STABLE_S = 60.0  # a child up this long has stopped crashing: its backoff starts over
+
+
+def restart_delay(crashes_in_a_row: int) -> float:
+    return min(RESTART_MAX_S, RESTART_BASE_S * 2.0 ** max(0, crashes_in_a_row - 1))
+
+
 class Supervisor:
-    """Starts Redis (unless REDIS_URL is set) and the services, waits for readiness, stops them all."""
+    """Starts Redis (unless REDIS_URL is set) and the services, waits for readiness, restarts any child that
+    dies (with backoff) until stopped, stops them all."""
 
     def __init__(self, settings: RuntimeSettings, *, only: set[str] | None = None, out: Callable[[str], None] = print):
         self.settings = settings
@@ -148,6 +179,9 @@ class Supervisor:
         self.procs: dict[str, ManagedProcess] = {}
         self.mesh: Mesh | None = None
         self.ready_s: dict[str, float] = {}
+        self.restarts: dict[str, int] = {}  # child -> times restarted
+        self._crashes: dict[str, int] = {}  # child -> crashes in a row
+        self._started_at: dict[str, float] = {}
 
     def selected(self) -> list[ServiceSpec]:
         specs = [s for s in SERVICES if self.only is None or s.name in self.only]
@@ -170,8 +204,11 @@ class Supervisor:
             ).start()
             redis_url = self.redis.url
         database_url = jwt_secret = None
-        if self.settings.auth_enabled and any(s.name == "gateway" for s in specs):
+        gateway_auth = self.settings.auth_enabled and any(s.name == "gateway" for s in specs)
+        if gateway_auth or any(s.uses_database for s in specs):
             database_url = self._start_postgres()
+        if gateway_auth:
+            assert database_url is not None
             jwt_secret = state_secret(self.settings.state_dir, "jwt_secret")
             self.first_admin = asyncio.run(bootstrap(self.settings, database_url, jwt_secret))
         mesh = self.mesh = Mesh(self.settings, redis_url or "", database_url=database_url, jwt_secret=jwt_secret)
@@ -209,7 +246,7 @@ class Supervisor:
 
     def table(self) -> list[tuple[str, str, str]]:
         rows = []
-        if self.postgres or (self.settings.database_url and self.settings.auth_enabled):
+        if self.postgres or (self.settings.database_url and self.mesh and self.mesh.database_url):
             where = f"127.0.0.1:{self.postgres.port}" if self.postgres else "DATABASE_URL"
             rows.append(("postgres", where, "embedded" if self.postgres else "external"))
         if self.redis or self.settings.redis_url:
@@ -224,17 +261,46 @@ class Supervisor:
             rows.append((name, self.mesh.url(name) if self.mesh else "", f"ready in {self.ready_s.get(name, 0):.1f}s"))
         return rows
 
-    def watch(self, stop: threading.Event) -> str | None:
-        """Block until ``stop`` is set or a child dies; returns the name of a child that died."""
-        while not stop.wait(0.5):
-            for name, proc in self.procs.items():
-                if not proc.running():
-                    return name
-            if self.redis and not self.redis.process.running():
-                return "redis"
-            if self.postgres and not self.postgres.process.running():
-                return "postgres"
-        return None
+    def watch(self, stop: threading.Event, poll_s: float = 0.2) -> None:
+        """Block until ``stop`` is set, restarting every child that dies (Redis, PostgreSQL included), after a backoff
+        that doubles with each crash in a row (`restart_delay`); each restart is counted and logged."""
+        due: dict[str, float] = {}  # child -> when it is restarted
+        while not stop.wait(poll_s):
+            now = time.monotonic()
+            for name, proc in self._children().items():
+                if proc.running():
+                    if now - self._started_at.get(name, now) > STABLE_S:
+                        self._crashes[name] = 0  # up long enough: the next crash starts the backoff over
+                    continue
+                if name not in due:
+                    self._crashes[name] = self._crashes.get(name, 0) + 1
+                    delay = restart_delay(self._crashes[name])
+                    due[name] = now + delay
+                    code = proc.proc.returncode if proc.proc else None
+                    self.out(f"{name} exited with code {code}; restarting it in {delay:.1f}s "
+                             f"(crash {self._crashes[name]} in a row)")  # fmt: skip
+                elif now >= due[name]:
+                    del due[name]
+                    self._restart(name, proc)
+
+    def _children(self) -> dict[str, ManagedProcess]:
+        children = dict(self.procs)
+        if self.redis:
+            children["redis"] = self.redis.process
+        if self.postgres:
+            children["postgres"] = self.postgres.process
+        return children
+
+    def _restart(self, name: str, proc: ManagedProcess) -> None:
+        proc.stop()  # reaps it and closes its log
+        try:
+            proc.start()
+        except OSError as exc:  # e.g. the interpreter vanished: try again after the next backoff
+            self.out(f"could not restart {name}: {exc}")
+            return
+        self._started_at[name] = time.monotonic()
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        self.out(f"{name} restarted (pid {proc.pid}, restart {self.restarts[name]})")
 
     def stop(self) -> None:
         for name in reversed(list(self.procs)):
@@ -246,7 +312,7 @@ class Supervisor:
 
 
 def run_up(settings: RuntimeSettings, only: set[str] | None, out: Callable[[str], None]) -> int:
-    """`chatqna up`: start, report, and run until Ctrl-C/SIGTERM or until a service dies."""
+    """`chatqna up`: start, report, and run until Ctrl-C/SIGTERM; a child that dies is restarted."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -271,13 +337,11 @@ def run_up(settings: RuntimeSettings, only: set[str] | None, out: Callable[[str]
     else:
         out("\nSign in as an existing admin (`chatqna users list`; `chatqna users set-password NAME` to reset).")
     out("Ctrl-C stops everything.\n")
-    dead = sup.watch(stop)
-    if dead:
-        out(f"{dead} exited unexpectedly; stopping the mesh")
-    else:
-        out("stopping the mesh")
+    sup.watch(stop)
+    restarted = ", ".join(f"{name} x{n}" for name, n in sup.restarts.items())
+    out(f"stopping the mesh{f' (restarts: {restarted})' if restarted else ''}")
     sup.stop()
-    return 1 if dead else 0
+    return 0
 
 
 def state_secret(state_dir: Path, name: str) -> str:

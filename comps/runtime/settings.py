@@ -35,6 +35,8 @@ class RuntimeSettings(BaseSettings):
     reranker_port: int = _env("RERANKER_PORT", PORTS["reranker"])
     llm_port: int = _env("LLM_PORT", PORTS["llm"])
     dataprep_port: int = _env("DATAPREP_PORT", PORTS["dataprep"])
+    chathistory_port: int = _env("CHATHISTORY_PORT", PORTS["chathistory"])
+    prompts_port: int = _env("PROMPTS_PORT", PORTS["prompts"])
     gateway_port: int = _env("MEGA_SERVICE_PORT", PORTS["gateway"])
     ready_timeout_s: float = _env("CHATQNA_READY_TIMEOUT_S", 600.0, "How long `up` waits for every service")
     log_format: str = _env("LOG_FORMAT", "plain")

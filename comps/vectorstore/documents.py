@@ -4,12 +4,18 @@ A document's chunks are the keys ``c:chunk:<doc_id>:<version>:<n>`` (see `schema
 ``c:doc:<doc_id>`` says which version is current and how many chunks it has. `replace_document`:
 
 1. takes a version number no other writer of the collection will ever get (a counter in ``c:meta``);
-2. writes the new version's chunk keys (pipelined, in batches);
-3. in ONE MULTI/EXEC transaction, WATCHing the record, ``c:meta`` and the new keys (which must all still
-   exist): deletes the old version's chunk keys, writes the new record, adds the id to ``c:docs``. A
-   concurrent writer of the same document makes EXEC fail; the transaction is then retried on the newer
-   record (last writer wins);
-4. on any failure before EXEC succeeds, deletes the new version's keys: the old version stays intact.
+2. writes the new version's chunks, pipelined in batches, as STAGED keys ``c:staged:<doc_id>:<version>:<n>``:
+   outside the index's ``c:chunk:`` prefix, so no search sees them, and with a TTL (`STAGED_TTL_S`), so a
+   crash while writing leaves nothing behind for long;
+3. in ONE MULTI/EXEC transaction, WATCHing the record, ``c:meta`` and the staged keys (which must all
+   still exist): deletes the old version's chunk keys, RENAMEs each staged key to its chunk key (and
+   drops its TTL), writes the new record, adds the id to ``c:docs``. A reader sees the old version or the
+   new one, never both. A concurrent writer of the same document makes EXEC fail; the transaction is then
+   retried on the newer record (last writer wins);
+4. on any failure before EXEC succeeds, deletes the staged keys: the old version stays intact.
+
+`sweep_orphans` (run by dataprep at start-up) deletes chunk keys of versions that are not current, which
+only a crash of an older release, one that wrote chunks under the indexed prefix before committing, leaves.
 
 The collection must exist (`schema.ensure_index`) before writing; `delete_all` removes ``c:meta`` first,
 so a write racing with it fails and cleans up instead of leaving keys of a deleted collection.
@@ -32,6 +38,7 @@ from comps.vectorstore import schema
 log = logging.getLogger("comps.vectorstore.documents")
 
 WRITE_BATCH = 500  # chunk keys per pipeline round trip
+STAGED_TTL_S = 6 * 3600  # a staged version that never gets committed (its writer crashed) expires
 COMMIT_RETRIES = 10
 VERSION_FIELD = "next_version"  # in c:meta: the collection's version counter
 
@@ -108,8 +115,14 @@ async def list_documents(r: aioredis.Redis, collection: str) -> list[DocumentRec
     return sorted((DocumentRecord.from_hash(raw) for raw in raws if raw), key=lambda d: (d.source, d.doc_id))
 
 
+def staged_key(collection: str, doc_id: str, version: int, n: int) -> str:
+    """Where chunk ``n`` of a version waits for its commit: not under the index's prefix."""
+    return f"{collection}:staged:{doc_id}:{version}:{n}"
+
+
 class StagedVersion:
-    """A new version's chunk keys, written but not yet current. `commit` makes it current atomically."""
+    """A new version's chunks, staged (not searchable) and not yet current. `commit` makes it current
+    atomically."""
 
     def __init__(self, r: aioredis.Redis, collection: str, doc_id: str, version: int) -> None:
         self.r = r
@@ -127,7 +140,7 @@ class StagedVersion:
             async with self.r.pipeline(transaction=False) as pipe:
                 for offset, chunk in enumerate(chunks[start : start + WRITE_BATCH]):
                     n = base + start + offset
-                    key = schema.chunk_key(self.collection, self.doc_id, self.version, n)
+                    key = staged_key(self.collection, self.doc_id, self.version, n)
                     mapping: dict[str, object] = {
                         schema.TEXT: chunk.text,
                         schema.EMBEDDING: schema.vector_bytes(chunk.embedding),
@@ -139,6 +152,7 @@ class StagedVersion:
                     if chunk.page is not None:
                         mapping[schema.PAGE] = chunk.page
                     pipe.hset(key, mapping=mapping)
+                    pipe.expire(key, STAGED_TTL_S)
                     self.keys.append(key)  # before execute: a partly applied batch is cleaned up too
                 await pipe.execute()
 
@@ -162,6 +176,10 @@ class StagedVersion:
                         stale = old.chunk_keys(self.collection)
                         for start in range(0, len(stale), WRITE_BATCH * 10):
                             pipe.delete(*stale[start : start + WRITE_BATCH * 10])
+                    for n, staged in enumerate(self.keys):
+                        final = schema.chunk_key(self.collection, record.doc_id, self.version, n)
+                        pipe.rename(staged, final)
+                        pipe.persist(final)
                     pipe.delete(doc_key)
                     pipe.hset(doc_key, mapping=record.to_hash())
                     pipe.sadd(schema.docs_key(self.collection), record.doc_id)
@@ -248,7 +266,7 @@ async def delete_all(r: aioredis.Redis, collection: str) -> int:
     except ResponseError as exc:
         if "unknown index" not in str(exc).lower() and "no such index" not in str(exc).lower():
             raise
-    for pattern in (f"{schema.chunk_prefix(collection)}*", f"{collection}:doc:*"):
+    for pattern in (f"{schema.chunk_prefix(collection)}*", f"{collection}:staged:*", f"{collection}:doc:*"):
         batch: list[bytes] = []
         async for key in r.scan_iter(match=pattern, count=1000):
             batch.append(key)
@@ -259,3 +277,34 @@ async def delete_all(r: aioredis.Redis, collection: str) -> int:
             await r.delete(*batch)
     await r.delete(schema.docs_key(collection))
     return count
+
+
+async def sweep_orphans(r: aioredis.Redis) -> int:
+    """Delete every chunk key (of any collection) whose version is not its document's current one; returns
+    how many. Safe while others write: a chunk key only appears in the commit that makes its version
+    current, so one found with another current version (or no record) was left by a crash."""
+    found: dict[tuple[str, str], list[tuple[bytes, int]]] = {}
+    async for key in r.scan_iter(match="*:chunk:*", count=1000):
+        collection, _, rest = key.decode().partition(":chunk:")
+        parts = rest.rsplit(":", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        found.setdefault((collection, parts[0]), []).append((key, int(parts[1])))
+    if not found:
+        return 0
+    docs = list(found)
+    async with r.pipeline(transaction=False) as pipe:
+        for collection, doc_id in docs:
+            pipe.hget(schema.doc_key(collection, doc_id), "version")
+        versions = await pipe.execute()
+    orphans = [
+        key
+        for doc, current in zip(docs, versions, strict=True)
+        for key, version in found[doc]
+        if current is None or int(current) != version
+    ]
+    for start in range(0, len(orphans), WRITE_BATCH * 10):
+        await r.delete(*orphans[start : start + WRITE_BATCH * 10])
+    if orphans:
+        log.warning("deleted %d orphan chunks (of versions never committed or replaced)", len(orphans))
+    return len(orphans)

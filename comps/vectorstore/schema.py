@@ -20,7 +20,9 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.commands.search.field import NumericField, TagField, TextField, VectorField
 from redis.commands.search.index_definition import IndexDefinition, IndexType
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from comps.core.errors import BadRequest
 from comps.vectorstore.names import validate_collection
@@ -78,8 +80,12 @@ class CollectionInfo:
 
 
 def connect(url: str) -> aioredis.Redis:
-    """An async client for ``url`` (binary-safe: vectors are bytes)."""
-    return aioredis.Redis.from_url(url, decode_responses=False, socket_timeout=30, socket_connect_timeout=5)
+    """An async client for ``url`` (binary-safe: vectors are bytes). A pooled connection that a Redis restart
+    closed is replaced and the command retried (redis-py retries only the errors it is told to)."""
+    return aioredis.Redis.from_url(
+        url, decode_responses=False, socket_timeout=30, socket_connect_timeout=5,
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )  # fmt: skip
 
 
 async def collection_info(r: aioredis.Redis, collection: str) -> CollectionInfo | None:

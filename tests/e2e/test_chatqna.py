@@ -48,6 +48,8 @@ def sup(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             "RERANKER_PORT",
             "LLM_PORT",
             "DATAPREP_PORT",
+            "CHATHISTORY_PORT",
+            "PROMPTS_PORT",
             "MEGA_SERVICE_PORT",
             "CHATQNA_REDIS_PORT",
             "CHATQNA_POSTGRES_PORT",

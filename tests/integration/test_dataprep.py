@@ -577,4 +577,4 @@ def test_cli_ingests_a_folder(dataprep: Service, client: httpx.Client, tmp_path:
     assert refused.returncode == 2 and "skip.bin: unsupported file type" in refused.stderr
     bad = cli(str(docs), "--chunk-size", "10", "--chunk-overlap", "20")
     assert bad.returncode == 1
-    assert "dataprep answered HTTP 400: chunk_overlap (20) must be smaller than chunk_size (10)" in bad.stderr
+    assert "answered HTTP 400: chunk_overlap (20) must be smaller than chunk_size (10)" in bad.stderr

@@ -90,7 +90,8 @@ def test_failure_before_commit_removes_the_new_keys_and_keeps_the_old_version(re
         with pytest.raises(RuntimeError, match="boom"):
             async with documents.staged_version(r, c, "d1") as staged:
                 await staged.write(chunks(5, "half"), source="d1.txt", tags="")
-                assert len({k for k in await keys(r, c) if ":chunk:" in k}) == 8  # both versions exist here
+                assert len({k for k in await keys(r, c) if ":chunk:" in k}) == 3  # the new one is only staged
+                assert len({k for k in await keys(r, c) if ":staged:" in k}) == 5
                 raise RuntimeError("boom")
         after = await snapshot(r, c)
         assert {k: v for k, v in after.items() if k != schema.meta_key(c)} == {
@@ -187,5 +188,54 @@ def test_a_write_whose_keys_vanished_is_not_committed(redis_url: str) -> None:
                 await staged.commit(record())
         assert await documents.get_document(r, c, "d1") is None
         assert {k for k in await keys(r, c) if ":chunk:" in k} == set()
+
+    run(redis_url, body)
+
+
+async def searched_texts(r, c: str) -> set[str]:
+    found = await r.ft(c).search(Query("*").return_fields(schema.TEXT).paging(0, 100))
+    return {doc.text for doc in found.docs}
+
+
+def test_readers_see_the_old_version_or_the_new_one_never_both(redis_url: str) -> None:
+    """Issue 12, defect 3: while a new version is written (before its commit) a search sees only the old
+    version; right after the commit only the new one."""
+
+    async def body(r, c: str) -> None:
+        await documents.replace_document(r, c, record(), chunks(3, "old"))
+        old = {f"old chunk {i}" for i in range(3)}
+        async with documents.staged_version(r, c, "d1") as staged:
+            await staged.write(chunks(5, "new"), source="d1.txt", tags="")
+            assert await searched_texts(r, c) == old  # written, not committed: not searchable
+            assert await indexed(r, c) == 3
+            await staged.commit(record(sha="v2"))
+            assert await searched_texts(r, c) == {f"new chunk {i}" for i in range(5)}
+        assert await r.ttl(schema.chunk_key(c, "d1", staged.version, 0)) == -1  # committed chunks never expire
+
+    run(redis_url, body)
+
+
+def test_a_crash_before_the_commit_leaves_no_searchable_orphan(redis_url: str) -> None:
+    """A writer that dies between writing and committing (no discard runs) leaves nothing searchable, and
+    what it staged expires; chunks an older release left under the indexed prefix are swept at start-up."""
+
+    async def body(r, c: str) -> None:
+        await documents.replace_document(r, c, record(), chunks(2, "old"))
+        version = int(await r.eval(documents._NEXT_VERSION, 1, schema.meta_key(c), documents.VERSION_FIELD))
+        crashed = documents.StagedVersion(r, c, "d1", version)
+        await crashed.write(chunks(4, "crashed"), source="d1.txt", tags="")  # then the process dies
+        assert await searched_texts(r, c) == {"old chunk 0", "old chunk 1"}
+        staged = [k for k in await keys(r, c) if ":staged:" in k]
+        ttls = [await r.ttl(k) for k in staged]
+        assert len(staged) == 4 and all(0 < t <= documents.STAGED_TTL_S for t in ttls)
+        # What a crash of the previous release left: chunks of an uncommitted version under the index prefix.
+        for n in range(3):
+            await r.hset(schema.chunk_key(c, "d1", version + 7, n), mapping={schema.TEXT: "orphan", schema.DOC_ID: "d1",
+                         schema.EMBEDDING: schema.vector_bytes(vec(n))})  # fmt: skip
+        await r.hset(schema.chunk_key(c, "gone", 1, 0), mapping={schema.TEXT: "orphan of a deleted document"})
+        assert "orphan" in await searched_texts(r, c)
+        assert await documents.sweep_orphans(r) == 4
+        assert await searched_texts(r, c) == {"old chunk 0", "old chunk 1"}
+        assert await documents.sweep_orphans(r) == 0
 
     run(redis_url, body)

@@ -66,6 +66,13 @@ def stack(redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFa
             log_dir=logs,
             timeout_s=120,
         )
+        chathistory = start_service(
+            "comps.chathistory",
+            "CHATHISTORY_",
+            {"DATABASE_URL": database_url, "CHATHISTORY_API_KEY": INTERNAL},
+            log_dir=logs,
+            timeout_s=120,
+        )
         env = {
             **mesh.env(),
             "GATEWAY_AUTH_ENABLED": "true",
@@ -73,6 +80,7 @@ def stack(redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFa
             "GATEWAY_JWT_SECRET": JWT_SECRET,
             "GATEWAY_INTERNAL_API_KEY": INTERNAL,
             "GATEWAY_DATAPREP_URL": dataprep.url,
+            "GATEWAY_CHATHISTORY_URL": chathistory.url,
             "INDEX_NAME": SHARED,
             "CHATQNA_ADMIN_USER": ADMIN[0],
             "CHATQNA_ADMIN_PASSWORD": ADMIN[1],
@@ -84,6 +92,7 @@ def stack(redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFa
             yield Stack(gateway, dataprep, mesh, logs)
         finally:
             gateway.stop()
+            chathistory.stop()
             dataprep.stop()
 
 
@@ -370,6 +379,8 @@ def test_user_a_can_reach_nothing_of_user_b(stack: Stack, admin: httpx.Client) -
     assert job["status"] == "succeeded", job
     doc_id = job["doc_id"]
     key_a = a.post("/v1/auth/keys", json={"name": "a"}).json()["id"]
+    chat_a = a.post("/v1/chatqna", json={"messages": "What is my launch code?", "store": True}).json()
+    conv = chat_a["conversation_id"]
     assert a.post("/v1/dataprep/get", json={"collection": private}).json()[0]["source"] == "secret-plan.txt"
 
     attempts = {
@@ -387,6 +398,13 @@ def test_user_a_can_reach_nothing_of_user_b(stack: Stack, admin: httpx.Client) -
         "share A's collection": b.patch(f"/v1/collections/{private}", json={"visibility": "shared"}),
         "delete A's collection": b.delete(f"/v1/collections/{private}"),
         "revoke A's key": b.delete(f"/v1/auth/keys/{key_a}"),
+        "continue A's conversation": b.post("/v1/chatqna", json={"messages": "and?", "conversation_id": conv}),
+        "read A's conversation": b.get(f"/v1/conversations/{conv}/messages"),
+        "export A's conversation": b.get(f"/v1/conversations/{conv}/export"),
+        "rename A's conversation": b.patch(f"/v1/conversations/{conv}", json={"title": "mine"}),
+        "delete A's conversation": b.delete(f"/v1/conversations/{conv}"),
+        "OPEA get of A's conversation": b.post("/v1/chathistory/get", json={"user": "a", "id": conv}),
+        "OPEA delete of A's conversation": b.post("/v1/chathistory/delete", json={"user": "a", "id": conv}),
     }
     for what, r in attempts.items():
         assert r.status_code == 404, f"{what}: {r.status_code} {r.text}"
@@ -395,9 +413,12 @@ def test_user_a_can_reach_nothing_of_user_b(stack: Stack, admin: httpx.Client) -
     assert private not in {c["name"] for c in b.get("/v1/collections").json()}
     assert job["job_id"] not in {j["job_id"] for j in b.get("/v1/dataprep/jobs").json()["jobs"]}
     assert b.get("/v1/auth/keys").json() == []
+    assert b.get("/v1/conversations").json()["data"] == []
+    assert b.get("/v1/conversations/export").json()["conversations"] == []
     # Nothing of A's changed, and the retriever never saw B's query on A's collection.
     assert a.post("/v1/dataprep/get", json={"collection": private}).json()[0]["doc_id"] == doc_id
     assert a.get("/v1/auth/keys").json()[0]["id"] == key_a
+    assert len(a.get(f"/v1/conversations/{conv}/messages").json()["data"]) == 2
     assert all(body.get("collection") != private for body in stack.mesh.seen["retriever"][-20:] if body)
 
 

@@ -329,10 +329,13 @@ def test_a_disconnecting_client_frees_its_slot_at_once(single) -> None:
         time.sleep(1.0)
         assert metric(single, "chatqna_llm_generated_tokens_total") == generated  # nothing generates any more
         assert metric(single, "chatqna_llm_active_sequences") == 0
-        started = time.monotonic()
+        waits = metric(single, "chatqna_llm_queue_wait_seconds_count")
+        waited = metric(single, "chatqna_llm_queue_wait_seconds_sum")
         short = complete(single, LONG_TASK, max_tokens=4, temperature=0)
         assert short.usage.completion_tokens == 4
-        assert time.monotonic() - started < 3  # the 1500-token stream would hold the only slot for ~20 s
+        # It got the only slot at once (the 1500-token stream would have held it for ~20 s).
+        assert metric(single, "chatqna_llm_queue_wait_seconds_count") == waits + 1
+        assert metric(single, "chatqna_llm_queue_wait_seconds_sum") == waited
 
 
 def test_a_non_streaming_client_that_gives_up_stops_its_generation(single) -> None:

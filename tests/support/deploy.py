@@ -108,6 +108,8 @@ def callers() -> dict[str, set[str]]:
             found[need].add(spec.name)
         if spec.uses_redis:
             found["redis"].add(spec.name)
+        if spec.uses_database:
+            found["postgres"].add(spec.name)
     found["dataprep"].add("gateway")
     found["postgres"].add("gateway")
     return found
@@ -121,9 +123,10 @@ def wiring(spec: ServiceSpec) -> dict[str, str]:
         env[f"{spec.env_prefix}{need.upper()}_URL"] = f"http://{need}:{default_port(SPECS[need])}"
     if spec.uses_redis:
         env["REDIS_URL"] = "redis://redis:6379"
+    if spec.uses_database or spec.name == "gateway":
+        env["DATABASE_URL"] = "postgresql://chatqna:$(POSTGRES_PASSWORD)@postgres:5432/chatqna"
     if spec.name == "gateway":
         env["GATEWAY_DATAPREP_URL"] = f"http://dataprep:{default_port(SPECS['dataprep'])}"
-        env["DATABASE_URL"] = "postgresql://chatqna:$(POSTGRES_PASSWORD)@postgres:5432/chatqna"
     return env
 
 

@@ -333,6 +333,45 @@ def _nested_obj(depth: int) -> dict:
     return out
 
 
+MULTIPART_BOUNDARY = "fuzzboundary"
+
+
+def multipart_cases(boundary: str = MULTIPART_BOUNDARY) -> list[Case]:
+    """Broken ``multipart/form-data`` bodies (for hand-parsed uploads): none can be valid (``must_fail``).
+
+    Among them the one a schemathesis run found a 500 with: a body whose only part has no headers."""
+    b = boundary.encode()
+    ctype = f"multipart/form-data; boundary={boundary}"
+    end = b"--" + b + b"--\r\n"
+    disp = b'Content-Disposition: form-data; name="files"; filename="a.txt"'
+    bodies = {
+        "only part has no headers": b"--" + b + b"\r\n\r\nhello\r\n" + end,
+        "part without headers or blank line": b"--" + b + b"\r\nhello\r\n" + end,
+        "header line without a colon": b"--" + b + b"\r\nContent-Disposition\r\n\r\nx\r\n" + end,
+        "not multipart at all": b"garbage",
+        "no closing boundary": b"--" + b + b"\r\n" + disp + b"\r\n\r\nhello",
+        "empty body": b"",
+        "part without a name": b"--" + b + b"\r\nContent-Disposition: form-data\r\n\r\nx\r\n" + end,
+        "file in another field": b"--"
+        + b
+        + b'\r\nContent-Disposition: form-data; name="x"; filename="a.txt"\r\n\r\nx\r\n'
+        + end,
+        "unsupported file type": b"--"
+        + b
+        + b'\r\nContent-Disposition: form-data; name="files"; filename="a.exe"\r\n\r\nx\r\n'
+        + end,
+        "empty file": b"--" + b + b"\r\n" + disp + b"\r\n\r\n\r\n" + end,
+        "nothing to ingest": end,
+        "bad chunk_size": b"--" + b + b'\r\nContent-Disposition: form-data; name="chunk_size"\r\n\r\n-5\r\n' + end,
+        "bad link_list": b"--" + b + b'\r\nContent-Disposition: form-data; name="link_list"\r\n\r\n[1, \r\n' + end,
+        "NUL in header": b"--" + b + b'\r\nContent-Disposition: form-data; name="a\x00"\r\n\r\nx\r\n' + end,
+    }
+    found = [Case(f"multipart: {name}", body, content_type=ctype, must_fail=True) for name, body in bodies.items()]
+    found.append(Case("multipart without a boundary", bodies["only part has no headers"],
+                      content_type="multipart/form-data", must_fail=True))  # fmt: skip
+    return found
+
+
 def cases(openapi: dict[str, Any], path: str, valid: dict[str, Any]) -> list[Case]:
     """Every malformed request for ``POST path``, deterministic and bounded (a few hundred at most)."""
     schema = request_schema(openapi, path)

@@ -44,7 +44,7 @@ SHARED = {
 }
 PREFIXES = {spec.env_prefix for spec in SPECS.values()}
 # Set on the gateway's container only so that Kubernetes can expand it into DATABASE_URL.
-K8S_HELPERS = {"gateway": {"POSTGRES_PASSWORD"}}
+K8S_HELPERS = {name: {"POSTGRES_PASSWORD"} for name in ("gateway", "chathistory", "prompts")}
 
 
 @pytest.fixture(scope="module")

@@ -247,8 +247,11 @@ def test_secrets_come_from_the_operators_secret_and_each_pod_gets_only_its_own(d
     for name, spec in SPECS.items():
         token = f"{spec.env_prefix}INTERNAL_API_KEY" if name == "gateway" else f"{spec.env_prefix}API_KEY"
         assert refs[(name, token)] == {"name": K8S_SECRET, "key": INTERNAL_TOKEN}, name
-    holders = {workload for (workload, _), r in refs.items() if r["key"] in ("GATEWAY_JWT_SECRET", "POSTGRES_PASSWORD")}
-    assert holders == {"gateway", "postgres"}, "the JWT secret and the database password reach no other pod"
+    holders = {workload for (workload, _), r in refs.items() if r["key"] == "GATEWAY_JWT_SECRET"}
+    assert holders == {"gateway"}, "the JWT secret reaches no other pod"
+    holders = {workload for (workload, _), r in refs.items() if r["key"] == "POSTGRES_PASSWORD"}
+    users = {name for name, spec in SPECS.items() if spec.uses_database}
+    assert holders == {"gateway", "postgres"} | users, "the database password reaches only the store's users"
     assert not by_kind(docs, "Secret"), "no Secret is rendered: the operator creates it (README.md)"
 
 

@@ -36,7 +36,16 @@ class DocumentStore(Backend, Protocol):
         """Delete the collection; returns how many documents it had."""
 
     async def save_job(self, job: dict[str, Any]) -> None:
-        """Keep a job's status (for a while) so it outlives this process."""
+        """Keep a job's status (for a while) so it outlives this process; the store also remembers which
+        jobs are not finished (`open_jobs`)."""
+
+    async def open_jobs(self) -> list[dict[str, Any]]:
+        """Every saved job that is not finished (what a crash left queued or running)."""
+        ...
+
+    async def sweep_orphans(self) -> int:
+        """Delete chunks that no document version owns (left by a crash); returns how many."""
+        ...
 
     async def load_job(self, job_id: str) -> dict[str, Any] | None: ...
 

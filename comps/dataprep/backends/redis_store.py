@@ -1,7 +1,7 @@
 """Redis (with the search module) as dataprep's store; all key layout and transactions are in
 `comps.vectorstore` (`schema`, `documents`). Job status lives in ``dataprep:job:<id>`` hashes (fields of
-`JobInfo`, unset ones absent) with a TTL,
-indexed by the sorted set ``dataprep:jobs`` (score: creation time)."""
+`JobInfo` plus what resuming it needs, unset ones absent) with a TTL, indexed by the sorted set
+``dataprep:jobs`` (score: creation time); the set ``dataprep:jobs:open`` holds the ids of jobs not finished."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from comps.core.http import HttpClient
+from comps.dataprep.protocol import FINISHED
 from comps.dataprep.settings import DataprepSettings
 from comps.vectorstore import documents, schema
 from comps.vectorstore.client import check_redis, redacted, redis_errors
@@ -18,6 +19,7 @@ from comps.vectorstore.documents import Chunk, DocumentRecord
 
 JOB_PREFIX = "dataprep:job:"
 JOBS_INDEX = "dataprep:jobs"
+OPEN_JOBS = "dataprep:jobs:open"
 
 
 class RedisDocumentStore:
@@ -82,7 +84,29 @@ class RedisDocumentStore:
                 pipe.expire(key, self.settings.job_ttl_s)
                 pipe.zadd(JOBS_INDEX, {job["job_id"]: job["created_at"]})
                 pipe.zremrangebyrank(JOBS_INDEX, 0, -self.settings.jobs_kept - 1)
+                if job["status"] in FINISHED:
+                    pipe.srem(OPEN_JOBS, job["job_id"])
+                else:
+                    pipe.sadd(OPEN_JOBS, job["job_id"])
                 await pipe.execute()
+
+    async def open_jobs(self) -> list[dict[str, Any]]:
+        with redis_errors(self.where):
+            ids = sorted(m.decode() for m in await self.r.smembers(OPEN_JOBS))
+            if not ids:
+                return []
+            async with self.r.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hgetall(JOB_PREFIX + job_id)
+                raws = await pipe.execute()
+            gone = [job_id for job_id, raw in zip(ids, raws, strict=True) if not raw]
+            if gone:  # expired: nothing left to resume or to report
+                await self.r.srem(OPEN_JOBS, *gone)
+        return [_decode(raw) for raw in raws if raw]
+
+    async def sweep_orphans(self) -> int:
+        with redis_errors(self.where):
+            return await documents.sweep_orphans(self.r)
 
     async def load_job(self, job_id: str) -> dict[str, Any] | None:
         with redis_errors(self.where):

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from comps.core.errors import ConfigError, NotReady, UpstreamError
-from comps.core.http import HttpClient, bearer, wait_until_up
+from comps.core.http import HttpClient, bearer, read_json, wait_until_up
 from comps.embedding.backends import Embedded
 from comps.embedding.settings import EmbeddingSettings
 
@@ -92,7 +92,7 @@ class RemoteEmbedder:
             json_body=body,
             headers=self.headers,
         ) as resp:
-            answer = await resp.json(content_type=None)
+            answer = await read_json(resp, NODE)
             return answer, int(resp.headers.get("x-compute-tokens", "0"))
 
     async def _openai(self, http: HttpClient, texts: list[str]) -> tuple[Any, int]:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from comps.core.errors import BadRequest, NotReady
 from comps.core.http import HttpClient
 from comps.core.settings import resolve_model_path
+from comps.core.tasks import fatal
 from comps.llm.backends import Event, Finished, Started
 from comps.llm.chat_template import ChatTemplate, load_template_source, sidecar_template
 from comps.llm.engine import Engine, SamplingParams, Sequence
@@ -58,6 +59,7 @@ class LlamaCppBackend:
         )
         self.template = ChatTemplate(source, bos_token=self.engine.bos_token, eos_token=self.engine.eos_token)
         self.turn_stops = tuple(self.template.turn_stops())
+        self.engine.on_death = lambda exc: fatal(f"the generation engine stopped: {type(exc).__name__}: {exc}")
         self.engine.start()
 
     async def check_ready(self) -> dict[str, Any]:
@@ -81,6 +83,8 @@ class LlamaCppBackend:
 
     async def prepare(self, request: ChatCompletionRequest) -> Prepared:
         assert self.engine is not None and self.template is not None
+        if not self.engine.alive():
+            raise NotReady(f"the generation engine is not running: {self.engine.error}")
         tokens = await asyncio.to_thread(self._prompt_tokens, request)
         n_ctx, n_prompt = self.engine.n_ctx, len(tokens)
         max_tokens = request.token_limit()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from alembic import context
 
-import comps.identity.models  # noqa: F401 - registers the identity tables on Base.metadata
+# Importing the models registers their tables on Base.metadata.
+import comps.chathistory.models
+import comps.identity.models
+import comps.prompt_registry.models  # noqa: F401
 from comps.sqlstore.db import Base
 
 connection = context.config.attributes.get("connection")

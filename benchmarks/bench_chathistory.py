@@ -1,0 +1,338 @@
+"""Conversation memory: context loads and listings on a loaded store, and what conversation_id adds at the gateway.
+
+    .venv/bin/python benchmarks/bench_chathistory.py [--messages 1000000] [--conversations 100000] [--quick]
+
+Starts (127.0.0.1 only) an embedded PostgreSQL in a temporary folder (or uses DATABASE_URL's server, in a new
+database), fills it with SQL (generate_series): ``--conversations`` conversations over 1,000 users, one user
+owning a tenth of them, and ``--messages`` messages, 400 of which (200 turns) make one conversation of that user.
+Then, one call at a time:
+
+- the context of the 200-turn conversation (the newest turns within 1,024 tokens), in-process (ChatHistory) and
+  over HTTP (a chathistory process, with the internal token and identity headers);
+- the user's 50 newest conversations, the same two ways;
+- the gateway (auth off) on the instant stubs (tests/support/stubs.py) without and with ``conversation_id``:
+  the same question, rounds interleaved; "same conversation" continues one conversation request after request
+  (each waits for the previous answer's write: read-your-writes), "50 conversations" takes them in turn.
+
+Figures: p50 and p99 in ms. Targets of issue 10: context p50 <= 3 ms (1M messages), list p50 <= 3 ms (100k
+conversations), gateway p50 added <= 2 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from comps.chathistory.service import ChatHistory  # noqa: E402
+from comps.core.caller import Caller  # noqa: E402
+from comps.runtime.process import free_port, http_status  # noqa: E402
+from comps.sqlstore import Database, migrate  # noqa: E402
+from tests.support.database import fresh_database  # noqa: E402
+
+LOGS = REPO / ".state" / "bench"
+TICK = os.sysconf("SC_CLK_TCK")
+TOKEN = secrets.token_urlsafe(32)
+QUESTION = "What does the stub know about the Zorblax project?"
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(p / 100 * len(s)))]
+
+
+async def timed(call: Callable[[], Awaitable[object]], n: int, warm: int = 20) -> list[float]:
+    for _ in range(warm):
+        await call()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await call()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+async def fill(url: str, n_conv: int, n_msg: int) -> tuple[uuid.UUID, uuid.UUID]:
+    """Bulk rows; returns (the heavy user, its 200-turn conversation)."""
+    user = uuid.uuid4()
+    convo = uuid.uuid4()
+    conn = await asyncpg.connect(url)
+    try:
+        started = time.perf_counter()
+        await conn.execute(
+            """
+            INSERT INTO conversations (id, user_id, title, pinned, archived, created_at, updated_at)
+            SELECT gen_random_uuid(),
+                   CASE WHEN g % 10 = 0 THEN $1::uuid
+                        ELSE ('00000000-0000-4000-8000-' || lpad(to_hex(g % 999), 12, '0'))::uuid END,
+                   'conversation ' || g, false, false,
+                   now() - make_interval(secs => g), now() - make_interval(secs => g)
+            FROM generate_series(1, $2::int) g
+            """,
+            user,
+            n_conv - 1,
+        )
+        await conn.execute(
+            "INSERT INTO conversations (id, user_id, title, pinned, archived, created_at, updated_at) "
+            "VALUES ($1, $2, 'the long one', false, false, now() - interval '1 day', now() - interval '1 day')",
+            convo,
+            user,
+        )
+        await conn.execute(
+            "CREATE TEMP TABLE c AS SELECT row_number() OVER () AS n, id FROM conversations WHERE id <> $1", convo
+        )
+        await conn.execute("CREATE INDEX ON c (n)")
+        rest = n_msg - 400
+        await conn.execute(
+            """
+            INSERT INTO messages (id, conversation_id, role, content, tokens, cached, cut_short, created_at)
+            SELECT gen_random_uuid(), c.id, CASE WHEN g % 2 = 0 THEN 'user' ELSE 'assistant' END,
+                   repeat('lorem ipsum dolor sit amet ', 6) || g, 45, false, false, now()
+            FROM generate_series(1, $1::int) g JOIN c ON c.n = 1 + g % $2::int
+            """,
+            rest,
+            n_conv - 1,
+        )
+        await conn.execute(
+            """
+            INSERT INTO messages (id, conversation_id, role, content, tokens, cached, cut_short, created_at)
+            SELECT gen_random_uuid(), $1, CASE WHEN g % 2 = 1 THEN 'user' ELSE 'assistant' END,
+                   'turn ' || g || ' ' || repeat('some words of the turn ', 8), 50, false, false, now()
+            FROM generate_series(1, 400) g
+            """,
+            convo,
+        )
+        await conn.execute("ANALYZE")
+        total = await conn.fetchval("SELECT count(*) FROM messages")
+        print(f"filled {n_conv} conversations, {total} messages in {time.perf_counter() - started:.1f}s", flush=True)
+    finally:
+        await conn.close()
+    return user, convo
+
+
+class Proc:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log = (LOGS / f"{name}.log").open("w")
+        self.name = name
+        self.proc = subprocess.Popen(
+            argv, env={**os.environ, **env}, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+    def wait_http(self, url: str, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while http_status(url) != 200:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not start; see {self.log.name}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+async def bench(db_url: str, args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    user, convo = await fill(db_url, args.conversations, args.messages)
+    n = args.n
+    rows = []
+    db = Database(db_url, pool_size=2)
+    store = ChatHistory(db)
+    try:
+        ctx = await timed(lambda: store.context(user, str(convo), 1024), n)
+        rows.append(
+            (
+                "context of a 200-turn conversation, in-process",
+                f"{statistics.median(ctx):.2f}",
+                f"{pct(ctx, 99):.2f}",
+                "<= 3",
+            )
+        )
+        lst = await timed(lambda: store.list_conversations(user, limit=50, cursor=None, q=None, archived=False), n)
+        rows.append(
+            ("list 50 newest conversations, in-process", f"{statistics.median(lst):.2f}", f"{pct(lst, 99):.2f}", "<= 3")
+        )
+    finally:
+        await db.close()
+
+    py = sys.executable
+    ch_port, gw_port = free_port(), free_port()
+    stub_ports = [free_port() for _ in range(4)]
+    procs = []
+    try:
+        ch = Proc(
+            "chathistory",
+            [py, "-m", "comps.chathistory"],
+            {"CHATHISTORY_PORT": str(ch_port), "DATABASE_URL": db_url, "CHATHISTORY_API_KEY": TOKEN},
+        )
+        procs.append(ch)
+        stubs = Proc("stubs", [py, "-m", "tests.support.stubs", *map(str, stub_ports)], {})
+        procs.append(stubs)
+        gw_env = {
+            "GATEWAY_PORT": str(gw_port),
+            "GATEWAY_AUTH_ENABLED": "false",
+            "GATEWAY_INTERNAL_API_KEY": TOKEN,
+            "GATEWAY_CHATHISTORY_URL": f"http://127.0.0.1:{ch_port}",
+            **{
+                f"GATEWAY_{name.upper()}_URL": f"http://127.0.0.1:{port}"
+                for name, port in zip(("embedding", "retriever", "reranker", "llm"), stub_ports, strict=True)
+            },
+        }
+        ch.wait_http(f"http://127.0.0.1:{ch_port}/v1/ready")
+        gw = Proc("gateway", [py, "-m", "megaservice"], gw_env)
+        procs.append(gw)
+        gw.wait_http(f"http://127.0.0.1:{gw_port}/v1/ready")
+        who = Caller(str(user), "bench", "user").headers()
+        headers = {"Authorization": f"Bearer {TOKEN}", **who}
+        base = f"http://127.0.0.1:{ch_port}/v1/conversations"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+
+            async def get(url: str) -> None:
+                async with s.get(url, headers=headers) as r:
+                    await r.read()
+                    assert r.status == 200, r.status
+
+            ctx = await timed(lambda: get(f"{base}/{convo}/context?max_tokens=1024"), n)
+            rows.append(
+                (
+                    "context of a 200-turn conversation, HTTP",
+                    f"{statistics.median(ctx):.2f}",
+                    f"{pct(ctx, 99):.2f}",
+                    "<= 3",
+                )
+            )
+            lst = await timed(lambda: get(f"{base}?limit=50"), n)
+            rows.append(
+                ("list 50 newest conversations, HTTP", f"{statistics.median(lst):.2f}", f"{pct(lst, 99):.2f}", "<= 3")
+            )
+            rows += await bench_gateway(s, f"http://127.0.0.1:{gw_port}/v1/chatqna", n, gw, ch)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    return rows
+
+
+async def bench_gateway(
+    s: aiohttp.ClientSession, url: str, n: int, gateway: Proc, chathistory: Proc
+) -> list[tuple[str, str, str, str]]:
+    async def ask(extra: dict[str, object]) -> dict[str, object]:
+        body = orjson.dumps({"messages": QUESTION, **extra})
+        async with s.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+            data = await r.read()
+            assert r.status == 200, data[:300]
+            return orjson.loads(data)
+
+    one = (await ask({"store": True}))["conversation_id"]
+    many = [(await ask({"store": True}))["conversation_id"] for _ in range(50)]
+    modes: dict[str, Callable[[int], dict[str, object]]] = {
+        "without conversation_id": lambda i: {},
+        "same conversation": lambda i: {"conversation_id": one},
+        "50 conversations in turn": lambda i: {"conversation_id": many[i % 50]},
+    }
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [0.0, 0.0] for m in modes}  # gateway, chathistory CPU seconds
+    for i in range(20):  # warm-up
+        for extra in modes.values():
+            await ask(extra(i))
+    block = 25
+    for start in range(0, n, block):  # blocks of each mode in turn: drifts of the machine hit every mode alike
+        for mode, extra in modes.items():
+            g0, c0 = gateway.cpu_s(), chathistory.cpu_s()
+            for i in range(start, min(n, start + block)):
+                t = time.perf_counter()
+                await ask(extra(i))
+                times[mode].append((time.perf_counter() - t) * 1000)
+            await asyncio.sleep(0.05)  # the last background write of the block is counted in this block
+            cpu[mode][0] += gateway.cpu_s() - g0
+            cpu[mode][1] += chathistory.cpu_s() - c0
+    base = statistics.median(times["without conversation_id"])
+    base_cpu = cpu["without conversation_id"][0] / n * 1000
+    rows = [
+        (
+            "gateway on stubs, without conversation_id",
+            f"{base:.2f}",
+            f"{pct(times['without conversation_id'], 99):.2f}",
+            f"gateway CPU {base_cpu:.2f} ms/request",
+        )
+    ]
+    for mode in ("same conversation", "50 conversations in turn"):
+        p50 = statistics.median(times[mode])
+        g_cpu, c_cpu = (x / n * 1000 for x in cpu[mode])
+        rows.append(
+            (
+                f"gateway with conversation_id, {mode}",
+                f"{p50:.2f} (+{p50 - base:.2f})",
+                f"{pct(times[mode], 99):.2f}",
+                f"added <= 2; gateway CPU +{g_cpu - base_cpu:.2f}, chathistory CPU {c_cpu:.2f} ms/request",
+            )
+        )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=1_000_000)
+    ap.add_argument("--conversations", type=int, default=100_000)
+    ap.add_argument("--n", type=int, default=300, help="timed calls per figure")
+    ap.add_argument("--quick", action="store_true", help="200k messages, 20k conversations, 100 calls")
+    args = ap.parse_args()
+    if args.quick:
+        args.messages, args.conversations, args.n = 200_000, 20_000, 100
+    folder = None
+    server = os.environ.get("DATABASE_URL")
+    pg = None
+    if not server:
+        from comps.runtime.postgres_server import EmbeddedPostgres
+
+        folder = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+        pg = EmbeddedPostgres(folder, free_port()).start()
+        server = pg.url
+    try:
+        db_url = fresh_database(server, "bench_chathistory")
+
+        async def setup() -> None:
+            db = Database(db_url, pool_size=1)
+            await migrate(db)
+            await db.close()
+
+        asyncio.run(setup())
+        rows = asyncio.run(bench(db_url, args))
+    finally:
+        if pg is not None:
+            pg.stop()
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+    header = ("figure (ms, one call at a time)", "p50", "p99", "target")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print(f"\nchathistory, {args.messages} messages, {args.conversations} conversations, {os.cpu_count()} CPUs")
+    for r in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""The chathistory service's contract: OPEA's ``/v1/chathistory/*`` bodies, our REST shape, feedback.
+
+The owner of everything here is the user the gateway names in its identity headers, never a ``user`` in a
+body (OPEA's bodies carry one; it is accepted and ignored).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TITLE_MAX = 200
+CONTENT_MAX = 200_000
+MESSAGES_MAX = 10_000  # in one conversation of an import or a create
+
+Role = Literal["system", "user", "assistant"]
+
+
+class MessageIn(BaseModel):
+    """One message to store; everything but role and content is about an assistant's answer."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Role
+    content: str = Field(max_length=CONTENT_MAX)
+    sources: list[dict[str, Any]] | None = Field(default=None, max_length=100)
+    model: str | None = Field(default=None, max_length=200)
+    usage: dict[str, Any] | None = None
+    latency_ms: int | None = Field(default=None, ge=0)
+    cached: bool = False
+    cut_short: bool = Field(default=False, description="The answer stopped early (the client went away).")
+    prompt_id: str | None = Field(default=None, max_length=64)
+    prompt_version: int | None = Field(default=None, ge=1)
+    created_at: datetime | None = Field(default=None, description="Kept on import; now when absent.")
+
+
+class FeedbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    thumbs_up: bool | None = None
+    rating: int | None = Field(default=None, ge=1, le=5)
+    comment: str | None = Field(default=None, max_length=4000)
+
+
+class MessageOut(BaseModel):
+    id: str
+    role: Role
+    content: str
+    sources: list[dict[str, Any]] | None = None
+    model: str | None = None
+    usage: dict[str, Any] | None = None
+    latency_ms: int | None = None
+    cached: bool = False
+    cut_short: bool = False
+    prompt_id: str | None = None
+    prompt_version: int | None = None
+    created_at: datetime
+    feedback: FeedbackIn | None = None
+
+
+class ConversationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, max_length=64, description="A UUID chosen by the client; default: new.")
+    title: str | None = Field(default=None, max_length=TITLE_MAX, description="Default: from the first question.")
+    pinned: bool = False
+    archived: bool = False
+    messages: list[MessageIn] = Field(default_factory=list, max_length=MESSAGES_MAX)
+
+
+class ConversationPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(default=None, max_length=TITLE_MAX)
+    pinned: bool | None = None
+    archived: bool | None = None
+
+
+class ConversationOut(BaseModel):
+    id: str
+    title: str
+    pinned: bool
+    archived: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConversationPage(BaseModel):
+    data: list[ConversationOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last one.")
+
+
+class MessagePage(BaseModel):
+    data: list[MessageOut]
+    next_cursor: str | None
+
+
+class Append(BaseModel):
+    """Messages added to a conversation; with ``create``, a conversation of that id is made if there is none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[MessageIn] = Field(min_length=1, max_length=100)
+    create: bool = False
+    title: str | None = Field(default=None, max_length=TITLE_MAX)
+
+
+class Appended(BaseModel):
+    conversation_id: str
+    message_ids: list[str]
+
+
+class ContextTurn(BaseModel):
+    role: Role
+    content: str
+
+
+class Context(BaseModel):
+    """The newest messages of a conversation that fit the token budget, oldest first."""
+
+    conversation_id: str
+    messages: list[ContextTurn]
+    dropped: int = Field(description="Earlier messages left out by the budget.")
+
+
+class ExportedConversation(BaseModel):
+    """One conversation as exported (and imported back: ids are new on import)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    title: str = Field(default="", max_length=TITLE_MAX)
+    pinned: bool = False
+    archived: bool = False
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    messages: list[MessageIn] = Field(default_factory=list, max_length=MESSAGES_MAX)
+
+
+class Export(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    format: Literal["chatqna.conversations"] = "chatqna.conversations"
+    version: Literal[1] = 1
+    conversations: list[ExportedConversation]
+
+
+class Imported(BaseModel):
+    conversations: int
+    messages: int
+    ids: list[str]
+
+
+# -- OPEA's chathistory bodies ------------------------------------------------------------------------
+
+
+class OpeaData(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    messages: str | list[dict[str, Any]]
+    user: str | None = Field(default=None, description="Ignored: the owner is the signed-in user.")
+
+
+class OpeaCreate(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    data: OpeaData
+    id: str | None = Field(default=None, max_length=64)
+    first_query: str | None = Field(default=None, max_length=10_000)
+
+
+class OpeaGet(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    user: str | None = None
+    id: str | None = Field(default=None, max_length=64)
+
+
+class OpeaDelete(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    user: str | None = None
+    id: str = Field(max_length=64)
+
+
+# -- OPEA's feedback bodies ---------------------------------------------------------------------------
+
+
+class OpeaFeedbackData(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    comment: str | None = Field(default=None, max_length=4000)
+    rating: int | None = Field(default=None, ge=1, le=5)
+    is_thumbs_up: bool | None = None
+
+
+class OpeaFeedbackCreate(BaseModel):
+    """``chat_id``: the conversation; ``message_id``: the answer (default: its newest assistant message)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    chat_id: str = Field(max_length=64)
+    message_id: str | None = Field(default=None, max_length=64)
+    feedback_data: OpeaFeedbackData
+
+
+class OpeaFeedbackGet(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    chat_id: str | None = Field(default=None, max_length=64)
+    feedback_id: str | None = Field(default=None, max_length=64)
+    user: str | None = None
+
+
+class OpeaFeedbackDelete(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    feedback_id: str = Field(max_length=64)
+    user: str | None = None
+
+
+class FeedbackOut(FeedbackIn):
+    feedback_id: str = Field(description="The message's id: one feedback per answer.")
+    message_id: str
+    conversation_id: str
+    created_at: datetime
+
+
+class FeedbackReport(FeedbackOut):
+    """What an admin sees to find bad answers."""
+
+    user_id: str
+    question: str | None
+    answer: str
+    sources: list[dict[str, Any]] | None
+    model: str | None
+
+
+class FeedbackReportPage(BaseModel):
+    data: list[FeedbackReport]
+    next_cursor: str | None

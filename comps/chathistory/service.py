@@ -1,0 +1,584 @@
+"""The logic of chathistory: every call names its owner (the gateway's user), and sees only what is theirs.
+
+A conversation that does not exist and one of another user are the same 404. Writes are one transaction
+each (an import too: all of it or nothing).
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, delete, exists, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from comps.chathistory.models import Conversation, Feedback, Message
+from comps.chathistory.protocol import (
+    TITLE_MAX,
+    Appended,
+    Context,
+    ContextTurn,
+    ConversationCreate,
+    ConversationOut,
+    ConversationPage,
+    ConversationPatch,
+    ExportedConversation,
+    FeedbackIn,
+    FeedbackOut,
+    FeedbackReport,
+    FeedbackReportPage,
+    Imported,
+    MessageIn,
+    MessageOut,
+    MessagePage,
+)
+from comps.core.errors import BadRequest, NotFound, ServiceError
+from comps.sqlstore import Database
+
+
+class Conflict(ServiceError):
+    """The thing to create exists already."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters a token (English, the small models' tokenizers); only a budget, never a limit."""
+    return len(text) // 4 + 1
+
+
+def title_of(question: str) -> str:
+    """A title from the first question: its first line, at most `TITLE_MAX` characters."""
+    line = " ".join(question.strip().split())
+    return line if len(line) <= TITLE_MAX else line[: TITLE_MAX - 1].rstrip() + "…"
+
+
+def parse_id(value: str, what: str = "conversation") -> uuid.UUID:
+    """A UUID from a path or body; anything else is simply not found (no hint about the format of ids)."""
+    try:
+        return uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        raise NotFound(f"no {what} {value!r}", code=f"{what}_not_found") from None
+
+
+def encode_cursor(*parts: Any) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([str(p) for p in parts])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, n: int) -> list[str]:
+    try:
+        parts = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(parts, list) or len(parts) != n or not all(isinstance(p, str) for p in parts):
+            raise ValueError(cursor)
+        return parts
+    except (ValueError, orjson.JSONDecodeError):
+        raise BadRequest(
+            "invalid cursor: pass the next_cursor of a previous page", param="cursor", code="invalid_cursor"
+        ) from None
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+# The newest messages (at most $3) within the budget ($4) of token estimates summed newest first, oldest first,
+# with the conversation's message count; its newest message always comes, so that an owned conversation is never
+# mistaken for a foreign one (the caller drops it when it alone is over the budget). $1: conversation, $2: owner.
+CONTEXT_SQL = """
+SELECT role, content, used, total FROM (
+    SELECT m.seq, m.role, m.content,
+           sum(m.tokens) OVER (ORDER BY m.seq DESC ROWS UNBOUNDED PRECEDING) AS used,
+           row_number() OVER (ORDER BY m.seq DESC) AS rn,
+           count(*) OVER () AS total
+    FROM messages m
+    WHERE m.conversation_id = $1 AND EXISTS (SELECT 1 FROM conversations c WHERE c.id = $1 AND c.user_id = $2)
+    ORDER BY m.seq DESC
+    LIMIT $3
+) t
+WHERE used <= $4 OR rn = 1
+ORDER BY seq
+"""
+OWNED_SQL = "SELECT id FROM conversations WHERE id = $1 AND user_id = $2"
+
+# Messages added to conversation $1 of owner $2, created first when $3 (title $4) and missing; its updated_at
+# becomes $5. Nothing is written to a conversation of another owner (then the answer is 0: a 404). One statement:
+# the UPDATE does not see a row the INSERT of the same statement made, hence the two counts.
+APPEND_SQL = """
+WITH made AS (
+    INSERT INTO conversations (id, user_id, title, pinned, archived, created_at, updated_at)
+    SELECT $1, $2, $4, false, false, $5, $5 WHERE $3
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+), touched AS (
+    UPDATE conversations SET updated_at = $5 WHERE id = $1 AND user_id = $2 RETURNING id
+), owned AS (
+    SELECT id FROM made UNION ALL SELECT id FROM touched
+), added AS (
+    INSERT INTO messages (id, conversation_id, role, content, tokens, sources, model, usage, latency_ms, cached,
+                          cut_short, prompt_id, prompt_version, created_at)
+    SELECT u.id, $1, u.role, u.content, u.tokens, u.sources::jsonb, u.model, u.usage::jsonb, u.latency_ms, u.cached,
+           u.cut_short, u.prompt_id, u.prompt_version, u.created_at
+    FROM unnest($6::uuid[], $7::text[], $8::text[], $9::int[], $10::text[], $11::text[], $12::text[], $13::int[],
+                $14::bool[], $15::bool[], $16::uuid[], $17::int[], $18::timestamptz[])
+         AS u(id, role, content, tokens, sources, model, usage, latency_ms, cached, cut_short, prompt_id,
+              prompt_version, created_at)
+    WHERE EXISTS (SELECT 1 FROM owned)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM owned) + 0 * (SELECT count(*) FROM added)
+"""
+
+LISTED = (
+    Conversation.id,
+    Conversation.title,
+    Conversation.pinned,
+    Conversation.archived,
+    Conversation.created_at,
+    Conversation.updated_at,
+)
+
+
+def conversation_out(c: Conversation) -> ConversationOut:
+    return ConversationOut(
+        id=str(c.id),
+        title=c.title,
+        pinned=c.pinned,
+        archived=c.archived,
+        created_at=c.created_at,
+        updated_at=c.updated_at,
+    )
+
+
+def message_out(m: Message, feedback: Feedback | None = None) -> MessageOut:
+    return MessageOut(
+        id=str(m.id),
+        role=m.role,
+        content=m.content,
+        sources=m.sources,
+        model=m.model,
+        usage=m.usage,
+        latency_ms=m.latency_ms,
+        cached=m.cached,
+        cut_short=m.cut_short,
+        prompt_id=str(m.prompt_id) if m.prompt_id else None,
+        prompt_version=m.prompt_version,
+        created_at=m.created_at,
+        feedback=FeedbackIn(thumbs_up=feedback.thumbs_up, rating=feedback.rating, comment=feedback.comment)
+        if feedback
+        else None,
+    )
+
+
+def message_row(conversation_id: uuid.UUID, m: MessageIn, at: datetime | None = None) -> Message:
+    prompt_id = None
+    if m.prompt_id:
+        try:
+            prompt_id = uuid.UUID(m.prompt_id)
+        except ValueError:
+            raise BadRequest("prompt_id must be a UUID", param="prompt_id", code="invalid_value") from None
+    row = Message(
+        id=uuid.uuid4(),
+        conversation_id=conversation_id,
+        role=m.role,
+        content=m.content,
+        tokens=estimate_tokens(m.content),
+        sources=m.sources,
+        model=m.model,
+        usage=m.usage,
+        latency_ms=m.latency_ms,
+        cached=m.cached,
+        cut_short=m.cut_short,
+        prompt_id=prompt_id,
+        prompt_version=m.prompt_version,
+    )
+    row.created_at = m.created_at or at or datetime.now(UTC)
+    return row
+
+
+class ChatHistory:
+    def __init__(self, db: Database, *, max_context_messages: int = 400, async_commit: bool = False) -> None:
+        self.db = db
+        self.max_context_messages = max_context_messages
+        self.async_commit = async_commit
+
+    # -- conversations -------------------------------------------------------------------------------
+
+    async def _owned(self, s: AsyncSession, user: uuid.UUID, conversation_id: str) -> Conversation:
+        cid = parse_id(conversation_id)
+        row = await s.get(Conversation, cid)
+        if row is None or row.user_id != user:
+            raise NotFound(f"no conversation {conversation_id!r}", code="conversation_not_found")
+        return row
+
+    async def create(self, user: uuid.UUID, body: ConversationCreate) -> ConversationOut:
+        cid = uuid.uuid4() if body.id is None else _new_id(body.id)
+        now = datetime.now(UTC)
+        first = next((m.content for m in body.messages if m.role == "user"), "")
+        conv = Conversation(
+            id=cid,
+            user_id=user,
+            title=body.title if body.title is not None else title_of(first),
+            pinned=body.pinned,
+            archived=body.archived,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            async with self.db.session() as s:
+                s.add(conv)
+                await s.flush()
+                s.add_all([message_row(cid, m, now) for m in body.messages])
+        except IntegrityError:
+            raise Conflict(f"conversation {body.id!r} exists already", code="conversation_exists") from None
+        return conversation_out(conv)
+
+    async def list_conversations(
+        self, user: uuid.UUID, *, limit: int, cursor: str | None, q: str | None, archived: bool | None
+    ) -> ConversationPage:
+        stmt = select(*LISTED).where(Conversation.user_id == user)
+        if archived is not None:
+            stmt = stmt.where(Conversation.archived.is_(archived))
+        if q:
+            pattern = _like(q)
+            in_messages = exists().where(Message.conversation_id == Conversation.id, Message.content.ilike(pattern))
+            stmt = stmt.where(or_(Conversation.title.ilike(pattern), in_messages))
+        if cursor:
+            at, last = decode_cursor(cursor, 2)
+            try:
+                at_dt, last_id = datetime.fromisoformat(at), uuid.UUID(last)
+            except ValueError:
+                raise BadRequest("invalid cursor", param="cursor", code="invalid_cursor") from None
+            stmt = stmt.where(
+                or_(Conversation.updated_at < at_dt, and_(Conversation.updated_at == at_dt, Conversation.id < last_id))
+            )
+        stmt = stmt.order_by(Conversation.updated_at.desc(), Conversation.id.desc()).limit(limit + 1)
+        async with self.db.engine.connect() as conn:  # no ORM objects: a list is the other hot path
+            rows = (await conn.execute(stmt)).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        nxt = encode_cursor(rows[-1].updated_at.isoformat(), rows[-1].id) if more else None
+        data = [
+            ConversationOut.model_construct(
+                id=str(r.id),
+                title=r.title,
+                pinned=r.pinned,
+                archived=r.archived,
+                created_at=r.created_at,
+                updated_at=r.updated_at,
+            )
+            for r in rows
+        ]
+        return ConversationPage.model_construct(data=data, next_cursor=nxt)
+
+    async def get(self, user: uuid.UUID, conversation_id: str) -> ConversationOut:
+        async with self.db.session() as s:
+            return conversation_out(await self._owned(s, user, conversation_id))
+
+    async def patch(self, user: uuid.UUID, conversation_id: str, body: ConversationPatch) -> ConversationOut:
+        async with self.db.session() as s:
+            conv = await self._owned(s, user, conversation_id)
+            for name in body.model_fields_set:
+                value = getattr(body, name)
+                if value is None:
+                    raise BadRequest(f"{name} must not be null", param=name, code="invalid_value")
+                setattr(conv, name, value)
+            conv.updated_at = datetime.now(UTC)
+        return conversation_out(conv)
+
+    async def delete(self, user: uuid.UUID, conversation_id: str) -> None:
+        cid = parse_id(conversation_id)
+        async with self.db.session() as s:
+            result = await s.execute(delete(Conversation).where(Conversation.id == cid, Conversation.user_id == user))
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise NotFound(f"no conversation {conversation_id!r}", code="conversation_not_found")
+
+    # -- messages ------------------------------------------------------------------------------------
+
+    async def messages(self, user: uuid.UUID, conversation_id: str, *, limit: int, cursor: str | None) -> MessagePage:
+        """Oldest first; the cursor continues after the last message of the previous page."""
+        async with self.db.session() as s:
+            conv = await self._owned(s, user, conversation_id)
+            stmt = (
+                select(Message, Feedback)
+                .outerjoin(Feedback, Feedback.message_id == Message.id)
+                .where(Message.conversation_id == conv.id)
+            )
+            if cursor:
+                (after,) = decode_cursor(cursor, 1)
+                if not after.isdigit():
+                    raise BadRequest("invalid cursor", param="cursor", code="invalid_cursor")
+                stmt = stmt.where(Message.seq > int(after))
+            rows = (await s.execute(stmt.order_by(Message.seq).limit(limit + 1))).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return MessagePage(
+            data=[message_out(m, f) for m, f in rows], next_cursor=encode_cursor(rows[-1][0].seq) if more else None
+        )
+
+    async def append(
+        self, user: uuid.UUID, conversation_id: str, messages: Sequence[MessageIn], *, create: bool, title: str | None
+    ) -> Appended:
+        """Add messages (the gateway: a question and its answer, after the answer); ``create`` makes the
+        conversation of that id when there is none (its title from the first question). The write of every chat
+        turn, so one statement on the asyncpg driver (`APPEND_SQL`)."""
+        cid = parse_id(conversation_id)
+        now = datetime.now(UTC)
+        rows = [message_row(cid, m, now) for m in messages]
+        first = next((m.content for m in messages if m.role == "user"), "")
+        columns = (
+            [r.id for r in rows],
+            [r.role for r in rows],
+            [r.content for r in rows],
+            [r.tokens for r in rows],
+            [_json_text(r.sources) for r in rows],
+            [r.model for r in rows],
+            [_json_text(r.usage) for r in rows],
+            [r.latency_ms for r in rows],
+            [r.cached for r in rows],
+            [r.cut_short for r in rows],
+            [r.prompt_id for r in rows],
+            [r.prompt_version for r in rows],
+            [r.created_at for r in rows],
+        )
+        new_title = title if title is not None else title_of(first)
+        async with self.db.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            async with driver.transaction():
+                if self.async_commit:  # visible at once; only its flush to disk is not awaited
+                    await driver.execute("SET LOCAL synchronous_commit = off")
+                owned = await driver.fetchval(APPEND_SQL, cid, user, create, new_title, now, *columns)
+        if not owned:
+            raise NotFound(f"no conversation {conversation_id!r}", code="conversation_not_found")
+        return Appended(conversation_id=str(cid), message_ids=[str(r.id) for r in rows])
+
+    async def context(self, user: uuid.UUID, conversation_id: str, max_tokens: int) -> Context:
+        """The newest messages whose token estimates fit ``max_tokens``, oldest first: one indexed query that
+        checks the owner, sums the estimates newest first and returns only the kept rows. The hot path of every
+        chat turn, so it runs on the pooled connection's asyncpg driver (one round trip, no transaction)."""
+        cid = parse_id(conversation_id)
+        async with self.db.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            rows = await driver.fetch(CONTEXT_SQL, cid, user, self.max_context_messages, max_tokens)
+            if not rows and await driver.fetchval(OWNED_SQL, cid, user) is None:
+                raise NotFound(f"no conversation {conversation_id!r}", code="conversation_not_found")
+        kept = [ContextTurn.model_construct(role=r[0], content=r[1]) for r in rows if r[2] <= max_tokens]
+        total = rows[0][3] if rows else 0
+        return Context.model_construct(conversation_id=str(cid), messages=kept, dropped=total - len(kept))
+
+    async def replace_messages(
+        self, user: uuid.UUID, conversation_id: str, messages: Sequence[MessageIn], title: str | None
+    ) -> None:
+        """OPEA's create with an id: the conversation's messages become these."""
+        async with self.db.session() as s:
+            conv = await self._owned(s, user, conversation_id)
+            await s.execute(delete(Message).where(Message.conversation_id == conv.id))
+            now = datetime.now(UTC)
+            s.add_all([message_row(conv.id, m, now) for m in messages])
+            conv.updated_at = now
+            if title is not None:
+                conv.title = title_of(title)
+
+    # -- export / import -----------------------------------------------------------------------------
+
+    async def export(self, user: uuid.UUID, conversation_id: str | None) -> list[ExportedConversation]:
+        async with self.db.session() as s:
+            if conversation_id is not None:
+                convs = [await self._owned(s, user, conversation_id)]
+            else:
+                convs = list(
+                    (
+                        await s.scalars(
+                            select(Conversation).where(Conversation.user_id == user).order_by(Conversation.created_at)
+                        )
+                    ).all()
+                )
+            by_id: dict[uuid.UUID, list[Message]] = {c.id: [] for c in convs}
+            if convs:
+                msgs = await s.scalars(
+                    select(Message).where(Message.conversation_id.in_(list(by_id))).order_by(Message.seq)
+                )
+                for m in msgs:
+                    by_id[m.conversation_id].append(m)
+        return [
+            ExportedConversation(
+                id=str(c.id),
+                title=c.title,
+                pinned=c.pinned,
+                archived=c.archived,
+                created_at=c.created_at,
+                updated_at=c.updated_at,
+                messages=[MessageIn.model_validate(message_out(m).model_dump()) for m in by_id[c.id]],
+            )
+            for c in convs
+        ]
+
+    async def import_(self, user: uuid.UUID, conversations: Sequence[ExportedConversation]) -> Imported:
+        """Every conversation gets a new id (an export imported twice makes copies); one transaction."""
+        ids: list[str] = []
+        count = 0
+        now = datetime.now(UTC)
+        async with self.db.session() as s:
+            for item in conversations:
+                cid = uuid.uuid4()
+                s.add(
+                    Conversation(
+                        id=cid,
+                        user_id=user,
+                        title=item.title,
+                        pinned=item.pinned,
+                        archived=item.archived,
+                        created_at=item.created_at or now,
+                        updated_at=item.updated_at or item.created_at or now,
+                    )
+                )
+                ids.append(str(cid))
+            await s.flush()
+            rows = [
+                message_row(uuid.UUID(cid), m, now)
+                for cid, item in zip(ids, conversations, strict=True)
+                for m in item.messages
+            ]
+            s.add_all(rows)
+            count = len(rows)
+        return Imported(conversations=len(ids), messages=count, ids=ids)
+
+    # -- feedback ------------------------------------------------------------------------------------
+
+    async def _answer(self, s: AsyncSession, user: uuid.UUID, conversation_id: str, message_id: str | None) -> Message:
+        conv = await self._owned(s, user, conversation_id)
+        stmt = select(Message).where(Message.conversation_id == conv.id, Message.role == "assistant")
+        if message_id is not None:
+            stmt = stmt.where(Message.id == parse_id(message_id, "message"))
+        msg = await s.scalar(stmt.order_by(Message.seq.desc()).limit(1))
+        if msg is None:
+            raise NotFound(f"no answer {message_id or '(newest)'!r} in that conversation", code="message_not_found")
+        return msg
+
+    async def give_feedback(
+        self, user: uuid.UUID, conversation_id: str, message_id: str | None, body: FeedbackIn
+    ) -> FeedbackOut:
+        if body.thumbs_up is None and body.rating is None and not body.comment:
+            raise BadRequest("feedback needs thumbs_up, rating or comment", code="empty_feedback")
+        now = datetime.now(UTC)
+        async with self.db.session() as s:
+            msg = await self._answer(s, user, conversation_id, message_id)
+            values = {
+                "user_id": user,
+                "thumbs_up": body.thumbs_up,
+                "rating": body.rating,
+                "comment": body.comment,
+                "created_at": now,
+            }
+            await s.execute(
+                pg_insert(Feedback)
+                .values(message_id=msg.id, **values)
+                .on_conflict_do_update(index_elements=["message_id"], set_=values)
+            )
+        return FeedbackOut(
+            feedback_id=str(msg.id),
+            message_id=str(msg.id),
+            conversation_id=str(msg.conversation_id),
+            created_at=now,
+            **body.model_dump(),
+        )
+
+    async def feedback_of(
+        self, user: uuid.UUID, *, conversation_id: str | None, feedback_id: str | None
+    ) -> list[FeedbackOut]:
+        stmt = (
+            select(Feedback, Message.conversation_id)
+            .join(Message, Message.id == Feedback.message_id)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Conversation.user_id == user)
+        )
+        if conversation_id is not None:
+            stmt = stmt.where(Conversation.id == parse_id(conversation_id))
+        if feedback_id is not None:
+            stmt = stmt.where(Feedback.message_id == parse_id(feedback_id, "feedback"))
+        async with self.db.session() as s:
+            rows = (await s.execute(stmt.order_by(Feedback.created_at.desc()).limit(1000))).all()
+        return [_feedback_out(f, cid) for f, cid in rows]
+
+    async def delete_feedback(self, user: uuid.UUID, feedback_id: str) -> None:
+        mid = parse_id(feedback_id, "feedback")
+        async with self.db.session() as s:
+            result = await s.execute(delete(Feedback).where(Feedback.message_id == mid, Feedback.user_id == user))
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise NotFound(f"no feedback {feedback_id!r}", code="feedback_not_found")
+
+    async def feedback_report(
+        self, *, limit: int, cursor: str | None, thumbs_up: bool | None, max_rating: int | None
+    ) -> FeedbackReportPage:
+        """For admins: feedback newest first, with the answer, its sources and the question before it."""
+        stmt = select(Feedback, Message).join(Message, Message.id == Feedback.message_id)
+        if thumbs_up is not None:
+            stmt = stmt.where(Feedback.thumbs_up.is_(thumbs_up))
+        if max_rating is not None:
+            stmt = stmt.where(Feedback.rating <= max_rating)
+        if cursor:
+            at, mid = decode_cursor(cursor, 2)
+            try:
+                at_dt, mid_id = datetime.fromisoformat(at), uuid.UUID(mid)
+            except ValueError:
+                raise BadRequest("invalid cursor", param="cursor", code="invalid_cursor") from None
+            stmt = stmt.where(
+                or_(Feedback.created_at < at_dt, and_(Feedback.created_at == at_dt, Feedback.message_id < mid_id))
+            )
+        stmt = stmt.order_by(Feedback.created_at.desc(), Feedback.message_id.desc()).limit(limit + 1)
+        async with self.db.session() as s:
+            rows = (await s.execute(stmt)).all()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            reports = []
+            for f, m in rows:
+                q = await s.scalar(
+                    select(Message.content)
+                    .where(Message.conversation_id == m.conversation_id, Message.seq < m.seq, Message.role == "user")
+                    .order_by(Message.seq.desc())
+                    .limit(1)
+                )
+                base = _feedback_out(f, m.conversation_id)
+                reports.append(
+                    FeedbackReport(
+                        **base.model_dump(),
+                        user_id=str(f.user_id),
+                        question=q,
+                        answer=m.content,
+                        sources=m.sources,
+                        model=m.model,
+                    )
+                )
+        nxt = encode_cursor(rows[-1][0].created_at.isoformat(), rows[-1][0].message_id) if more else None
+        return FeedbackReportPage(data=reports, next_cursor=nxt)
+
+
+def _feedback_out(f: Feedback, conversation_id: uuid.UUID) -> FeedbackOut:
+    return FeedbackOut(
+        feedback_id=str(f.message_id),
+        message_id=str(f.message_id),
+        conversation_id=str(conversation_id),
+        created_at=f.created_at,
+        thumbs_up=f.thumbs_up,
+        rating=f.rating,
+        comment=f.comment,
+    )
+
+
+def _json_text(value: object) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _new_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise BadRequest("id must be a UUID", param="id", code="invalid_value") from None

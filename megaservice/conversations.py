@@ -1,0 +1,298 @@
+"""Conversations at the gateway: memory around the graph, and chathistory's routes through the one public door.
+
+A chat request with ``conversation_id`` continues that conversation: the gateway loads its newest earlier turns
+that fit `GatewaySettings.history_tokens` from chathistory (``GET /v1/conversations/{id}/context``), puts them
+before the new turn, runs the pipeline, and stores the question and the answer (sources, model, usage, latency)
+after the answer has gone out. ``store: true`` without an id starts a new conversation under an id made here
+(told on the first chunk / in the reply as ``conversation_id``); chathistory creates it with that first write.
+
+- Storing never delays the answer: the write is a task started when the stream ends. The next request on the
+  same conversation waits for that task before loading the context, so it always sees the previous turn
+  (read-your-writes; per gateway process: a client that alternates between replicas may race it).
+- A client that leaves mid-answer: the partial answer is stored, marked ``cut_short``.
+- The store down: the chat still answers, without the earlier turns; the reply says ``conversation_saved:
+  false`` and ``chatqna_gateway_conversation_not_saved_total`` counts it. A write that fails after the answer
+  is counted the same way, and the next replies (for a few seconds) say not saved.
+- A conversation that does not exist or is another user's: 404 before anything runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from prometheus_client import Counter
+
+from comps.core.caller import USER_ID_HEADER, caller_headers_var
+from comps.core.errors import NotFound, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from comps.core.http import HttpClient
+from comps.core.observability import outgoing_headers
+from comps.identity.auth import principal_of
+from megaservice.protocol import ChatQnARequest, Message
+
+log = logging.getLogger("megaservice.conversations")
+
+NOT_SAVED = Counter(
+    "chatqna_gateway_conversation_not_saved_total",
+    "Conversation turns that could not be stored (the store was down), by stage",
+    ["stage"],
+)
+DOWN_FOR_S = 5.0  # after a failed write, replies say "not saved" this long without trying the store first
+
+
+class Memory:
+    """Loads a conversation's context before the graph and stores the exchange after it."""
+
+    def __init__(self, url: str, *, timeout_s: float, budget_tokens: int) -> None:
+        self.base = url.rstrip("/") + "/v1/conversations"
+        self.timeout_s = timeout_s
+        self.budget = budget_tokens
+        self.pending: dict[str, asyncio.Task[None]] = {}  # conversation id -> its write in flight
+        self.owners: dict[str, str] = {}  # conversation id -> user id, of the writes in flight
+        self.down_until = 0.0
+
+    def store_down(self) -> bool:
+        return time.monotonic() < self.down_until
+
+    async def begin(self, req: ChatQnARequest, http: HttpClient) -> Turn:
+        """The turn of this request: its conversation's earlier turns put before the request's own."""
+        headers = dict(caller_headers_var.get())
+        question = _last_question(req.chat())
+        if req.conversation_id is None:
+            return Turn(self, http, headers, str(uuid.uuid4()), req, question, new=True, saved=not self.store_down())
+        cid = _uuid(req.conversation_id)
+        await self.settle(conversation_id=cid)  # read-your-writes: the previous answer may be being stored
+        try:
+            ctx = await http.request_json(
+                "GET",
+                f"{self.base}/{cid}/context?max_tokens={self.budget}",
+                node="chathistory",
+                timeout_s=self.timeout_s,
+                headers=headers,
+            )
+        except UpstreamError as exc:
+            if exc.upstream_status == 404:
+                raise NotFound(f"no conversation {req.conversation_id!r}", code="conversation_not_found") from None
+            if exc.upstream_status is not None and 400 <= exc.upstream_status < 500:
+                raise
+            NOT_SAVED.labels("load").inc()
+            self.down_until = time.monotonic() + DOWN_FOR_S
+            log.warning("conversation %s: store unavailable, answering without memory: %s", cid, exc.message)
+            return Turn(self, http, headers, cid, req, question, new=False, saved=False)
+        history = [Message(role=m["role"], content=m["content"]) for m in ctx.get("messages", ())]
+        own = req.chat()
+        system = [m for m in own if m.role == "system"]
+        merged = system + history + [m for m in own if m.role != "system"]
+        return Turn(
+            self, http, headers, cid, req.model_copy(update={"messages": merged}), question, new=False, saved=True
+        )
+
+    async def settle(self, *, conversation_id: str | None = None, user_id: str | None = None) -> None:
+        """Wait (bounded) for the writes in flight of this conversation, or of every conversation of this user."""
+        if conversation_id is not None:
+            tasks = [t] if (t := self.pending.get(conversation_id)) is not None else []
+        else:
+            tasks = [t for cid, t in self.pending.items() if self.owners.get(cid) == user_id]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.timeout_s)
+
+    def save(self, turn: Turn, *, cut_short: bool) -> None:
+        """Store the exchange in the background; the conversation's next request waits for it."""
+        if not turn.saved:
+            return
+        task = asyncio.create_task(self._write(turn, cut_short), name=f"store-{turn.conversation_id}")
+        cid = turn.conversation_id
+        self.pending[cid] = task
+        self.owners[cid] = turn.headers.get(USER_ID_HEADER, "")
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self.pending.get(cid) is done:
+                del self.pending[cid]
+                self.owners.pop(cid, None)
+
+        task.add_done_callback(forget)
+
+    async def _write(self, turn: Turn, cut_short: bool) -> None:
+        answer: dict[str, Any] = {
+            "role": "assistant",
+            "content": "".join(turn.parts),
+            "sources": turn.sources,
+            "model": turn.model,
+            "usage": turn.usage,
+            "latency_ms": int((time.perf_counter() - turn.started) * 1000),
+            "cut_short": cut_short,
+        }
+        if turn.prompt is not None:
+            answer |= {"prompt_id": turn.prompt.id, "prompt_version": turn.prompt.version}
+        body = {"messages": [{"role": "user", "content": turn.question}, answer], "create": turn.new}
+        try:
+            async with turn.http.stream(
+                "POST",
+                f"{self.base}/{turn.conversation_id}/messages",
+                node="chathistory",
+                timeout_s=self.timeout_s,
+                content=orjson.dumps(body),
+                headers=turn.headers,
+            ):
+                pass
+        except UpstreamError as exc:
+            NOT_SAVED.labels("save").inc()
+            self.down_until = time.monotonic() + DOWN_FOR_S
+            log.warning("conversation %s: the answer was not stored: %s", turn.conversation_id, exc.message)
+        except Exception:  # never let a background write fail silently
+            NOT_SAVED.labels("save").inc()
+            log.exception("conversation %s: storing the answer failed", turn.conversation_id)
+
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        """On shutdown: let the writes in flight finish (bounded)."""
+        tasks = list(self.pending.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
+
+
+class Turn:
+    """One question and its answer in a conversation: what to send, and what to store afterwards."""
+
+    def __init__(
+        self,
+        memory: Memory,
+        http: HttpClient,
+        headers: dict[str, str],
+        conversation_id: str,
+        request: ChatQnARequest,
+        question: str,
+        *,
+        new: bool,
+        saved: bool,
+    ) -> None:
+        self.memory = memory
+        self.http = http
+        self.headers = headers
+        self.conversation_id = conversation_id
+        self.request = request
+        self.question = question
+        self.new = new
+        self.saved = saved
+        self.started = time.perf_counter()
+        self.parts: list[str] = []
+        self.sources: list[dict[str, Any]] = []
+        self.model: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.prompt: Any = None  # the registry prompt used (megaservice.prompts.UsedPrompt)
+        self.ended = False
+
+    def extras(self) -> dict[str, Any]:
+        """What the reply (or the first chunk) says about the conversation."""
+        return {"conversation_id": self.conversation_id, "conversation_saved": self.saved}
+
+    def observe(self, chunk: object) -> None:
+        """One streamed chunk: its content, model and usage."""
+        if not isinstance(chunk, dict):
+            return
+        if isinstance(chunk.get("model"), str):
+            self.model = chunk["model"]
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        choices = chunk.get("choices")
+        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
+            content = (choices[0].get("delta") or {}).get("content")
+            if isinstance(content, str):
+                self.parts.append(content)
+
+    def completed(self, completion: dict[str, Any]) -> None:
+        """A whole (non-streamed) completion."""
+        self.model = completion.get("model")
+        self.usage = completion.get("usage")
+        choices = completion.get("choices") or [{}]
+        self.parts = [((choices[0].get("message") or {}).get("content")) or ""]
+
+    def end(self, *, cut_short: bool) -> None:
+        """Store the exchange (once, however the answer ended)."""
+        if not self.ended:
+            self.ended = True
+            self.memory.save(self, cut_short=cut_short)
+
+
+def _last_question(chat: Sequence[Message]) -> str:
+    return next((m.text() for m in reversed(chat) if m.role == "user" and m.text().strip()), "")
+
+
+def _uuid(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise NotFound(f"no conversation {value!r}", code="conversation_not_found") from None
+
+
+# -- chathistory's and the prompt registry's routes through the gateway -----------------------------------
+
+Routes = tuple[tuple[str, tuple[str, ...]], ...]
+CHATHISTORY_ROUTES: Routes = (
+    ("/v1/conversations", ("GET", "POST")),
+    ("/v1/conversations/{rest:path}", ("GET", "POST", "PATCH", "DELETE")),
+    ("/v1/chathistory/{op}", ("POST",)),
+    ("/v1/feedback/{op}", ("POST",)),
+    ("/v1/admin/feedback", ("GET",)),
+)
+PROMPT_ROUTES: Routes = (
+    ("/v1/prompts", ("GET", "POST")),
+    ("/v1/prompts/{rest:path}", ("GET", "PUT", "DELETE")),
+    ("/v1/prompt/{op}", ("POST",)),
+)
+
+
+def build_router(chathistory_url: str, timeout_s: float, memory: Memory | None = None) -> APIRouter:
+    """chathistory's routes. A read waits for this gateway's writes in flight of the caller (read-your-writes:
+    a reply's conversation is there at once)."""
+    return proxy_router(chathistory_url, timeout_s, CHATHISTORY_ROUTES, "chathistory", memory)
+
+
+def proxy_router(url: str, timeout_s: float, routes: Routes, node: str, memory: Memory | None = None) -> APIRouter:
+    """An internal service's routes, same paths and shapes; the caller is named to it in the identity headers
+    (the authentication middleware set them), so a user only ever reaches what the service lets them."""
+    router = APIRouter(tags=[node], dependencies=[Depends(principal_of)])
+    base = url.rstrip("/")
+
+    async def relay(request: Request) -> Response:
+        http: HttpClient = request.app.state.service.http
+        body = await request.body()
+        if memory is not None and memory.pending:
+            await memory.settle(user_id=caller_headers_var.get().get(USER_ID_HEADER))
+        extra = dict(http.default_headers)
+        if body:
+            extra["Content-Type"] = request.headers.get("content-type", "application/json")
+        target = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with http.session.request(
+                    request.method, target, data=body or None, headers=outgoing_headers(extra)
+                ) as resp:
+                    content = await resp.read()
+                    kept = {
+                        k: v for k, v in resp.headers.items() if k.lower() in ("content-type", "content-disposition")
+                    }
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"{node} did not answer within {timeout_s:g}s", node=node) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"{node} is unreachable: {exc}", node=node) from exc
+        return Response(content, status_code=resp.status, headers=kept)
+
+    for path, methods in routes:
+        slug = "".join(c if c.isalnum() else "_" for c in path).strip("_")
+        for method in methods:
+            router.add_api_route(
+                path,
+                relay,
+                methods=[method],
+                summary=f"{node}: {method} {path}",
+                operation_id=f"{node}_{method.lower()}_{slug}",
+            )
+    return router
