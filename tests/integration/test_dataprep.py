@@ -274,8 +274,8 @@ def test_corpus_of_every_format_is_ingested(client: httpx.Client, r: redis.Redis
     assert "Bicycle care" in text("bikes.html") and "every month" in text("bikes.html")
     assert "evil()" not in text("bikes.html") and "p{}" not in text("bikes.html")
     assert text("garden.md").startswith("Garden guide\n\nTomatoes")  # the heading path starts each chunk
-    assert "## Watering" in text("garden.md")
-    assert "# Quarterly report" in text("report.docx") and "north | 12" in text("report.docx")
+    assert "Garden guide > Watering\n\nWater the roots" in text("garden.md")
+    assert text("report.docx").startswith("Quarterly report\n\n") and "north | 12" in text("report.docx")
     assert "city: Lisbon; country: Portugal" in text("cities.csv")
     assert '"a": "Pacific"' in text("quiz.jsonl")
     assert '"fruit": "kiwi"' in text("fruit.json")
