@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -25,16 +26,23 @@ pytestmark = pytest.mark.e2e
 EVAL = Path(__file__).parents[2] / "benchmarks" / "eval"
 
 
+ADMIN = ("evaladmin", "eval-admin-password-1")
+
+
 @pytest.fixture(scope="module")
 def sup(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]:
-    ports = {name: str(free_port()) for name in (
-        "EMBEDDING_PORT", "RETRIEVER_PORT", "RERANKER_PORT", "LLM_PORT", "DATAPREP_PORT", "MEGA_SERVICE_PORT",
-        "CHATQNA_REDIS_PORT",
-    )}  # fmt: skip
-    settings = RuntimeSettings(
-        CHATQNA_STATE_DIR=tmp_path_factory.mktemp("state"), CHATQNA_MODELS_DIR=models_dir,
-        CHATQNA_READY_TIMEOUT_S=300, **ports,
+    names = (
+        "EMBEDDING_PORT", "RETRIEVER_PORT", "RERANKER_PORT", "LLM_PORT", "DATAPREP_PORT", "CHATHISTORY_PORT",
+        "PROMPTS_PORT", "MEGA_SERVICE_PORT", "CHATQNA_REDIS_PORT", "CHATQNA_POSTGRES_PORT",
     )  # fmt: skip
+    settings = RuntimeSettings(
+        CHATQNA_STATE_DIR=tmp_path_factory.mktemp("state"),
+        CHATQNA_MODELS_DIR=models_dir,
+        CHATQNA_READY_TIMEOUT_S=300,
+        CHATQNA_ADMIN_USER=ADMIN[0],
+        CHATQNA_ADMIN_PASSWORD=ADMIN[1],
+        **{name: str(free_port()) for name in names},
+    )
     supervisor = Supervisor(settings, out=lambda line: None)
     supervisor.start()
     try:
@@ -45,14 +53,17 @@ def sup(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def test_eval_runs_the_shipped_question_set(sup: Supervisor, tmp_path: Path) -> None:
     assert sup.mesh is not None
+    gateway = sup.mesh.url("gateway")
+    login = httpx.post(f"{gateway}/v1/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]}, timeout=30)
+    assert login.status_code == 200, login.text
+    token = login.json()["access_token"]
     collection = f"eval-{uuid.uuid4().hex[:8]}"
-    jobs = asyncio.run(ingest.run([EVAL / "handbook"], url=sup.mesh.url("dataprep"), fields={"collection": collection}))
+    jobs = asyncio.run(ingest.run([EVAL / "handbook"], url=gateway, fields={"collection": collection}, api_key=token))
     assert {j["status"] for j in jobs.values()} == {"succeeded"}
     report, chart = tmp_path / "report.json", tmp_path / "chart.svg"
-    result = CliRunner().invoke(app, [
-        "eval", str(EVAL / "handbook.jsonl"), "--url", sup.mesh.url("gateway"), "--set", f"collection={collection}",
-        "--compare", f"rag:collection={collection},rerank=false", "--report", str(report), "--chart", str(chart),
-    ])  # fmt: skip
+    args = ["eval", str(EVAL / "handbook.jsonl"), "--url", gateway, "--api-key", token]
+    args += ["--set", f"collection={collection}", "--compare", f"rag:collection={collection},rerank=false"]
+    result = CliRunner().invoke(app, [*args, "--report", str(report), "--chart", str(chart)])
     assert result.exit_code == 0, result.output
     assert "| source@1 |" in result.output and "| base | rag |" in result.output
     summary = json.loads(report.read_text())["summary"]
