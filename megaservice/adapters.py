@@ -14,8 +14,9 @@ from comps.llm.protocol import ChatCompletionRequest, StreamOptions
 from comps.reranker.protocol import RerankRequest, RerankResult
 from comps.retriever.protocol import RetrievalRequest, RetrievalResponse, RetrievedDocument
 from megaservice.graph import BadAnswer, Skip
-from megaservice.prompt import Passage, plain_messages, rag_messages, retrieval_query
+from megaservice.prompt import Passage, plain_messages, rag_messages, retrieval_query, within_budget
 from megaservice.protocol import ChatQnARequest, ContextPassage, Message
+from megaservice.settings import GatewaySettings
 
 # The request fields passed to the LLM as they are, when set.
 _LLM_FIELDS = (
@@ -29,7 +30,33 @@ _LLM_FIELDS = (
     "frequency_penalty",
     "stop",
     "seed",
+    "repetition_penalty",
+    "stop_on_repetition",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class RagDefaults:
+    """What an answer grounded in passages gets where the request says nothing (the gateway's settings);
+    left as ``None``, the LLM's own default applies."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    repetition_penalty: float | None = None
+    stop: tuple[str, ...] = ()
+    passage_tokens: int | None = None  # None: no budget
+    rerank_min_score: float | None = None
+
+    @classmethod
+    def of(cls, settings: GatewaySettings) -> RagDefaults:
+        return cls(
+            temperature=settings.rag_temperature,
+            max_tokens=settings.rag_max_tokens,
+            repetition_penalty=settings.rag_repetition_penalty,
+            stop=tuple(settings.rag_stop),
+            passage_tokens=settings.passage_tokens,
+            rerank_min_score=settings.rerank_min_score,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +68,18 @@ class Question:
     query: str
     given: list[Passage]  # the request's ``context``
     retrieves: bool  # False for llm-only
-    rag_temperature: float | None = None  # used for a RAG answer when the request sets no temperature
+    rag: RagDefaults = RagDefaults()  # used for a RAG answer where the request says nothing
 
     @classmethod
-    def of(cls, request: ChatQnARequest, *, retrieves: bool, rag_temperature: float | None = None) -> Question:
+    def of(cls, request: ChatQnARequest, *, retrieves: bool, rag: RagDefaults | None = None) -> Question:
         chat = request.chat()
-        return cls(request, chat, retrieval_query(chat), caller_passages(request.context), retrieves, rag_temperature)
+        return cls(request, chat, retrieval_query(chat), caller_passages(request.context), retrieves,
+                   rag or RagDefaults())  # fmt: skip
+
+    def budgeted(self, passages: list[Passage]) -> list[Passage]:
+        """The passages that fit the prompt's budget (the request's, else the gateway's), best first."""
+        budget = self.request.passage_tokens or self.rag.passage_tokens
+        return within_budget(passages, budget) if budget else passages
 
 
 def caller_passages(context: list[str | ContextPassage] | None) -> list[Passage]:
@@ -96,21 +129,29 @@ def ask_directly(q: Question) -> ChatCompletionRequest:
 
 
 def reranked_passages(q: Question, retriever: RetrievalResponse, reranker: list[RerankResult]) -> list[Passage]:
+    """The reranker's best ``top_n``, less those under the relevance floor (never the best one)."""
     docs = retriever.documents
-    kept = []
+    floor = _first(q.request.rerank_min_score, q.rag.rerank_min_score)
+    kept: list[Passage] = []
     for result in reranker[: q.request.top_n]:
         if not 0 <= result.index < len(docs):
             raise BadAnswer(f"reranker answered index {result.index} for {len(docs)} texts", node="reranker")
+        if kept and floor is not None and result.score < floor:
+            break  # best first: the rest are lower still
         kept.append(_passage(docs[result.index], result.score))
-    return q.given + kept
+    return q.budgeted(q.given + kept)
 
 
 def retrieved_passages(q: Question, retriever: RetrievalResponse) -> list[Passage]:
-    return q.given + [_passage(d, d.score) for d in retriever.documents]
+    return q.budgeted(q.given + [_passage(d, d.score) for d in retriever.documents])
 
 
 def given_passages(q: Question) -> list[Passage]:
-    return q.given
+    return q.budgeted(q.given)
+
+
+def _first(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
 
 
 def _passage(doc: RetrievedDocument, score: float) -> Passage:
@@ -123,8 +164,15 @@ def chat_request(q: Question, passages: list[Passage]) -> ChatCompletionRequest:
     r = q.request
     rag = q.retrieves or passages
     fields = {name: value for name in _LLM_FIELDS if (value := getattr(r, name)) is not None}
-    if rag and r.temperature is None and q.rag_temperature is not None:
-        fields["temperature"] = q.rag_temperature
+    if rag:
+        d = q.rag
+        defaults = {"temperature": d.temperature, "repetition_penalty": d.repetition_penalty,
+                    "stop": list(d.stop) or None}  # fmt: skip
+        if r.max_tokens is None and r.max_completion_tokens is None:
+            defaults["max_tokens"] = d.max_tokens
+        for name, value in defaults.items():
+            if name not in fields and value is not None:
+                fields[name] = value
     if r.stream:
         fields["stream"] = True
         # Always: the trace records the answer's usage; the relay drops it unless the client asked for it.

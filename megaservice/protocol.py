@@ -60,6 +60,8 @@ class ChatQnARequest(RetrievalOptions):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     stop: str | list[str] | None = None
     seed: int | None = None
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0, description="1 = off (llama.cpp's).")
+    stop_on_repetition: bool | None = Field(default=None, description="End the answer before a sentence repeats.")
     stream: bool = Field(default=False, description="Stream chat.completion.chunk events (false, as in OpenAI).")
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, description="Only 1 is supported.")
@@ -67,6 +69,12 @@ class ChatQnARequest(RetrievalOptions):
 
     # -- Retrieval: the retriever's options are inherited (RetrievalOptions); the gateway adds --
     top_n: int = Field(default=3, ge=1, le=100, description="Passages the reranker keeps.")
+    passage_tokens: int | None = Field(
+        default=None, ge=16, le=100_000, description="Most tokens of passages in the prompt; default: the gateway's."
+    )
+    rerank_min_score: float | None = Field(
+        default=None, description="Reranked passages scored below this are left out; default: the gateway's."
+    )
     chat_template: str | None = Field(
         default=None, max_length=20_000, description="Prompt for the last turn, with {context} and {question}."
     )

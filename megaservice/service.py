@@ -25,7 +25,7 @@ from starlette.background import BackgroundTask
 from comps.core.disconnect import ClientGone, until_disconnect
 from comps.core.errors import BadRequest, ServiceError, UpstreamError, error_envelope
 from comps.core.http import HttpClient
-from megaservice.adapters import Question
+from megaservice.adapters import Question, RagDefaults
 from megaservice.condense import Condenser
 from megaservice.conversations import Memory, Turn
 from megaservice.graph import NODE_ERRORS
@@ -70,7 +70,7 @@ class ChatQnA:
         self.prompts = prompts
         self.pipelines = pipelines
         self.snippet = settings.source_snippet_chars
-        self.rag_temperature = settings.rag_temperature
+        self.rag = RagDefaults.of(settings)
         self.question_rewrite = settings.question_rewrite
         self.condenser = Condenser(pipelines["llm-only"].graph)
         self.tracing = Tracing(settings.trace_content)
@@ -88,7 +88,7 @@ class ChatQnA:
             turn.prompt = used
             req = turn.request  # with the conversation's earlier turns
         pipe = self.pipelines[req.pipeline_for(self.default)]
-        q = Question.of(req, retrieves=pipe.name != "llm-only", rag_temperature=self.rag_temperature)
+        q = Question.of(req, retrieves=pipe.name != "llm-only", rag=self.rag)
         if q.retrieves and (req.question_rewrite or self.question_rewrite) == "condense":
             standalone = await self.condenser.standalone(q.chat, http)
             if standalone:

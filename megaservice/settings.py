@@ -67,6 +67,36 @@ class GatewaySettings(ServiceSettings):
         "small models wander off the passages; 0 is greedy). Unset: the LLM's own default.",
     )
     source_snippet_chars: int = Field(default=300, ge=0, description="Characters of each passage shown in sources.")
+    rag_max_tokens: int | None = Field(
+        default=192,
+        ge=1,
+        description="max_tokens of answers grounded in passages when the request sets none (a RAG answer is a few "
+        "sentences; a small model that misses its end otherwise runs on to the LLM's default). Unset: the LLM's.",
+    )
+    rag_repetition_penalty: float | None = Field(
+        default=1.1,
+        gt=0.0,
+        le=2.0,
+        description="Repeat penalty of answers grounded in passages when the request sets none (1 = off; only "
+        "generated tokens count, so copying from the passages is not penalised). Unset: the LLM's default.",
+    )
+    rag_stop: list[str] = Field(
+        default_factory=lambda: ["\nQuestion:", "\nPassages:"],
+        max_length=8,
+        description="Stop strings of answers grounded in passages when the request sets none: a small model that "
+        "has answered sometimes goes on to write the prompt's next question.",
+    )
+    passage_tokens: int = Field(
+        default=400,
+        ge=16,
+        description="Most tokens of passages in the prompt (estimated at 4 characters a token), best first: on a "
+        "CPU the time to the first token grows with the prompt (about 300 tokens/s with the default model).",
+    )
+    rerank_min_score: float | None = Field(
+        default=None,
+        description="Passages the reranker scores below this are not given to the LLM (the best one always is). "
+        "The scale is the reranker's: 0..1 for a cross-encoder, 1/(k+rank) sums for lexical-fusion. Unset: none.",
+    )
 
     # -- the mesh behind the door --
     dataprep_url: str = local_url("dataprep")

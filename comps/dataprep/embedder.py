@@ -17,9 +17,12 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from prometheus_client import Counter, Histogram
@@ -34,6 +37,8 @@ log = logging.getLogger("comps.dataprep.embedder")
 
 LINGER_S = 0.02  # how long a request that is not full waits for more chunks
 SIMILAR = 0.75  # a request takes chunks down to this fraction of its longest chunk's length
+FALLBACK_LIMIT = 254  # tokens, when the embedding service does not say (all-MiniLM-L6-v2's 256 less [CLS], [SEP])
+FALLBACK_CHARS_PER_TOKEN = 3.5
 
 CHUNKS_EMBEDDED = Counter("chatqna_dataprep_chunks_embedded_total", "Chunks embedded by dataprep")
 REQUEST_SIZE = Histogram(
@@ -69,6 +74,8 @@ class ChunkEmbedder:
         self._wake = asyncio.Event()
         self._http: HttpClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._measure: Measure | None = None
+        self._measure_lock = asyncio.Lock()
         self._group: TaskGroup | None = None
 
     def start(self, http: HttpClient, tasks: TaskGroup | None = None) -> None:
@@ -191,6 +198,33 @@ class ChunkEmbedder:
         assert self._http is not None, "ChunkEmbedder used before start()"
         return await self.client.embed(self._http, texts)
 
+    async def measure(self) -> Measure:
+        """How the embedding model counts tokens, asked once of the embedding service (``GET /v1/tokenizer``);
+        where it does not say (a remote backend: 404), tokens are estimated from characters, with a warning."""
+        async with self._measure_lock:
+            if self._measure is None:
+                self._measure = await self._ask_measure()
+            return self._measure
+
+    async def _ask_measure(self) -> Measure:
+        assert self._http is not None, "ChunkEmbedder used before start()"
+        try:
+            document = await self.client.tokenizer(self._http)
+            return await asyncio.to_thread(tokenizer_measure, document)
+        except UpstreamError as exc:
+            if getattr(exc, "upstream_status", None) != 404:
+                raise
+        except Exception as exc:  # any unusable answer: estimate instead
+            log.warning("the embedding service's tokenizer is unusable (%s): chunk tokens are estimated", exc)
+            return estimated_measure()
+        log.warning(
+            "the embedding service does not give its tokenizer: chunk tokens are estimated from characters "
+            "(%.1f a token) with a limit of %d",
+            FALLBACK_CHARS_PER_TOKEN,
+            FALLBACK_LIMIT,
+        )
+        return estimated_measure()
+
     async def check_ready(self, http: HttpClient) -> dict[str, object]:
         """The embedding service's readiness details; `NotReady` with its reason when it is not ready."""
         base = self._base()
@@ -199,3 +233,34 @@ class ChunkEmbedder:
         except UpstreamError as exc:
             raise NotReady(f"the embedding service is not ready: {exc.message}") from None
         return {"embedding": base, "embedding_model": details.get("model")}
+
+
+@dataclass(frozen=True)
+class Measure:
+    """How the embedding model counts: ``count(text)`` tokens (special tokens left out) and ``limit``, the most
+    it reads of one input (its max_seq_length less the special tokens it adds)."""
+
+    limit: int
+    count: Callable[[str], int]
+    exact: bool  # False: estimated from characters (the service did not give its tokenizer)
+
+
+def tokenizer_measure(document: dict[str, Any]) -> Measure:
+    """A `Measure` from the embedding service's ``GET /v1/tokenizer`` answer."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(json.dumps(document["tokenizer"]))
+    tok.no_truncation()
+    tok.no_padding()
+    special = len(tok.encode("", add_special_tokens=True).ids)
+    limit = int(document["max_seq_length"]) - special
+
+    def count(text: str) -> int:
+        return len(tok.encode(text, add_special_tokens=False).ids)
+
+    return Measure(limit, count, exact=True)
+
+
+def estimated_measure(limit: int = FALLBACK_LIMIT) -> Measure:
+    """Tokens estimated from characters, on the safe side (word-piece tokenizers: 3.5-4.5 characters a token)."""
+    return Measure(limit, lambda text: math.ceil(len(text) / FALLBACK_CHARS_PER_TOKEN), exact=False)

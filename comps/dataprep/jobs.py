@@ -24,7 +24,7 @@ from prometheus_client import Counter, Gauge
 
 from comps.core.errors import Overloaded
 from comps.core.tasks import TaskGroup
-from comps.dataprep.protocol import FINISHED, DocumentKind, JobInfo, JobStatus
+from comps.dataprep.protocol import FINISHED, ChunkUnit, DocumentKind, JobInfo, JobStatus
 from comps.dataprep.uploads import Upload
 
 log = logging.getLogger("comps.dataprep.jobs")
@@ -44,6 +44,7 @@ class Job:
     chunk_size: int
     chunk_overlap: int
     tags: list[str]
+    chunk_unit: ChunkUnit = "chars"
     upload: Upload | None = None  # a file job; else `source` is the URL
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     status: JobStatus = "queued"

@@ -1,26 +1,39 @@
 """Document bytes -> text sections -> chunks. Blocking work: call `parse_document` from a thread.
 
-Every format becomes a list of `Section`s (a PDF: one per page, so a chunk keeps its page number).
-Markdown, HTML and .docx become Markdown (headings as ``#``), split first at headings
-(MarkdownHeaderTextSplitter) so a chunk does not straddle two sections, then recursively by size;
-other formats are split recursively (paragraphs, lines, words). A document that cannot be read raises
-`ParseError` with the precise reason.
+Every format becomes a list of `Section`s (a PDF: one per page, so a chunk keeps its page number, with the
+heading path of the PDF's outline where it has one). Markdown, HTML and .docx become Markdown (headings as
+``#``), split first at headings (MarkdownHeaderTextSplitter) so a chunk does not straddle two sections,
+then recursively by size; other formats are split recursively (paragraphs, lines, words). Each chunk of a
+section under headings starts with its heading path (``Title > Section > Subsection``), so that a chunk
+read alone says where it comes from and the headings' words are embedded with it.
+
+Sizes are measured by ``length``: characters (OPEA's ``chunk_size``), or the embedding model's tokens
+(`parse_document`'s ``length`` is then the tokenizer's count), the heading path included. A document that
+cannot be read raises `ParseError` with the precise reason.
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from comps.dataprep.protocol import DocumentKind
 
+if TYPE_CHECKING:
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
 MARKDOWN_KINDS = frozenset({"markdown", "html", "docx"})
 HEADERS = [("#", "h1"), ("##", "h2"), ("###", "h3"), ("####", "h4")]
+PATH_SEPARATOR = " > "
 _BLANK_RUN = re.compile(r"\n\s*\n")
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.I | re.S)
+_HEADING_MARKUP = re.compile(r"`|\*\*|#+$")  # code and bold marks, a trailing anchor "#" (Sphinx, Node.js docs)
 _HTML_BLOCKS = (
     "p",
     "div",
@@ -53,18 +66,23 @@ class ParseError(ValueError):
 class Section:
     text: str
     page: int | None = None  # 1-based page (PDF); None for formats without pages
+    headings: tuple[str, ...] = ()  # where the section is (a PDF page: its outline entries)
 
 
 @dataclass(frozen=True)
 class TextChunk:
-    text: str
+    text: str  # the heading path line, a blank line, then the text (the path alone is not a chunk)
     page: int | None = None
 
 
-def parse_document(data: bytes, kind: DocumentKind, chunk_size: int, chunk_overlap: int) -> list[TextChunk]:
+def parse_document(
+    data: bytes, kind: DocumentKind, chunk_size: int, chunk_overlap: int, *, length: Callable[[str], int] = len
+) -> list[TextChunk]:
     """Extract and split; raises `ParseError` when the document has no readable text."""
     sections = extract(data, kind)
-    chunks = split(sections, markdown=kind in MARKDOWN_KINDS, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    chunks = split(
+        sections, markdown=kind in MARKDOWN_KINDS, chunk_size=chunk_size, chunk_overlap=chunk_overlap, length=length
+    )
     if not chunks:
         raise ParseError(f"no text found in the {kind} document")
     return chunks
@@ -84,21 +102,48 @@ def extract(data: bytes, kind: DocumentKind) -> list[Section]:
     return [s for s in extractors[kind](data) if s.text.strip()]
 
 
-def split(sections: list[Section], *, markdown: bool, chunk_size: int, chunk_overlap: int) -> list[TextChunk]:
-    from langchain_text_splitters import MarkdownHeaderTextSplitter, RecursiveCharacterTextSplitter
+def split(
+    sections: list[Section], *, markdown: bool, chunk_size: int, chunk_overlap: int,
+    length: Callable[[str], int] = len,
+) -> list[TextChunk]:  # fmt: skip
+    from langchain_text_splitters import MarkdownHeaderTextSplitter
 
-    recursive = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     chunks: list[TextChunk] = []
     for section in sections:
-        parts = [section.text]
+        parts = [(section.headings, section.text)]
         if markdown:
-            by_heading = MarkdownHeaderTextSplitter(HEADERS, strip_headers=False)
-            parts = [_rstrip_lines(doc.page_content) for doc in by_heading.split_text(section.text)]
-        for part in parts:
-            for text in recursive.split_text(part):
-                if text.strip():
-                    chunks.append(TextChunk(text.strip(), section.page))
+            by_heading = MarkdownHeaderTextSplitter(HEADERS, strip_headers=True)
+            parts = [
+                (
+                    tuple(doc.metadata[key] for _, key in HEADERS if doc.metadata.get(key)),
+                    _rstrip_lines(doc.page_content),
+                )
+                for doc in by_heading.split_text(section.text)
+            ]
+        for headings, text in parts:
+            prefix = heading_path(headings, chunk_size // 4, length)
+            room = chunk_size - (length(prefix + "\n\n") if prefix else 0)
+            for piece in _splitter(room, min(chunk_overlap, room // 2), length).split_text(text):
+                if piece.strip():
+                    chunks.append(TextChunk(f"{prefix}\n\n{piece.strip()}" if prefix else piece.strip(), section.page))
     return chunks
+
+
+def heading_path(headings: tuple[str, ...], most: int, length: Callable[[str], int]) -> str:
+    """``A > B > C``, its outer headings dropped while it is longer than ``most`` (the last one is kept, cut)."""
+    names = [name for h in headings if (name := _HEADING_MARKUP.sub("", " ".join(h.split())).strip())]
+    while len(names) > 1 and length(PATH_SEPARATOR.join(names)) > most:
+        names.pop(0)
+    path = PATH_SEPARATOR.join(names)
+    while path and length(path) > most:
+        path = path[: len(path) * 3 // 4].rstrip()
+    return path
+
+
+def _splitter(size: int, overlap: int, length: Callable[[str], int]) -> RecursiveCharacterTextSplitter:
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    return RecursiveCharacterTextSplitter(chunk_size=max(size, 1), chunk_overlap=overlap, length_function=length)
 
 
 def _rstrip_lines(text: str) -> str:
@@ -131,7 +176,10 @@ def pdf_pages(data: bytes) -> list[Section]:
                 raise ParseError(f"the PDF is encrypted with a cipher this server cannot open: {exc}") from None
             if not opened:
                 raise ParseError("the PDF is encrypted and needs a password")
-        pages = [Section(page.extract_text() or "", n) for n, page in enumerate(reader.pages, start=1)]
+        paths = _outline_paths(reader)
+        pages = [
+            Section(page.extract_text() or "", n, paths.get(n, ())) for n, page in enumerate(reader.pages, start=1)
+        ]
     except ParseError:
         raise
     except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as exc:
@@ -143,12 +191,69 @@ def pdf_pages(data: bytes) -> list[Section]:
     return pages
 
 
+def _outline_paths(reader: Any) -> dict[int, tuple[str, ...]]:
+    """Page number -> the outline (bookmarks) path in force on that page: the last entry starting on or before it."""
+    starts: list[tuple[int, tuple[str, ...]]] = []
+
+    def walk(items: list[Any], path: tuple[str, ...]) -> None:
+        last: tuple[str, ...] = path
+        for item in items:
+            if isinstance(item, list):
+                walk(item, last)
+                continue
+            try:
+                page = reader.get_destination_page_number(item) + 1
+            except Exception:  # a broken outline entry is skipped, the page text is still read
+                continue
+            last = (*path, str(item.title or "").strip())
+            starts.append((page, last))
+
+    try:
+        walk(reader.outline, ())
+    except Exception:  # a broken outline: pages without headings
+        return {}
+    paths: dict[int, tuple[str, ...]] = {}
+    current: tuple[str, ...] = ()
+    by_page = sorted(starts, key=lambda s: s[0])  # stable: entries of one page keep outline order
+    i = 0
+    for n in range(1, len(reader.pages) + 1):
+        while i < len(by_page) and by_page[i][0] <= n:
+            current = by_page[i][1]
+            i += 1
+        if current:
+            paths[n] = current
+    return paths
+
+
 def html_to_markdown(data: bytes) -> str:
-    """Visible text of an HTML page with headings as Markdown ``#`` lines and blocks as paragraphs."""
+    """The main content of an HTML page as Markdown (headings as ``#`` lines, lists, tables, code), without
+    navigation, sidebars, footers and scripts (trafilatura); the page's title as first heading when the
+    content has none. A page where trafilatura finds no main content (a fragment, a tiny page) is read whole."""
+    import trafilatura
+
+    title = _html_title(data)
+    body = trafilatura.extract(
+        data, output_format="markdown", include_tables=True, include_comments=False, include_links=False,
+        include_images=False, include_formatting=True, favor_recall=True, deduplicate=False, with_metadata=False,
+    ) or _visible_text(data)  # fmt: skip
+    body = _BLANK_RUN.sub("\n\n", body).strip()
+    if title and not body.startswith("#"):
+        body = f"# {title}\n\n{body}"
+    return body
+
+
+def _html_title(data: bytes) -> str:
+    found = _TITLE.search(data)
+    if not found:
+        return ""
+    return " ".join(html.unescape(found.group(1).decode("utf-8", "replace")).split())
+
+
+def _visible_text(data: bytes) -> str:
+    """Visible text with headings as Markdown ``#`` lines and blocks as paragraphs (the fallback)."""
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(data, "lxml")
-    title = soup.title.get_text(" ", strip=True) if soup.title else ""
     for tag in soup(_HTML_DROP):
         tag.decompose()
     for level in range(1, 7):
@@ -157,10 +262,7 @@ def html_to_markdown(data: bytes) -> str:
     for tag in soup.find_all(_HTML_BLOCKS):
         tag.insert_after("\n\n")
     paragraphs = [" ".join(p.split()) for p in _BLANK_RUN.split(soup.get_text())]
-    body = "\n\n".join(p for p in paragraphs if p)
-    if title and not body.startswith("#"):
-        body = f"# {title}\n\n{body}"
-    return body
+    return "\n\n".join(p for p in paragraphs if p)
 
 
 def docx_to_markdown(data: bytes) -> str:

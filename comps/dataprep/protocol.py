@@ -5,7 +5,11 @@
   ========== ======================================================================================
   files      0..n uploads; the file name is the document's ``source`` (its extension picks the parser)
   link_list  a JSON list of http(s) URLs, e.g. ``["https://example.com/a.html"]``
-  chunk_size chunk length in characters (default 1500); chunk_overlap (default 100) must be smaller
+  chunk_tokens  chunk length in the embedding model's tokens, heading path included (default
+             ``DATAPREP_CHUNK_TOKENS``, at most the model's limit); chunk_overlap_tokens (default
+             ``DATAPREP_CHUNK_OVERLAP_TOKENS``) must be smaller
+  chunk_size chunk length in characters (OPEA's; chunks by characters instead of tokens when given);
+             chunk_overlap (default 100) must be smaller
   collection the collection (RediSearch index) to write to; default: ``INDEX_NAME`` (``rag-redis``)
   tags       comma-separated tags stored on every chunk (a TAG field the retriever can filter on)
   ========== ======================================================================================
@@ -67,8 +71,11 @@ CONTENT_TYPES: dict[str, DocumentKind] = {
 }
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "skipped"]
+ChunkUnit = Literal["tokens", "chars"]
 FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "skipped"})
 
+DEFAULT_CHUNK_CHARS = 1500  # OPEA's, when chunk sizes are given in characters
+DEFAULT_OVERLAP_CHARS = 100
 MAX_TAGS = 32
 MAX_TAG_LENGTH = 100
 
@@ -101,8 +108,10 @@ def parse_tags(value: str | None) -> list[str]:
 class IngestOptions(BaseModel):
     """The non-file form fields of an ingest request, validated once the body has been read."""
 
-    chunk_size: int = Field(default=1500, gt=0, le=100_000)
-    chunk_overlap: int = Field(default=100, ge=0)
+    chunk_size: int | None = Field(default=None, gt=0, le=100_000, description="Characters (OPEA's unit).")
+    chunk_overlap: int | None = Field(default=None, ge=0, description="Characters; default 100.")
+    chunk_tokens: int | None = Field(default=None, gt=0, le=100_000, description="The embedding model's tokens.")
+    chunk_overlap_tokens: int | None = Field(default=None, ge=0)
     collection: str
     tags: list[str] = Field(default_factory=list)
     link_list: list[str] = Field(default_factory=list)
@@ -127,12 +136,32 @@ class IngestOptions(BaseModel):
         return [v.strip() for v in value]
 
     @model_validator(mode="after")
-    def _overlap(self) -> IngestOptions:
-        if self.chunk_overlap >= self.chunk_size:
+    def _one_unit(self) -> IngestOptions:
+        chars = self.chunk_size is not None or self.chunk_overlap is not None
+        if chars and (self.chunk_tokens is not None or self.chunk_overlap_tokens is not None):
             raise ValueError(
-                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})"
+                "give chunk_size/chunk_overlap (characters) or chunk_tokens/chunk_overlap_tokens, not both"
             )
+        for size, overlap in (("chunk_size", "chunk_overlap"), ("chunk_tokens", "chunk_overlap_tokens")):
+            n, m = getattr(self, size), getattr(self, overlap)
+            if n is not None and m is not None and m >= n:
+                raise ValueError(f"{overlap} ({m}) must be smaller than {size} ({n})")
         return self
+
+    def chunking(self, tokens: int, overlap_tokens: int) -> tuple[ChunkUnit, int, int]:
+        """(unit, size, overlap): characters when chunk_size or chunk_overlap is given, else tokens with the
+        given defaults for what is unset."""
+        if self.chunk_size is not None or self.chunk_overlap is not None:
+            size = self.chunk_size or DEFAULT_CHUNK_CHARS
+            overlap = DEFAULT_OVERLAP_CHARS if self.chunk_overlap is None else self.chunk_overlap
+            if overlap >= size:
+                raise ValueError(f"chunk_overlap ({overlap}) must be smaller than chunk_size ({size})")
+            return "chars", size, overlap
+        size = self.chunk_tokens or tokens
+        overlap = min(overlap_tokens, size // 2) if self.chunk_overlap_tokens is None else self.chunk_overlap_tokens
+        if overlap >= size:
+            raise ValueError(f"chunk_overlap_tokens ({overlap}) must be smaller than chunk_tokens ({size})")
+        return "tokens", size, overlap
 
 
 class JobRef(BaseModel):

@@ -34,8 +34,13 @@ _INGEST_FORM = {
                     "properties": {
                         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
                         "link_list": {"type": "string", "description": 'JSON list of URLs, e.g. ["https://a.b/c"]'},
-                        "chunk_size": {"type": "integer", "default": 1500},
-                        "chunk_overlap": {"type": "integer", "default": 100},
+                        "chunk_tokens": {"type": "integer", "description": "Default: DATAPREP_CHUNK_TOKENS"},
+                        "chunk_overlap_tokens": {
+                            "type": "integer",
+                            "description": "Default: DATAPREP_CHUNK_OVERLAP_TOKENS",
+                        },
+                        "chunk_size": {"type": "integer", "description": "Characters (OPEA's unit), instead of tokens"},
+                        "chunk_overlap": {"type": "integer", "description": "Characters; default 100"},
                         "collection": {"type": "string", "description": "Default: INDEX_NAME"},
                         "tags": {"type": "string", "description": "Comma-separated tags"},
                     },

@@ -131,8 +131,10 @@ class DataprepService:
             fields = form.fields
             try:
                 options = IngestOptions(
-                    chunk_size=fields.get("chunk_size") or 1500,
-                    chunk_overlap=fields.get("chunk_overlap") or 100,
+                    chunk_size=fields.get("chunk_size") or None,
+                    chunk_overlap=fields.get("chunk_overlap") or None,
+                    chunk_tokens=fields.get("chunk_tokens") or None,
+                    chunk_overlap_tokens=fields.get("chunk_overlap_tokens") or None,
                     collection=fields.get("collection") or self.settings.index_name,
                     tags=fields.get("tags"),
                     link_list=fields.get("link_list"),
@@ -140,6 +142,11 @@ class DataprepService:
             except ValidationError as exc:
                 message, param = _first_error(exc)
                 raise BadRequest(message, param=param, code="invalid_value") from None
+            try:
+                unit, size, overlap = options.chunking(self.settings.chunk_tokens, self.settings.chunk_overlap_tokens)
+            except ValueError as exc:
+                param = "chunk_overlap" if options.chunk_size or options.chunk_overlap else "chunk_overlap_tokens"
+                raise BadRequest(str(exc), param=param, code="invalid_value") from None
             self.collection(options.collection)
             if not form.uploads and not options.link_list:
                 raise BadRequest("nothing to ingest: send files and/or link_list", param="files")
@@ -152,8 +159,9 @@ class DataprepService:
                     raise BadRequest(str(exc), param="link_list", code="url_refused") from None
             common = dict(
                 collection=options.collection,
-                chunk_size=options.chunk_size,
-                chunk_overlap=options.chunk_overlap,
+                chunk_size=size,
+                chunk_overlap=overlap,
+                chunk_unit=unit,
                 tags=options.tags,
             )
             jobs = [Job(source=u.filename, upload=u, **common) for u in form.uploads]  # type: ignore[arg-type]
@@ -264,16 +272,24 @@ class DataprepService:
 
     async def _ingest(self, job: Job) -> None:
         assert self._http is not None and self.runner is not None
-        load, size, kind, digest = await self._content(job)
+        load, nbytes, kind, digest = await self._content(job)
         job.doc_id = document_id(job.collection, job.source)
         tags = ",".join(job.tags)
         async with self.locks.hold((job.collection, job.doc_id)):
             existing = await self.store.get_document(job.collection, job.doc_id)
-            wanted = (digest, job.chunk_size, job.chunk_overlap, tags)
-            if existing and (existing.sha256, existing.chunk_size, existing.chunk_overlap, existing.tags) == wanted:
+            wanted = (digest, job.chunk_size, job.chunk_overlap, job.chunk_unit, tags)
+            had = existing and (existing.sha256, existing.chunk_size, existing.chunk_overlap, existing.chunk_unit,
+                                existing.tags)  # fmt: skip
+            if had == wanted:
                 job.finish("skipped")
                 return
-            chunks = await asyncio.to_thread(lambda: parse_document(load(), kind, job.chunk_size, job.chunk_overlap))
+            size, overlap = job.chunk_size, job.chunk_overlap
+            length: Callable[[str], int] = len
+            if job.chunk_unit == "tokens":
+                measure = await self.embedder.measure()
+                size, length = min(size, measure.limit), measure.count
+                overlap = min(overlap, size // 2)
+            chunks = await asyncio.to_thread(lambda: parse_document(load(), kind, size, overlap, length=length))
             job.chunks_total = len(chunks)
             await self.runner.save(job)
 
@@ -289,9 +305,10 @@ class DataprepService:
                 sha256=digest,
                 tags=tags,
                 content_type=kind,
-                size_bytes=size,
+                size_bytes=nbytes,
                 chunk_size=job.chunk_size,
                 chunk_overlap=job.chunk_overlap,
+                chunk_unit=job.chunk_unit,
                 model=model,
             )
             stored = [Chunk(c.text, v, c.page) for c, v in zip(chunks, vectors, strict=True)]

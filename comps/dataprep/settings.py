@@ -34,6 +34,15 @@ class DataprepSettings(VectorStoreSettings):
     )
     embedding_timeout_s: float = Field(default=120.0, gt=0, description="Per embedding request.")
 
+    chunk_tokens: int = Field(
+        default=128,
+        ge=16,
+        le=100_000,
+        description="Default chunk length in the embedding model's tokens (heading path included); at most the "
+        "model's limit, read from the embedding service (GET /v1/tokenizer).",
+    )
+    chunk_overlap_tokens: int = Field(default=16, ge=0, description="Default tokens shared by neighbouring chunks.")
+
     workers: int = Field(
         default=16, ge=1, le=256, description="Jobs processed at once (their chunks share the embedding requests)."
     )

@@ -71,6 +71,16 @@ class EmbeddingClient:
         )
         return details if isinstance(details, dict) else {}
 
+    async def tokenizer(self, http: HttpClient) -> dict[str, Any]:
+        """``GET /v1/tokenizer``: the model's ``max_seq_length`` and its ``tokenizer`` (a ``tokenizer.json``
+        document); `UpstreamError` with ``upstream_status`` 404 when the service does not know them."""
+        answer = await http.request_json(
+            "GET", f"{self.base()}/v1/tokenizer", node=NODE, timeout_s=self.timeout_s, headers=self.headers
+        )
+        if not isinstance(answer, dict):
+            raise UpstreamError("embedding answered /v1/tokenizer without an object", node=NODE)
+        return answer
+
 
 def vectors_of(answer: EmbeddingResponse, inputs: int) -> tuple[np.ndarray, str]:
     """The answer's vectors as float32 rows in input order, and its model; `ValueError` saying what is wrong."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from comps.core.app import create_app, ready_backend
 from comps.core.backends import load_backend
+from comps.core.errors import NotFound
 from comps.embedding.backends import REGISTRY, Embedder
 from comps.embedding.protocol import EmbeddingRequest, EmbeddingResponse, EmbedRequest
 from comps.embedding.service import EmbeddingService
@@ -35,6 +37,19 @@ def build_router(service: EmbeddingService) -> APIRouter:
     async def models(backend: EmbedderDep) -> dict[str, Any]:
         """The one model served, OpenAI style, with its details."""
         return {"object": "list", "data": [{"id": backend.model_name, "object": "model", **backend.describe()}]}
+
+    @router.get("/v1/tokenizer")
+    async def tokenizer(backend: EmbedderDep) -> Response:
+        """The model's token limit and its tokenizer (a Hugging Face ``tokenizer.json``), so that clients such as
+        dataprep cut documents into chunks that the model reads whole. 404 when this backend does not know it."""
+        document = backend.tokenizer_json()
+        if document is None:
+            raise NotFound(f"the {backend.name} backend does not know its model's tokenizer", code="no_tokenizer")
+        limit = backend.describe().get("max_seq_length")
+        body = (
+            f'{{"model":{json.dumps(backend.model_name)},"max_seq_length":{json.dumps(limit)},"tokenizer":{document}}}'
+        )
+        return Response(body, media_type="application/json")
 
     return router
 

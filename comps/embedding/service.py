@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 
 import numpy as np
 from prometheus_client import Counter
@@ -21,6 +22,11 @@ from comps.embedding.settings import EmbeddingSettings
 
 INPUTS = Counter("chatqna_embedding_inputs_total", "Inputs embedded")
 TOKENS = Counter("chatqna_embedding_tokens_total", "Tokens read by the embedding model")
+TRUNCATED = Counter(
+    "chatqna_embedding_truncated_inputs_total",
+    "Inputs longer than the model's limit, cut before embedding: their end is invisible to vector search",
+)
+log = logging.getLogger("comps.embedding.service")
 
 
 class EmbeddingService:
@@ -40,7 +46,14 @@ class EmbeddingService:
         vectors = _l2_normalize(result.vectors) if normalize else result.vectors
         INPUTS.inc(len(texts))
         TOKENS.inc(result.tokens)
-        return Embedded(vectors, result.tokens)
+        if result.truncated:
+            TRUNCATED.inc(result.truncated)
+            log.warning(
+                "%d of %d inputs were longer than %s's limit of %s tokens and were cut: their end is not embedded "
+                "(chunk documents in the model's tokens, see GET /v1/tokenizer)",
+                result.truncated, len(texts), backend.model_name, backend.describe().get("max_seq_length"),
+            )  # fmt: skip
+        return Embedded(vectors, result.tokens, result.truncated)
 
     async def openai(self, backend: Embedder, req: EmbeddingRequest) -> EmbeddingResponse:
         if req.dimensions is not None and req.dimensions != backend.dimension:

@@ -53,6 +53,15 @@ def load_template_source(setting: str | None, from_model: str | None) -> str:
     return from_model
 
 
+TEMPLATES = Path(__file__).parent / "templates"  # for GGUFs that carry none (named by `chatqna models fetch`)
+
+
+def sidecar_template(model: Path) -> str | None:
+    """``<model>.jinja`` next to a GGUF, when there is one: the template of a GGUF that carries none."""
+    path = model.with_name(model.name + ".jinja")
+    return str(path) if path.is_file() else None
+
+
 class ChatTemplate:
     def __init__(self, source: str, *, bos_token: str, eos_token: str) -> None:
         env = ImmutableSandboxedEnvironment(
@@ -66,17 +75,32 @@ class ChatTemplate:
         self.bos_token = bos_token
         self.eos_token = eos_token
 
-    def render(self, messages: list[ChatMessage]) -> str:
+    def render(self, messages: list[ChatMessage], *, add_generation_prompt: bool = True) -> str:
         """The prompt for ``messages``, ending with the assistant's generation prompt."""
         try:
             return self._template.render(
                 messages=[{"role": m.role, "content": m.text()} for m in messages],
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
-                add_generation_prompt=True,
+                add_generation_prompt=add_generation_prompt,
                 raise_exception=_raise,
                 strftime_now=lambda fmt: datetime.now().astimezone().strftime(fmt),
                 tools=None,
             )
         except (_TemplateError, jinja2.TemplateError) as exc:
             raise BadRequest(f"the chat template refused these messages: {exc}", param="messages") from None
+
+    def turn_stops(self) -> list[str]:
+        """The template's markers that end an assistant turn or start the next turn (``<|im_end|>``,
+        ``<end_of_turn>``, ``<|im_start|>user``): generated as plain text, they end the answer."""
+        mark = "\x00answer\x00"
+        try:
+            turns = [ChatMessage(role="user", content="q"), ChatMessage(role="assistant", content=mark)]
+            answered = self.render(turns, add_generation_prompt=False)
+            followed = self.render([*turns, ChatMessage(role="user", content="\x00next\x00")])
+        except BadRequest:
+            return []
+        after = answered.partition(mark)[2]
+        opener = followed.partition(mark)[2][len(after) :].partition("\x00next\x00")[0]
+        stops = [after.strip(), opener.strip()]
+        return [s for i, s in enumerate(stops) if s and s not in stops[:i]]

@@ -60,7 +60,9 @@ class SamplingParams:
     seed: int | None = None  # None = random
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # 1 = off
     stop: tuple[str, ...] = ()
+    stop_on_repetition: bool = False  # end before a whole sentence comes a second time
 
 
 class Slot:
@@ -354,15 +356,15 @@ class Engine:
         del slot.tokens[keep:]
         seq.pos, seq.cached = keep, keep
         seq.sampler = self._make_sampler(seq.params)
-        seq.text = TextStream(list(seq.params.stop))
+        seq.text = TextStream(list(seq.params.stop), stop_repeats=seq.params.stop_on_repetition)
 
     def _make_sampler(self, p: SamplingParams) -> Any:
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-        if p.presence_penalty or p.frequency_penalty:
+        if p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0:
             L.llama_sampler_chain_add(
                 chain,
                 L.llama_sampler_init_penalties(
-                    self.n_vocab, _PENALTY_LAST_N, 1.0, p.frequency_penalty, p.presence_penalty
+                    self.n_vocab, _PENALTY_LAST_N, p.repetition_penalty, p.frequency_penalty, p.presence_penalty
                 ),
             )
         if p.temperature <= 0:
@@ -445,9 +447,9 @@ class Engine:
         piece = self._pieces.get(token)
         if piece is None:
             piece = self._pieces[token] = self._piece(token)
-        text, stopped = seq.text.feed(piece)
-        if stopped:
-            self._finish(seq, "stop", Delta(text, 1), flush=False)
+        text, ended = seq.text.feed(piece)
+        if ended:
+            self._finish(seq, ended, Delta(text, 1), flush=False)
         elif seq.generated >= seq.params.max_tokens:
             self._finish(seq, "length", Delta(text, 1))
         else:

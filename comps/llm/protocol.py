@@ -3,7 +3,8 @@
 Requests are validated strictly: unknown fields, ``n`` > 1 and tools are refused with 400 in the
 error envelope. Streaming answers are ``chat.completion.chunk`` server-sent events
 (``data: {json}\\n\\n``): a first chunk with ``delta.role == "assistant"``, content chunks, a chunk
-with ``finish_reason`` ("stop" | "length"), a usage chunk (``choices == []``) when
+with ``finish_reason`` ("stop" | "length" | "repetition": a whole sentence came a second time and the
+answer was ended before it), a usage chunk (``choices == []``) when
 ``stream_options.include_usage`` is set, then ``data: [DONE]``. A failure after the stream started
 is sent as ``data: {"error": {"message", "type", "param", "code"}}`` followed by ``data: [DONE]``.
 
@@ -20,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "repetition"]
 MAX_STOP_CHARS = 256  # each stop string is searched for in the text held back: bounded work per token
 
 
@@ -69,6 +70,18 @@ class ChatCompletionRequest(_Strict):
     seed: int | None = None
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=2.0,
+        description="Divides the odds of tokens among the last 64 generated (llama.cpp's repeat penalty; "
+        "vLLM's name); 1 = off. Unset: the service's LLM_REPETITION_PENALTY. Not sent to a remote LLM.",
+    )
+    stop_on_repetition: bool | None = Field(
+        default=None,
+        description='End the answer (finish_reason "repetition") before a whole sentence is said a second time. '
+        "Unset: the service's LLM_STOP_ON_REPETITION. Not sent to a remote LLM.",
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1

@@ -24,6 +24,14 @@ class LLMSettings(ServiceSettings):
     default_max_tokens: int = Field(
         default=512, ge=1, description="max_tokens when a request sets none (capped by what is left of n_ctx)."
     )
+    repetition_penalty: float = Field(
+        default=1.0, gt=0.0, le=2.0, description="Repeat penalty when a request sets none; 1 = off."
+    )
+    stop_on_repetition: bool = Field(
+        default=True,
+        description="End an answer before a whole sentence (20+ characters) is generated a second time, when "
+        'the request does not say (finish_reason "repetition"): small models loop on a sentence until max_tokens.',
+    )
 
     # llama-cpp backend.
     model: str = Field(default=DEFAULT_MODEL, description="GGUF file: a path, or a name under CHATQNA_MODELS_DIR.")

@@ -1,4 +1,5 @@
-"""Turning generated token bytes into text: incremental UTF-8 decoding and stop strings.
+"""Turning generated token bytes into text: incremental UTF-8 decoding, stop strings and the end of
+loops (a whole sentence generated a second time).
 
 Pure logic, used by the llama.cpp engine for every sequence (and unit-tested on its own).
 """
@@ -6,6 +7,62 @@ Pure logic, used by the llama.cpp engine for every sequence (and unit-tested on 
 from __future__ import annotations
 
 import codecs
+import re
+from typing import Literal
+
+StopReason = Literal["stop", "repetition"]
+
+MIN_REPEAT_CHARS = 20  # shorter sentences ("Yes.", "- None.") may recur in a good answer
+_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
+_SPACES = re.compile(r"\s+")
+
+
+def _norm(text: str) -> str:
+    return _SPACES.sub(" ", text).strip().lower()
+
+
+class RepeatGuard:
+    """Ends a generation that says a whole sentence (>= `MIN_REPEAT_CHARS`) a second time.
+
+    A sentence ends at ``.``, ``!`` or ``?`` followed by white space, or at a line break; sentences are
+    compared with case and white space ignored. While the sentence being written could still turn out
+    to be one said before (it is the start of one), its text is held back, so a repeat is never emitted.
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.current = ""  # the sentence being written
+        self.emitted = 0  # characters of `current` already emitted
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Add ``text``; return (text safe to emit, whether a sentence was repeated)."""
+        out: list[str] = []
+        buf = self.current + text
+        start = 0
+        for end in _SENTENCE_END.finditer(buf):
+            sentence = buf[start : end.end()]
+            key = _norm(sentence)
+            if len(key) >= MIN_REPEAT_CHARS:
+                if key in self.seen:
+                    self.current, self.emitted = "", 0
+                    return "".join(out), True
+                self.seen.add(key)
+            out.append(sentence[self.emitted :])
+            start, self.emitted = end.end(), 0
+        self.current = buf[start:]
+        key = _norm(self.current)
+        if not (key and any(seen.startswith(key) for seen in self.seen)):
+            out.append(self.current[self.emitted :])
+            self.emitted = len(self.current)
+        return "".join(out), False
+
+    def flush(self) -> str:
+        """The held-back text, at the end of a generation that did not end on a repeat; nothing when it is a
+        last sentence said before (ended by the end of the text rather than by white space)."""
+        tail = self.current[self.emitted :]
+        key = _norm(self.current)
+        self.current, self.emitted = "", 0
+        return "" if len(key) >= MIN_REPEAT_CHARS and key in self.seen else tail
 
 
 class StopMatcher:
@@ -44,17 +101,33 @@ class StopMatcher:
 
 
 class TextStream:
-    """Token bytes in, text out: UTF-8 characters split across tokens are joined, stops honoured."""
+    """Token bytes in, text out: UTF-8 characters split across tokens are joined, stops honoured,
+    and (``stop_repeats``) a repeated sentence ends the text."""
 
-    def __init__(self, stops: list[str]) -> None:
+    def __init__(self, stops: list[str], *, stop_repeats: bool = False) -> None:
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stops = StopMatcher(stops)
+        self._repeats = RepeatGuard() if stop_repeats else None
 
-    def feed(self, piece: bytes) -> tuple[str, bool]:
-        """Add one token's bytes; return (text to emit, whether a stop string was reached)."""
-        return self._stops.feed(self._utf8.decode(piece))
+    def feed(self, piece: bytes) -> tuple[str, StopReason | None]:
+        """Add one token's bytes; return (text to emit, why the text ends here or None)."""
+        text, stopped = self._stops.feed(self._utf8.decode(piece))
+        return self._guard(text, "stop" if stopped else None)
 
     def finish(self) -> str:
         """What is left at the end: incomplete UTF-8 (as U+FFFD) and held-back text."""
         tail, _ = self._stops.feed(self._utf8.decode(b"", final=True))
-        return tail + self._stops.flush()
+        text, reason = self._guard(tail + self._stops.flush(), None)
+        if reason is None and self._repeats is not None:
+            text += self._repeats.flush()
+        return text
+
+    def _guard(self, text: str, reason: StopReason | None) -> tuple[str, StopReason | None]:
+        if self._repeats is None:
+            return text, reason
+        text, repeated = self._repeats.feed(text)
+        if repeated:
+            return text, "repetition"
+        if reason is not None:  # a stop string ends the text: what was held back is not a repeat
+            text += self._repeats.flush()
+        return text, reason

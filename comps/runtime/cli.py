@@ -44,11 +44,32 @@ def up(
 
 
 @models_app.command("fetch")
-def models_fetch(force: Annotated[bool, typer.Option(help="Download again even if present.")] = False) -> None:
-    """Put the default models (SmolLM2-135M-Instruct GGUF, all-MiniLM-L6-v2) into models/."""
-    from comps.runtime.models import fetch_defaults
+def models_fetch(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Models to fetch, e.g. gemma3-270m (Gemma 3 270M, a larger LLM); default: the defaults."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Download again even if present.")] = False,
+) -> None:
+    """Put models into models/: the defaults (SmolLM2-135M-Instruct GGUF, all-MiniLM-L6-v2), or those named."""
+    from comps.runtime.models import fetch, fetch_defaults, find_spec, present
 
-    fetch_defaults(RuntimeSettings().models_dir, force=force, log=typer.echo)
+    models_dir = RuntimeSettings().models_dir
+    if not names:
+        fetch_defaults(models_dir, force=force, log=typer.echo)
+        return
+    try:
+        specs = [find_spec(name) for name in names]
+    except KeyError as exc:
+        typer.echo(f"error: {exc.args[0]}", err=True)
+        raise typer.Exit(2) from None
+    for spec in specs:
+        if present(spec, models_dir) and not force:
+            typer.echo(f"{spec.name}: already in {models_dir}")
+        else:
+            fetch(spec, models_dir, log=typer.echo)
+        if spec.note:
+            typer.echo(f"{spec.name}: {spec.note}")
 
 
 @models_app.command("list")
@@ -73,8 +94,12 @@ def ingest(
     url: Annotated[str, typer.Option(help="Gateway base URL (dataprep's routes are served there).")] = local_url(
         "gateway"
     ),
-    chunk_size: Annotated[int, typer.Option(help="Chunk length in characters.")] = 1500,
-    chunk_overlap: Annotated[int, typer.Option(help="Characters shared by neighbouring chunks.")] = 100,
+    chunk_tokens: Annotated[
+        int | None, typer.Option(help="Chunk length in the embedding model's tokens (default: the service's).")
+    ] = None,
+    chunk_overlap_tokens: Annotated[int | None, typer.Option(help="Tokens shared by neighbouring chunks.")] = None,
+    chunk_size: Annotated[int | None, typer.Option(help="Chunk length in characters, instead of tokens.")] = None,
+    chunk_overlap: Annotated[int | None, typer.Option(help="Characters shared by neighbouring chunks.")] = None,
     tags: Annotated[str | None, typer.Option(help="Comma-separated tags stored on every chunk.")] = None,
     api_key: Annotated[
         str | None, typer.Option(envvar="CHATQNA_API_KEY", help="An API key (sk-...) or access token of your account.")
@@ -88,7 +113,9 @@ def ingest(
 
     from comps.runtime import ingest as client
 
-    fields = {"chunk_size": str(chunk_size), "chunk_overlap": str(chunk_overlap)}
+    sizes = {"chunk_tokens": chunk_tokens, "chunk_overlap_tokens": chunk_overlap_tokens, "chunk_size": chunk_size,
+             "chunk_overlap": chunk_overlap}  # fmt: skip
+    fields = {name: str(value) for name, value in sizes.items() if value is not None}
     if collection:
         fields["collection"] = collection
     if tags:
@@ -121,6 +148,63 @@ def ingest(
         if job["status"] == "failed":
             typer.echo(f"failed: {job['source']}: {job.get('error')}", err=True)
     raise typer.Exit(1 if counts["failed"] else 0)
+
+
+@app.command("eval")
+def eval_(
+    questions: Annotated[Path, typer.Argument(help="JSONL question set: question, source, facts[, collection].")],
+    url: Annotated[str, typer.Option(help="Gateway base URL.")] = local_url("gateway"),
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Request field of the base configuration: key=value (repeatable).")
+    ] = None,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(help="Another configuration, NAME:key=value,... (request fields, or url=...); repeatable."),
+    ] = None,
+    name: Annotated[str, typer.Option(help="Name of the base configuration.")] = "base",
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report (every answer) here.")] = None,
+    chart: Annotated[Path | None, typer.Option(help="Write an SVG chart of the summary here.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N questions.")] = None,
+    warmup: Annotated[int, typer.Option(help="Questions asked first and not counted (cold caches).")] = 1,
+    timeout_s: Annotated[float, typer.Option(help="Longest wait for one answer.")] = 120.0,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="CHATQNA_API_KEY", help="Bearer token for the gateway, if it needs one.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print every answer as it comes.")] = False,
+) -> None:
+    """Ask a question set through a running gateway; print source@1, source@k, MRR, fact rate, TTFT and total time
+    (p50/p95) and tokens, per configuration side by side."""
+    import asyncio
+    import json
+
+    from comps.runtime import eval as ev
+
+    try:
+        qs = ev.load_questions(questions)[:limit]
+        base = ev.parse_config(",".join(set_ or ()), base=ev.Config(name, url.rstrip("/"), {}))
+        configs = [ev.Config(name, base.url, base.fields)]
+        configs += [ev.parse_config(spec, base=configs[0]) for spec in compare or ()]
+    except ev.EvalError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if len({c.name for c in configs}) != len(configs):
+        typer.echo("error: configurations need distinct names (NAME:key=value)", err=True)
+        raise typer.Exit(2)
+
+    def show(config: ev.Config, a: ev.Answer) -> None:
+        mark = "ok " if a.rank == 1 and a.fact else "-- "
+        line = f"{mark}[{config.name}] {a.question} -> {a.error or a.text.strip()[:160]!r} ({a.finish_reason})"
+        typer.echo(line.replace("\n", " "), err=True)
+
+    result = asyncio.run(ev.run(qs, configs, api_key=api_key, timeout_s=timeout_s, warmup=warmup,
+                                on_answer=show if verbose else None))  # fmt: skip
+    typer.echo(ev.table(result))
+    if report:
+        report.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    if chart:
+        chart.write_text(ev.chart_svg(result), encoding="utf-8")
+    if any(s["errors"] == s["questions"] for s in result["summary"].values()):
+        raise typer.Exit(1)
 
 
 @users_app.command("create")

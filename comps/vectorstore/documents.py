@@ -76,6 +76,7 @@ class DocumentRecord:
     size_bytes: int = 0
     chunk_size: int = 0
     chunk_overlap: int = 0
+    chunk_unit: str = "chars"  # of chunk_size and chunk_overlap: chars or tokens (of the embedding model)
     model: str = ""
     updated_at: float = field(default_factory=time.time)
 

@@ -273,9 +273,9 @@ def test_corpus_of_every_format_is_ingested(client: httpx.Client, r: redis.Redis
     assert [(int(c[b"page"]), c[b"text"].decode()) for c in pdf] == [(1, PDF_PAGES[0]), (2, PDF_PAGES[1])]
     assert "Bicycle care" in text("bikes.html") and "every month" in text("bikes.html")
     assert "evil()" not in text("bikes.html") and "p{}" not in text("bikes.html")
-    assert text("garden.md").startswith("# Garden guide")
-    assert "## Watering" in text("garden.md")
-    assert "# Quarterly report" in text("report.docx") and "north | 12" in text("report.docx")
+    assert text("garden.md").startswith("Garden guide\n\nTomatoes")  # the heading path starts each chunk
+    assert "Garden guide > Watering\n\nWater the roots" in text("garden.md")
+    assert text("report.docx").startswith("Quarterly report\n\n") and "north | 12" in text("report.docx")
     assert "city: Lisbon; country: Portugal" in text("cities.csv")
     assert '"a": "Pacific"' in text("quiz.jsonl")
     assert '"fruit": "kiwi"' in text("fruit.json")
@@ -523,7 +523,7 @@ def test_private_urls_when_allowed(
             assert jobs[links[4]]["error"] == f"{site.url}/missing answered HTTP 404 Not Found"
             assert jobs[links[5]]["error"] == "'file:///etc/passwd': only http and https URLs are fetched, not 'file'"
             assert "The ferry leaves at nine." in chunks_of(r, "web", links[0])[0][b"text"].decode()
-            assert chunks_of(r, "web", links[1])[0][b"text"].decode().startswith("# Lighthouse")
+            assert chunks_of(r, "web", links[1])[0][b"text"].decode().startswith("Lighthouse\n\nThe lamp")
             assert set(get_docs(c, "web")) == set(links[:3])
     finally:
         dp.stop()

@@ -93,8 +93,10 @@ def test_a_non_streamed_answer_is_the_llms_completion_with_its_sources(client: h
     assert retrieval["text"] == QUESTION and len(retrieval["embedding"]) == 384 and retrieval["k"] == 4
     assert mesh.seen["reranker"] == [{"query": QUESTION, "texts": [d["text"] for d in DOCS], "top_n": 3}]
     llm = mesh.seen["llm"][0]
-    # nothing the client did not set, not even stream; only the gateway's greedy default for RAG answers
-    assert set(llm) == {"messages", "temperature"} and llm["temperature"] == 0.0
+    # nothing the client did not set, not even stream; only the gateway's defaults for RAG answers
+    assert {k: v for k, v in llm.items() if k != "messages"} == {
+        "temperature": 0.0, "max_tokens": 192, "repetition_penalty": 1.1, "stop": ["\nQuestion:", "\nPassages:"],
+    }  # fmt: skip
     prompt = llm["messages"][0]["content"]
     assert prompt.index(DOCS[3]["text"]) < prompt.index(DOCS[2]["text"]) < prompt.index(DOCS[1]["text"])
     assert DOCS[0]["text"] not in prompt and prompt.endswith(f"Question: {QUESTION}")
@@ -152,8 +154,8 @@ def test_the_frontend_seed_shape_adds_the_callers_passages(client: httpx.Client,
     ]
     assert len(sources) == 5
     prompt = mesh.seen["llm"][0]["messages"][-1]["content"]
-    assert "[1] (source: request)\nThe caller says Zorblax is blue." in prompt
-    assert "[2] (source: notes.md)\nAnd square." in prompt
+    assert "[1] request\nThe caller says Zorblax is blue." in prompt
+    assert "[2] notes.md\nAnd square." in prompt
 
 
 @pytest.mark.parametrize(

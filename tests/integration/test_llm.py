@@ -206,6 +206,35 @@ def test_stop_string_cuts_the_answer_before_it(llm) -> None:
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+LOOP = [
+    {"role": "user", "content": "Repeat after me: The blue kettle sings every morning."},
+    {"role": "assistant", "content": "The blue kettle sings every morning. The blue kettle sings every morning."},
+    {"role": "user", "content": "Keep repeating it, many times."},
+]
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip().lower() for s in re.split(r"(?<=[.!?])\s+|\n", text) if len(s.strip()) >= 20]
+
+
+def test_a_repeated_sentence_ends_the_answer_before_it_is_sent_again(llm) -> None:
+    # Greedy decoding can take another path once part of the prompt is cached, so the test does not compare two
+    # runs: with the service's default no sentence is ever sent twice, whatever path the model takes.
+    for stream in (False, True):
+        if stream:
+            chunks = list(complete(llm, LOOP, max_tokens=120, temperature=0, stream=True))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks)
+            reason = chunks[-1].choices[0].finish_reason
+        else:
+            ended = complete(llm, LOOP, max_tokens=120, temperature=0)
+            text, reason = ended.choices[0].message.content, ended.choices[0].finish_reason
+        said = sentences(text)
+        assert said and len(said) == len(set(said)), text
+        assert reason in ("repetition", "stop"), (reason, text)
+    let = complete(llm, LOOP, max_tokens=120, temperature=0, extra_body={"stop_on_repetition": False})
+    assert let.choices[0].finish_reason in ("length", "stop")  # never "repetition" when switched off
+
+
 def test_non_ascii_round_trips_in_both_modes(llm, vocab) -> None:
     whole = complete(llm, FRENCH, max_tokens=20, temperature=0)
     text = whole.choices[0].message.content

@@ -34,27 +34,57 @@ def test_paragraphs_are_kept_whole_when_they_fit() -> None:
     ]
 
 
-def test_markdown_is_split_at_headings_first() -> None:
-    md = "# Title\n\nIntro.\n\n## Part A\n\nAlpha text.\n\n## Part B\n\nBeta text."
+def test_markdown_is_split_at_headings_first_and_chunks_start_with_their_heading_path() -> None:
+    md = "# Title\n\nIntro.\n\n## Part A\n\nAlpha text.\n\n### Detail\n\nDeep.\n\n## Part B\n\nBeta text."
     assert texts(parse_document(md.encode(), "markdown", 1000, 0)) == [
-        "# Title\nIntro.",
-        "## Part A\nAlpha text.",
-        "## Part B\nBeta text.",
+        "Title\n\nIntro.",
+        "Title > Part A\n\nAlpha text.",
+        "Title > Part A > Detail\n\nDeep.",
+        "Title > Part B\n\nBeta text.",
     ]
 
 
-def test_html_drops_scripts_and_navigation_and_keeps_headings() -> None:
-    html = (
-        b"<html><head><title>T</title><style>.x{}</style></head><body><nav>Home | About</nav>"
-        b"<h1>Main</h1><p>Hello <i>there</i>\n  friend.</p><script>alert(1)</script>"
-        b"<h2>Next</h2><ul><li>one</li><li>two</li></ul><footer>(c) 2026</footer></body></html>"
-    )
-    assert texts(parse_document(html, "html", 1000, 0)) == ["# Main\nHello there friend.", "## Next\none\ntwo"]
+def test_the_heading_path_counts_in_the_size_and_long_paths_lose_their_outer_headings() -> None:
+    md = "# A very long document title here\n\n## Section\n\n" + " ".join(f"w{i:03d}" for i in range(100))
+    chunks = parse_document(md.encode(), "markdown", 120, 0)
+    assert all(len(c.text) <= 120 for c in chunks) and len(chunks) > 4
+    assert all(c.text.startswith("Section\n\n") for c in chunks)  # the whole path is over a quarter of 120
 
 
-def test_html_without_headings_gets_its_title() -> None:
+def test_sizes_in_tokens_use_the_given_counter() -> None:
+    words = " ".join(f"w{i:03d}" for i in range(300))
+    chunks = parse_document(words.encode(), "text", 50, 5, length=lambda t: len(t.split()))  # a token per word
+    assert all(len(c.text.split()) <= 50 for c in chunks) and len(chunks) in range(6, 9)
+
+
+HTML_PAGE = (
+    b"<html><head><title>Expenses - Intranet</title><style>.x{}</style><script>var a = 'tracking';</script></head>"
+    b"<body><nav><a href='/'>Home</a> | <a href='/hr'>HR</a> | <a href='/it'>IT desk</a></nav>"
+    b"<div class='sidebar'><ul><li><a href='/m'>Canteen menu</a></li><li><a href='/p'>Parking</a></li></ul></div>"
+    b"<main><article><h1>Travel and expenses</h1>"
+    b"<p>This page explains how staff claim back what they spend on company business trips abroad.</p>"
+    b"<h2>Meals</h2><p>On a business trip the daily meal allowance is 46 oreks. Alcohol is never reimbursed, "
+    b"whatever the occasion and whoever pays for it.</p>"
+    b"<h2>Claims</h2><p>Claims are filed in the Ledgerly app within 30 days of the expense, with a photo of "
+    b"every receipt; they are paid with the next monthly salary.</p><ul><li>one receipt a photo</li>"
+    b"<li>no paper copies</li></ul></article></main>"
+    b"<footer><p>Copyright 2031 Quellmoor Works. Intranet kept by the web team.</p></footer></body></html>"
+)
+
+
+def test_html_keeps_the_main_content_with_its_headings_and_drops_navigation_and_footer() -> None:
+    chunks = texts(parse_document(HTML_PAGE, "html", 1000, 0))
+    joined = "\n".join(chunks)
+    for gone in ("Home", "Canteen", "Parking", "Copyright", "tracking", ".x{}"):
+        assert gone not in joined
+    assert chunks[0].startswith("Travel and expenses\n\nThis page explains")
+    assert any(c.startswith("Travel and expenses > Meals\n\nOn a business trip") for c in chunks)
+    assert any(c.startswith("Travel and expenses > Claims\n\n") and "no paper copies" in c for c in chunks)
+
+
+def test_html_fragments_are_read_whole_and_get_the_title() -> None:
     chunks = parse_document(b"<html><head><title>Page</title></head><body><p>Body.</p></body></html>", "html", 100, 0)
-    assert texts(chunks) == ["# Page\nBody."]
+    assert texts(chunks) == ["Page\n\nBody."]
 
 
 def test_pdf_chunks_keep_their_page() -> None:
@@ -84,7 +114,7 @@ def test_pdf_encrypted_with_an_empty_password_is_read() -> None:
 def test_docx_headings_paragraphs_and_tables() -> None:
     data = make_docx("Report", ["Sales grew.", "Costs fell."], [["region", "sales"], ["north", "12"]])
     assert texts(parse_document(data, "docx", 1000, 0)) == [
-        "# Report\nSales grew.\nCosts fell.\nregion | sales\nnorth | 12"
+        "Report\n\nSales grew.\nCosts fell.\nregion | sales\nnorth | 12"
     ]
     with pytest.raises(ParseError, match=r"^not a readable \.docx \(Word 2007\+\) file: File is not a zip file"):
         parse_document(b"plain text", "docx", 100, 0)
@@ -116,3 +146,20 @@ def test_text_encodings() -> None:
 def test_whitespace_only_document_has_no_text() -> None:
     with pytest.raises(ParseError, match=r"^no text found in the markdown document$"):
         parse_document(b"  \n\n\t\n", "markdown", 100, 0)
+
+
+def test_pdf_pages_carry_the_path_of_the_outline() -> None:
+    import io
+
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(make_pdf(["Alpha page.", "Beta page.", "Gamma page."]))))
+    part = writer.add_outline_item(title="Part One", page_number=0)
+    writer.add_outline_item(title="Chapter B", page_number=1, parent=part)
+    out = io.BytesIO()
+    writer.write(out)
+    assert [(c.page, c.text) for c in parse_document(out.getvalue(), "pdf", 100, 0)] == [
+        (1, "Part One\n\nAlpha page."),
+        (2, "Part One > Chapter B\n\nBeta page."),
+        (3, "Part One > Chapter B\n\nGamma page."),
+    ]

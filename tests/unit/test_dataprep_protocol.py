@@ -19,13 +19,19 @@ pytestmark = pytest.mark.unit
 
 def test_options_defaults_and_rules() -> None:
     opts = IngestOptions(collection="c")
-    assert (opts.chunk_size, opts.chunk_overlap, opts.tags, opts.link_list) == (1500, 100, [], [])
+    assert (opts.chunking(200, 24), opts.tags, opts.link_list) == (("tokens", 200, 24), [], [])
+    assert IngestOptions(collection="c", chunk_tokens=32).chunking(200, 24) == ("tokens", 32, 16)  # overlap <= half
+    assert IngestOptions(collection="c", chunk_size=800).chunking(200, 24) == ("chars", 800, 100)  # OPEA's unit
     opts = IngestOptions(
         collection="c", chunk_size="50", chunk_overlap="0", tags=" a, b ,,a", link_list=' ["http://x/"] '
     )
-    assert (opts.chunk_size, opts.chunk_overlap, opts.tags, opts.link_list) == (50, 0, ["a", "b"], ["http://x/"])
+    assert (opts.chunking(200, 24), opts.tags, opts.link_list) == (("chars", 50, 0), ["a", "b"], ["http://x/"])
     with pytest.raises(ValidationError, match=r"chunk_overlap \(10\) must be smaller than chunk_size \(10\)"):
         IngestOptions(collection="c", chunk_size=10, chunk_overlap=10)
+    with pytest.raises(ValidationError, match="not both"):
+        IngestOptions(collection="c", chunk_size=100, chunk_tokens=10)
+    with pytest.raises(ValueError, match=r"chunk_overlap \(100\) must be smaller than chunk_size \(50\)"):
+        IngestOptions(collection="c", chunk_size=50).chunking(200, 24)
     with pytest.raises(ValidationError, match="must be a JSON list of URLs"):
         IngestOptions(collection="c", link_list="http://x/")
     with pytest.raises(ValidationError, match="must be a JSON list of non-empty URL strings"):

@@ -160,8 +160,7 @@ def test_the_rag_prompt_numbers_the_passages_and_keeps_the_history() -> None:
     assert [m.role for m in out] == ["system", "user", "assistant", "user"]
     assert [m.content for m in out[:3]] == ["Be brief.", "Who made it?", "A team."]
     assert out[3].content == DEFAULT_TEMPLATE.format(
-        context="[1] (source: a.txt, page 3)\nBuilt in 1999.\n\n[2] (source: unknown)\nBy Ada.",
-        question="When was that?",
+        context="[1] a.txt, p. 3\nBuilt in 1999.\n\n[2] unknown\nBy Ada.", question="When was that?"
     )
     assert "do not contain the answer, say that you do not know" in out[3].content
 
@@ -171,7 +170,7 @@ def test_a_custom_template_is_filled_once_and_passage_text_is_not_reinterpreted(
     out = rag_messages(
         chat, [Passage(id="1", text="has {question} inside", source="s")], "C: {context} | Q: {question}"
     )
-    assert out[0].content == "C: [1] (source: s)\nhas {question} inside | Q: Q?"
+    assert out[0].content == "C: [1] s\nhas {question} inside | Q: Q?"
 
 
 def test_no_passages_are_said_to_be_missing() -> None:
@@ -262,7 +261,7 @@ def test_the_llm_request_forwards_only_what_the_client_set() -> None:
     sent = llm.model_dump(exclude_unset=True, exclude_none=True)
     assert set(sent) == {"messages", "temperature", "max_tokens", "seed", "stream", "stream_options"}
     assert sent["temperature"] == 0 and sent["stream_options"] == {"include_usage": True}
-    assert "[4] (source: d3.txt, page 3)\ntext 3" in sent["messages"][-1]["content"]
+    assert "[4] d3.txt, p. 3\ntext 3" in sent["messages"][-1]["content"]
 
 
 def test_llm_only_passes_the_conversation_unchanged_unless_the_caller_gave_passages() -> None:
@@ -275,7 +274,7 @@ def test_llm_only_passes_the_conversation_unchanged_unless_the_caller_gave_passa
     assert [m.content for m in plain.messages] == ["hi", "yo", "2+2?"]
     given = a.ask_directly(a.Question.of(req(messages=chat, context=["four"]), retrieves=False))
     assert given.messages[-1].content.startswith("Answer the question using only the passages below.")
-    assert "[1] (source: request)\nfour" in given.messages[-1].content
+    assert "[1] request\nfour" in given.messages[-1].content
 
 
 # -- SSE --------------------------------------------------------------------------------------------
@@ -380,14 +379,51 @@ def test_the_gateway_imports_only_the_services_contracts() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_rag_answers_default_to_the_gateway_temperature_unless_the_request_sets_one() -> None:
+def test_rag_answers_get_the_gateway_defaults_unless_the_request_sets_them() -> None:
     docs = [a.Passage(id="1", text="x", source="s")]
-    greedy = a.chat_request(a.Question.of(req(), retrieves=True, rag_temperature=0.0), docs)
-    assert greedy.temperature == 0.0
-    chosen = a.chat_request(a.Question.of(req(temperature=0.7), retrieves=True, rag_temperature=0.0), docs)
-    assert chosen.temperature == 0.7
-    plain = a.chat_request(a.Question.of(req(), retrieves=False, rag_temperature=0.0), [])
-    assert plain.temperature == 1.0  # no passages: the LLM protocol's OpenAI default
+    rag = a.RagDefaults(temperature=0.0, max_tokens=192, repetition_penalty=1.1, stop=("\nQuestion:",))
+    greedy = a.chat_request(a.Question.of(req(), retrieves=True, rag=rag), docs)
+    assert (greedy.temperature, greedy.max_tokens, greedy.repetition_penalty, greedy.stop) == (
+        0.0, 192, 1.1, ["\nQuestion:"],
+    )  # fmt: skip
+    body = req(temperature=0.7, max_completion_tokens=9, repetition_penalty=1.0, stop=[], stop_on_repetition=False)
+    chosen = a.chat_request(a.Question.of(body, retrieves=True, rag=rag), docs)
+    assert (chosen.temperature, chosen.max_tokens, chosen.max_completion_tokens) == (0.7, None, 9)
+    assert (chosen.repetition_penalty, chosen.stop, chosen.stop_on_repetition) == (1.0, [], False)
+    plain = a.chat_request(a.Question.of(req(), retrieves=False, rag=rag), [])
+    assert (plain.temperature, plain.max_tokens, plain.stop) == (1.0, None, None)  # the LLM's own defaults
+
+
+def test_the_prompt_budget_keeps_the_best_passages_that_fit() -> None:
+    from megaservice.prompt import estimate_tokens, within_budget
+
+    p = [a.Passage(id=str(i), text=f"Sentence {i} is here. " * 20, source="s") for i in range(4)]  # 100 tokens each
+    assert estimate_tokens(p[0].text) == 100
+    assert [x.id for x in within_budget(p, 220)] == ["0", "1"]  # 20 left: too little for a third
+    assert [x.id for x in within_budget(p, 300)] == ["0", "1", "2"]
+    cut = within_budget(p, 250)  # 50 left: the third is cut at a sentence end
+    assert [x.id for x in cut] == ["0", "1", "2"] and cut[2].text.endswith("is here.") and len(cut[2].text) <= 200
+    first = within_budget(p, 20)  # the best passage always goes, cut to the budget
+    assert [x.id for x in first] == ["0"] and len(first[0].text) <= 80
+
+
+def test_the_relevance_floor_and_the_budget_apply_to_reranked_passages() -> None:
+    ranked = [RerankResult(index=2, score=0.8), RerankResult(index=0, score=0.05), RerankResult(index=1, score=0.01)]
+    floor = a.Question.of(req(), retrieves=True, rag=a.RagDefaults(rerank_min_score=0.1))
+    assert [p.id for p in a.reranked_passages(floor, DOCS, ranked)] == ["c:chunk:d2:1:0"]
+    low = [RerankResult(index=1, score=0.01)]  # the best one always goes
+    assert [p.id for p in a.reranked_passages(floor, DOCS, low)] == ["c:chunk:d1:1:0"]
+    asked = a.Question.of(req(rerank_min_score=0.02), retrieves=True, rag=a.RagDefaults(rerank_min_score=0.1))
+    assert len(a.reranked_passages(asked, DOCS, ranked)) == 2
+    long = [a.Passage(id=str(i), text="word " * 100, source="s") for i in range(3)]  # 125 tokens each
+    assert len(a.Question.of(req(), retrieves=True, rag=a.RagDefaults(passage_tokens=400)).budgeted(long)) == 3
+    assert (
+        len(
+            a.Question.of(req(passage_tokens=130), retrieves=True, rag=a.RagDefaults(passage_tokens=400)).budgeted(long)
+        )
+        == 1
+    )
+    assert len(a.Question.of(req(), retrieves=True).budgeted(long)) == 3  # no budget set anywhere
 
 
 @pytest.mark.parametrize("var", ["MEGA_SERVICE_PORT", "GATEWAY_PORT"])

@@ -98,3 +98,29 @@ def test_template_source_setting_wins_as_file_or_inline(tmp_path) -> None:
     assert load_template_source(None, "MODEL") == "MODEL"
     with pytest.raises(ValueError, match="LLM_CHAT_TEMPLATE"):
         load_template_source(None, None)
+
+
+GEMMA = (
+    "{{ bos_token }}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' "
+    "else message['role'] %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
+def test_the_templates_turn_markers_are_stop_strings() -> None:
+    assert ChatTemplate(CHATML, bos_token="", eos_token="").turn_stops() == ["<|im_end|>", "<|im_start|>user"]
+    assert ChatTemplate(GEMMA, bos_token="<bos>", eos_token="<eos>").turn_stops() == [
+        "<end_of_turn>", "<start_of_turn>user",
+    ]  # fmt: skip
+    refuses = "{% if messages|length > 1 %}{{ raise_exception('one turn only') }}{% endif %}x"
+    assert ChatTemplate(refuses, bos_token="", eos_token="").turn_stops() == []
+
+
+def test_repetition_fields_are_optional_and_bounded() -> None:
+    req = ChatCompletionRequest(messages=USER)
+    assert (req.repetition_penalty, req.stop_on_repetition) == (None, None)
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest(messages=USER, repetition_penalty=0)
+    assert (
+        ChatCompletionRequest(messages=USER, repetition_penalty=1.2, stop_on_repetition=False).repetition_penalty == 1.2
+    )

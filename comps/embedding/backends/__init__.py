@@ -22,6 +22,7 @@ class Embedded:
 
     vectors: np.ndarray  # float32, shape (inputs, dimension)
     tokens: int  # tokens the model read, special tokens included, after truncation
+    truncated: int = 0  # inputs longer than the model's limit, cut before embedding
 
 
 class Embedder(Backend, Protocol):
@@ -35,3 +36,6 @@ class Embedder(Backend, Protocol):
 
     def describe(self) -> dict[str, Any]:
         """model, dimension, max_seq_length, device: for readiness and ``/v1/models``."""
+
+    def tokenizer_json(self) -> str | None:
+        """The model's tokenizer as a Hugging Face ``tokenizer.json`` document; None when not known here."""

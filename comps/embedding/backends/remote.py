@@ -51,6 +51,9 @@ class RemoteEmbedder:
             raise NotReady(f"remote embedding server: {exc.message}") from exc
         return self.describe()
 
+    def tokenizer_json(self) -> str | None:
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {
             "model": self.model_name,

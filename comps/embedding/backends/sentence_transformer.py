@@ -72,6 +72,10 @@ class SentenceTransformerEmbedder:
             "device": self.device,
         }
 
+    def tokenizer_json(self) -> str | None:
+        fast = getattr(self._model.tokenizer, "backend_tokenizer", None) if self._model is not None else None
+        return fast.to_str() if fast is not None else None
+
     async def embed(self, texts: list[str], *, truncate: bool) -> Embedded:
         if self._batcher is None:
             raise NotReady("the model is not loaded")
@@ -86,7 +90,7 @@ class SentenceTransformerEmbedder:
         """In the model thread: count tokens, refuse what is too long, embed the rest in one call."""
         limit = self.max_seq_length
         lengths = iter(self._token_counts([t for r in requests for t in r.texts]))
-        checked: list[tuple[int, int] | Exception] = []  # (inputs, tokens) or the request's error
+        checked: list[tuple[int, int, int] | Exception] = []  # (inputs, tokens, truncated) or the request's error
         texts: list[str] = []
         for req in requests:
             counts = [next(lengths) for _ in req.texts]
@@ -100,7 +104,7 @@ class SentenceTransformerEmbedder:
                     )
                 )
                 continue
-            checked.append((len(req.texts), sum(min(n, limit) for n in counts)))
+            checked.append((len(req.texts), sum(min(n, limit) for n in counts), sum(n > limit for n in counts)))
             texts.extend(req.texts)
         vectors = (
             self._model.encode(
@@ -115,9 +119,9 @@ class SentenceTransformerEmbedder:
             if isinstance(item, Exception):
                 results.append(item)
                 continue
-            count, tokens = item
+            count, tokens, truncated = item
             assert vectors is not None  # this item's texts were encoded
-            results.append(Embedded(vectors[start : start + count], tokens))
+            results.append(Embedded(vectors[start : start + count], tokens, truncated))
             start += count
         return results
 

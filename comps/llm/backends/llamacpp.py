@@ -6,17 +6,23 @@ import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from comps.core.errors import BadRequest, NotReady
 from comps.core.http import HttpClient
 from comps.core.settings import resolve_model_path
 from comps.core.tasks import fatal
 from comps.llm.backends import Event, Finished, Started
-from comps.llm.chat_template import ChatTemplate, load_template_source
+from comps.llm.chat_template import ChatTemplate, load_template_source, sidecar_template
 from comps.llm.engine import Engine, SamplingParams, Sequence
 from comps.llm.protocol import ChatCompletionRequest, ModelCard
 from comps.llm.settings import LLMSettings
+
+T = TypeVar("T")
+
+
+def _or(value: T | None, default: T) -> T:
+    return default if value is None else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +39,7 @@ class LlamaCppBackend:
         self.model_name = Path(settings.model).name
         self.engine: Engine | None = None
         self.template: ChatTemplate | None = None
+        self.turn_stops: tuple[str, ...] = ()  # the chat template's end-of-turn markers: always stops
 
     async def warm_up(self, http: HttpClient) -> None:
         s = self.settings
@@ -47,8 +54,11 @@ class LlamaCppBackend:
             n_gpu_layers=s.n_gpu_layers,
             use_extra_bufts=s.use_extra_bufts,
         )
-        source = await asyncio.to_thread(load_template_source, s.chat_template, self.engine.chat_template())
+        source = await asyncio.to_thread(
+            load_template_source, s.chat_template or sidecar_template(path), self.engine.chat_template()
+        )
         self.template = ChatTemplate(source, bos_token=self.engine.bos_token, eos_token=self.engine.eos_token)
+        self.turn_stops = tuple(self.template.turn_stops())
         self.engine.on_death = lambda exc: fatal(f"the generation engine stopped: {type(exc).__name__}: {exc}")
         self.engine.start()
 
@@ -96,7 +106,9 @@ class LlamaCppBackend:
             seed=request.seed,
             presence_penalty=request.presence_penalty,
             frequency_penalty=request.frequency_penalty,
-            stop=tuple(request.stop_list()),
+            repetition_penalty=_or(request.repetition_penalty, self.settings.repetition_penalty),
+            stop=tuple(dict.fromkeys((*request.stop_list(), *self.turn_stops))),
+            stop_on_repetition=_or(request.stop_on_repetition, self.settings.stop_on_repetition),
         )
         return Prepared(tokens, params)
 

@@ -61,6 +61,8 @@ class RemoteBackend:
 
     async def prepare(self, request: ChatCompletionRequest) -> dict[str, Any]:
         body = request.model_dump(exclude_unset=True, exclude_none=True)
+        for field in _LOCAL_ONLY:  # OpenAI refuses fields it does not know
+            body.pop(field, None)
         body.update(stream=True, stream_options={"include_usage": True})
         if self.model:
             body["model"] = self.model
@@ -108,6 +110,9 @@ class RemoteBackend:
                 completion_tokens=int(usage.get("completion_tokens") or count),
                 cached_tokens=int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
             )
+
+
+_LOCAL_ONLY = ("repetition_penalty", "stop_on_repetition")
 
 
 async def _sse_data(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
