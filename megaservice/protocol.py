@@ -46,7 +46,9 @@ class ChatQnARequest(RetrievalOptions):
     """An OpenAI chat request with the retriever's options (`RetrievalOptions`, forwarded as they are).
     Every retrieval field has OPEA's default except ``top_n`` (3, so more than one passage reaches the LLM)."""
 
-    model_config = ConfigDict(extra="ignore")
+    # NaN and infinities are refused in every number (the chat routes parse their body themselves, without the
+    # kit's strict-JSON check).
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     # -- OpenAI chat fields (forwarded to the LLM) --
     messages: str | list[Message] = Field(description="The conversation, or the question as a plain string.")

@@ -21,8 +21,8 @@ import openai
 import pytest
 
 from comps.runtime.mesh import Supervisor
-from comps.runtime.process import free_port
 from comps.runtime.settings import RuntimeSettings
+from tests.support.procs import free_runtime_ports
 from tests.support.sse import sse_data
 
 pytestmark = pytest.mark.e2e
@@ -40,21 +40,7 @@ ADMIN = ("e2e-admin", "e2e-" + uuid.uuid4().hex)
 
 @pytest.fixture(scope="module")
 def sup(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]:
-    ports = {
-        name: str(free_port())
-        for name in (
-            "EMBEDDING_PORT",
-            "RETRIEVER_PORT",
-            "RERANKER_PORT",
-            "LLM_PORT",
-            "DATAPREP_PORT",
-            "CHATHISTORY_PORT",
-            "PROMPTS_PORT",
-            "MEGA_SERVICE_PORT",
-            "CHATQNA_REDIS_PORT",
-            "CHATQNA_POSTGRES_PORT",
-        )
-    }
+    ports = free_runtime_ports()
     settings = RuntimeSettings(
         CHATQNA_STATE_DIR=tmp_path_factory.mktemp("state"),
         CHATQNA_MODELS_DIR=models_dir,

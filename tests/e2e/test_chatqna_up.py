@@ -16,21 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from comps.runtime.process import free_port
-from tests.support.procs import REPO
+from tests.support.procs import REPO, free_runtime_ports
 
 pytestmark = pytest.mark.e2e
-
-PORTS = (
-    "EMBEDDING_PORT",
-    "RETRIEVER_PORT",
-    "RERANKER_PORT",
-    "LLM_PORT",
-    "DATAPREP_PORT",
-    "MEGA_SERVICE_PORT",
-    "CHATQNA_REDIS_PORT",
-    "CHATQNA_POSTGRES_PORT",
-)
 
 
 def children_of(pid: int) -> set[int]:
@@ -56,7 +44,7 @@ def alive(pid: int) -> bool:
 
 
 def test_chatqna_up_serves_and_stops_cleanly(models_dir: Path, tmp_path: Path) -> None:
-    ports = {name: str(free_port()) for name in PORTS}
+    ports = free_runtime_ports()
     env = {
         **os.environ,
         **ports,
@@ -129,6 +117,10 @@ def test_chatqna_up_serves_and_stops_cleanly(models_dir: Path, tmp_path: Path) -
         assert up.wait(60) == 0
         assert not [pid for pid in children if alive(pid)]
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait(10)
+        if up.poll() is None:  # SIGTERM first: the services run in sessions of their own, up stops them
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(up.pid, signal.SIGKILL)
+                up.wait(10)

@@ -38,8 +38,8 @@ import pytest
 import redis
 
 from comps.runtime.mesh import Supervisor
-from comps.runtime.process import free_port
 from comps.runtime.settings import RuntimeSettings
+from tests.support.procs import free_runtime_ports
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 
@@ -73,10 +73,7 @@ def wait_for(check: Callable[[], Any], what: str, timeout_s: float) -> Any:
 
 @pytest.fixture(scope="module")
 def sup(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]:
-    ports = {name: str(free_port()) for name in (
-        "EMBEDDING_PORT", "RETRIEVER_PORT", "RERANKER_PORT", "LLM_PORT", "DATAPREP_PORT", "MEGA_SERVICE_PORT",
-        "CHATQNA_REDIS_PORT",
-    )}  # fmt: skip
+    ports = free_runtime_ports()
     state = tmp_path_factory.mktemp("state")
     saved = {k: os.environ.get(k) for k in ("DATAPREP_SPOOL_DIR", "REDIS_URL", "LLM_MAX_QUEUE")}
     os.environ["DATAPREP_SPOOL_DIR"] = str(state / "spool")  # uploads of queued jobs outlive dataprep

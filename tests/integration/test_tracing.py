@@ -129,7 +129,13 @@ def test_one_question_is_a_chain_of_embedding_retriever_reranker_and_llm_spans(
     assert (llm["gen_ai.usage.input_tokens"], llm["gen_ai.usage.output_tokens"]) == (
         usage["prompt_tokens"], usage["completion_tokens"],
     )  # fmt: skip
-    assert json.loads(llm["llm.invocation_parameters"]) == {"max_tokens": 50, "seed": 3, "temperature": 0.0}
+    params = json.loads(llm["llm.invocation_parameters"])
+    assert {k: params[k] for k in ("max_tokens", "seed", "temperature")} == {
+        "max_tokens": 50,
+        "seed": 3,
+        "temperature": 0.0,
+    }
+    assert params["stop"] == ["\nQuestion:", "\nPassages:"]  # the RAG defaults the gateway adds
     assert llm["gen_ai.request.max_tokens"] == 50 and llm["gen_ai.response.finish_reasons"] == ["stop"]
     # Readiness probes and metrics scrapes (the test's own wait for the gateway was one) make no traces.
     assert not [s.name for s in collector.spans if s.name.endswith(("/v1/ready", "/v1/health_check", "/metrics"))]

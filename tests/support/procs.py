@@ -12,6 +12,16 @@ REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
 
 
+def free_runtime_ports() -> dict[str, str]:
+    """A free port for every port the local runtime uses (each service, Redis, PostgreSQL), by variable name, so a
+    test's mesh never lands on a default port (where a developer's own `chatqna up` may be running)."""
+    from comps.runtime.settings import RuntimeSettings
+
+    fields = RuntimeSettings.model_fields
+    names = [str(fields[f].validation_alias.choices[0]) for f in fields if f.endswith("_port")]  # type: ignore[union-attr]
+    return {name: str(free_port()) for name in names}
+
+
 @dataclass
 class Service:
     name: str
