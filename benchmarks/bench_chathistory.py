@@ -26,7 +26,6 @@ import os
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,12 +42,13 @@ sys.path.insert(0, str(REPO))
 
 from comps.chathistory.service import ChatHistory  # noqa: E402
 from comps.core.caller import Caller  # noqa: E402
-from comps.runtime.process import free_port, http_status  # noqa: E402
+from comps.runtime.process import free_port  # noqa: E402
 from comps.sqlstore import Database, migrate  # noqa: E402
 from tests.support.database import fresh_database  # noqa: E402
 
-LOGS = REPO / ".state" / "bench"
-TICK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_gateway import Proc  # noqa: E402  (the benchmarks' one process wrapper)
+
 TOKEN = secrets.token_urlsafe(32)
 QUESTION = "What does the stub know about the Zorblax project?"
 
@@ -125,36 +125,6 @@ async def fill(url: str, n_conv: int, n_msg: int) -> tuple[uuid.UUID, uuid.UUID]
     finally:
         await conn.close()
     return user, convo
-
-
-class Proc:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        LOGS.mkdir(parents=True, exist_ok=True)
-        self.log = (LOGS / f"{name}.log").open("w")
-        self.name = name
-        self.proc = subprocess.Popen(
-            argv, env={**os.environ, **env}, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
-
-    def wait_http(self, url: str, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while http_status(url) != 200:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not start; see {self.log.name}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
 
 
 async def bench(db_url: str, args: argparse.Namespace) -> list[tuple[str, str, str, str]]:

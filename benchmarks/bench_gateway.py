@@ -81,7 +81,7 @@ class Proc:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15 of stat)
 
-    def wait_http(self, url: str, timeout_s: float = 60) -> None:
+    def wait_http(self, url: str, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
         while http_status(url) != 200:
             if self.proc.poll() is not None or time.monotonic() > deadline:

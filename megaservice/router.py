@@ -6,22 +6,21 @@ import asyncio
 import logging
 from typing import Annotated, Any
 
-import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 
 from comps.core.app import create_app, http_client, is_json, ready_backend, state_of
-from comps.core.errors import NotReady, ServiceError, UnsupportedMediaType, UpstreamError, UpstreamUnavailable
-from comps.core.http import HttpClient, bearer, wait_until_up
+from comps.core.errors import NotReady, ServiceError, UnsupportedMediaType, UpstreamError
+from comps.core.http import HttpClient, bearer
 from comps.identity.auth import Authenticator, AuthMiddleware, AuthState, principal_of
 from comps.identity.oidc import OIDCConfig, OIDCVerifier
 from comps.identity.router import build_router as identity_router
 from comps.identity.service import IdentityService, LoginLimiter
 from comps.llm.protocol import ModelList
-from comps.sqlstore import Database, migrate
+from comps.sqlstore import Database
+from comps.sqlstore.db import migrate_when_up
 from megaservice import conversations, documents
 from megaservice.access import Access
 from megaservice.graph import BadAnswer, Node
@@ -68,7 +67,7 @@ class Dependencies:
             return
         assert s.database_url and s.jwt_secret  # checked by the settings
         self.db = Database(s.database_url)
-        await wait_until_up(self._migrate, what="the user store (PostgreSQL)", log=log)
+        await migrate_when_up(self.db, what="the user store (PostgreSQL)")
         identity = IdentityService(
             self.db,
             jwt_secret=s.jwt_secret.get_secret_value(),
@@ -88,13 +87,6 @@ class Dependencies:
         if created:
             log.info("created the first admin %r (from CHATQNA_ADMIN_USER / CHATQNA_ADMIN_PASSWORD)", created[0])
         self.auth.authenticator = Authenticator(identity, await self._oidc(http))
-
-    async def _migrate(self) -> None:
-        assert self.db is not None
-        try:
-            await migrate(self.db)
-        except (OSError, asyncpg.PostgresError, SQLAlchemyError) as exc:
-            raise UpstreamUnavailable(f"PostgreSQL: {exc}", node="postgres") from exc
 
     async def _oidc(self, http: HttpClient) -> OIDCVerifier | None:
         """The SSO verifier when GATEWAY_OIDC_ISSUER is set; its keys are fetched now if the issuer answers

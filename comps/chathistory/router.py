@@ -7,12 +7,10 @@ import logging
 import uuid
 from typing import Annotated, Any, Literal
 
-import asyncpg
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 
 from comps.chathistory.protocol import (
     Append,
@@ -41,48 +39,30 @@ from comps.chathistory.service import ChatHistory, title_of
 from comps.chathistory.settings import ChatHistorySettings
 from comps.core.app import create_app, ready_backend
 from comps.core.caller import Caller, caller_of
-from comps.core.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized, UpstreamUnavailable
-from comps.core.http import HttpClient, wait_until_up
-from comps.sqlstore import Database, migrate
+from comps.core.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized
+from comps.core.http import HttpClient
+from comps.sqlstore.db import StoreBackend
 
 log = logging.getLogger("comps.chathistory")
 
 NDJSON = "application/x-ndjson"
 
 
-class Store:
+class Store(StoreBackend):
     """The service's backend: the relational store, migrated at warm-up."""
 
-    name = "postgres"
+    what = "the conversation store (PostgreSQL)"
 
     def __init__(self, settings: ChatHistorySettings) -> None:
+        super().__init__(settings.database_url, pool_size=settings.pool_size, migrate=settings.migrate)
         self.settings = settings
-        self.db: Database | None = None
         self.service: ChatHistory | None = None
 
     async def warm_up(self, http: HttpClient) -> None:
-        self.db = Database(self.settings.database_url, pool_size=self.settings.pool_size)
-        if self.settings.migrate:
-            await wait_until_up(self._migrate, what="the conversation store (PostgreSQL)", log=log)
+        db = await self.open_store()
         self.service = ChatHistory(
-            self.db, max_context_messages=self.settings.max_context_messages, async_commit=self.settings.async_commit
+            db, max_context_messages=self.settings.max_context_messages, async_commit=self.settings.async_commit
         )
-
-    async def _migrate(self) -> None:
-        assert self.db is not None
-        try:
-            await migrate(self.db)
-        except (OSError, asyncpg.PostgresError, SQLAlchemyError) as exc:
-            raise UpstreamUnavailable(f"PostgreSQL: {exc}", node="postgres") from exc
-
-    async def check_ready(self) -> dict[str, Any]:
-        assert self.db is not None
-        await self.db.ping()
-        return {}
-
-    async def close(self) -> None:
-        if self.db is not None:
-            await self.db.close()
 
 
 async def _service(request: Request) -> ChatHistory:

@@ -197,3 +197,18 @@ async def wait_until_up(
                 raise
             log.info("waiting for %s: %s", what, exc.message)
             await asyncio.sleep(1.0)
+
+
+async def sse_data(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """The ``data`` of each server-sent event of a response, as it arrives (multi-line data joined by newlines)."""
+    lines: list[str] = []
+    async for raw in resp.content:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if lines:
+                yield "\n".join(lines)
+                lines = []
+        elif line.startswith("data:"):
+            lines.append(line[6:] if line.startswith("data: ") else line[5:])
+    if lines:
+        yield "\n".join(lines)

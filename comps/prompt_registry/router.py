@@ -6,15 +6,13 @@ import logging
 import secrets
 from typing import Annotated, Any
 
-import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
-from sqlalchemy.exc import SQLAlchemyError
 
 from comps.core.app import create_app, ready_backend
 from comps.core.caller import Caller, caller_of
-from comps.core.errors import Unauthorized, UpstreamUnavailable
-from comps.core.http import HttpClient, wait_until_up
+from comps.core.errors import Unauthorized
+from comps.core.http import HttpClient
 from comps.prompt_registry.protocol import (
     Kind,
     OpeaPromptCreate,
@@ -27,40 +25,20 @@ from comps.prompt_registry.protocol import (
 )
 from comps.prompt_registry.service import Registry
 from comps.prompt_registry.settings import PromptRegistrySettings
-from comps.sqlstore import Database, migrate
+from comps.sqlstore.db import StoreBackend
 
 log = logging.getLogger("comps.prompt_registry")
 
 
-class Store:
-    name = "postgres"
+class Store(StoreBackend):
+    what = "the prompt store (PostgreSQL)"
 
     def __init__(self, settings: PromptRegistrySettings) -> None:
-        self.settings = settings
-        self.db: Database | None = None
+        super().__init__(settings.database_url, pool_size=settings.pool_size, migrate=settings.migrate)
         self.registry: Registry | None = None
 
     async def warm_up(self, http: HttpClient) -> None:
-        self.db = Database(self.settings.database_url, pool_size=self.settings.pool_size)
-        if self.settings.migrate:
-            await wait_until_up(self._migrate, what="the prompt store (PostgreSQL)", log=log)
-        self.registry = Registry(self.db)
-
-    async def _migrate(self) -> None:
-        assert self.db is not None
-        try:
-            await migrate(self.db)
-        except (OSError, asyncpg.PostgresError, SQLAlchemyError) as exc:
-            raise UpstreamUnavailable(f"PostgreSQL: {exc}", node="postgres") from exc
-
-    async def check_ready(self) -> dict[str, Any]:
-        assert self.db is not None
-        await self.db.ping()
-        return {}
-
-    async def close(self) -> None:
-        if self.db is not None:
-            await self.db.close()
+        self.registry = Registry(await self.open_store())
 
 
 async def _registry(request: Request) -> Registry:

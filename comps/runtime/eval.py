@@ -31,14 +31,13 @@ import re
 import statistics
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from comps.core.http import bearer
+from comps.core.http import bearer, sse_data
 
 _SPACES = re.compile(r"\s+")
 DEFAULT_URL = "http://127.0.0.1:8888"
@@ -214,7 +213,7 @@ async def ask(session: aiohttp.ClientSession, config: Config, q: Question, timeo
             async with session.post(f"{config.url}/v1/chatqna", json=body) as resp:
                 if resp.status >= 400:
                     raise EvalError(f"HTTP {resp.status}: {(await resp.text())[:300]}")
-                async for data in _events(resp):
+                async for data in sse_data(resp):
                     if data == "[DONE]":
                         break
                     chunk = json.loads(data)
@@ -238,20 +237,6 @@ async def ask(session: aiohttp.ClientSession, config: Config, q: Question, timeo
     answer.text = "".join(parts)
     score(q, answer)
     return answer
-
-
-async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    lines: list[str] = []
-    async for raw in resp.content:
-        line = raw.decode("utf-8").rstrip("\r\n")
-        if not line:
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-        elif line.startswith("data:"):
-            lines.append(line[5:].lstrip(" "))
-    if lines:
-        yield "\n".join(lines)
 
 
 async def run(

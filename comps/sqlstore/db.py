@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection, make_url
@@ -68,6 +69,54 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+async def migrate_when_up(db: Database, *, what: str) -> None:
+    """`migrate`, waiting (up to the kit's warm-up wait) for a PostgreSQL that is still starting."""
+    from comps.core.http import wait_until_up
+
+    async def attempt() -> None:
+        import asyncpg
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from comps.core.errors import UpstreamUnavailable
+
+        try:
+            await migrate(db)
+        except (OSError, asyncpg.PostgresError, SQLAlchemyError) as exc:
+            raise UpstreamUnavailable(f"PostgreSQL: {exc}", node="postgres") from exc
+
+    await wait_until_up(attempt, what=what, log=log)
+
+
+class StoreBackend:
+    """A service backend (the kit's `Backend`) whose dependency is the relational store: it opens the engine and
+    migrates at warm-up (when ``migrate``), is ready while PostgreSQL answers, and closes the engine."""
+
+    name = "postgres"
+    what = "the relational store (PostgreSQL)"
+
+    def __init__(self, database_url: str, *, pool_size: int = 10, migrate: bool = True) -> None:
+        self.database_url = database_url
+        self.pool_size = pool_size
+        self.migrate = migrate
+        self.db: Database | None = None
+
+    async def open_store(self) -> Database:
+        self.db = Database(self.database_url, pool_size=self.pool_size)
+        if self.migrate:
+            await migrate_when_up(self.db, what=self.what)
+        return self.db
+
+    async def check_ready(self) -> dict[str, Any]:
+        if self.db is None:
+            raise RuntimeError("the store is not open")
+        await self.db.ping()
+        return {}
+
+    async def close(self) -> None:
+        if self.db is not None:
+            await self.db.close()
 
 
 async def migrate(db: Database, revision: str = "head") -> None:

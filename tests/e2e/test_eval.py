@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from comps.runtime import ingest
 from comps.runtime.cli import app
 from comps.runtime.mesh import Supervisor
-from comps.runtime.process import free_port
 from comps.runtime.settings import RuntimeSettings
+from tests.support.procs import free_runtime_ports
 
 pytestmark = pytest.mark.e2e
 
@@ -31,17 +31,13 @@ ADMIN = ("evaladmin", "eval-admin-password-1")
 
 @pytest.fixture(scope="module")
 def sup(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]:
-    names = (
-        "EMBEDDING_PORT", "RETRIEVER_PORT", "RERANKER_PORT", "LLM_PORT", "DATAPREP_PORT", "CHATHISTORY_PORT",
-        "PROMPTS_PORT", "MEGA_SERVICE_PORT", "CHATQNA_REDIS_PORT", "CHATQNA_POSTGRES_PORT",
-    )  # fmt: skip
     settings = RuntimeSettings(
         CHATQNA_STATE_DIR=tmp_path_factory.mktemp("state"),
         CHATQNA_MODELS_DIR=models_dir,
         CHATQNA_READY_TIMEOUT_S=300,
         CHATQNA_ADMIN_USER=ADMIN[0],
         CHATQNA_ADMIN_PASSWORD=ADMIN[1],
-        **{name: str(free_port()) for name in names},
+        **free_runtime_ports(),
     )
     supervisor = Supervisor(settings, out=lambda line: None)
     supervisor.start()

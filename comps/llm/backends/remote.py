@@ -9,13 +9,11 @@ overloaded server is 503, a stall 504, and a mid-stream failure ends our stream 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
-import aiohttp
-
 from comps.core.errors import ConfigError, NotReady, ServiceError, UpstreamError
-from comps.core.http import HttpClient, bearer
+from comps.core.http import HttpClient, bearer, sse_data
 from comps.llm.backends import Delta, Event, Finished, Started
 from comps.llm.protocol import ChatCompletionRequest, ModelCard
 from comps.llm.settings import LLMSettings
@@ -82,7 +80,7 @@ class RemoteBackend:
             reason: str | None = None
             usage: dict[str, Any] = {}
             count = 0
-            async for data in _sse_data(resp):
+            async for data in sse_data(resp):
                 if data == "[DONE]":
                     break
                 try:
@@ -113,18 +111,3 @@ class RemoteBackend:
 
 
 _LOCAL_ONLY = ("repetition_penalty", "stop_on_repetition")
-
-
-async def _sse_data(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    """The ``data`` of each server-sent event, as it arrives."""
-    lines: list[str] = []
-    async for raw in resp.content:
-        line = raw.decode("utf-8").rstrip("\r\n")
-        if not line:
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-        elif line.startswith("data:"):
-            lines.append(line[6:] if line.startswith("data: ") else line[5:])
-    if lines:
-        yield "\n".join(lines)
