@@ -10,10 +10,10 @@ import base64
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, Unpack
 
 import orjson
-from sqlalchemy import and_, delete, exists, or_, select
+from sqlalchemy import Select, and_, delete, exists, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,6 +40,22 @@ from comps.chathistory.protocol import (
 )
 from comps.core.errors import BadRequest, NotFound, ServiceError
 from comps.sqlstore import Database
+
+
+_Sel = TypeVar("_Sel", bound="Select[Unpack[tuple[Any, ...]]]")
+
+
+def newest_first(stmt: _Sel, cursor: str | None, at: Any, key: Any, limit: int) -> _Sel:
+    """Keyset paging, newest first: rows after the ``(at, key)`` cursor, one more than ``limit`` (to know if a next
+    page exists)."""
+    if cursor:
+        at_text, key_text = decode_cursor(cursor, 2)
+        try:
+            at_dt, key_id = datetime.fromisoformat(at_text), uuid.UUID(key_text)
+        except ValueError:
+            raise BadRequest("invalid cursor", param="cursor", code="invalid_cursor") from None
+        stmt = stmt.where(or_(at < at_dt, and_(at == at_dt, key < key_id)))
+    return stmt.order_by(at.desc(), key.desc()).limit(limit + 1)
 
 
 class Conflict(ServiceError):
@@ -249,16 +265,7 @@ class ChatHistory:
             pattern = _like(q)
             in_messages = exists().where(Message.conversation_id == Conversation.id, Message.content.ilike(pattern))
             stmt = stmt.where(or_(Conversation.title.ilike(pattern), in_messages))
-        if cursor:
-            at, last = decode_cursor(cursor, 2)
-            try:
-                at_dt, last_id = datetime.fromisoformat(at), uuid.UUID(last)
-            except ValueError:
-                raise BadRequest("invalid cursor", param="cursor", code="invalid_cursor") from None
-            stmt = stmt.where(
-                or_(Conversation.updated_at < at_dt, and_(Conversation.updated_at == at_dt, Conversation.id < last_id))
-            )
-        stmt = stmt.order_by(Conversation.updated_at.desc(), Conversation.id.desc()).limit(limit + 1)
+        stmt = newest_first(stmt, cursor, Conversation.updated_at, Conversation.id, limit)
         async with self.db.engine.connect() as conn:  # no ORM objects: a list is the other hot path
             rows = (await conn.execute(stmt)).all()
         more = len(rows) > limit
@@ -524,16 +531,7 @@ class ChatHistory:
             stmt = stmt.where(Feedback.thumbs_up.is_(thumbs_up))
         if max_rating is not None:
             stmt = stmt.where(Feedback.rating <= max_rating)
-        if cursor:
-            at, mid = decode_cursor(cursor, 2)
-            try:
-                at_dt, mid_id = datetime.fromisoformat(at), uuid.UUID(mid)
-            except ValueError:
-                raise BadRequest("invalid cursor", param="cursor", code="invalid_cursor") from None
-            stmt = stmt.where(
-                or_(Feedback.created_at < at_dt, and_(Feedback.created_at == at_dt, Feedback.message_id < mid_id))
-            )
-        stmt = stmt.order_by(Feedback.created_at.desc(), Feedback.message_id.desc()).limit(limit + 1)
+        stmt = newest_first(stmt, cursor, Feedback.created_at, Feedback.message_id, limit)
         async with self.db.session() as s:
             rows = (await s.execute(stmt)).all()
             more = len(rows) > limit
