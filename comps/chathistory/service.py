@@ -41,7 +41,6 @@ from comps.chathistory.protocol import (
 from comps.core.errors import BadRequest, NotFound, ServiceError
 from comps.sqlstore import Database
 
-
 _Sel = TypeVar("_Sel", bound="Select[Unpack[tuple[Any, ...]]]")
 
 
