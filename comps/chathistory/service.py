@@ -10,7 +10,7 @@ import base64
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar, Unpack
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import Select, and_, delete, exists, or_, select
@@ -41,7 +41,7 @@ from comps.chathistory.protocol import (
 from comps.core.errors import BadRequest, NotFound, ServiceError
 from comps.sqlstore import Database
 
-_Sel = TypeVar("_Sel", bound="Select[Unpack[tuple[Any, ...]]]")
+_Sel = TypeVar("_Sel", bound="Select[*tuple[Any, ...]]")
 
 
 def newest_first(stmt: _Sel, cursor: str | None, at: Any, key: Any, limit: int) -> _Sel:
