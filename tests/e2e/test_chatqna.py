@@ -21,8 +21,7 @@ import openai
 import pytest
 
 from comps.runtime.mesh import Supervisor
-from comps.runtime.settings import RuntimeSettings
-from tests.support.procs import free_runtime_ports
+from tests.support.procs import local_mesh
 from tests.support.sse import sse_data
 
 pytestmark = pytest.mark.e2e
@@ -40,21 +39,8 @@ ADMIN = ("e2e-admin", "e2e-" + uuid.uuid4().hex)
 
 @pytest.fixture(scope="module")
 def sup(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]:
-    ports = free_runtime_ports()
-    settings = RuntimeSettings(
-        CHATQNA_STATE_DIR=tmp_path_factory.mktemp("state"),
-        CHATQNA_MODELS_DIR=models_dir,
-        CHATQNA_READY_TIMEOUT_S=300,
-        CHATQNA_ADMIN_USER=ADMIN[0],
-        CHATQNA_ADMIN_PASSWORD=ADMIN[1],
-        **ports,
-    )
-    supervisor = Supervisor(settings, out=lambda line: None)
-    supervisor.start()
-    try:
+    with local_mesh(models_dir, tmp_path_factory.mktemp("state"), ADMIN) as supervisor:
         yield supervisor
-    finally:
-        supervisor.stop()
 
 
 @pytest.fixture(scope="module")

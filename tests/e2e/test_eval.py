@@ -18,8 +18,7 @@ from typer.testing import CliRunner
 from comps.runtime import ingest
 from comps.runtime.cli import app
 from comps.runtime.mesh import Supervisor
-from comps.runtime.settings import RuntimeSettings
-from tests.support.procs import free_runtime_ports
+from tests.support.procs import local_mesh
 
 pytestmark = pytest.mark.e2e
 
@@ -31,20 +30,8 @@ ADMIN = ("evaladmin", "eval-admin-password-1")
 
 @pytest.fixture(scope="module")
 def sup(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]:
-    settings = RuntimeSettings(
-        CHATQNA_STATE_DIR=tmp_path_factory.mktemp("state"),
-        CHATQNA_MODELS_DIR=models_dir,
-        CHATQNA_READY_TIMEOUT_S=300,
-        CHATQNA_ADMIN_USER=ADMIN[0],
-        CHATQNA_ADMIN_PASSWORD=ADMIN[1],
-        **free_runtime_ports(),
-    )
-    supervisor = Supervisor(settings, out=lambda line: None)
-    supervisor.start()
-    try:
+    with local_mesh(models_dir, tmp_path_factory.mktemp("state"), ADMIN) as supervisor:
         yield supervisor
-    finally:
-        supervisor.stop()
 
 
 def test_eval_runs_the_shipped_question_set(sup: Supervisor, tmp_path: Path) -> None:

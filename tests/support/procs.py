@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from comps.runtime.process import ManagedProcess, free_port
+
+if TYPE_CHECKING:
+    from comps.runtime.mesh import Supervisor
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
@@ -20,6 +26,29 @@ def free_runtime_ports() -> dict[str, str]:
     fields = RuntimeSettings.model_fields
     names = [str(fields[f].validation_alias.choices[0]) for f in fields if f.endswith("_port")]  # type: ignore[union-attr]
     return {name: str(free_port()) for name in names}
+
+
+@contextmanager
+def local_mesh(models_dir: Path, state_dir: Path, admin: tuple[str, str], **settings: Any) -> Iterator[Supervisor]:
+    """The whole mesh as `chatqna up` runs it (the runtime's Supervisor), on free ports, state in ``state_dir``,
+    the first admin named ``admin``; ``settings`` are more RuntimeSettings by variable name."""
+    from comps.runtime.mesh import Supervisor
+    from comps.runtime.settings import RuntimeSettings
+
+    config = RuntimeSettings(
+        CHATQNA_STATE_DIR=state_dir,
+        CHATQNA_MODELS_DIR=models_dir,
+        CHATQNA_READY_TIMEOUT_S=300,
+        CHATQNA_ADMIN_USER=admin[0],
+        CHATQNA_ADMIN_PASSWORD=admin[1],
+        **{**free_runtime_ports(), **settings},
+    )
+    supervisor = Supervisor(config, out=lambda line: None)
+    supervisor.start()
+    try:
+        yield supervisor
+    finally:
+        supervisor.stop()
 
 
 @dataclass
