@@ -122,7 +122,9 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 
 
-_GGML_WARN, _GGML_ERROR = 2, 3  # enum ggml_log_level
+# enum ggml_log_level of the llama.cpp this wheel vendors: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
+# (llama-cpp-python's own _logger.py still lists the older numbering, where 2 and 3 were WARN and ERROR).
+_GGML_WARN, _GGML_ERROR = 3, 4
 
 
 def _llama_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
