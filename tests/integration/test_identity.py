@@ -289,6 +289,35 @@ def test_a_disabled_user_is_refused_and_signed_out(stack: Stack, admin: httpx.Cl
     assert_401(httpx.post(f"{stack.url}/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]}, timeout=10))
 
 
+def test_an_admin_deletes_a_user_and_everything_of_theirs_stops(stack: Stack, admin: httpx.Client) -> None:
+    name, password, user, pair = make_user(stack, admin)
+    key = user.post("/v1/auth/keys", json={"name": "k"}).json()["key"]
+    user_id = pair["user"]["id"]
+    assert any(u["username"] == name for u in admin.get("/v1/admin/users").json())
+    assert admin.get(f"/v1/admin/users/{user_id}").json()["username"] == name
+    assert admin.delete(f"/v1/admin/users/{user_id}").status_code == 204
+    assert admin.get(f"/v1/admin/users/{user_id}").status_code == 404
+    assert admin.delete(f"/v1/admin/users/{user_id}").status_code == 404
+    assert (
+        httpx.post(f"{stack.url}/v1/auth/login", json={"username": name, "password": password}, timeout=30).status_code
+        == 401
+    )
+    wait_for(
+        lambda: (
+            httpx.get(f"{stack.url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code
+            == 401
+        ),
+        timeout_s=10,
+        what="the deleted user's key to stop working",
+    )
+    assert_401(user.get("/v1/auth/me"))
+    assert pair["user"]["personal_collection"] not in {c["name"] for c in admin.get("/v1/collections").json()}
+    # An admin cannot remove or demote themselves (nobody would be left to administer).
+    me = admin.get("/v1/auth/me").json()["id"]
+    assert admin.delete(f"/v1/admin/users/{me}").status_code == 403
+    assert admin.patch(f"/v1/admin/users/{me}", json={"role": "user"}).status_code == 403
+
+
 def test_admin_routes_refuse_users(stack: Stack, admin: httpx.Client) -> None:
     _, _, user, pair = make_user(stack, admin)
     assert user.get("/v1/admin/users").status_code == 403
