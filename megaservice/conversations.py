@@ -129,6 +129,7 @@ class Memory:
             "usage": turn.usage,
             "latency_ms": int((time.perf_counter() - turn.started) * 1000),
             "cut_short": cut_short,
+            "cached": turn.cached,
         }
         if turn.prompt is not None:
             answer |= {"prompt_id": turn.prompt.id, "prompt_version": turn.prompt.version}
@@ -187,6 +188,7 @@ class Turn:
         self.model: str | None = None
         self.usage: dict[str, Any] | None = None
         self.prompt: Any = None  # the registry prompt used (megaservice.prompts.UsedPrompt)
+        self.cached = False  # the answer came from the answer cache
         self.ended = False
 
     def extras(self) -> dict[str, Any]:

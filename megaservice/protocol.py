@@ -94,6 +94,11 @@ class ChatQnARequest(RetrievalOptions):
     question_rewrite: Literal["heuristic", "condense"] | None = Field(
         default=None, description="How a follow-up becomes the search query; default: GATEWAY_QUESTION_REWRITE."
     )
+    cache: bool | None = Field(
+        default=None,
+        description="false: never from or into the answer cache; true: cached even when not greedy (temperature "
+        "> 0); default: cached when deterministic (temperature 0).",
+    )
     prompt: str | None = Field(
         default=None,
         pattern=PROMPT_NAME_PATTERN,
@@ -197,3 +202,6 @@ class ChatQnACompletion(ChatCompletion):
     """The non-streaming answer: the LLM's completion (real model, true usage) plus its sources."""
 
     sources: list[Source]
+    cached: bool = Field(
+        default=False, description="Served from the answer cache (a stream says it on its first chunk)."
+    )

@@ -21,6 +21,7 @@ from comps.identity.service import IdentityService, LoginLimiter
 from comps.llm.protocol import ModelList
 from comps.sqlstore import Database
 from comps.sqlstore.db import migrate_when_up
+from megaservice import cache as answer_cache
 from megaservice import conversations, documents
 from megaservice.access import Access
 from megaservice.graph import BadAnswer, Node
@@ -55,6 +56,7 @@ class Dependencies:
         self.auth = auth
         self.http: HttpClient | None = None
         self.db: Database | None = None
+        self.cache: answer_cache.AnswerCache | None = None
 
     async def warm_up(self, http: HttpClient) -> None:
         s = self.settings
@@ -137,6 +139,8 @@ class Dependencies:
             await self.auth.authenticator.identity.close()
         if self.db is not None:
             await self.db.close()
+        if self.cache is not None:
+            await self.cache.close()
 
 
 Http = Annotated[HttpClient, Depends(http_client)]
@@ -244,7 +248,9 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     )
     deps = Dependencies(settings, settings.pipeline, list(default.nodes.values()), auth, memory)
     prompts = Prompts(settings.prompts_url, timeout_s=settings.chathistory_timeout_s) if settings.prompts_url else None
-    chatqna = ChatQnA(settings, pipelines, memory, prompts)
+    cache = _answer_cache(settings, deps, pipelines["rag"].graph.nodes["embedding"])
+    deps.cache = cache
+    chatqna = ChatQnA(settings, pipelines, memory, prompts, cache)
     llm = pipelines["llm-only"].graph.terminal
     access = Access(auth, settings.default_collection)
     routers = [
@@ -253,6 +259,9 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         documents.build_router(access, settings.dataprep_url, settings.dataprep_timeout_s),
         documents.collections_router(access, settings.dataprep_url, settings.dataprep_timeout_s),
         _health_router(),
+        answer_cache.build_router(
+            cache, ttl_s=settings.cache_ttl_s, max_entries=settings.cache_max_entries, semantic=settings.cache_semantic
+        ),
     ]
     if settings.chathistory_url:
         routers.append(conversations.build_router(settings.chathistory_url, settings.chathistory_timeout_s, memory))
@@ -273,6 +282,31 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.state.auth = auth
     _document_request_model(app)
     return app
+
+
+def _answer_cache(settings: GatewaySettings, deps: Dependencies, embedding: Node) -> answer_cache.AnswerCache | None:
+    """The answer cache, when it is on and has a Redis; semantic matching embeds questions with the pipeline's
+    embedding service."""
+    if not (settings.cache_enabled and settings.redis_url):
+        return None
+
+    async def embed(text: str) -> list[float]:
+        assert deps.http is not None
+        body = await deps.http.request_json(
+            "POST", embedding.target, node=embedding.name, timeout_s=embedding.timeout_s, json_body={"input": text}
+        )
+        vector: list[float] = body["data"][0]["embedding"]
+        return vector
+
+    return answer_cache.AnswerCache(
+        settings.redis_url,
+        ttl_s=settings.cache_ttl_s,
+        max_entries=settings.cache_max_entries,
+        timeout_s=settings.cache_timeout_s,
+        semantic=settings.cache_semantic,
+        threshold=settings.cache_semantic_threshold,
+        embed=embed,
+    )
 
 
 def _health_router() -> APIRouter:

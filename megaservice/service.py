@@ -26,6 +26,7 @@ from comps.core.disconnect import ClientGone, until_disconnect
 from comps.core.errors import BadRequest, ServiceError, UpstreamError, error_envelope
 from comps.core.http import HttpClient
 from megaservice.adapters import Question, RagDefaults
+from megaservice.cache import Answer, AnswerCache, Capture, Lookup, deterministic
 from megaservice.condense import Condenser
 from megaservice.conversations import Memory, Turn
 from megaservice.graph import NODE_ERRORS
@@ -64,8 +65,11 @@ class ChatQnA:
         pipelines: dict[str, Pipeline],
         memory: Memory | None = None,
         prompts: Prompts | None = None,
+        cache: AnswerCache | None = None,
     ) -> None:
         self.default = settings.pipeline
+        self.cache = cache
+        self.default_collection = settings.default_collection
         self.memory = memory
         self.prompts = prompts
         self.pipelines = pipelines
@@ -74,6 +78,8 @@ class ChatQnA:
         self.question_rewrite = settings.question_rewrite
         self.condenser = Condenser(pipelines["llm-only"].graph)
         self.tracing = Tracing(settings.trace_content)
+        # The gateway's defaults that shape an answer (a part of every cache key).
+        self.key_defaults = {"rag": dataclasses.asdict(self.rag), "snippet": self.snippet}
         self._counts = {(p, s): REQUESTS.labels(p, "stream" if s else "json") for p in pipelines for s in (False, True)}
 
     async def answer(self, req: ChatQnARequest, http: HttpClient, request: Request) -> Response:
@@ -89,6 +95,11 @@ class ChatQnA:
             req = turn.request  # with the conversation's earlier turns
         pipe = self.pipelines[req.pipeline_for(self.default)]
         q = Question.of(req, retrieves=pipe.name != "llm-only", rag=self.rag)
+        look = await self._look(pipe, q, used) if self.cache is not None else None
+        request.state.cached = look is not None and look.answer is not None  # for accounting: a cache hit
+        if look is not None and look.answer is not None:
+            self._counts[pipe.name, req.stream].inc()
+            return self._replay(look.answer, req, turn)
         if q.retrieves and (req.question_rewrite or self.question_rewrite) == "condense":
             standalone = await self.condenser.standalone(q.chat, http)
             if standalone:
@@ -97,8 +108,8 @@ class ChatQnA:
         self.tracing.chain(trace.get_current_span(), pipe.name, q, request)
         try:
             if not req.stream:
-                return await until_disconnect(request, self._complete(pipe, q, http, turn))
-            stream = await until_disconnect(request, self._open(pipe, q, http, arrived, turn))
+                return await until_disconnect(request, self._complete(pipe, q, http, turn, look))
+            stream = await until_disconnect(request, self._open(pipe, q, http, arrived, turn, look))
         except ClientGone:
             CLIENT_GONE.inc()
             if turn is not None:
@@ -117,21 +128,65 @@ class ChatQnA:
             return None
         return await self.memory.begin(req, http)
 
-    async def _complete(self, pipe: Pipeline, q: Question, http: HttpClient, turn: Turn | None) -> Response:
+    async def _look(self, pipe: Pipeline, q: Question, used: UsedPrompt | None) -> Lookup | None:
+        """The cache's lookup of this request (None: not cached): the key covers the collections searched, as
+        access checks left them, and their content versions."""
+        assert self.cache is not None
+        req = q.request
+        searched = (req.collections or [req.collection or self.default_collection]) if q.retrieves else []
+        return await self.cache.lookup(
+            req,
+            collections=searched,
+            deterministic=deterministic(
+                req, grounded=q.retrieves or bool(q.given), rag_temperature=self.rag.temperature
+            ),
+            pipeline=pipe.name,
+            question_rewrite=self.question_rewrite,
+            prompt=(used.id, used.version) if used is not None else None,
+            defaults=self.key_defaults,
+        )
+
+    def _replay(self, answer: Answer, req: ChatQnARequest, turn: Turn | None) -> Response:
+        """A cached answer, as the same JSON or the same events as a fresh one, marked ``cached``."""
+        extras = turn.extras() if turn is not None else {}
+        if turn is not None:
+            turn.cached = True
+            turn.sources = answer.sources
+            turn.model, turn.usage, turn.parts = answer.model, answer.usage, [answer.content]
+            turn.end(cut_short=False)
+        if not req.stream:
+            return Response(orjson.dumps(answer.completion(extras)), media_type="application/json")
+        keep_usage = req.stream_options is not None and req.stream_options.include_usage
+        return Response(
+            answer.events(extras, include_usage=keep_usage), media_type="text/event-stream", headers=STREAM_HEADERS
+        )
+
+    async def _complete(
+        self, pipe: Pipeline, q: Question, http: HttpClient, turn: Turn | None, look: Lookup | None = None
+    ) -> Response:
         answers, llm_request = await pipe.graph.prepare(http, q)
         sources = self.sources(pipe.passages(q, answers))
         completion = await pipe.graph.call_terminal(http, llm_request)
         self.tracing.chain_answer(trace.get_current_span(), completion)
         body = ChatQnACompletion.model_construct(**dict(completion), sources=sources)
-        if turn is None:
+        if turn is None and look is None:
             return Response(body.__pydantic_serializer__.to_json(body), media_type="application/json")
         reply = body.__pydantic_serializer__.to_python(body, mode="json")
+        if look is not None and self.cache is not None:
+            choice = reply["choices"][0]
+            fresh = Answer(reply["model"], choice["message"]["content"], choice["finish_reason"], reply["usage"],
+                           reply["sources"])  # fmt: skip
+            await self.cache.store(look, fresh)  # before the reply: the next request finds it
+        if turn is None:
+            return Response(orjson.dumps(reply), media_type="application/json")
         turn.sources = reply["sources"]
         turn.completed(reply)
         turn.end(cut_short=False)
         return Response(orjson.dumps(reply | turn.extras()), media_type="application/json")
 
-    async def _open(self, pipe: Pipeline, q: Question, http: HttpClient, arrived: float, turn: Turn | None) -> _Relay:
+    async def _open(
+        self, pipe: Pipeline, q: Question, http: HttpClient, arrived: float, turn: Turn | None, look: Lookup | None
+    ) -> _Relay:
         answers, llm_request = await pipe.graph.prepare(http, q)
         sources = [s.model_dump() for s in self.sources(pipe.passages(q, answers))]
         stack = AsyncExitStack()
@@ -143,7 +198,10 @@ class ChatQnA:
         keep_usage = q.request.stream_options is not None and q.request.stream_options.include_usage
         if turn is not None:
             turn.sources = sources
-        return _Relay(stack, resp, pipe.name, sources, arrived, called, recorder, keep_usage, turn)
+        relay = _Relay(stack, resp, pipe.name, sources, arrived, called, recorder, keep_usage, turn)
+        if look is not None and self.cache is not None:
+            relay.capture, relay.cache = Capture(look), self.cache
+        return relay
 
     def sources(self, passages: list[Passage]) -> list[Source]:
         n = self.snippet
@@ -181,6 +239,8 @@ class _Relay:
         self.keep_usage = keep_usage  # the client asked for the usage chunk (the LLM is always asked)
         self.first = True
         self.timed = False
+        self.capture: Capture | None = None  # a cacheable answer: kept when the stream ends well
+        self.cache: AnswerCache | None = None
 
     async def events(self) -> AsyncIterator[bytes]:
         try:
@@ -193,6 +253,7 @@ class _Relay:
                             continue
                         if data == b"[DONE]":
                             self.finished = True
+                            await self._keep()  # before [DONE]: the client's next request finds it
                             out.append(DONE)
                             yield b"".join(out)
                             return
@@ -211,6 +272,12 @@ class _Relay:
             self._end()
         yield DONE
 
+    async def _keep(self) -> None:
+        c = self.capture
+        if c is None or self.cache is None or c.failed or c.finish_reason is None:
+            return
+        await self.cache.store(c.lookup, Answer(c.model, "".join(c.parts), c.finish_reason, c.usage, self.sources))
+
     def _end(self) -> None:
         if self.turn is not None:
             self.turn.end(cut_short=not self.finished)
@@ -219,14 +286,17 @@ class _Relay:
         """Sources onto the first chunk; time to first token at the first content; errors counted; None for a
         usage chunk the client did not ask for."""
         chunk: object = None
-        if self.first or not self.timed or self.turn is not None:
+        if self.first or not self.timed or self.turn is not None or self.capture is not None:
             chunk = _json(data)
             if self.turn is not None:
                 self.turn.observe(chunk)
+            if self.capture is not None:
+                self.capture.observe(chunk)
             if self.first:
                 self.first = False
                 if isinstance(chunk, dict) and "choices" in chunk:
                     chunk["sources"] = self.sources
+                    chunk["cached"] = False
                     if self.turn is not None:
                         chunk.update(self.turn.extras())
                     data = orjson.dumps(chunk)

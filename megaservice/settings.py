@@ -138,6 +138,29 @@ class GatewaySettings(ServiceSettings):
         description="The shared collection a request that names none searches and ingests into.",
     )
 
+    # -- the answer cache (megaservice/cache.py) --
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("GATEWAY_REDIS_URL", "REDIS_URL"),
+        description="Redis of the answer cache (default: the vector store's, REDIS_URL); unset: no cache.",
+    )
+    cache_enabled: bool = Field(default=True, description="Cache deterministic answers (needs a Redis URL).")
+    cache_ttl_s: int = Field(default=86_400, ge=1, description="How long a cached answer lives.")
+    cache_max_entries: int = Field(
+        default=10_000, ge=1, description="Most cached answers; beyond, the oldest are evicted (counted)."
+    )
+    cache_timeout_s: float = Field(
+        default=0.25, gt=0, description="Longest wait for the cache's Redis; slower or down: answered uncached."
+    )
+    cache_semantic: bool = Field(
+        default=False,
+        description="Also serve a cached answer to a paraphrase of its question (same everything else), when "
+        "their embeddings' cosine similarity reaches cache_semantic_threshold. A wrong match is a wrong answer.",
+    )
+    cache_semantic_threshold: float = Field(
+        default=0.95, gt=0, le=1, description="Least cosine similarity of a paraphrase (benchmarks/eval_cache.py)."
+    )
+
     # -- identity (comps/identity) --
     auth_enabled: bool = Field(
         default=True,

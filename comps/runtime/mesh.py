@@ -94,6 +94,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "gateway_port",
         "GATEWAY_",
         ("embedding", "retriever", "reranker", "llm", "dataprep", "chathistory", "prompts"),
+        uses_redis=True,  # the answer cache, in the vector store's Redis (its content versions too)
         settings="megaservice.settings:GatewaySettings",
     ),
 )

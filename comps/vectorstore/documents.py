@@ -17,6 +17,9 @@ A document's chunks are the keys ``c:chunk:<doc_id>:<version>:<n>`` (see `schema
 `sweep_orphans` (run by dataprep at start-up) deletes chunk keys of versions that are not current, which
 only a crash of an older release, one that wrote chunks under the indexed prefix before committing, leaves.
 
+Each of these writes bumps the collection's content version (`versions`) in its own transaction, so the
+answers cached under the old version are unreachable the moment the write is visible.
+
 The collection must exist (`schema.ensure_index`) before writing; `delete_all` removes ``c:meta`` first,
 so a write racing with it fails and cleans up instead of leaving keys of a deleted collection.
 """
@@ -34,6 +37,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError, WatchError
 
 from comps.vectorstore import schema
+from comps.vectorstore.versions import bump
 
 log = logging.getLogger("comps.vectorstore.documents")
 
@@ -183,6 +187,7 @@ class StagedVersion:
                     pipe.delete(doc_key)
                     pipe.hset(doc_key, mapping=record.to_hash())
                     pipe.sadd(schema.docs_key(self.collection), record.doc_id)
+                    bump(pipe, self.collection)  # what a search finds changed: cached answers of it are stale
                     self._exec_sent = True
                     await pipe.execute()
                 except WatchError:
@@ -248,6 +253,7 @@ async def delete_document(r: aioredis.Redis, collection: str, doc_id: str) -> Do
                     for start in range(0, len(keys), WRITE_BATCH * 10):
                         pipe.delete(*keys[start : start + WRITE_BATCH * 10])
                     pipe.delete(doc_key)
+                    bump(pipe, collection)
                 pipe.srem(schema.docs_key(collection), doc_id)
                 await pipe.execute()
             except WatchError:
@@ -260,7 +266,7 @@ async def delete_all(r: aioredis.Redis, collection: str) -> int:
     """Delete the collection: its meta record first (in-flight writes then fail and clean up), the
     index (without DD), then every chunk and document key by scan. Returns the number of documents."""
     count = int(await r.scard(schema.docs_key(collection)))
-    await r.delete(schema.meta_key(collection))
+    await _delete_and_bump(r, collection, schema.meta_key(collection))
     try:
         await r.ft(collection).dropindex(delete_documents=False)
     except ResponseError as exc:
@@ -275,8 +281,16 @@ async def delete_all(r: aioredis.Redis, collection: str) -> int:
                 batch.clear()
         if batch:
             await r.delete(*batch)
-    await r.delete(schema.docs_key(collection))
+    # Bumped again at the end: an answer built while the chunks were going away is unreachable too.
+    await _delete_and_bump(r, collection, schema.docs_key(collection))
     return count
+
+
+async def _delete_and_bump(r: aioredis.Redis, collection: str, key: str) -> None:
+    async with r.pipeline(transaction=True) as pipe:
+        pipe.delete(key)
+        bump(pipe, collection)
+        await pipe.execute()
 
 
 async def sweep_orphans(r: aioredis.Redis) -> int:

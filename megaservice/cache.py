@@ -1,0 +1,534 @@
+"""The answer cache: a deterministic answer, stored in Redis, replayed to the same question in milliseconds.
+
+Correct above all. The key is a hash of everything that shapes an answer (`Key.of`): the normalised question and
+the earlier turns that reach the LLM, the pipeline and every request knob (retrieval options, rerank, budgets,
+caller passages, template), the collections searched (after access checks: a user's own private collection is in
+their key, never in another user's) with their content versions (`comps.vectorstore.versions`, bumped in the
+same transaction as each write: a cached answer is unreachable the moment its collection changes, on every
+replica), the model, the prompt (registry id and version; the built-in template's hash), the generation
+parameters and the gateway's defaults for them. Only deterministic requests are cached: temperature 0 (the
+request's or, for a grounded answer, the gateway's default), or ``cache: true``; ``cache: false`` bypasses.
+
+A hit is replayed as the same JSON, or the same ``chat.completion.chunk`` events ending with ``[DONE]``, as a
+fresh answer, with ``"cached": true`` and the stored usage and sources. An entry that does not decode is a miss
+and is removed. Redis slow or down: answered uncached (counted), never an error.
+
+Redis keys (no collection name starts with ``_``): ``_cache:a:<key>`` the entries (with the TTL),
+``_cache:order`` (sorted set, score = expiry time: the oldest go first when over ``max_entries``),
+``_cache:sizes`` (bytes per entry), ``_cache:stats`` (hits, misses, evictions, bytes: shared by every replica),
+``_cache:sem:<context>`` (semantic matching only: question embeddings of the entries sharing everything but the
+question).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import unicodedata
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Depends
+from prometheus_client import Counter, Gauge
+from pydantic import BaseModel
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from comps.identity.auth import admin_of
+from comps.llm.protocol import completion_id
+from comps.vectorstore.client import redis_errors
+from comps.vectorstore.versions import content_versions
+from megaservice import prompt as prompt_text
+from megaservice.protocol import ChatQnARequest
+
+log = logging.getLogger("megaservice.cache")
+
+KEY_SCHEMA = 1  # bump when the key's parts or the entry's shape change
+# The built-in prompt: a change of its text is a new prompt version.
+PROMPT_VERSION = hashlib.sha256(
+    "\0".join((prompt_text.DEFAULT_TEMPLATE, prompt_text.NO_PASSAGES, str(prompt_text.CHARS_PER_TOKEN))).encode()
+).hexdigest()[:16]
+# Request fields that do not shape the answer (how it is delivered or kept), and those the key takes apart.
+NOT_IN_KEY = frozenset(
+    {"stream", "stream_options", "conversation_id", "store", "meta", "cache", "messages", "collection", "collections"}
+)
+PREFIX = "_cache:"
+ENTRY = PREFIX + "a:"
+ORDER = PREFIX + "order"
+SIZES = PREFIX + "sizes"
+STATS = PREFIX + "stats"
+SEMANTIC = PREFIX + "sem:"
+SEMANTIC_MAX = 1024  # questions compared per context; beyond, new ones are not indexed for paraphrases
+DOWN_FOR_S = 5.0  # after a Redis failure, requests skip the cache this long
+
+HITS = Counter("chatqna_gateway_cache_hits_total", "Answers served from the cache", ["match"])
+MISSES = Counter("chatqna_gateway_cache_misses_total", "Cacheable requests answered fresh")
+BYPASSED = Counter(
+    "chatqna_gateway_cache_bypassed_total", "Requests not cached, by reason (cache_false, not_deterministic)", ["why"]
+)
+EVICTIONS = Counter("chatqna_gateway_cache_evictions_total", "Entries evicted to stay within max_entries")
+CORRUPT = Counter("chatqna_gateway_cache_corrupt_total", "Entries that failed to decode (removed; served as a miss)")
+ERRORS = Counter("chatqna_gateway_cache_errors_total", "Redis failures of the cache (answered uncached)", ["stage"])
+BYTES = Gauge("chatqna_gateway_cache_bytes", "Bytes of cached answers (as of this replica's last write)")
+ENTRIES = Gauge("chatqna_gateway_cache_entries", "Cached answers (as of this replica's last write)")
+
+# Drops members (entry, size, order); returns the bytes freed. Used by the scripts below.
+_DROP = """
+local function drop(members)
+  local freed = 0
+  for _, m in ipairs(members) do
+    freed = freed + tonumber(redis.call('HGET', KEYS[2], m) or '0')
+    redis.call('HDEL', KEYS[2], m)
+    redis.call('ZREM', KEYS[1], m)
+    redis.call('DEL', ARGV[1] .. m)
+  end
+  return freed
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local freed = drop(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now))
+"""
+# KEYS: order, sizes, stats. ARGV: entry prefix, member, value, ttl_s, max_entries.
+_STORE = (
+    _DROP
+    + """
+local member, value, ttl, max = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+freed = freed + tonumber(redis.call('HGET', KEYS[2], member) or '0')
+redis.call('SET', ARGV[1] .. member, value, 'EX', ttl)
+redis.call('ZADD', KEYS[1], now + ttl, member)
+redis.call('HSET', KEYS[2], member, #value)
+local evicted = 0
+local over = redis.call('ZCARD', KEYS[1]) - max
+if over > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[1], over)
+  local victims = {}
+  for i = 1, #popped, 2 do victims[#victims + 1] = popped[i] end
+  freed = freed + drop(victims)
+  evicted = #victims
+  redis.call('HINCRBY', KEYS[3], 'evictions', evicted)
+end
+local bytes = redis.call('HINCRBY', KEYS[3], 'bytes', #value - freed)
+return {evicted, bytes, redis.call('ZCARD', KEYS[1])}
+"""
+)
+# KEYS: entry, stats. ARGV: count a miss too ("1"; semantic matching counts its own). Counts a hit if found.
+_LOOKUP = """
+local value = redis.call('GET', KEYS[1])
+if value then redis.call('HINCRBY', KEYS[2], 'hits', 1)
+elseif ARGV[1] == '1' then redis.call('HINCRBY', KEYS[2], 'misses', 1) end
+return value
+"""
+# KEYS: order, sizes, stats. ARGV: entry prefix, member. Removes one entry (it failed to decode: a miss, not a hit).
+_REMOVE = (
+    _DROP
+    + """
+freed = freed + drop({ARGV[2]})
+redis.call('HINCRBY', KEYS[3], 'bytes', -freed)
+redis.call('HINCRBY', KEYS[3], 'hits', -1)
+redis.call('HINCRBY', KEYS[3], 'misses', 1)
+return 1
+"""
+)
+# KEYS: order, sizes, stats. ARGV: entry prefix. Drops what expired; returns {entries, bytes}.
+_PRUNE = (
+    _DROP
+    + """
+local bytes = redis.call('HINCRBY', KEYS[3], 'bytes', -freed)
+return {redis.call('ZCARD', KEYS[1]), bytes}
+"""
+)
+# KEYS: order, sizes, stats. ARGV: entry prefix. Drops every entry; returns how many were live.
+_FLUSH = (
+    _DROP
+    + """
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+drop(members)
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[3], 'bytes', 0)
+return #members
+"""
+)
+
+
+def normalise(text: str) -> str:
+    """The question as compared: Unicode NFC, runs of whitespace as one space, no leading or trailing space."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """An answer's key: ``context`` hashes every part but the question (semantic matching compares questions
+    within one context only); ``digest`` hashes both."""
+
+    context: str
+    question: str
+    digest: str
+
+    @classmethod
+    def of(
+        cls,
+        req: ChatQnARequest,
+        *,
+        pipeline: str,
+        question_rewrite: str,
+        versions: dict[str, int],
+        prompt: tuple[str, int] | None,
+        defaults: dict[str, Any],
+    ) -> Key:
+        chat = req.chat()
+        last = max((i for i, m in enumerate(chat) if m.role == "user" and m.text().strip()), default=len(chat) - 1)
+        question = normalise(chat[last].text())
+        knobs = req.model_dump(mode="json", exclude=set(NOT_IN_KEY))
+        knobs["question_rewrite"] = req.question_rewrite or question_rewrite
+        parts = {
+            "schema": KEY_SCHEMA,
+            "prompt_version": PROMPT_VERSION,
+            "defaults": defaults,
+            "pipeline": pipeline,
+            "knobs": knobs,
+            "collections": sorted(versions.items()),
+            "turns": [[m.role, normalise(m.text())] for i, m in enumerate(chat) if i != last],
+            "at": last,  # where the question is among the turns
+            "prompt": prompt,
+        }
+        context = hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        return cls(context, question, cls.digest_of(context, question))
+
+    @staticmethod
+    def digest_of(context: str, question: str) -> str:
+        return hashlib.sha256(f"{context}\0{question}".encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class Answer:
+    """What is stored of an answer, enough to replay it as JSON or as a stream."""
+
+    model: str
+    content: str
+    finish_reason: str
+    usage: dict[str, Any] | None
+    sources: list[dict[str, Any]]
+    question: str = ""
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"schema": KEY_SCHEMA, **{f: getattr(self, f) for f in self.__slots__}})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Answer:
+        """The stored answer; ValueError if it is not one (any shape error)."""
+        try:
+            d = orjson.loads(raw)
+            usage, sources = d["usage"], d["sources"]
+            ok = (
+                d.get("schema") == KEY_SCHEMA
+                and all(isinstance(d[f], str) for f in ("model", "content", "finish_reason", "question"))
+                and (usage is None or isinstance(usage, dict))
+                and isinstance(sources, list)
+                and all(isinstance(s, dict) for s in sources)
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"not a cached answer: {exc}") from None
+        if not ok:
+            raise ValueError("not a cached answer: unexpected shape")
+        return cls(d["model"], d["content"], d["finish_reason"], usage, sources, d["question"])
+
+    def completion(self, extras: dict[str, Any]) -> dict[str, Any]:
+        """The reply as a fresh ``chat.completion`` would be, marked cached."""
+        return {
+            "id": completion_id(),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": self.content},
+                    "finish_reason": self.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": self.usage,
+            "sources": self.sources,
+            "cached": True,
+            **extras,
+        }
+
+    def events(self, extras: dict[str, Any], *, include_usage: bool) -> bytes:
+        """The reply as the events of a fresh stream (role, content, finish, usage if asked, ``[DONE]``)."""
+        head = {"id": completion_id(), "object": "chat.completion.chunk", "created": int(time.time())}
+        head["model"] = self.model
+
+        def chunk(delta: dict[str, str], finish: str | None = None, **more: Any) -> bytes:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            return b"data: " + orjson.dumps({**head, "choices": [choice], **more}) + b"\n\n"
+
+        out = [chunk({"role": "assistant", "content": ""}, sources=self.sources, cached=True, **extras)]
+        if self.content:
+            out.append(chunk({"content": self.content}))
+        out.append(chunk({}, self.finish_reason))
+        if include_usage and self.usage is not None:
+            out.append(b"data: " + orjson.dumps({**head, "choices": [], "usage": self.usage}) + b"\n\n")
+        out.append(b"data: [DONE]\n\n")
+        return b"".join(out)
+
+
+@dataclass(slots=True)
+class Lookup:
+    """One cacheable request: its key, and the stored answer on a hit (None: a miss, to be filled)."""
+
+    key: Key
+    answer: Answer | None = None
+    vector: np.ndarray | None = None  # the question's embedding (semantic matching), stored with the answer
+
+
+@dataclass(slots=True)
+class Capture:
+    """A streamed answer as it passes (content, model, finish, usage), to be stored when it ends well."""
+
+    lookup: Lookup
+    parts: list[str] = field(default_factory=list)
+    model: str = ""
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    failed: bool = False
+
+    def observe(self, chunk: object) -> None:
+        if not isinstance(chunk, dict):
+            self.failed = True
+            return
+        if "error" in chunk:
+            self.failed = True
+        if isinstance(chunk.get("model"), str):
+            self.model = chunk["model"]
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        choices = chunk.get("choices")
+        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
+            choice = choices[0]
+            content = (choice.get("delta") or {}).get("content")
+            if isinstance(content, str):
+                self.parts.append(content)
+            if isinstance(choice.get("finish_reason"), str):
+                self.finish_reason = choice["finish_reason"]
+
+
+Embed = Callable[[str], Awaitable[list[float]]]
+
+
+class AnswerCache:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        ttl_s: int,
+        max_entries: int,
+        timeout_s: float,
+        semantic: bool = False,
+        threshold: float = 0.95,
+        embed: Embed | None = None,
+    ) -> None:
+        self.r = aioredis.from_url(
+            redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
+        )
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.semantic = semantic and embed is not None
+        self.threshold = threshold
+        self.embed = embed
+        self.down_until = 0.0
+        self._lookup = self.r.register_script(_LOOKUP)
+        self._store = self.r.register_script(_STORE)
+        self._remove = self.r.register_script(_REMOVE)
+        self._prune = self.r.register_script(_PRUNE)
+        self._flush = self.r.register_script(_FLUSH)
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+    def _failed(self, stage: str, exc: BaseException) -> None:
+        ERRORS.labels(stage).inc()
+        if time.monotonic() >= self.down_until:
+            log.warning("answer cache: redis failed (%s): %s; answering uncached for %gs", stage, exc, DOWN_FOR_S)
+        self.down_until = time.monotonic() + DOWN_FOR_S
+
+    # -- the request path ---------------------------------------------------------------------------
+
+    async def lookup(
+        self, req: ChatQnARequest, *, collections: Sequence[str], deterministic: bool, **key_parts: Any
+    ) -> Lookup | None:
+        """The request's key and, on a hit, its stored answer; None when the request is not cached."""
+        if req.cache is False or not (deterministic or req.cache):
+            BYPASSED.labels("cache_false" if req.cache is False else "not_deterministic").inc()
+            return None
+        if time.monotonic() < self.down_until:
+            return None
+        try:
+            versions = await content_versions(self.r, collections)
+            key = Key.of(req, versions=versions, **key_parts)
+            raw = await self._lookup(keys=[ENTRY + key.digest, STATS], args=["0" if self.semantic else "1"])
+        except (RedisError, OSError) as exc:
+            self._failed("lookup", exc)
+            return None
+        found = Lookup(key)
+        if raw is not None:
+            found.answer = await self._decoded(key.digest, raw)
+        if found.answer is None and self.semantic:
+            await self._paraphrase(found)
+        if found.answer is not None:
+            HITS.labels("exact" if found.vector is None else "semantic").inc()
+        else:
+            MISSES.inc()
+        return found
+
+    async def _decoded(self, member: str, raw: bytes) -> Answer | None:
+        try:
+            return Answer.decode(raw)
+        except ValueError as exc:
+            CORRUPT.inc()
+            log.warning("answer cache: entry %s removed, it does not decode: %s", member[:12], exc)
+            try:
+                await self._remove(keys=[ORDER, SIZES, STATS], args=[ENTRY, member])
+            except (RedisError, OSError) as err:
+                self._failed("remove", err)
+            return None
+
+    async def _paraphrase(self, found: Lookup) -> None:
+        """Semantic matching: the stored answer of the most similar question in the same context, if similar
+        enough. The embedding service down: exact matching only."""
+        assert self.embed is not None
+        try:
+            await self._semantic_match(found)
+            await self.r.hincrby(STATS, "hits" if found.answer is not None else "misses", 1)
+        except (RedisError, OSError) as exc:
+            self._failed("semantic", exc)
+
+    async def _semantic_match(self, found: Lookup) -> None:
+        assert self.embed is not None
+        try:
+            vector = np.asarray(await self.embed(found.key.question), dtype=np.float32)
+        except Exception as exc:  # the embedding service's failure only costs the paraphrase match
+            log.warning("answer cache: no embedding for semantic matching: %s", exc)
+            return
+        norm = float(np.linalg.norm(vector))
+        if not norm:
+            return
+        found.vector = vector / norm
+        stored = await self.r.hgetall(SEMANTIC + found.key.context)
+        members = [m for m, v in stored.items() if len(v) == found.vector.nbytes]
+        if not members:
+            return
+        matrix = np.frombuffer(b"".join(stored[m] for m in members), dtype=np.float32).reshape(len(members), -1)
+        scores = matrix @ found.vector
+        best = int(np.argmax(scores))
+        if scores[best] < self.threshold:
+            return
+        member = members[best].decode()
+        raw = await self.r.get(ENTRY + member)
+        if raw is None:  # evicted or expired: forget its question too
+            await self.r.hdel(SEMANTIC + found.key.context, member)
+            return
+        found.answer = await self._decoded(member, raw)
+
+    async def store(self, found: Lookup, answer: Answer) -> None:
+        """Keep a fresh answer (a failure is counted and logged, never raised)."""
+        answer.question = found.key.question
+        member = found.key.digest
+        try:
+            evicted, size, entries = await self._store(
+                keys=[ORDER, SIZES, STATS], args=[ENTRY, member, answer.encode(), self.ttl_s, self.max_entries]
+            )
+            if found.vector is not None:
+                sem = SEMANTIC + found.key.context
+                async with self.r.pipeline(transaction=False) as pipe:
+                    pipe.hlen(sem)
+                    pipe.expire(sem, self.ttl_s)
+                    held, _ = await pipe.execute()
+                if held < SEMANTIC_MAX:
+                    await self.r.hset(sem, member, found.vector.tobytes())
+        except (RedisError, OSError) as exc:
+            self._failed("store", exc)
+            return
+        if evicted:
+            EVICTIONS.inc(evicted)
+        BYTES.set(size)
+        ENTRIES.set(entries)
+
+    # -- administration -----------------------------------------------------------------------------
+
+    async def stats(self) -> dict[str, Any]:
+        entries, size = await self._prune(keys=[ORDER, SIZES, STATS], args=[ENTRY])
+        hits, misses, evictions = (int(v or 0) for v in await self.r.hmget(STATS, ["hits", "misses", "evictions"]))
+        return {
+            "entries": int(entries),
+            "bytes": int(size),
+            "hits": hits,
+            "misses": misses,
+            "evictions": evictions,
+            "hit_rate": round(hits / (hits + misses), 4) if hits + misses else 0.0,
+        }
+
+    async def flush(self) -> int:
+        flushed = int(await self._flush(keys=[ORDER, SIZES, STATS], args=[ENTRY]))
+        batch = [key async for key in self.r.scan_iter(match=SEMANTIC + "*", count=1000)]
+        for start in range(0, len(batch), 1000):
+            await self.r.delete(*batch[start : start + 1000])
+        BYTES.set(0)
+        ENTRIES.set(0)
+        return flushed
+
+
+def deterministic(req: ChatQnARequest, *, grounded: bool, rag_temperature: float | None) -> bool:
+    """Whether the request decodes greedily: temperature 0, its own or (for an answer grounded in passages, where
+    it sets none) the gateway's default."""
+    temperature = req.temperature if req.temperature is not None else rag_temperature if grounded else None
+    return temperature == 0
+
+
+# -- admin routes -------------------------------------------------------------------------------------
+
+
+class CacheStats(BaseModel):
+    enabled: bool
+    entries: int
+    bytes: int
+    hits: int
+    misses: int
+    evictions: int
+    hit_rate: float
+    ttl_s: int
+    max_entries: int
+    semantic: bool
+
+
+class Flushed(BaseModel):
+    flushed: int
+
+
+def build_router(cache: AnswerCache | None, *, ttl_s: int, max_entries: int, semantic: bool) -> APIRouter:
+    router = APIRouter(tags=["admin"], dependencies=[Depends(admin_of)])
+
+    @router.get("/v1/admin/cache/stats", response_model=CacheStats)
+    async def cache_stats() -> CacheStats:
+        """The answer cache's entries, bytes, hits, misses and evictions (every replica's), and its settings."""
+        settings = {"ttl_s": ttl_s, "max_entries": max_entries, "semantic": semantic}
+        if cache is None:
+            zero = dict.fromkeys(("entries", "bytes", "hits", "misses", "evictions"), 0)
+            return CacheStats(enabled=False, hit_rate=0.0, **zero, **settings)
+        with redis_errors("the answer cache"):
+            return CacheStats(enabled=True, **(await cache.stats()), **settings)
+
+    @router.post("/v1/admin/cache/flush", response_model=Flushed)
+    async def cache_flush() -> Flushed:
+        """Drop every cached answer (the statistics stay); says how many there were."""
+        if cache is None:
+            return Flushed(flushed=0)
+        with redis_errors("the answer cache"):
+            return Flushed(flushed=await cache.flush())
+
+    return router
