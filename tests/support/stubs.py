@@ -360,6 +360,7 @@ class StubMesh:
         env = {f"{prefix}{name.upper()}_URL": self.url(name) for name in self.ports}
         if prefix == "GATEWAY_":
             env["GATEWAY_AUTH_ENABLED"] = "false"  # stubs test the pipeline; identity has tests of its own
+            env["GATEWAY_CACHE_ENABLED"] = "false"  # every request reaches the stubs; the cache has tests of its own
         return env
 
     def start(self) -> StubMesh:

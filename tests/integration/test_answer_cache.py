@@ -1,0 +1,303 @@
+"""The answer cache through the real gateway: a real Redis, a real PostgreSQL (accounts on) and chathistory; stub
+embedding, retriever, reranker and LLM services count what reaches them.
+
+A hit must be the same JSON / the same SSE grammar as a fresh answer, marked ``cached``; a write to a collection
+(the vector store's own code, as dataprep runs it) makes its cached answers unreachable at once; a user never
+gets an answer built from collections they may not read; a broken entry is a miss and is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from comps.vectorstore import documents, schema
+from comps.vectorstore.versions import content_versions
+from tests.support.procs import Service, start_service
+from tests.support.sse import sse_data
+from tests.support.stubs import DIM, TOKENS, VECTOR, StubMesh
+
+pytestmark = pytest.mark.integration
+
+JWT_SECRET = secrets.token_urlsafe(48)
+INTERNAL = secrets.token_urlsafe(32)
+ADMIN = ("cache-admin", "admin-pass-" + secrets.token_hex(6))
+ANSWER = "".join(TOKENS)
+
+
+class Stack:
+    def __init__(self, mesh: StubMesh, redis_url: str, gateway: Service) -> None:
+        self.mesh = mesh
+        self.redis_url = redis_url
+        self.gateway = gateway
+        self.url = gateway.url
+
+    def client(self, token: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    def login(self, username: str, password: str) -> str:
+        r = httpx.post(f"{self.url}/v1/auth/login", json={"username": username, "password": password}, timeout=30)
+        assert r.status_code == 200, r.text
+        return str(r.json()["access_token"])
+
+    def llm_calls(self) -> int:
+        return len(self.mesh.seen["llm"])
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    logs: Path = tmp_path_factory.mktemp("cache")
+    with StubMesh() as mesh:
+        history = start_service(
+            "comps.chathistory",
+            "CHATHISTORY_",
+            {"DATABASE_URL": database_url, "CHATHISTORY_API_KEY": INTERNAL},
+            log_dir=logs,
+            timeout_s=120,
+        )
+        env = {
+            **mesh.env(),
+            "GATEWAY_AUTH_ENABLED": "true",
+            "GATEWAY_CACHE_ENABLED": "true",
+            "GATEWAY_REDIS_URL": redis_url,
+            "DATABASE_URL": database_url,
+            "GATEWAY_JWT_SECRET": JWT_SECRET,
+            "GATEWAY_INTERNAL_API_KEY": INTERNAL,
+            "GATEWAY_CHATHISTORY_URL": history.url,
+            "GATEWAY_PROMPTS_URL": "",
+            "CHATQNA_ADMIN_USER": ADMIN[0],
+            "CHATQNA_ADMIN_PASSWORD": ADMIN[1],
+        }
+        try:
+            gateway = start_service("megaservice", "GATEWAY_", env, name="gateway", log_dir=logs, timeout_s=120)
+        except Exception:
+            history.stop()
+            raise
+        try:
+            yield Stack(mesh, redis_url, gateway)
+        finally:
+            gateway.stop()
+            history.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(stack: Stack) -> Iterator[httpx.Client]:
+    with stack.client(stack.login(*ADMIN)) as c:
+        yield c
+
+
+def new_user(stack: Stack, admin: httpx.Client) -> httpx.Client:
+    name, password = f"u{secrets.token_hex(4)}", "pw-" + secrets.token_hex(8)
+    assert admin.post("/v1/admin/users", json={"username": name, "password": password}).status_code == 201
+    return stack.client(stack.login(name, password))
+
+
+def shared_collection(admin: httpx.Client) -> str:
+    name = f"cache-{secrets.token_hex(4)}"
+    r = admin.post("/v1/collections", json={"name": name, "visibility": "shared"})
+    assert r.status_code == 201, r.text
+    return name
+
+
+def question() -> str:
+    return f"What does the stub know about Zorblax {secrets.token_hex(3)}?"
+
+
+def ask(c: httpx.Client, **body: Any) -> dict[str, Any]:
+    r = c.post("/v1/chatqna", json=body)
+    assert r.status_code == 200, r.text
+    reply: dict[str, Any] = r.json()
+    return reply
+
+
+def stream(c: httpx.Client, **body: Any) -> list[dict[str, Any]]:
+    r = c.post("/v1/chatqna", json={**body, "stream": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+    data = sse_data(r.text)
+    assert data[-1] == "[DONE]"
+    return [orjson.loads(d) for d in data[:-1]]
+
+
+def text_of(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+def cache_redis(stack: Stack) -> redis.Redis:
+    return redis.Redis.from_url(stack.redis_url)
+
+
+def test_the_same_question_twice_is_a_miss_then_a_hit_as_the_same_json(stack: Stack, admin: httpx.Client) -> None:
+    coll, q = shared_collection(admin), question()
+    calls = stack.llm_calls()
+    fresh = ask(admin, messages=q, collection=coll)
+    assert fresh["cached"] is False and stack.llm_calls() == calls + 1
+    hit = ask(admin, messages=f"  {q}\n", collection=coll)  # whitespace is normalised away
+    assert hit["cached"] is True and stack.llm_calls() == calls + 1  # the LLM was not asked again
+    same = {"object", "model", "choices", "usage", "sources"}
+    assert {k: hit[k] for k in same} == {k: fresh[k] for k in same}
+    assert set(hit) == set(fresh) and hit["id"].startswith("chatcmpl-")
+    assert hit["choices"][0]["message"]["content"] == ANSWER and hit["usage"]["completion_tokens"] == len(TOKENS)
+
+
+def test_a_streamed_hit_is_the_same_sse_grammar_with_usage_when_asked(stack: Stack, admin: httpx.Client) -> None:
+    coll, q = shared_collection(admin), question()
+    calls = stack.llm_calls()
+    fresh = stream(admin, messages=q, collection=coll, stream_options={"include_usage": True})
+    assert fresh[0]["cached"] is False
+    hit = stream(admin, messages=q, collection=coll, stream_options={"include_usage": True})
+    assert stack.llm_calls() == calls + 1
+    assert hit[0]["cached"] is True and hit[0]["sources"] == fresh[0]["sources"]
+    assert hit[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert text_of(hit) == text_of(fresh) == ANSWER
+    assert all(c["object"] == "chat.completion.chunk" and c["model"] == fresh[0]["model"] for c in hit)
+    assert hit[-2]["choices"][0]["finish_reason"] == fresh[-2]["choices"][0]["finish_reason"] == "stop"
+    assert hit[-1]["choices"] == [] and hit[-1]["usage"] == fresh[-1]["usage"]
+    # without include_usage, no usage chunk; the JSON form of the same question is a hit too
+    plain = stream(admin, messages=q, collection=coll)
+    assert plain[0]["cached"] is True and all(c["choices"] for c in plain)
+    assert ask(admin, messages=q, collection=coll)["cached"] is True and stack.llm_calls() == calls + 1
+
+
+def test_cache_false_bypasses_and_a_temperature_is_not_cached(stack: Stack, admin: httpx.Client) -> None:
+    coll, q = shared_collection(admin), question()
+    calls = stack.llm_calls()
+    for _ in range(2):
+        assert ask(admin, messages=q, collection=coll, cache=False)["cached"] is False
+        assert ask(admin, messages=q, collection=coll, temperature=0.7)["cached"] is False
+    assert stack.llm_calls() == calls + 4
+    assert ask(admin, messages=q, collection=coll)["cached"] is False  # cache:false did not store it either
+    # cache:true caches a sampled answer on purpose
+    assert ask(admin, messages=q, collection=coll, temperature=0.7, cache=True)["cached"] is False
+    assert ask(admin, messages=q, collection=coll, temperature=0.7, cache=True)["cached"] is True
+
+
+def test_a_write_to_the_collection_makes_its_answers_unreachable_at_once(stack: Stack, admin: httpx.Client) -> None:
+    coll, q = shared_collection(admin), question()
+
+    async def write(step: str) -> int:
+        async with aioredis.Redis.from_url(stack.redis_url) as r:
+            return await change(r, step)
+
+    async def change(r: aioredis.Redis, step: str) -> int:
+        if step == "ingest":
+            await schema.ensure_index(r, coll, DIM)
+            record = documents.DocumentRecord(doc_id="d1", source="new.txt", sha256=secrets.token_hex(8))
+            await documents.replace_document(r, coll, record, [documents.Chunk("new text", VECTOR)])
+        elif step == "delete":
+            await documents.delete_document(r, coll, "d1")
+        else:
+            await documents.delete_all(r, coll)
+        return (await content_versions(r, [coll]))[coll]
+
+    versions = []
+    assert ask(admin, messages=q, collection=coll)["cached"] is False
+    for step in ("ingest", "replace", "delete", "delete_all", "ingest"):
+        assert ask(admin, messages=q, collection=coll)["cached"] is True
+        versions.append(asyncio.run(write("ingest" if step == "replace" else step)))
+        # no wait: the write's transaction bumped the version the next request reads
+        assert ask(admin, messages=q, collection=coll)["cached"] is False, step
+    assert versions == sorted(set(versions))  # deleting and re-creating the collection never reuses a version
+
+
+def test_a_user_never_gets_an_answer_built_from_a_collection_they_may_not_read(
+    stack: Stack, admin: httpx.Client
+) -> None:
+    a, b = new_user(stack, admin), new_user(stack, admin)
+    mine = a.get("/v1/auth/me").json()["personal_collection"]
+    q = question()
+    assert ask(a, messages=q)["cached"] is False  # searches the shared collections and A's own
+    assert ask(a, messages=q)["cached"] is True
+    assert ask(b, messages=q)["cached"] is False  # the same question, but B searches B's own, not A's
+    assert ask(a, messages=q, collection=mine)["cached"] is False
+    assert ask(a, messages=q, collection=mine)["cached"] is True
+    r = b.post("/v1/chatqna", json={"messages": q, "collection": mine})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "collection_not_found"
+    r = b.post("/v1/chatqna", json={"messages": q, "collection": mine, "stream": True})
+    assert r.status_code == 404
+
+
+def test_a_corrupt_entry_is_a_miss_and_is_removed(stack: Stack, admin: httpx.Client) -> None:
+    coll, q = shared_collection(admin), question()
+    ask(admin, messages=q, collection=coll)
+    r = cache_redis(stack)
+    before = set(r.keys("_cache:a:*"))
+    ask(admin, messages=q + " (other)", collection=coll)
+    (key,) = set(r.keys("_cache:a:*")) - before
+    for garbage in (b"\xff\x00 not json", b'{"schema": 1, "model": 5}'):
+        ttl = r.ttl(key)
+        r.set(key, garbage, ex=ttl)
+        calls = stack.llm_calls()
+        reply = ask(admin, messages=q + " (other)", collection=coll)
+        assert reply["cached"] is False and stack.llm_calls() == calls + 1
+        assert reply["choices"][0]["message"]["content"] == ANSWER
+        assert r.get(key) != garbage  # removed, then stored fresh
+        assert ask(admin, messages=q + " (other)", collection=coll)["cached"] is True
+    r.set(key, b"[]", ex=60)
+    chunks = stream(admin, messages=q + " (other)", collection=coll)
+    assert chunks[0]["cached"] is False and text_of(chunks) == ANSWER
+    metrics = httpx.get(f"{stack.url}/metrics", timeout=10).text
+    assert "chatqna_gateway_cache_corrupt_total 3.0" in metrics
+
+
+def test_a_cached_answer_in_a_conversation_is_stored_as_cached(stack: Stack, admin: httpx.Client) -> None:
+    user = new_user(stack, admin)
+    q = question()
+    assert ask(user, messages=q)["cached"] is False
+    reply = ask(user, messages=q, store=True)  # a new conversation: no earlier turns, so the same key
+    assert reply["cached"] is True and reply["conversation_saved"] is True
+    msgs = user.get(f"/v1/conversations/{reply['conversation_id']}/messages").json()["data"]
+    assert [(m["role"], m["cached"]) for m in msgs] == [("user", False), ("assistant", True)]
+    assert msgs[1]["content"] == ANSWER and msgs[1]["usage"] == reply["usage"]
+    # the follow-up carries the conversation's turns: another key
+    assert ask(user, messages=q, conversation_id=reply["conversation_id"])["cached"] is False
+
+
+def test_only_admins_see_and_flush_the_cache(stack: Stack, admin: httpx.Client) -> None:
+    user = new_user(stack, admin)
+    for method, path in (("GET", "/v1/admin/cache/stats"), ("POST", "/v1/admin/cache/flush")):
+        r = user.request(method, path)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "admin_only", r.text
+        assert httpx.request(method, stack.url + path, timeout=10).status_code == 401
+    coll, q = shared_collection(admin), question()
+    ask(admin, messages=q, collection=coll)
+    ask(admin, messages=q, collection=coll)
+    stats = admin.get("/v1/admin/cache/stats").json()
+    assert stats["enabled"] is True and stats["semantic"] is False and stats["ttl_s"] == 86_400
+    assert stats["entries"] >= 1 and stats["bytes"] > 0 and stats["hits"] >= 1 and stats["misses"] >= 1
+    assert 0 < stats["hit_rate"] < 1 and stats["max_entries"] == 10_000
+    flushed = admin.post("/v1/admin/cache/flush").json()["flushed"]
+    assert flushed == stats["entries"]
+    after = admin.get("/v1/admin/cache/stats").json()
+    assert after["entries"] == 0 and after["bytes"] == 0 and after["hits"] == stats["hits"]
+    assert ask(admin, messages=q, collection=coll)["cached"] is False
+
+
+def test_the_oldest_entries_are_evicted_beyond_max_entries(redis_url: str) -> None:
+    from megaservice.cache import Answer, AnswerCache, Key, Lookup
+
+    async def run() -> dict[str, Any]:
+        cache = AnswerCache(redis_url, ttl_s=60, max_entries=3, timeout_s=1)
+        await cache.flush()
+        before = await cache.stats()
+        keys = [Key("ctx", f"q{n}", Key.digest_of("ctx", f"q{n}")) for n in range(5)]
+        for key in keys:
+            await cache.store(Lookup(key), Answer("m", "a" * 100, "stop", None, []))
+        after = await cache.stats()
+        present = [bool(await cache.r.exists("_cache:a:" + k.digest)) for k in keys]
+        await cache.close()
+        return {"before": before, "after": after, "present": present}
+
+    got = asyncio.run(run())
+    assert got["present"] == [False, False, True, True, True]
+    assert got["after"]["entries"] == 3 and got["after"]["evictions"] - got["before"]["evictions"] == 2
+    one = len(Answer("m", "a" * 100, "stop", None, [], "q0").encode())
+    assert got["after"]["bytes"] == 3 * one
