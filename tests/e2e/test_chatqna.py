@@ -189,6 +189,38 @@ def test_a_follow_up_question_finds_the_right_document(auth: dict[str, str], gat
     assert r.status_code == 200 and r.json()["sources"][0]["source"] == "pelmora.md"
 
 
+def ingest(gateway: str, auth: dict[str, str], collection: str, files: dict[str, str]) -> None:
+    """Ingest ``files`` (name -> text) through the gateway and wait for every job's success."""
+    upload = [("files", (name, text.encode(), "text/plain")) for name, text in files.items()]
+    r = httpx.post(
+        f"{gateway}/v1/dataprep/ingest", files=upload, data={"collection": collection}, headers=auth, timeout=30
+    )
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 120
+    for ref in r.json()["jobs"]:
+        while (job := httpx.get(f"{gateway}/v1/dataprep/jobs/{ref['job_id']}", headers=auth, timeout=10).json())[
+            "status"
+        ] not in ("succeeded", "failed", "skipped"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.1)
+        assert job["status"] == "succeeded", job
+
+
+def test_a_repeated_question_is_cached_until_its_document_changes(auth: dict[str, str], gateway: str) -> None:
+    name = f"cache-{uuid.uuid4().hex[:8]}"
+    ingest(gateway, auth, name, {"lighthouse.txt": "The keeper of the Velloran lighthouse is Orsolya Dremm."})
+    body = {"messages": "Who is the keeper of the Velloran lighthouse?", "collection": name, "max_tokens": 24}
+    fresh = httpx.post(f"{gateway}/v1/chatqna", headers=auth, json=body, timeout=120).json()
+    assert fresh["cached"] is False and "Orsolya Dremm" in fresh["sources"][0]["text"]
+    hit = httpx.post(f"{gateway}/v1/chatqna", headers=auth, json=body, timeout=120).json()
+    assert hit["cached"] is True and hit["choices"] == fresh["choices"] and hit["usage"] == fresh["usage"]
+    ingest(gateway, auth, name, {"lighthouse.txt": "The keeper of the Velloran lighthouse is Bertil Quennow."})
+    # the job's success is the moment: the next ask is a miss, answered from the new text
+    changed = httpx.post(f"{gateway}/v1/chatqna", headers=auth, json=body, timeout=120).json()
+    assert changed["cached"] is False and "Bertil Quennow" in changed["sources"][0]["text"]
+    assert all("Orsolya" not in s["text"] for s in changed["sources"])
+
+
 def test_bad_fields_get_the_error_envelope(auth: dict[str, str], gateway: str) -> None:
     r = httpx.post(f"{gateway}/v1/chatqna", headers=auth, json={"messages": "q", "top_n": 0}, timeout=10)
     assert r.status_code == 400
