@@ -22,6 +22,7 @@ question).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -43,7 +44,7 @@ from redis.exceptions import RedisError
 from comps.identity.auth import admin_of
 from comps.llm.protocol import completion_id
 from comps.vectorstore.client import redis_errors
-from comps.vectorstore.versions import content_versions
+from comps.vectorstore.versions import version_key
 from megaservice import prompt as prompt_text
 from megaservice.protocol import ChatQnARequest
 
@@ -117,12 +118,18 @@ local bytes = redis.call('HINCRBY', KEYS[3], 'bytes', #value - freed)
 return {evicted, bytes, redis.call('ZCARD', KEYS[1])}
 """
 )
-# KEYS: entry, stats. ARGV: count a miss too ("1"; semantic matching counts its own). Counts a hit if found.
+# One round trip: reads the collections' content versions, makes the key (as `Key.at` does), gets the entry and
+# counts a hit (a miss too with ARGV[4] == "1"; semantic matching counts its own).
+# KEYS: stats, the version keys. ARGV: entry prefix, key base, question. Returns {context, digest, entry or nil}.
 _LOOKUP = """
-local value = redis.call('GET', KEYS[1])
-if value then redis.call('HINCRBY', KEYS[2], 'hits', 1)
-elseif ARGV[1] == '1' then redis.call('HINCRBY', KEYS[2], 'misses', 1) end
-return value
+local parts = {ARGV[2]}
+for i = 2, #KEYS do parts[#parts + 1] = redis.call('GET', KEYS[i]) or '0' end
+local context = redis.sha1hex(table.concat(parts, ':'))
+local digest = redis.sha1hex(context .. ':' .. ARGV[3])
+local value = redis.call('GET', ARGV[1] .. digest)
+if value then redis.call('HINCRBY', KEYS[1], 'hits', 1)
+elseif ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'misses', 1) end
+return {context, digest, value or false}
 """
 # KEYS: order, sizes, stats. ARGV: entry prefix, member. Removes one entry (it failed to decode: a miss, not a hit).
 _REMOVE = (
@@ -163,12 +170,15 @@ def normalise(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Key:
-    """An answer's key: ``context`` hashes every part but the question (semantic matching compares questions
-    within one context only); ``digest`` hashes both."""
+    """An answer's key. ``base`` hashes every part but the question and the collections' content versions, which
+    are read in the same round trip as the entry (`_LOOKUP`); ``context`` adds the versions (semantic matching
+    compares questions within one context only), ``digest`` the question too."""
 
-    context: str
+    base: str
     question: str
-    digest: str
+    collections: tuple[str, ...]
+    context: str = ""
+    digest: str = ""
 
     @classmethod
     def of(
@@ -177,7 +187,7 @@ class Key:
         *,
         pipeline: str,
         question_rewrite: str,
-        versions: dict[str, int],
+        collections: Sequence[str],
         prompt: tuple[str, int] | None,
         defaults: dict[str, Any],
     ) -> Key:
@@ -192,17 +202,19 @@ class Key:
             "defaults": defaults,
             "pipeline": pipeline,
             "knobs": knobs,
-            "collections": sorted(versions.items()),
+            "collections": list(collections),
             "turns": [[m.role, normalise(m.text())] for i, m in enumerate(chat) if i != last],
             "at": last,  # where the question is among the turns
             "prompt": prompt,
         }
-        context = hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        return cls(context, question, cls.digest_of(context, question))
+        base = hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        return cls(base, question, tuple(collections))
 
-    @staticmethod
-    def digest_of(context: str, question: str) -> str:
-        return hashlib.sha256(f"{context}\0{question}".encode()).hexdigest()
+    def at(self, versions: Sequence[int | str]) -> Key:
+        """This key at these content versions (of `collections`, in order): what `_LOOKUP` computes in Redis."""
+        context = hashlib.sha1(":".join([self.base, *map(str, versions)]).encode()).hexdigest()  # noqa: S324
+        digest = hashlib.sha1(f"{context}:{self.question}".encode()).hexdigest()  # noqa: S324 (not for secrecy)
+        return dataclasses.replace(self, context=context, digest=digest)
 
 
 @dataclass(slots=True)
@@ -368,14 +380,16 @@ class AnswerCache:
             return None
         if time.monotonic() < self.down_until:
             return None
+        key = Key.of(req, collections=collections, **key_parts)
         try:
-            versions = await content_versions(self.r, collections)
-            key = Key.of(req, versions=versions, **key_parts)
-            raw = await self._lookup(keys=[ENTRY + key.digest, STATS], args=["0" if self.semantic else "1"])
+            context, digest, raw = await self._lookup(
+                keys=[STATS, *map(version_key, key.collections)],
+                args=[ENTRY, key.base, key.question, "0" if self.semantic else "1"],
+            )
         except (RedisError, OSError) as exc:
             self._failed("lookup", exc)
             return None
-        found = Lookup(key)
+        found = Lookup(dataclasses.replace(key, context=context.decode(), digest=digest.decode()))
         if raw is not None:
             found.answer = await self._decoded(key.digest, raw)
         if found.answer is None and self.semantic:

@@ -21,7 +21,7 @@ import redis
 import redis.asyncio as aioredis
 
 from comps.vectorstore import documents, schema
-from comps.vectorstore.versions import content_versions
+from comps.vectorstore.versions import content_versions, version_key
 from tests.support.procs import Service, start_service
 from tests.support.sse import sse_data
 from tests.support.stubs import DIM, TOKENS, VECTOR, StubMesh
@@ -283,16 +283,25 @@ def test_only_admins_see_and_flush_the_cache(stack: Stack, admin: httpx.Client) 
 
 def test_the_oldest_entries_are_evicted_beyond_max_entries(redis_url: str) -> None:
     from megaservice.cache import Answer, AnswerCache, Key, Lookup
+    from megaservice.protocol import ChatQnARequest
 
     async def run() -> dict[str, Any]:
         cache = AnswerCache(redis_url, ttl_s=60, max_entries=3, timeout_s=1)
         await cache.flush()
         before = await cache.stats()
-        keys = [Key("ctx", f"q{n}", Key.digest_of("ctx", f"q{n}")) for n in range(5)]
+        keys = [Key("base", f"q{n}", ()).at([]) for n in range(5)]
         for key in keys:
             await cache.store(Lookup(key), Answer("m", "a" * 100, "stop", None, []))
         after = await cache.stats()
         present = [bool(await cache.r.exists("_cache:a:" + k.digest)) for k in keys]
+        # the key Redis computes (versions read in the lookup's one round trip) is the key Python computes
+        req = ChatQnARequest.model_validate({"messages": "q", "temperature": 0})
+        parts = {"pipeline": "rag", "question_rewrite": "heuristic", "prompt": None, "defaults": {}}
+        await cache.r.incrby(version_key("v2"), 2)
+        found = await cache.lookup(req, collections=["v1", "v2"], deterministic=True, **parts)
+        versions = await content_versions(cache.r, ["v1", "v2"])
+        assert found is not None and found.answer is None
+        assert found.key == Key.of(req, collections=["v1", "v2"], **parts).at([versions["v1"], versions["v2"]])
         await cache.close()
         return {"before": before, "after": after, "present": present}
 

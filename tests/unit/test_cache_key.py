@@ -13,14 +13,14 @@ BASE: dict[str, Any] = {"messages": "What is the Zorblax project?", "collection"
 PARTS: dict[str, Any] = {
     "pipeline": "rag-rerank",
     "question_rewrite": "heuristic",
-    "versions": {"docs": 3},
+    "collections": ["docs"],
     "prompt": None,
     "defaults": {"rag": {"temperature": 0.0}, "snippet": 300},
 }
 
 
-def key(body: dict[str, Any] | None = None, **parts: Any) -> Key:
-    return Key.of(ChatQnARequest.model_validate({**BASE, **(body or {})}), **{**PARTS, **parts})
+def key(body: dict[str, Any] | None = None, versions: tuple[int, ...] = (3,), **parts: Any) -> Key:
+    return Key.of(ChatQnARequest.model_validate({**BASE, **(body or {})}), **{**PARTS, **parts}).at(versions)
 
 
 @pytest.mark.parametrize(
@@ -70,9 +70,9 @@ def test_each_request_knob_changes_the_key(change: dict[str, Any]) -> None:
     [
         {"pipeline": "rag"},
         {"question_rewrite": "condense"},
-        {"versions": {"docs": 4}},
-        {"versions": {"other": 3}},
-        {"versions": {"docs": 3, "mine": 0}},
+        {"versions": (4,)},
+        {"collections": ["other"]},
+        {"collections": ["docs", "mine"], "versions": (3, 0)},
         {"prompt": ("p1", 1)},
         {"defaults": {"rag": {"temperature": 0.0}, "snippet": 100}},
     ],
