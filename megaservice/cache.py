@@ -342,7 +342,7 @@ class AnswerCache:
         max_entries: int,
         timeout_s: float,
         semantic: bool = False,
-        threshold: float = 0.95,
+        threshold: float = 0.97,
         embed: Embed | None = None,
     ) -> None:
         self.r = aioredis.from_url(

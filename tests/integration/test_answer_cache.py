@@ -310,3 +310,47 @@ def test_the_oldest_entries_are_evicted_beyond_max_entries(redis_url: str) -> No
     assert got["after"]["entries"] == 3 and got["after"]["evictions"] - got["before"]["evictions"] == 2
     one = len(Answer("m", "a" * 100, "stop", None, [], "q0").encode())
     assert got["after"]["bytes"] == 3 * one
+
+
+def test_semantic_matching_serves_a_paraphrase_only_within_the_same_context(redis_url: str) -> None:
+    from megaservice.cache import Answer, AnswerCache
+
+    vectors = {"Who keeps the lamp?": [1.0, 0.0, 0.0], "Who is the lamp keeper?": [0.99, 0.1, 0.0]}
+
+    async def embed(text: str) -> list[float]:
+        return vectors.get(text, [0.0, 0.0, 1.0])
+
+    async def run() -> list[bool | None]:
+        cache = AnswerCache(
+            redis_url, ttl_s=60, max_entries=100, timeout_s=1, semantic=True, threshold=0.97, embed=embed
+        )
+        parts = {
+            "pipeline": "rag",
+            "question_rewrite": "heuristic",
+            "prompt": None,
+            "defaults": {},
+            "deterministic": True,
+        }
+        coll = [f"sem-{secrets.token_hex(3)}"]
+
+        async def hit(question: str, collections: list[str]) -> bool | None:
+            req = ChatQnARequest.model_validate({"messages": question})
+            found = await cache.lookup(req, collections=collections, **parts)
+            assert found is not None
+            if found.answer is None:
+                await cache.store(found, Answer("m", f"answer to {question}", "stop", None, []))
+                return False
+            return found.answer.question == "Who keeps the lamp?"
+
+        got = [
+            await hit("Who keeps the lamp?", coll),  # miss, stored
+            await hit("Who is the lamp keeper?", coll),  # a paraphrase: the stored answer
+            await hit("What colour is the lamp?", coll),  # not similar: a miss
+            await hit("Who is the lamp keeper?", [f"sem-{secrets.token_hex(3)}"]),  # another collection: a miss
+        ]
+        await cache.close()
+        return got
+
+    from megaservice.protocol import ChatQnARequest
+
+    assert asyncio.run(run()) == [False, True, False, False]
