@@ -141,8 +141,9 @@ class GatewaySettings(ServiceSettings):
     # -- the answer cache (megaservice/cache.py) --
     redis_url: str | None = Field(
         default=None,
-        validation_alias=AliasChoices("GATEWAY_REDIS_URL", "REDIS_URL"),
-        description="Redis of the answer cache (default: the vector store's, REDIS_URL); unset: no cache.",
+        validation_alias=AliasChoices("REDIS_URL", "redis_url"),
+        description="The vector store's Redis, where the answer cache lives too (one round trip reads the "
+        "collections' content versions and the answer); unset: no cache.",
     )
     cache_enabled: bool = Field(default=True, description="Cache deterministic answers (needs a Redis URL).")
     cache_ttl_s: int = Field(default=86_400, ge=1, description="How long a cached answer lives.")

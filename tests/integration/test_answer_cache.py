@@ -68,7 +68,7 @@ def stack(redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFa
             **mesh.env(),
             "GATEWAY_AUTH_ENABLED": "true",
             "GATEWAY_CACHE_ENABLED": "true",
-            "GATEWAY_REDIS_URL": redis_url,
+            "REDIS_URL": redis_url,
             "DATABASE_URL": database_url,
             "GATEWAY_JWT_SECRET": JWT_SECRET,
             "GATEWAY_INTERNAL_API_KEY": INTERNAL,

@@ -74,7 +74,8 @@ def test_gateway_image_carries_identity_and_nothing_heavier() -> None:
     # accounts and keys in PostgreSQL (SQLAlchemy async, asyncpg, Alembic), argon2id, JWTs (RS/ES need crypto)
     assert {"sqlalchemy", "asyncpg", "alembic", "argon2-cffi", "pyjwt"} <= deps
     assert "crypto" in closure("gateway")["pyjwt"] and "asyncio" in closure("gateway")["sqlalchemy"]
-    local = {re.match(r"[A-Za-z0-9_.\-]+", req)[0].lower() for req in extras()["local"]}
+    local = {re.match(r"[A-Za-z0-9_.\-]+", req)[0].lower() for req in extras()["local"]} - {"redis"}  # the client
+    assert "redis" in deps and "numpy" not in deps  # the answer cache's client
     assert not deps & (MODEL_RUNTIMES | local), f"the gateway image would carry {deps & (MODEL_RUNTIMES | local)}"
 
 
