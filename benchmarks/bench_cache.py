@@ -63,6 +63,12 @@ class Client:
         data = resp.read()
         return resp.status, data, time.perf_counter() - started
 
+    def get(self, path: str) -> float:
+        started = time.perf_counter()
+        self.conn.request("GET", path, headers=self.headers)
+        self.conn.getresponse().read()
+        return time.perf_counter() - started
+
     def stream(self, path: str, body: dict[str, object]) -> tuple[float, float, bytes]:
         """Seconds to the first content chunk and to the end, and the whole body."""
         started = time.perf_counter()
@@ -109,7 +115,10 @@ def main() -> None:
             fresh_end.append(end)
         status, data, _ = c.post("/v1/chatqna", body)  # fills the cache
         assert status == 200, data
+        floor = [c.get("/health") for _ in range(min(args.hits, 300))]  # the machine's floor: one round trip
         hit_json, hit_first, hit_end = [], [], []
+        gateway_pid = sup.procs["gateway"].pid
+        cpu_before = cpu_s(gateway_pid)
         for _ in range(args.hits):
             if time.monotonic() > deadline:
                 break
@@ -120,6 +129,7 @@ def main() -> None:
             assert b'"cached":true' in raw and raw.endswith(b"data: [DONE]\n\n"), raw[-200:]
             hit_first.append(first)
             hit_end.append(end)
+        cpu_per_hit = (cpu_s(gateway_pid) - cpu_before) / max(1, len(hit_json) + len(hit_first))
         import httpx
 
         stats = httpx.get(f"{url}/v1/admin/cache/stats", headers={"Authorization": f"Bearer {token}"}, timeout=10)
@@ -127,6 +137,7 @@ def main() -> None:
     print(f"load average after: {os.getloadavg()}")
     print(f"\n{'ms, one request at a time':<34}{'p50':>9}{'p95':>9}{'n':>6}")
     rows = [
+        ("floor: GET /health", floor),
         ("fresh JSON reply (cache: false)", fresh_json),
         ("fresh stream, first content", fresh_first),
         ("fresh stream, [DONE]", fresh_end),
@@ -143,6 +154,13 @@ def main() -> None:
             f"stream first chunk {statistics.median(fresh_first) / statistics.median(hit_first):.0f}x; "
             f"target: cached p50 <= 3 ms (JSON {pct(hit_json, 50) * 1000:.2f}, stream {pct(hit_first, 50) * 1000:.2f})"
         )
+        print(f"gateway CPU per cached request: {cpu_per_hit * 1000:.2f} ms (utime + stime over the hits)")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ingest(url: str, token: str) -> None:

@@ -133,14 +133,17 @@ if value then redis.call('HINCRBY', KEYS[1], 'hits', 1)
 elseif ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'misses', 1) end
 return {context, digest, value or false}
 """
-# KEYS: order, sizes, stats. ARGV: entry prefix, member. Removes one entry (it failed to decode: a miss, not a hit).
+# KEYS: order, sizes, stats. ARGV: entry prefix, member, "1" when `_LOOKUP` counted it a hit (it is a miss).
+# Removes one entry (it failed to decode).
 _REMOVE = (
     _DROP
     + """
 freed = freed + drop({ARGV[2]})
 redis.call('HINCRBY', KEYS[3], 'bytes', -freed)
-redis.call('HINCRBY', KEYS[3], 'hits', -1)
-redis.call('HINCRBY', KEYS[3], 'misses', 1)
+if ARGV[3] == '1' then
+  redis.call('HINCRBY', KEYS[3], 'hits', -1)
+  redis.call('HINCRBY', KEYS[3], 'misses', 1)
+end
 return 1
 """
 )
@@ -393,7 +396,7 @@ class AnswerCache:
             return None
         found = Lookup(dataclasses.replace(key, context=context.decode(), digest=digest.decode()))
         if raw is not None:
-            found.answer = await self._decoded(key.digest, raw)
+            found.answer = await self._decoded(found.key.digest, raw, counted=True)
         if found.answer is None and self.semantic:
             await self._paraphrase(found)
         if found.answer is not None:
@@ -402,14 +405,14 @@ class AnswerCache:
             MISSES.inc()
         return found
 
-    async def _decoded(self, member: str, raw: bytes) -> Answer | None:
+    async def _decoded(self, member: str, raw: bytes, *, counted: bool = False) -> Answer | None:
         try:
             return Answer.decode(raw)
         except ValueError as exc:
             CORRUPT.inc()
             log.warning("answer cache: entry %s removed, it does not decode: %s", member[:12], exc)
             try:
-                await self._remove(keys=[ORDER, SIZES, STATS], args=[ENTRY, member])
+                await self._remove(keys=[ORDER, SIZES, STATS], args=[ENTRY, member, "1" if counted else "0"])
             except (RedisError, OSError) as err:
                 self._failed("remove", err)
             return None

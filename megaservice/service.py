@@ -99,6 +99,7 @@ class ChatQnA:
         request.state.cached = look is not None and look.answer is not None  # for accounting: a cache hit
         if look is not None and look.answer is not None:
             self._counts[pipe.name, req.stream].inc()
+            self.tracing.chain(trace.get_current_span(), pipe.name, q, request)
             return self._replay(look.answer, req, turn)
         if q.retrieves and (req.question_rewrite or self.question_rewrite) == "condense":
             standalone = await self.condenser.standalone(q.chat, http)

@@ -241,11 +241,18 @@ def test_a_corrupt_entry_is_a_miss_and_is_removed(stack: Stack, admin: httpx.Cli
         assert reply["choices"][0]["message"]["content"] == ANSWER
         assert r.get(key) != garbage  # removed, then stored fresh
         assert ask(admin, messages=q + " (other)", collection=coll)["cached"] is True
+    r.set(key, b"{", ex=60)
+    stack.mesh.knobs["llm"].status = 500  # no fresh answer to store in its place
+    try:
+        assert admin.post("/v1/chatqna", json={"messages": q + " (other)", "collection": coll}).status_code == 502
+    finally:
+        stack.mesh.stubs.reset()
+    assert not r.exists(key)  # the broken entry itself was removed
     r.set(key, b"[]", ex=60)
     chunks = stream(admin, messages=q + " (other)", collection=coll)
     assert chunks[0]["cached"] is False and text_of(chunks) == ANSWER
     metrics = httpx.get(f"{stack.url}/metrics", timeout=10).text
-    assert "chatqna_gateway_cache_corrupt_total 3.0" in metrics
+    assert "chatqna_gateway_cache_corrupt_total 4.0" in metrics
 
 
 def test_a_cached_answer_in_a_conversation_is_stored_as_cached(stack: Stack, admin: httpx.Client) -> None:
