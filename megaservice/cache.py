@@ -199,20 +199,20 @@ class Key:
         chat = req.chat()
         last = max((i for i, m in enumerate(chat) if m.role == "user" and m.text().strip()), default=len(chat) - 1)
         question = normalise(chat[last].text())
-        knobs = req.model_dump(mode="json", exclude=set(NOT_IN_KEY))
-        knobs["question_rewrite"] = req.question_rewrite or question_rewrite
+        # pydantic's JSON of the request (orjson refuses integers beyond 64 bits, which a request may hold)
+        knobs = req.__pydantic_serializer__.to_json(req, exclude=set(NOT_IN_KEY))
         parts = {
             "schema": KEY_SCHEMA,
             "prompt_version": PROMPT_VERSION,
             "defaults": defaults,
             "pipeline": pipeline,
-            "knobs": knobs,
+            "question_rewrite": req.question_rewrite or question_rewrite,
             "collections": list(collections),
             "turns": [[m.role, normalise(m.text())] for i, m in enumerate(chat) if i != last],
             "at": last,  # where the question is among the turns
             "prompt": prompt,
         }
-        base = hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        base = hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS) + b"\0" + knobs).hexdigest()
         return cls(base, question, tuple(collections))
 
     def at(self, versions: Sequence[int | str]) -> Key:

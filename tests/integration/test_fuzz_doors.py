@@ -47,9 +47,10 @@ def bombard(svc: Service, path: str, batch: list[Case]) -> tuple[int, list[str]]
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     with StubMesh() as mesh:
-        svc = start_service("megaservice", "GATEWAY_", mesh.env(), name="gateway",
+        env = {**mesh.env(), "GATEWAY_CACHE_ENABLED": "true", "REDIS_URL": redis_url}  # each request builds a key
+        svc = start_service("megaservice", "GATEWAY_", env, name="gateway",
                             log_dir=tmp_path_factory.mktemp("gateway"))  # fmt: skip
         yield svc
         svc.stop()

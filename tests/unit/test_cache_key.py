@@ -127,3 +127,7 @@ def test_an_answer_round_trips_and_garbage_does_not_decode() -> None:
     for raw in (b"", b"\xff\xfe", b"[]", b"{}", b'{"schema": 1}', a.encode().replace(b'"text"', b"5")):
         with pytest.raises(ValueError):
             Answer.decode(raw)
+
+
+def test_huge_integers_make_a_key() -> None:  # orjson stops at 64 bits; a request may carry more
+    assert key({"seed": 10**30}).digest != key({"seed": -(10**30)}).digest != key().digest
