@@ -33,10 +33,13 @@ from megaservice.usage import GroupBy, UsageRecorder, own_usage, usage_by
 if TYPE_CHECKING:
     from megaservice.router import Dependencies
 
+_DAY = r"^\d{4}-\d{2}-\d{2}$"
 From = Annotated[
-    date | None, Query(alias="from", description="First day (YYYY-MM-DD, UTC); default: 29 days before to")
+    str | None, Query(alias="from", pattern=_DAY, description="First day (YYYY-MM-DD, UTC); default: 29 days before to")
 ]
-To = Annotated[date | None, Query(description="Last day, included (YYYY-MM-DD, UTC); default: today")]
+To = Annotated[
+    str | None, Query(alias="to", pattern=_DAY, description="Last day, included (YYYY-MM-DD, UTC); default: today")
+]
 Admin = Annotated[Principal, Depends(admin_of)]
 Caller = Annotated[Principal, Depends(principal_of)]
 Http = Annotated[HttpClient, Depends(http_client)]
@@ -86,16 +89,34 @@ class ModelInfo(BaseModel):
     queue_waiting: int | None = None
 
 
-def day_span(start: date | None, end: date | None, max_days: int) -> tuple[date, date]:
-    """The range asked for, checked: 400 when inverted or longer than ``max_days``."""
-    end = end or datetime.now(UTC).date()
-    start = start or end - timedelta(days=29)
+def day_span(first: str | None, last: str | None, max_days: int) -> tuple[date, date]:
+    """The range asked for, checked: 400 for a day that does not exist, a range inverted or over ``max_days``."""
+    end = _day(last, "to") if last else datetime.now(UTC).date()
+    start = _day(first, "from") if first else end - timedelta(days=29)
     if start > end:
         raise BadRequest(f"from ({start}) is after to ({end})", param="from", code="invalid_range")
     days = (end - start).days + 1
     if days > max_days:
         raise BadRequest(f"the range is {days} days; at most {max_days} at once", param="to", code="range_too_large")
     return start, end
+
+
+async def _store(request: Request) -> Database:
+    """The usage store; 503 when accounting is off."""
+    deps: Dependencies = await ready_backend(request)  # type: ignore[assignment]
+    if deps.db is None or deps.usage is None:
+        raise NotReady("usage accounting is off (no DATABASE_URL, or GATEWAY_USAGE_ENABLED=false)", code="usage_off")
+    return deps.db
+
+
+Store = Annotated[Database, Depends(_store)]
+
+
+def _day(value: str, param: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise BadRequest(f"{param}: {value!r} is not a day: {exc}", param=param, code="invalid_date") from None
 
 
 def build_router(table: ModelTable, recorder: UsageRecorder | None, max_days: int, probe_timeout_s: float) -> APIRouter:
@@ -108,8 +129,6 @@ def build_router(table: ModelTable, recorder: UsageRecorder | None, max_days: in
                 "usage accounting is off (no DATABASE_URL, or GATEWAY_USAGE_ENABLED=false)", code="usage_off"
             )
         return deps.db
-
-    Store = Annotated[Database, Depends(store)]
 
     @router.get("/v1/usage", tags=["usage"])
     async def own(caller: Caller, db: Store, start: From = None, end: To = None) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from megaservice.probe import Probe, State, probe_all
 from megaservice.settings import GatewaySettings
 
 SINGLE_MODEL = "chatqna"
+Http = Annotated[HttpClient, Depends(http_client)]
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,6 @@ class ModelsStatus(BaseModel):
 
 def build_router(table: ModelTable, timeout_s: float) -> APIRouter:
     router = APIRouter(tags=["models"])
-    Http = Annotated[HttpClient, Depends(http_client)]
 
     async def probes(http: HttpClient) -> list[Probe]:
         return await probe_all(http, table.urls, timeout_s)
