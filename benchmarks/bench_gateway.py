@@ -639,6 +639,15 @@ def main_tracing(quick: bool) -> None:
 USAGE_MODES = ("usage off", "usage on")
 
 
+def start_stubs(started: list[Proc]) -> dict[str, str]:
+    """The four stubs in one process (added to ``started``), ready; their URLs by service."""
+    ports = {name: free_port() for name in ("embedding", "retriever", "reranker", "llm")}
+    started.append(stub := Proc("stubs", [sys.executable, "-m", "tests.support.stubs", *map(str, ports.values())], {}))
+    stubs = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    stub.wait_http(stubs["llm"] + "/v1/ready")
+    return stubs
+
+
 def main_usage(quick: bool) -> None:
     """Two gateways (auth off) on the same stubs and the same PostgreSQL, with usage accounting off and on."""
     import tempfile
@@ -647,17 +656,12 @@ def main_usage(quick: bool) -> None:
 
     from comps.runtime.postgres_server import EmbeddedPostgres
 
-    ports = {name: free_port() for name in ("embedding", "retriever", "reranker", "llm")}
-    stubs = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     gw_ports = {mode: free_port() for mode in USAGE_MODES}
     urls = {mode: f"http://127.0.0.1:{port}" for mode, port in gw_ports.items()}
     started: list[Proc] = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedPostgres(Path(tmp) / "pg", free_port()) as pg:
         try:
-            started.append(
-                stub := Proc("stubs", [sys.executable, "-m", "tests.support.stubs", *map(str, ports.values())], {})
-            )
-            stub.wait_http(stubs["llm"] + "/v1/ready")
+            stubs = start_stubs(started)
             hops = {f"GATEWAY_{k.upper()}_URL": v for k, v in stubs.items()}
             procs = {
                 mode: Proc(

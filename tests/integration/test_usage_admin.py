@@ -320,9 +320,11 @@ def test_a_store_outage_never_fails_a_request_and_loses_no_record(database_url: 
                     r = ask(client, stream=n % 2 == 0)
                     assert r.status_code == 200, r.text  # the request does not wait on the store
                 usage = wait_for(
-                    lambda: (u := client.get("/v1/admin/system").json()["usage"])["last_error"]
-                    and u["buffered"] == 20
-                    and u,
+                    lambda: (
+                        (u := client.get("/v1/admin/system").json()["usage"])["last_error"]
+                        and u["buffered"] == 20
+                        and u
+                    ),
                     "the writer to keep the 20 records through the outage",
                 )
                 assert usage["dropped"] == 0 and usage["written"] == 1
