@@ -70,3 +70,29 @@ def test_model_info_names_backend_file_quantisation_window_and_slots(gateway: Se
         assert model["quantisation"] == "Q4_1"
         assert (model["context_window"], model["parallel_slots"], model["gpu_layers"]) == (N_CTX, 1, 0)
         assert model["slots_in_use"] == 0 and model["queue_waiting"] == 0
+
+
+def test_chatqna_up_starts_one_llm_service_per_listed_gguf(models_dir: Path, tmp_path: Path) -> None:
+    """The runtime's supervisor (what `chatqna up` runs) with CHATQNA_LLM_MODELS: one real LLM process per model."""
+    from comps.runtime.mesh import Supervisor
+    from comps.runtime.settings import RuntimeSettings
+    from tests.support.procs import free_runtime_ports
+
+    settings = RuntimeSettings(
+        CHATQNA_STATE_DIR=tmp_path,
+        CHATQNA_MODELS_DIR=models_dir,
+        CHATQNA_READY_TIMEOUT_S=300,
+        CHATQNA_LLM_MODELS={"first": DEFAULT_LLM, "second": str(models_dir / DEFAULT_LLM)},
+        **free_runtime_ports(),
+    )
+    supervisor = Supervisor(settings, only={"llm"}, out=lambda line: None)
+    supervisor.start()
+    try:
+        assert set(supervisor.procs) == {"llm-first", "llm-second"}
+        assert supervisor.mesh is not None
+        for name in supervisor.procs:
+            ready = httpx.get(supervisor.mesh.url(name) + "/v1/ready", timeout=30).json()
+            assert ready["model"] == DEFAULT_LLM and ready["status"] == "ready"
+        assert supervisor.mesh.url("llm-second").endswith(f":{settings.llm_port + 1}")
+    finally:
+        supervisor.stop()
