@@ -182,13 +182,15 @@ class UsageRecorder:
             try:
                 async with asyncio.timeout(WRITE_TIMEOUT_S), self.db.session() as s:
                     await s.execute(insert(UsageEvent), [_row(r) for r in rows])
-            except Exception as exc:  # the store is down or refuses: keep the rows for the next try
-                FAILED_WRITES.inc()
+            except BaseException as exc:  # the store is down or refuses (or the writer stops): keep the rows
                 room = self.buffer - len(self._pending)
                 kept = rows[-room:] if room > 0 else []
                 self.dropped += len(rows) - len(kept)
                 DROPPED.inc(len(rows) - len(kept))
                 self._pending.extendleft(reversed(kept))
+                if not isinstance(exc, Exception):  # cancelled at shutdown: `close` writes them
+                    raise
+                FAILED_WRITES.inc()
                 if self.last_error is None:
                     log.warning("usage records not written (kept in memory: %d): %s", len(self._pending), exc)
                 self.last_error = f"{type(exc).__name__}: {exc}"

@@ -8,6 +8,7 @@ is away, and their records are written once it is back.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
@@ -340,3 +342,26 @@ def test_a_store_outage_never_fails_a_request_and_loses_no_record(database_url: 
 def total(client: httpx.Client) -> int:
     r = client.get("/v1/usage")
     return sum(row["requests"] for row in r.json()["rows"]) if r.status_code == 200 else -1
+
+
+def test_records_in_memory_are_written_when_the_gateway_stops(database_url: str, tmp_path: Path) -> None:
+    with StubMesh() as mesh:
+        env = {**mesh.env(), "DATABASE_URL": database_url, "GATEWAY_USAGE_FLUSH_S": "60",
+               "GATEWAY_DEFAULT_MODEL": "stopping"}  # fmt: skip
+        gateway = start_service("megaservice", "GATEWAY_", env, name="gateway-stopping", log_dir=tmp_path)
+        try:
+            with httpx.Client(base_url=gateway.url, timeout=30) as client:
+                for _ in range(3):
+                    assert ask(client).status_code == 200
+                assert client.get("/v1/admin/system").json()["usage"]["buffered"] == 3  # not written yet
+        finally:
+            gateway.stop()  # SIGTERM: the gateway writes what it holds before it exits
+
+    async def count() -> int:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM usage_events WHERE model = 'stopping'"))
+        finally:
+            await conn.close()
+
+    assert asyncio.run(count()) == 3
