@@ -76,7 +76,8 @@ class ChatQnA:
         self.tracing = Tracing(settings.trace_content)
         self._counts = {(p, s): REQUESTS.labels(p, "stream" if s else "json") for p in pipelines for s in (False, True)}
 
-    async def answer(self, req: ChatQnARequest, http: HttpClient, request: Request) -> Response:
+    async def answer(self, req: ChatQnARequest, http: HttpClient, request: Request, opea: bool = False) -> Response:
+        """The answer; ``opea``: a stream in OPEA's line format (`opea_token`) instead of OpenAI's chunks."""
         arrived = time.perf_counter()
         used: UsedPrompt | None = None
         if req.prompt is not None:
@@ -98,7 +99,7 @@ class ChatQnA:
         try:
             if not req.stream:
                 return await until_disconnect(request, self._complete(pipe, q, http, turn))
-            stream = await until_disconnect(request, self._open(pipe, q, http, arrived, turn))
+            stream = await until_disconnect(request, self._open(pipe, q, http, arrived, turn, opea))
         except ClientGone:
             CLIENT_GONE.inc()
             if turn is not None:
@@ -131,7 +132,9 @@ class ChatQnA:
         turn.end(cut_short=False)
         return Response(orjson.dumps(reply | turn.extras()), media_type="application/json")
 
-    async def _open(self, pipe: Pipeline, q: Question, http: HttpClient, arrived: float, turn: Turn | None) -> _Relay:
+    async def _open(
+        self, pipe: Pipeline, q: Question, http: HttpClient, arrived: float, turn: Turn | None, opea: bool
+    ) -> _Relay:
         answers, llm_request = await pipe.graph.prepare(http, q)
         sources = [s.model_dump() for s in self.sources(pipe.passages(q, answers))]
         stack = AsyncExitStack()
@@ -143,7 +146,7 @@ class ChatQnA:
         keep_usage = q.request.stream_options is not None and q.request.stream_options.include_usage
         if turn is not None:
             turn.sources = sources
-        return _Relay(stack, resp, pipe.name, sources, arrived, called, recorder, keep_usage, turn)
+        return _Relay(stack, resp, pipe.name, sources, arrived, called, recorder, keep_usage, turn, opea)
 
     def sources(self, passages: list[Passage]) -> list[Source]:
         n = self.snippet
@@ -168,7 +171,9 @@ class _Relay:
         recorder: StreamTrace | None = None,
         keep_usage: bool = True,
         turn: Turn | None = None,
+        opea: bool = False,
     ) -> None:
+        self.opea = opea  # OPEA's lines (`opea_token`) instead of the chunks
         self.turn = turn  # a conversation's: stored when the stream ends, cut short unless [DONE] came
         self.finished = False
         self.stack = stack
@@ -196,8 +201,8 @@ class _Relay:
                             out.append(DONE)
                             yield b"".join(out)
                             return
-                        if (data := self._inspect(data)) is not None:
-                            out.append(event(data))
+                        if (data := self._inspect(data)) is not None and (frame := self._frame(data)):
+                            out.append(frame)
                     if out:
                         yield b"".join(out)  # what arrived together leaves together: no waiting
             NODE_ERRORS.labels("llm", "stream_error").inc()
@@ -214,6 +219,14 @@ class _Relay:
     def _end(self) -> None:
         if self.turn is not None:
             self.turn.end(cut_short=not self.finished)
+
+    def _frame(self, data: bytes) -> bytes | None:
+        """The event sent for a chunk: itself, or in OPEA's format its content alone (None without content);
+        an error stays the envelope in both."""
+        if not self.opea or data.startswith(b'{"error"'):
+            return event(data)
+        content = _content(_json(data))
+        return opea_token(content) if content else None
 
     def _inspect(self, data: bytes) -> bytes | None:
         """Sources onto the first chunk; time to first token at the first content; errors counted; None for a
@@ -257,8 +270,22 @@ def _json(data: bytes) -> object:
         return None
 
 
-def _has_content(chunk: object) -> bool:
+def _content(chunk: object) -> str | None:
+    """A chunk's delta content."""
     if not isinstance(chunk, dict):
-        return False
+        return None
     choices = chunk.get("choices")
-    return isinstance(choices, list) and bool(choices) and bool(choices[0].get("delta", {}).get("content"))
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    delta = choices[0].get("delta")
+    content = delta.get("content") if isinstance(delta, dict) else None
+    return content if isinstance(content, str) else None
+
+
+def _has_content(chunk: object) -> bool:
+    return bool(_content(chunk))
+
+
+def opea_token(text: str) -> bytes:
+    """One token in OPEA's stream: ``data: b'...'`` (Python's repr of its UTF-8 bytes, so always ASCII)."""
+    return event(repr(text.encode()).encode("ascii"))
