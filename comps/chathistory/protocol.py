@@ -20,6 +20,12 @@ MESSAGES_MAX = 10_000  # in one conversation of an import or a create
 Role = Literal["system", "user", "assistant"]
 
 
+def estimate_tokens(text: str) -> int:
+    """A message's tokens in a context budget: about four characters a token (English, the small models'
+    tokenizers); only a budget, never a limit. The gateway uses it too (megaservice/conversations.py)."""
+    return len(text) // 4 + 1
+
+
 class MessageIn(BaseModel):
     """One message to store; everything but role and content is about an assistant's answer."""
 

@@ -263,3 +263,19 @@ def test_feedback_on_an_answer_and_the_admin_report(service: Service) -> None:
     assert mine[0]["sources"] == sources
     assert a.post("/v1/feedback/delete", json={"feedback_id": got[0]["feedback_id"]}).json() is True
     assert a.post("/v1/feedback/get", json={"chat_id": cid}).json() == []
+
+
+def test_the_gateways_own_context_of_a_turn_in_flight_is_the_stores(service: Service) -> None:
+    """While an answer is being stored the gateway computes the next context itself (megaservice.conversations.
+    newest_within): for any budget it must be what the store answers once the write has landed."""
+    from megaservice.conversations import newest_within
+    from megaservice.protocol import Message
+
+    a = as_user(service)
+    texts = [("word " * n).strip() + f" {n}" for n in (3, 40, 1, 17, 90, 5, 2, 33, 8, 1)]
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(texts)]
+    cid = a.post("/v1/conversations", json={"messages": messages}).json()["id"]
+    every = [Message(role=m["role"], content=m["content"]) for m in messages]
+    for budget in (1, 2, 5, 12, 30, 60, 100, 1000):
+        stored = a.get(f"/v1/conversations/{cid}/context", params={"max_tokens": budget}).json()["messages"]
+        assert stored == [m.model_dump(include={"role", "content"}) for m in newest_within(every, budget)], budget
