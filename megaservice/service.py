@@ -8,11 +8,13 @@ in flight; during a stream that closes the LLM connection, which stops the gener
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from typing import Any
 
 import aiohttp
 import orjson
@@ -30,7 +32,7 @@ from megaservice.condense import Condenser
 from megaservice.conversations import Memory, Turn
 from megaservice.graph import NODE_ERRORS
 from megaservice.pipelines import Pipeline
-from megaservice.prompt import Passage
+from megaservice.prompt import Passage, is_follow_up, user_turns
 from megaservice.prompts import Prompts, UsedPrompt
 from megaservice.protocol import ChatQnACompletion, ChatQnARequest, Source
 from megaservice.settings import GatewaySettings
@@ -84,11 +86,13 @@ class ChatQnA:
             if self.prompts is None:
                 raise BadRequest("this gateway has no prompt registry", param="prompt", code="no_prompt_registry")
             req, used = await self.prompts.apply(req, http)
-        turn = await self._turn(req, http)
-        if turn is not None:
-            turn.prompt = used
-            req = turn.request  # with the conversation's earlier turns
         pipe = self.pipelines[req.pipeline_for(self.default)]
+        turn: Turn | None = None
+        loading: asyncio.Task[Turn | None] | None = None
+        if self._loads_alongside(req, pipe):  # the earlier turns load while the passages are found
+            loading = asyncio.create_task(self._turn(req, http, used), name="conversation-context")
+        elif (turn := await self._turn(req, http, used)) is not None:
+            req = turn.request  # with the conversation's earlier turns
         q = Question.of(req, retrieves=pipe.name != "llm-only", rag=self.rag)
         if q.retrieves and (req.question_rewrite or self.question_rewrite) == "condense":
             standalone = await self.condenser.standalone(q.chat, http)
@@ -98,11 +102,11 @@ class ChatQnA:
         self.tracing.chain(trace.get_current_span(), pipe.name, q, request)
         try:
             if not req.stream:
-                return await until_disconnect(request, self._complete(pipe, q, http, turn))
-            stream = await until_disconnect(request, self._open(pipe, q, http, arrived, turn, opea))
+                return await until_disconnect(request, self._complete(pipe, q, http, turn, loading))
+            stream = await until_disconnect(request, self._open(pipe, q, http, arrived, turn, loading, opea))
         except ClientGone:
             CLIENT_GONE.inc()
-            if turn is not None:
+            if (turn := turn or _loaded(loading)) is not None:
                 turn.end(cut_short=True)
             return Response(status_code=499)
         return StreamingResponse(
@@ -112,14 +116,60 @@ class ChatQnA:
             background=BackgroundTask(stream.close),
         )
 
-    async def _turn(self, req: ChatQnARequest, http: HttpClient) -> Turn | None:
+    async def _turn(self, req: ChatQnARequest, http: HttpClient, used: UsedPrompt | None) -> Turn | None:
         """The conversation turn of a request with ``conversation_id`` or ``store: true`` (else None)."""
         if self.memory is None or (req.conversation_id is None and not req.store):
             return None
-        return await self.memory.begin(req, http)
+        turn = await self.memory.begin(req, http)
+        turn.prompt = used
+        return turn
 
-    async def _complete(self, pipe: Pipeline, q: Question, http: HttpClient, turn: Turn | None) -> Response:
-        answers, llm_request = await pipe.graph.prepare(http, q)
+    def _loads_alongside(self, req: ChatQnARequest, pipe: Pipeline) -> bool:
+        """Whether a conversation's earlier turns can load while the passages are found: the search does not
+        need them (the question is not a follow-up searched with the turn before, and no condense step)."""
+        return (
+            self.memory is not None
+            and req.conversation_id is not None
+            and pipe.name != "llm-only"
+            and (req.question_rewrite or self.question_rewrite) == "heuristic"
+            and not is_follow_up(user_turns(req.chat())[-1])
+        )
+
+    async def _prepare(
+        self,
+        pipe: Pipeline,
+        q: Question,
+        http: HttpClient,
+        turn: Turn | None,
+        loading: asyncio.Task[Turn | None] | None,
+    ) -> tuple[dict[str, Any], Any, Question, Turn | None]:
+        """The graph's answers but the LLM's, the LLM's request, the question and the turn (once loaded)."""
+        if loading is None:
+            answers, llm_request = await pipe.graph.prepare(http, q)
+            return answers, llm_request, q, turn
+        prefix = asyncio.create_task(pipe.graph.run_prefix(http, q), name="graph-prefix")
+        try:
+            done, _ = await asyncio.wait((loading, prefix), return_when=asyncio.FIRST_EXCEPTION)
+            for task in (loading, prefix):  # a missing conversation (404) before a failing service
+                if task in done and (exc := task.exception()) is not None:
+                    raise exc
+        finally:
+            for task in (loading, prefix):
+                task.cancel()  # no-op once done
+        answers, turn = prefix.result(), loading.result()
+        if turn is not None:
+            q = dataclasses.replace(q, request=turn.request, chat=turn.request.chat())
+        return answers, pipe.graph.terminal_request(q, answers), q, turn
+
+    async def _complete(
+        self,
+        pipe: Pipeline,
+        q: Question,
+        http: HttpClient,
+        turn: Turn | None,
+        loading: asyncio.Task[Turn | None] | None,
+    ) -> Response:
+        answers, llm_request, q, turn = await self._prepare(pipe, q, http, turn, loading)
         sources = self.sources(pipe.passages(q, answers))
         completion = await pipe.graph.call_terminal(http, llm_request)
         self.tracing.chain_answer(trace.get_current_span(), completion)
@@ -133,9 +183,16 @@ class ChatQnA:
         return Response(orjson.dumps(reply | turn.extras()), media_type="application/json")
 
     async def _open(
-        self, pipe: Pipeline, q: Question, http: HttpClient, arrived: float, turn: Turn | None, opea: bool
+        self,
+        pipe: Pipeline,
+        q: Question,
+        http: HttpClient,
+        arrived: float,
+        turn: Turn | None,
+        loading: asyncio.Task[Turn | None] | None,
+        opea: bool,
     ) -> _Relay:
-        answers, llm_request = await pipe.graph.prepare(http, q)
+        answers, llm_request, q, turn = await self._prepare(pipe, q, http, turn, loading)
         sources = [s.model_dump() for s in self.sources(pipe.passages(q, answers))]
         stack = AsyncExitStack()
         called = time.perf_counter()
@@ -261,6 +318,13 @@ class _Relay:
     async def close(self) -> None:
         self._end()  # a client that left mid-stream: the generator may never resume to its own finally
         await self.stack.aclose()
+
+
+def _loaded(loading: asyncio.Task[Turn | None] | None) -> Turn | None:
+    """The turn a loading task got, if it finished with one."""
+    if loading is None or not loading.done() or loading.cancelled() or loading.exception() is not None:
+        return None
+    return loading.result()
 
 
 def _json(data: bytes) -> object:
