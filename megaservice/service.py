@@ -33,7 +33,7 @@ from megaservice.conversations import Memory, Turn
 from megaservice.graph import NODE_ERRORS
 from megaservice.pipelines import Pipeline
 from megaservice.prompt import Passage, is_follow_up, user_turns
-from megaservice.prompts import Prompts, UsedPrompt
+from megaservice.prompts import Prompts, UsedPrompt, applied
 from megaservice.protocol import ChatQnACompletion, ChatQnARequest, Source
 from megaservice.settings import GatewaySettings
 from megaservice.sse import DONE, data_of, error_event, event, event_blocks
@@ -81,18 +81,18 @@ class ChatQnA:
     async def answer(self, req: ChatQnARequest, http: HttpClient, request: Request, opea: bool = False) -> Response:
         """The answer; ``opea``: a stream in OPEA's line format (`opea_token`) instead of OpenAI's chunks."""
         arrived = time.perf_counter()
-        used: UsedPrompt | None = None
-        if req.prompt is not None:
-            if self.prompts is None:
-                raise BadRequest("this gateway has no prompt registry", param="prompt", code="no_prompt_registry")
-            req, used = await self.prompts.apply(req, http)
-        pipe = self.pipelines[req.pipeline_for(self.default)]
+        if req.prompt is not None and self.prompts is None:
+            raise BadRequest("this gateway has no prompt registry", param="prompt", code="no_prompt_registry")
+        pipe = self.pipelines[req.pipeline_for(self.default)]  # a prompt or earlier turns do not change it
         turn: Turn | None = None
-        loading: asyncio.Task[Turn | None] | None = None
-        if self._loads_alongside(req, pipe):  # the earlier turns load while the passages are found
-            loading = asyncio.create_task(self._turn(req, http, used), name="conversation-context")
-        elif (turn := await self._turn(req, http, used)) is not None:
-            req = turn.request  # with the conversation's earlier turns
+        later = self._later(req, pipe, http)  # what loads while the passages are found
+        if later is None:
+            used: UsedPrompt | None = None
+            if req.prompt is not None and self.prompts is not None:
+                req, used = await self.prompts.apply(req, http)
+            if (turn := await self._turn(req, http)) is not None:
+                turn.prompt = used
+                req = turn.request  # with the conversation's earlier turns
         q = Question.of(req, retrieves=pipe.name != "llm-only", rag=self.rag)
         if q.retrieves and (req.question_rewrite or self.question_rewrite) == "condense":
             standalone = await self.condenser.standalone(q.chat, http)
@@ -102,11 +102,11 @@ class ChatQnA:
         self.tracing.chain(trace.get_current_span(), pipe.name, q, request)
         try:
             if not req.stream:
-                return await until_disconnect(request, self._complete(pipe, q, http, turn, loading))
-            stream = await until_disconnect(request, self._open(pipe, q, http, arrived, turn, loading, opea))
+                return await until_disconnect(request, self._complete(pipe, q, http, turn, later))
+            stream = await until_disconnect(request, self._open(pipe, q, http, arrived, turn, later, opea))
         except ClientGone:
             CLIENT_GONE.inc()
-            if (turn := turn or _loaded(loading)) is not None:
+            if (turn := turn or (later.turn() if later else None)) is not None:
                 turn.end(cut_short=True)
             return Response(status_code=499)
         return StreamingResponse(
@@ -116,60 +116,61 @@ class ChatQnA:
             background=BackgroundTask(stream.close),
         )
 
-    async def _turn(self, req: ChatQnARequest, http: HttpClient, used: UsedPrompt | None) -> Turn | None:
+    async def _turn(self, req: ChatQnARequest, http: HttpClient) -> Turn | None:
         """The conversation turn of a request with ``conversation_id`` or ``store: true`` (else None)."""
         if self.memory is None or (req.conversation_id is None and not req.store):
             return None
-        turn = await self.memory.begin(req, http)
-        turn.prompt = used
-        return turn
+        return await self.memory.begin(req, http)
 
-    def _loads_alongside(self, req: ChatQnARequest, pipe: Pipeline) -> bool:
-        """Whether a conversation's earlier turns can load while the passages are found: the search does not
-        need them (the question is not a follow-up searched with the turn before, and no condense step)."""
-        return (
-            self.memory is not None
-            and req.conversation_id is not None
-            and pipe.name != "llm-only"
-            and (req.question_rewrite or self.question_rewrite) == "heuristic"
-            and not is_follow_up(user_turns(req.chat())[-1])
+    def _later(self, req: ChatQnARequest, pipe: Pipeline, http: HttpClient) -> _Later | None:
+        """The conversation's earlier turns and the registry's prompt, loading while the passages are found, when
+        the search does not need them: the question is not a follow-up searched with the turn before, and there
+        is no condense step. None when there is nothing to load, or it must come first."""
+        continues = self.memory is not None and req.conversation_id is not None
+        remembers = self.memory is not None and (continues or req.store)  # a turn to begin (no I/O for a new one)
+        if (
+            not (continues or req.prompt is not None)
+            or pipe.name == "llm-only"
+            or (req.question_rewrite or self.question_rewrite) != "heuristic"
+            or is_follow_up(user_turns(req.chat())[-1])
+        ):
+            return None
+        return _Later(
+            asyncio.create_task(self._turn(req, http), name="conversation-context") if remembers else None,
+            asyncio.create_task(self.prompts.fetch(req, http), name="prompt") if req.prompt and self.prompts else None,
         )
 
     async def _prepare(
-        self,
-        pipe: Pipeline,
-        q: Question,
-        http: HttpClient,
-        turn: Turn | None,
-        loading: asyncio.Task[Turn | None] | None,
+        self, pipe: Pipeline, q: Question, http: HttpClient, turn: Turn | None, later: _Later | None
     ) -> tuple[dict[str, Any], Any, Question, Turn | None]:
         """The graph's answers but the LLM's, the LLM's request, the question and the turn (once loaded)."""
-        if loading is None:
+        if later is None:
             answers, llm_request = await pipe.graph.prepare(http, q)
             return answers, llm_request, q, turn
         prefix = asyncio.create_task(pipe.graph.run_prefix(http, q), name="graph-prefix")
+        tasks: list[asyncio.Task[Any]] = [t for t in (later.loading, later.prompting) if t is not None] + [prefix]
         try:
-            done, _ = await asyncio.wait((loading, prefix), return_when=asyncio.FIRST_EXCEPTION)
-            for task in (loading, prefix):  # a missing conversation (404) before a failing service
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in tasks:  # a missing conversation or prompt (404) before a failing service
                 if task in done and (exc := task.exception()) is not None:
                     raise exc
         finally:
-            for task in (loading, prefix):
+            for task in tasks:
                 task.cancel()  # no-op once done
-        answers, turn = prefix.result(), loading.result()
-        if turn is not None:
-            q = dataclasses.replace(q, request=turn.request, chat=turn.request.chat())
+        turn = later.turn()
+        req = q.request if turn is None else turn.request
+        if later.prompting is not None:
+            req, used = applied(req, later.prompting.result())
+            if turn is not None:
+                turn.prompt = used
+        q = dataclasses.replace(q, request=req, chat=req.chat())
+        answers = prefix.result()
         return answers, pipe.graph.terminal_request(q, answers), q, turn
 
     async def _complete(
-        self,
-        pipe: Pipeline,
-        q: Question,
-        http: HttpClient,
-        turn: Turn | None,
-        loading: asyncio.Task[Turn | None] | None,
+        self, pipe: Pipeline, q: Question, http: HttpClient, turn: Turn | None, later: _Later | None
     ) -> Response:
-        answers, llm_request, q, turn = await self._prepare(pipe, q, http, turn, loading)
+        answers, llm_request, q, turn = await self._prepare(pipe, q, http, turn, later)
         sources = self.sources(pipe.passages(q, answers))
         completion = await pipe.graph.call_terminal(http, llm_request)
         self.tracing.chain_answer(trace.get_current_span(), completion)
@@ -189,10 +190,10 @@ class ChatQnA:
         http: HttpClient,
         arrived: float,
         turn: Turn | None,
-        loading: asyncio.Task[Turn | None] | None,
+        later: _Later | None,
         opea: bool,
     ) -> _Relay:
-        answers, llm_request, q, turn = await self._prepare(pipe, q, http, turn, loading)
+        answers, llm_request, q, turn = await self._prepare(pipe, q, http, turn, later)
         sources = [s.model_dump() for s in self.sources(pipe.passages(q, answers))]
         stack = AsyncExitStack()
         called = time.perf_counter()
@@ -320,11 +321,19 @@ class _Relay:
         await self.stack.aclose()
 
 
-def _loaded(loading: asyncio.Task[Turn | None] | None) -> Turn | None:
-    """The turn a loading task got, if it finished with one."""
-    if loading is None or not loading.done() or loading.cancelled() or loading.exception() is not None:
-        return None
-    return loading.result()
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Later:
+    """What loads while the passages are found: a conversation's earlier turns, the registry's prompt."""
+
+    loading: asyncio.Task[Turn | None] | None
+    prompting: asyncio.Task[dict[str, Any]] | None
+
+    def turn(self) -> Turn | None:
+        """The conversation's turn, if it has loaded."""
+        t = self.loading
+        if t is None or not t.done() or t.cancelled() or t.exception() is not None:
+            return None
+        return t.result()
 
 
 def _json(data: bytes) -> object:

@@ -339,6 +339,25 @@ def test_a_prompt_of_the_registry_and_the_version_each_answer_used(stack: Stack,
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
     other, _ = new_user(stack, admin)  # a personal prompt is nobody else's
     assert other.post("/v1/chatqna", json={"messages": "Hi?", "prompt": "pirate"}).status_code == 404
+    # A question that stands alone: the prompt (and the earlier turns) load while the passages are found.
+    alone = "What does the stub know about the Zorblax budget in detail?"
+    for stream in (False, True):
+        body = {"messages": alone, "prompt": prompt["name"], "conversation_id": cid, "stream": stream}
+        assert user.post("/v1/chatqna", json=body).status_code == 200
+        sent = llm_saw(stack)
+        assert sent[-1]["content"].endswith(f"TERSE ANSWER TO: {alone}!") and sent[0]["content"] == "Short?"
+        r = user.post("/v1/chatqna", json={"messages": alone, "prompt": "pirate", "store": True, "stream": stream})
+        assert r.status_code == 200 and llm_saw(stack)[0] == {"role": "system", "content": "Talk like a pirate."}
+        assert (
+            other.post("/v1/chatqna", json={"messages": alone, "prompt": "pirate", "stream": stream}).status_code == 404
+        )
+        body = {"messages": alone, "prompt": "pirate", "chat_template": template, "stream": stream}
+        assert user.post("/v1/chatqna", json=body).json()["error"]["param"] == "prompt"
+    answers = [m for m in user.get(f"/v1/conversations/{cid}/messages").json()["data"] if m["role"] == "assistant"]
+    assert [(m["prompt_id"], m["prompt_version"]) for m in answers[2:]] == [(prompt["id"], 2)] * 2
+    pirate = user.get("/v1/conversations").json()["data"][0]["id"]
+    answers = [m for m in user.get(f"/v1/conversations/{pirate}/messages").json()["data"] if m["role"] == "assistant"]
+    assert answers[0]["prompt_id"] == system.json()["id"] and answers[0]["prompt_version"] == 1
 
 
 def test_the_condense_step_searches_with_the_llms_rewrite(stack: Stack, admin: httpx.Client) -> None:
