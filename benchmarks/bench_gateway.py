@@ -74,12 +74,12 @@ def ensure_opea_venv() -> Path:
 
 
 class Proc:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], cwd: Path = REPO) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
         self.log = (LOGS / f"{name}.log").open("w")
         self.name = name
         self.proc = subprocess.Popen(
-            argv, env={**os.environ, **env}, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            argv, env={**os.environ, **env}, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def cpu_s(self) -> float:
