@@ -376,11 +376,16 @@ class AnswerCache:
 
     # -- the request path ---------------------------------------------------------------------------
 
+    @staticmethod
+    def wanted(req: ChatQnARequest, deterministic: bool) -> bool:
+        """Whether the request is cached: ``cache: true``, or deterministic unless ``cache: false``."""
+        return req.cache is True or (req.cache is None and deterministic)
+
     async def lookup(
         self, req: ChatQnARequest, *, collections: Sequence[str], deterministic: bool, **key_parts: Any
     ) -> Lookup | None:
         """The request's key and, on a hit, its stored answer; None when the request is not cached."""
-        if req.cache is False or not (deterministic or req.cache):
+        if not self.wanted(req, deterministic):
             BYPASSED.labels("cache_false" if req.cache is False else "not_deterministic").inc()
             return None
         if time.monotonic() < self.down_until:

@@ -361,3 +361,15 @@ def test_semantic_matching_serves_a_paraphrase_only_within_the_same_context(redi
     from megaservice.protocol import ChatQnARequest
 
     assert asyncio.run(run()) == [False, True, False, False]
+
+
+def test_a_failing_service_is_still_its_error_and_nothing_is_cached(stack: Stack, admin: httpx.Client) -> None:
+    coll, q = shared_collection(admin), question()
+    stack.mesh.knobs["reranker"].status = 503
+    try:
+        for stream_it in (False, True):
+            r = admin.post("/v1/chatqna", json={"messages": q, "collection": coll, "stream": stream_it})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "reranker", r.text
+    finally:
+        stack.mesh.stubs.reset()
+    assert ask(admin, messages=q, collection=coll)["cached"] is False
