@@ -40,6 +40,7 @@ import aiohttp
 from comps.core.http import bearer, sse_data
 
 _SPACES = re.compile(r"\s+")
+_MARKS = re.compile(r"[`*]")  # Markdown code and emphasis: "set to `1`" is "set to 1"
 DEFAULT_URL = "http://127.0.0.1:8888"
 
 
@@ -141,14 +142,16 @@ def matches(source: str | None, expected: str) -> bool:
 
 
 def contains(text: str, fact: str) -> bool:
-    """``fact`` is in ``text``, spacing ignored, and case too unless the fact is in capitals (``HOME`` is not
-    "home"); a fact that starts or ends with a letter or digit must start or end a word there ("8" is not
-    found in "v8" or "80")."""
+    """``fact`` is in ``text``, spacing and Markdown's code and emphasis marks (`` ` ``, ``*``) ignored, and case
+    too unless the fact is in capitals (``HOME`` is not "home"); a fact that starts or ends with a letter or
+    digit must start or end a word there ("8" is not found in "v8", "80" or "0.8"; "setTTL" is found in
+    "socket.setTTL()")."""
     capitals = fact.isupper()
+    text = _MARKS.sub("", text)
     fact, text = (" ".join(fact.split()), " ".join(text.split())) if capitals else (_norm(fact), _norm(text))
     if not fact:
         return False
-    left = r"(?<![\w.])" if fact[0].isalnum() else ""
+    left = (r"(?<![\w.])" if fact[0].isdigit() else r"(?<!\w)") if fact[0].isalnum() else ""
     right = r"(?!\w)" if fact[-1].isalnum() else ""
     return re.search(left + re.escape(fact) + right, text) is not None
 

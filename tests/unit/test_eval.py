@@ -82,3 +82,9 @@ def test_short_facts_must_be_whole_words() -> None:
     assert ev.contains("Use --inspect-brk here", "--inspect-brk") and ev.contains("It returns '.md'.", ".md")
     assert ev.contains("Set to 1.", "set to 1") and not ev.contains("set to 10", "set to 1")
     assert ev.contains("It reads $HOME.", "HOME") and not ev.contains("the user's home directory", "HOME")
+
+
+def test_markdown_marks_are_ignored_and_a_name_may_follow_a_dot() -> None:
+    assert ev.contains("the delay will be set to `1`.", "set to 1") and ev.contains("It is **1000**.", "1000")
+    assert ev.contains("Use `socket.setTTL(ttl)`.", "setTTL") and not ev.contains("Use socket.setTTLs().", "setTTL")
+    assert not ev.contains("Version 0.8 is old.", "8") and not ev.contains("set to `10`", "set to 1")
