@@ -48,6 +48,13 @@ def test_scoring_sources_and_facts() -> None:
     assert (b.rank, b.fact) == (None, False)
 
 
+def test_configurations_take_turns_to_go_first() -> None:
+    a, b, c = (ev.Config(name, "http://127.0.0.1:8888", {}) for name in "abc")
+    assert [[x.name for x in ev.in_turn([a, b, c], n)] for n in range(4)] == [
+        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]
+    ]  # fmt: skip
+
+
 def test_summary_table_and_chart() -> None:
     qs = [ev.Question(f"q{i}", ("a.md",), (("x",),)) for i in range(4)]
     answers = [
