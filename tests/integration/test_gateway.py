@@ -90,7 +90,7 @@ def test_a_non_streamed_answer_is_the_llms_completion_with_its_sources(client: h
     # What each hop was sent.
     assert mesh.seen["embedding"] == [{"input": QUESTION}]
     retrieval = mesh.seen["retriever"][0]
-    assert retrieval["text"] == QUESTION and len(retrieval["embedding"]) == 384 and retrieval["k"] == 4
+    assert retrieval["text"] == QUESTION and len(retrieval["embedding"]) == 384 and retrieval["k"] == 10
     assert mesh.seen["reranker"] == [{"query": QUESTION, "texts": [d["text"] for d in DOCS], "top_n": 3}]
     llm = mesh.seen["llm"][0]
     # nothing the client did not set, not even stream; only the gateway's defaults for RAG answers
