@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from prometheus_client import Counter
-
 from pydantic import ValidationError
 from starlette.requests import Request
 

@@ -13,10 +13,8 @@ import re
 import signal
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +24,7 @@ from aiohttp import web
 from comps.dataprep.jobs import LOST_UPLOAD
 from comps.runtime.process import free_port
 from tests.support.procs import start_service
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -94,16 +93,6 @@ def embeddings() -> Iterator[HeldEmbeddings]:
     stub = HeldEmbeddings().start()
     yield stub
     stub.stop()
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout_s: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_jobs_survive_a_sigkill_of_dataprep(redis_url: str, embeddings: HeldEmbeddings, tmp_path: Path) -> None:
