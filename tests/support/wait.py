@@ -8,7 +8,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-POLL_S = 0.05
+POLL_S = 0.1
 
 
 def wait_for(check: Callable[[], T], what: str, timeout_s: float = 120.0) -> T:
