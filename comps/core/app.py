@@ -35,6 +35,7 @@ from comps.core.errors import (
     NotReady,
     PayloadTooLarge,
     ServiceError,
+    document_errors,
     error_envelope,
     install_error_handlers,
 )
@@ -223,6 +224,14 @@ def create_app(
     if settings.max_body_bytes is not None:
         app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, paths=body_limits or {})
     app.add_middleware(ObservabilityMiddleware, service=settings.service_name)
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(fastapi_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
