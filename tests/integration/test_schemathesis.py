@@ -7,6 +7,7 @@ failure prints the request to reproduce it (``curl``)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from comps.core.caller import Caller
 from tests.integration.test_dataprep_crash import HeldEmbeddings
 from tests.support.procs import Service, start_service
 from tests.support.stubs import StubMesh
@@ -36,6 +38,7 @@ BOUNDED = settings(
     phases=[Phase.explicit, Phase.generate],
     suppress_health_check=list(HealthCheck),
     derandomize=True,  # the same requests every run: a failure here is a finding, not luck
+    database=None,  # nothing written to .hypothesis/
 )
 
 
@@ -56,10 +59,10 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           error_envelope]  # fmt: skip
 
 
-def run_schema(svc: Service) -> None:
+def run_schema(svc: Service, headers: dict[str, str] | None = None, examples: int = MAX_EXAMPLES) -> None:
     """Every operation of the service's OpenAPI document: `MAX_EXAMPLES` valid requests and as many invalid
     ones, each answer checked; the failures of all operations reported together."""
-    schema = schemathesis.openapi.from_url(f"{svc.url}/openapi.json")
+    schema = schemathesis.openapi.from_url(f"{svc.url}/openapi.json", headers=headers)
     modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
     failures: list[str] = []
     operations = 0
@@ -69,9 +72,9 @@ def run_schema(svc: Service) -> None:
         for mode in modes:
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @BOUNDED
+            @settings(BOUNDED, max_examples=examples)
             def check(case: Any) -> None:
-                case.call_and_validate(checks=CHECKS, timeout=60)
+                case.call_and_validate(headers=headers, checks=CHECKS, timeout=120)
 
             try:
                 check()
@@ -149,3 +152,25 @@ def test_gateway(dataprep: Service, tmp_path: Path) -> None:
             run_schema(gateway)
         finally:
             gateway.stop()
+
+
+def test_llm(tmp_path: Path) -> None:
+    """Few examples: a generated request may ask for every token its small context leaves."""
+    env = {"LLM_N_CTX": "256", "LLM_PARALLEL": "2", "LLM_DEFAULT_MAX_TOKENS": "4"}
+    llm = start_service("comps.llm", "LLM_", env, log_dir=tmp_path)
+    try:
+        run_schema(llm, examples=4)
+    finally:
+        llm.stop()
+
+
+@pytest.mark.parametrize(("module", "prefix"), [("comps.chathistory", "CHATHISTORY_"),
+                                                ("comps.prompt_registry", "PROMPTS_")])  # fmt: skip
+def test_stores(module: str, prefix: str, database_url: str, tmp_path: Path) -> None:
+    key = "schemathesis-internal-token"
+    svc = start_service(module, prefix, {"DATABASE_URL": database_url, f"{prefix}API_KEY": key}, log_dir=tmp_path)
+    try:
+        caller = Caller(str(uuid.uuid4()), "fuzz", "user")
+        run_schema(svc, headers={"Authorization": f"Bearer {key}", **caller.headers()})
+    finally:
+        svc.stop()
