@@ -134,6 +134,11 @@ def is_json(content_type: str | None) -> bool:
     return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
 
 
+# The 200 of a route that streams when asked (``stream: true``): its model as JSON, or server-sent events (each
+# ``data:`` a JSON chunk, the last ``[DONE]``: no schema says both, so the events' is left open).
+STREAMING_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
+
+
 def create_app(
     settings: ServiceSettings,
     *,

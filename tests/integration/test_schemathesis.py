@@ -62,7 +62,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 def run_schema(svc: Service, headers: dict[str, str] | None = None, examples: int = MAX_EXAMPLES) -> None:
     """Every operation of the service's OpenAPI document: `MAX_EXAMPLES` valid requests and as many invalid
     ones, each answer checked; the failures of all operations reported together."""
-    schema = schemathesis.openapi.from_url(f"{svc.url}/openapi.json", headers=headers)
+    schema = schemathesis.openapi.from_url(f"{svc.url}/openapi.json", headers=headers or {})
     modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
     failures: list[str] = []
     operations = 0
