@@ -241,6 +241,7 @@ CHATHISTORY_ROUTES: Routes = (
     ("/v1/chathistory/{op}", ("POST",)),
     ("/v1/feedback/{op}", ("POST",)),
     ("/v1/admin/feedback", ("GET",)),
+    ("/v1/admin/sessions/count", ("GET",)),
 )
 PROMPT_ROUTES: Routes = (
     ("/v1/prompts", ("GET", "POST")),

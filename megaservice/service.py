@@ -25,10 +25,12 @@ from starlette.background import BackgroundTask
 from comps.core.disconnect import ClientGone, until_disconnect
 from comps.core.errors import BadRequest, ServiceError, UpstreamError, error_envelope
 from comps.core.http import HttpClient
+from comps.identity.auth import principal_of
 from megaservice.adapters import Question, RagDefaults
 from megaservice.condense import Condenser
 from megaservice.conversations import Memory, Turn
 from megaservice.graph import NODE_ERRORS
+from megaservice.models import ModelTable
 from megaservice.pipelines import Pipeline
 from megaservice.prompt import Passage
 from megaservice.prompts import Prompts, UsedPrompt
@@ -36,6 +38,7 @@ from megaservice.protocol import ChatQnACompletion, ChatQnARequest, Source
 from megaservice.settings import GatewaySettings
 from megaservice.sse import DONE, data_of, error_event, event, event_blocks
 from megaservice.tracing import StreamTrace, Tracing
+from megaservice.usage import Meter, UsageRecorder
 
 log = logging.getLogger("megaservice")
 
@@ -64,7 +67,14 @@ class ChatQnA:
         pipelines: dict[str, Pipeline],
         memory: Memory | None = None,
         prompts: Prompts | None = None,
+        *,
+        models: ModelTable | None = None,
+        by_model: dict[str, dict[str, Pipeline]] | None = None,
+        usage: UsageRecorder | None = None,
     ) -> None:
+        self.models = models or ModelTable.of(settings)
+        self.by_model = by_model or {self.models.default: pipelines}  # model -> its pipelines
+        self.usage = usage
         self.default = settings.pipeline
         self.memory = memory
         self.prompts = prompts
@@ -77,7 +87,27 @@ class ChatQnA:
         self._counts = {(p, s): REQUESTS.labels(p, "stream" if s else "json") for p in pipelines for s in (False, True)}
 
     async def answer(self, req: ChatQnARequest, http: HttpClient, request: Request) -> Response:
-        arrived = time.perf_counter()
+        """The answer from the request's model; with usage accounting on, metered (errors too)."""
+        model = self.models.resolve(req.model)
+        if self.usage is None:
+            return await self._answer(req, http, request, model, None)
+        meter = self.usage.meter(principal_of(request), model, req.pipeline_for(self.default))
+        try:
+            response = await self._answer(req, http, request, model, meter)
+        except ServiceError as exc:
+            meter.end("error", exc.status_code)
+            raise
+        except BaseException:
+            meter.end("error", 500)
+            raise
+        if response.status_code == 499:
+            meter.end("cancelled", 499)
+        return response
+
+    async def _answer(
+        self, req: ChatQnARequest, http: HttpClient, request: Request, model: str, meter: Meter | None
+    ) -> Response:
+        arrived = meter.started if meter is not None else time.perf_counter()
         used: UsedPrompt | None = None
         if req.prompt is not None:
             if self.prompts is None:
@@ -87,7 +117,9 @@ class ChatQnA:
         if turn is not None:
             turn.prompt = used
             req = turn.request  # with the conversation's earlier turns
-        pipe = self.pipelines[req.pipeline_for(self.default)]
+        pipe = self.by_model[model][req.pipeline_for(self.default)]
+        if meter is not None:
+            meter.pipeline = pipe.name
         q = Question.of(req, retrieves=pipe.name != "llm-only", rag=self.rag)
         if q.retrieves and (req.question_rewrite or self.question_rewrite) == "condense":
             standalone = await self.condenser.standalone(q.chat, http)
@@ -97,8 +129,8 @@ class ChatQnA:
         self.tracing.chain(trace.get_current_span(), pipe.name, q, request)
         try:
             if not req.stream:
-                return await until_disconnect(request, self._complete(pipe, q, http, turn))
-            stream = await until_disconnect(request, self._open(pipe, q, http, arrived, turn))
+                return await until_disconnect(request, self._complete(pipe, q, http, turn, meter))
+            stream = await until_disconnect(request, self._open(pipe, q, http, arrived, turn, meter))
         except ClientGone:
             CLIENT_GONE.inc()
             if turn is not None:
@@ -117,10 +149,15 @@ class ChatQnA:
             return None
         return await self.memory.begin(req, http)
 
-    async def _complete(self, pipe: Pipeline, q: Question, http: HttpClient, turn: Turn | None) -> Response:
+    async def _complete(
+        self, pipe: Pipeline, q: Question, http: HttpClient, turn: Turn | None, meter: Meter | None = None
+    ) -> Response:
         answers, llm_request = await pipe.graph.prepare(http, q)
         sources = self.sources(pipe.passages(q, answers))
         completion = await pipe.graph.call_terminal(http, llm_request)
+        if meter is not None:
+            meter.usage(completion.usage)
+            meter.end("ok")
         self.tracing.chain_answer(trace.get_current_span(), completion)
         body = ChatQnACompletion.model_construct(**dict(completion), sources=sources)
         if turn is None:
@@ -131,7 +168,15 @@ class ChatQnA:
         turn.end(cut_short=False)
         return Response(orjson.dumps(reply | turn.extras()), media_type="application/json")
 
-    async def _open(self, pipe: Pipeline, q: Question, http: HttpClient, arrived: float, turn: Turn | None) -> _Relay:
+    async def _open(
+        self,
+        pipe: Pipeline,
+        q: Question,
+        http: HttpClient,
+        arrived: float,
+        turn: Turn | None,
+        meter: Meter | None = None,
+    ) -> _Relay:
         answers, llm_request = await pipe.graph.prepare(http, q)
         sources = [s.model_dump() for s in self.sources(pipe.passages(q, answers))]
         stack = AsyncExitStack()
@@ -143,7 +188,7 @@ class ChatQnA:
         keep_usage = q.request.stream_options is not None and q.request.stream_options.include_usage
         if turn is not None:
             turn.sources = sources
-        return _Relay(stack, resp, pipe.name, sources, arrived, called, recorder, keep_usage, turn)
+        return _Relay(stack, resp, pipe.name, sources, arrived, called, recorder, keep_usage, turn, meter)
 
     def sources(self, passages: list[Passage]) -> list[Source]:
         n = self.snippet
@@ -168,7 +213,10 @@ class _Relay:
         recorder: StreamTrace | None = None,
         keep_usage: bool = True,
         turn: Turn | None = None,
+        meter: Meter | None = None,
     ) -> None:
+        self.meter = meter  # usage accounting: ended with the stream
+        self.failed = False  # an error event was sent
         self.turn = turn  # a conversation's: stored when the stream ends, cut short unless [DONE] came
         self.finished = False
         self.stack = stack
@@ -201,10 +249,13 @@ class _Relay:
                     if out:
                         yield b"".join(out)  # what arrived together leaves together: no waiting
             NODE_ERRORS.labels("llm", "stream_error").inc()
+            self.failed = True
             yield error_event(UpstreamError("llm ended its stream without [DONE]", node="llm"))
         except ServiceError as exc:  # mapped by the kit (stall, broken connection); counted by the graph
+            self.failed = True
             yield error_event(exc)
         except Exception as exc:  # never a broken stream: the client gets the error, then [DONE]
+            self.failed = True
             log.exception("relaying the LLM stream failed")
             yield event(orjson.dumps(error_envelope(f"relaying the answer failed: {exc}", "internal_error")))
         finally:
@@ -214,6 +265,8 @@ class _Relay:
     def _end(self) -> None:
         if self.turn is not None:
             self.turn.end(cut_short=not self.finished)
+        if self.meter is not None:
+            self.meter.end("error" if self.failed else "ok" if self.finished else "cancelled")
 
     def _inspect(self, data: bytes) -> bytes | None:
         """Sources onto the first chunk; time to first token at the first content; errors counted; None for a
@@ -233,6 +286,8 @@ class _Relay:
             if not self.timed and _has_content(chunk):
                 self.timed = True
                 now = time.perf_counter()
+                if self.meter is not None:
+                    self.meter.first_token(now)
                 TTFT.labels(self.pipeline).observe(now - self.arrived)
                 LLM_TTFT.observe(now - self.called)
                 if self.recorder is not None:
@@ -241,8 +296,13 @@ class _Relay:
             self.recorder.event(data, chunk)
         if data.startswith(b'{"error"'):
             NODE_ERRORS.labels("llm", "stream_error").inc()
-        if not self.keep_usage and b'"choices":[]' in data:
-            return None
+            self.failed = True
+        if b'"choices":[]' in data:  # the usage chunk (the LLM is always asked for it)
+            if self.meter is not None:
+                usage = (chunk if chunk is not None else _json(data)) or {}
+                self.meter.usage(usage.get("usage") if isinstance(usage, dict) else None)
+            if not self.keep_usage:
+                return None
         return data
 
     async def close(self) -> None:

@@ -241,3 +241,12 @@ class FeedbackReport(FeedbackOut):
 class FeedbackReportPage(BaseModel):
     data: list[FeedbackReport]
     next_cursor: str | None
+
+
+class SessionCounts(BaseModel):
+    """``GET /v1/admin/sessions/count``."""
+
+    conversations: int
+    users: int  # users with at least one conversation
+    active_users: int  # users with a conversation changed within active_within_s
+    active_within_s: int

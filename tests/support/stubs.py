@@ -135,7 +135,7 @@ class Stubs:
                     body=orjson.dumps({"error": {"message": f"{name} stub is warming up"}}),
                     content_type="application/json",
                 )
-            return self._json({"status": "ready", "service": name})
+            return self._json({"status": "ready", "service": name, **({"model": "stub-llm"} if name == "llm" else {})})
 
         async def set_knobs(request: web.Request) -> web.Response:
             """Benchmarks change a stub in another process: {"chunk_delay_s": 0.01, "tokens": 20, ...}."""
