@@ -59,10 +59,15 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           error_envelope]  # fmt: skip
 
 
-def run_schema(svc: Service, headers: dict[str, str] | None = None, examples: int = MAX_EXAMPLES) -> None:
-    """Every operation of the service's OpenAPI document: `MAX_EXAMPLES` valid requests and as many invalid
-    ones, each answer checked; the failures of all operations reported together."""
+def run_schema(
+    svc: Service, headers: dict[str, str] | None = None, examples: int = MAX_EXAMPLES, exclude: str | None = None
+) -> None:
+    """Every operation of the service's OpenAPI document (but the paths ``exclude`` matches): `MAX_EXAMPLES`
+    valid requests and as many invalid ones, each answer checked; the failures of all operations reported
+    together."""
     schema = schemathesis.openapi.from_url(f"{svc.url}/openapi.json", headers=headers or {})
+    if exclude:
+        schema = schema.exclude(path_regex=exclude)
     modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
     failures: list[str] = []
     operations = 0
@@ -143,13 +148,14 @@ def test_dataprep(dataprep: Service) -> None:
 
 def test_gateway(dataprep: Service, tmp_path: Path) -> None:
     """The gateway over the stub services and the real dataprep, without chat history and prompt registry
-    (unset: their routes are not mounted, and no request may reach a default port)."""
+    (unset: their routes are not mounted, and no request may reach a default port) and without PostgreSQL: the
+    usage routes, which answer 503 "accounting is off" then, are left out (test_usage_admin.py has them)."""
     with StubMesh() as mesh:
         env = {**mesh.env(), "GATEWAY_DATAPREP_URL": dataprep.url, "GATEWAY_CHATHISTORY_URL": "",
                "GATEWAY_PROMPTS_URL": ""}  # fmt: skip
         gateway = start_service("megaservice", "GATEWAY_", env, name="gateway", log_dir=tmp_path)
         try:
-            run_schema(gateway)
+            run_schema(gateway, exclude=r"^/v1/(admin/)?usage$")
         finally:
             gateway.stop()
 
