@@ -37,6 +37,7 @@ from comps.core.errors import (
     NotReady,
     PayloadTooLarge,
     ServiceError,
+    document_errors,
     error_envelope,
     install_error_handlers,
 )
@@ -147,6 +148,11 @@ def is_json(content_type: str | None) -> bool:
     return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
 
 
+# The 200 of a route that streams when asked (``stream: true``): its model as JSON, or server-sent events (each
+# ``data:`` a JSON chunk, the last ``[DONE]``: no schema says both, so the events' is left open).
+STREAMING_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
+
+
 def create_app(
     settings: ServiceSettings,
     *,
@@ -243,6 +249,14 @@ def create_app(
     if settings.max_body_bytes is not None:
         app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, paths=body_limits or {})
     app.add_middleware(ObservabilityMiddleware, service=settings.service_name)
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(fastapi_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
