@@ -19,7 +19,6 @@ class DataprepSettings(VectorStoreSettings):
 
     service_name: str = "dataprep"
     port: int = Field(default=PORTS["dataprep"], ge=0, le=65535)
-    backend: str = Field(default="redis", description="Document store backend: redis.")
 
     index_algorithm: Literal["HNSW", "FLAT"] = Field(default="HNSW", description="Vector index of new collections.")
 
@@ -53,7 +52,7 @@ class DataprepSettings(VectorStoreSettings):
     max_file_bytes: int = Field(default=50 * MiB, ge=1, description="Largest upload or URL body; over it: 413.")
     max_files: int = Field(default=100, ge=1, description="Most files in one ingest request.")
     spool_dir: Path | None = Field(default=None, description="Where uploads wait for their job; default: a temp dir.")
-    job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="How long job status stays in Redis.")
+    job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="How long job status stays in the store.")
     jobs_kept: int = Field(default=1000, ge=10, description="Finished jobs listed by GET /v1/dataprep/jobs.")
 
     allow_private_urls: bool = Field(

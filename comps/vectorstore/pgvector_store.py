@@ -1,3 +1,4 @@
+# ruff: noqa: S608 - SQL names only our tables (vs_chunks_<int>) and columns; every value is a $n parameter
 """PostgreSQL with pgvector behind the `VectorStore` protocol (asyncpg; vectors in pgvector's binary format).
 
 Layout (fixed tables: Alembic, ``comps/sqlstore/migrations/versions/0004_vectorstore.py``):
@@ -104,9 +105,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
                                  "WHERE t.typname = 'vector'")  # fmt: skip
     if schema is None:
         raise NotReady("PostgreSQL has no 'vector' extension: CREATE EXTENSION vector (pgvector) in this database")
-    await conn.set_type_codec(
-        "vector", schema=schema, encoder=_encode_vector, decoder=_decode_vector, format="binary"
-    )
+    await conn.set_type_codec("vector", schema=schema, encoder=_encode_vector, decoder=_decode_vector, format="binary")
 
 
 def tag_set(tags: str) -> list[str]:
@@ -171,12 +170,12 @@ class PgvectorStore:
             self._pool = None
 
     async def check_ready(self) -> dict[str, Any]:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
         return {"postgres": self.where, "pgvector": version}
 
     @asynccontextmanager
-    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         if self._pool is None:
             raise NotReady("the pgvector store is not open")
         try:
@@ -194,13 +193,13 @@ class PgvectorStore:
         )
 
     async def collection_info(self, collection: str) -> CollectionInfo | None:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             row = await self._collection(conn, collection)
         return None if row is None else CollectionInfo(collection, row["dim"], row["algorithm"], row["model"])
 
     async def ensure_collection(self, collection: str, dim: int, *, model: str = "", algorithm: str = "HNSW") -> None:
         validate_collection(collection)
-        async with self._conn() as conn, conn.transaction():
+        async with self.connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('vectorstore:' || $1, 0))", collection)
             row = await self._collection(conn, collection)
             if row is not None:
@@ -213,7 +212,8 @@ class PgvectorStore:
                     )
                 return
             cid = await conn.fetchval(
-                "INSERT INTO vectorstore_collections (name, dim, algorithm, model) VALUES ($1, $2, $3, $4) RETURNING id",
+                "INSERT INTO vectorstore_collections (name, dim, algorithm, model) VALUES ($1, $2, $3, $4) "
+                "RETURNING id",
                 collection,
                 dim,
                 algorithm,
@@ -225,7 +225,7 @@ class PgvectorStore:
                 await conn.execute(_HNSW_DDL.format(table=table))
 
     async def collections(self) -> list[CollectionSummary]:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(
                 "SELECT c.name, c.id, c.dim, c.algorithm, c.model, "
                 "(SELECT count(*) FROM vectorstore_documents d WHERE d.collection = c.name) AS documents "
@@ -242,7 +242,7 @@ class PgvectorStore:
     # -------------------------------------------------------------------------------------------- documents
 
     async def get_document(self, collection: str, doc_id: str) -> DocumentRecord | None:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(
                 f"SELECT {', '.join(_DOC_FIELDS)} FROM vectorstore_documents WHERE collection = $1 AND doc_id = $2",
                 collection,
@@ -251,7 +251,7 @@ class PgvectorStore:
         return DocumentRecord(**dict(row)) if row else None
 
     async def list_documents(self, collection: str) -> list[DocumentRecord]:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {', '.join(_DOC_FIELDS)} FROM vectorstore_documents WHERE collection = $1 "
                 "ORDER BY source, doc_id",
@@ -260,7 +260,7 @@ class PgvectorStore:
         return [DocumentRecord(**dict(row)) for row in rows]
 
     async def document_chunks(self, collection: str, record: DocumentRecord) -> list[Chunk]:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             info = await self._collection(conn, collection)
             if info is None:
                 raise CollectionMissing(f"collection {collection!r} does not exist")
@@ -275,7 +275,7 @@ class PgvectorStore:
     async def replace_document(
         self, collection: str, record: DocumentRecord, chunks: Sequence[Chunk]
     ) -> DocumentRecord:
-        async with self._conn() as conn, conn.transaction():
+        async with self.connection() as conn, conn.transaction():
             info = await self._collection(conn, collection, "FOR SHARE")
             if info is None:
                 raise CollectionMissing(f"collection {collection!r} does not exist; create it with ensure_collection")
@@ -307,7 +307,7 @@ class PgvectorStore:
         return record
 
     async def delete_document(self, collection: str, doc_id: str) -> DocumentRecord | None:
-        async with self._conn() as conn, conn.transaction():
+        async with self.connection() as conn, conn.transaction():
             info = await self._collection(conn, collection, "FOR SHARE")
             old = None
             if info is not None:
@@ -324,11 +324,13 @@ class PgvectorStore:
         return old
 
     async def delete_all(self, collection: str) -> int:
-        async with self._conn() as conn, conn.transaction():
+        async with self.connection() as conn, conn.transaction():
             info = await self._collection(conn, collection, "FOR UPDATE")
             count = 0
             if info is not None:
-                count = await conn.fetchval("SELECT count(*) FROM vectorstore_documents WHERE collection = $1", collection)
+                count = await conn.fetchval(
+                    "SELECT count(*) FROM vectorstore_documents WHERE collection = $1", collection
+                )
                 await conn.execute("DELETE FROM vectorstore_documents WHERE collection = $1", collection)
                 await conn.execute("DELETE FROM vectorstore_collections WHERE name = $1", collection)
                 await conn.execute(f"DROP TABLE IF EXISTS {chunks_table(info['id'])}")
@@ -341,7 +343,7 @@ class PgvectorStore:
 
     async def content_versions(self, collections: Sequence[str]) -> dict[str, int]:
         names = list(dict.fromkeys(collections))
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(
                 "SELECT collection, version FROM vectorstore_versions WHERE collection = ANY($1::text[])", names
             )
@@ -380,7 +382,7 @@ class PgvectorStore:
         kind = query.search_type
         limit = query.k if kind.startswith("similarity") else max(query.fetch_k, query.k)
         ef = max(query.ef_runtime or DEFAULT_EF_SEARCH, limit)
-        async with self._conn() as conn, conn.transaction(readonly=True):
+        async with self.connection() as conn, conn.transaction(readonly=True):
             info = await conn.fetchrow(
                 "SELECT id, dim, set_config('hnsw.ef_search', $2, true), "
                 "set_config('hnsw.iterative_scan', 'strict_order', true) FROM vectorstore_collections WHERE name = $1",
@@ -430,11 +432,12 @@ class PgvectorStore:
         params: list[Any] = [vector, k]
         where = _where(filters, params)
         extra = ", embedding" if with_vectors else ""
-        return await conn.fetch(  # noqa: S608 - table and columns are ours; values are parameters
+        rows: list[asyncpg.Record] = await conn.fetch(
             f"SELECT {_COLUMNS}, embedding <=> $1 AS distance{extra} FROM {table} WHERE {where} "
             "ORDER BY embedding <=> $1 LIMIT $2",
             *params,
         )
+        return rows
 
     @staticmethod
     async def _text(
@@ -444,11 +447,12 @@ class PgvectorStore:
             return []
         params: list[Any] = [terms, n]
         where = _where(filters, params)
-        return await conn.fetch(  # noqa: S608 - table and columns are ours; values are parameters
+        rows: list[asyncpg.Record] = await conn.fetch(
             f"SELECT {_COLUMNS} FROM {table}, to_tsquery('{TEXT_CONFIG}', $1) AS q WHERE tsv @@ q AND {where} "
             "ORDER BY ts_rank_cd(tsv, q) DESC, doc_id, n LIMIT $2",
             *params,
         )
+        return rows
 
     @staticmethod
     def _key(collection: str, row: asyncpg.Record) -> str:

@@ -109,7 +109,7 @@ def test_replace_reads_back_and_swaps_versions(backend: str, urls: dict[str, str
         assert second.version > first.version and second.chunks == 2
         assert await store.get_document(c, "d1") == second
         hits = await store.search(c, Query(vector=VECTORS[8], k=10))
-        assert [(h.doc_id, h.chunk, h.text) for h in hits][0] == ("d1", 0, doc_chunks(1, 2)[0].text)
+        assert (hits[0].doc_id, hits[0].chunk, hits[0].text) == ("d1", 0, doc_chunks(1, 2)[0].text)
         assert len(hits) == 2  # the old version's chunks are gone
         await store.replace_document(c, record("d0", source="A.txt"), doc_chunks(2, 1))
         assert [d.doc_id for d in await store.list_documents(c)] == ["d0", "d1"]
@@ -155,10 +155,7 @@ def test_concurrent_writers_of_one_document_leave_one_whole_version(backend: str
     async def body(store: VectorStore, c: str) -> None:
         sizes = [2, 5, 3, 4]
         await asyncio.gather(
-            *(
-                store.replace_document(c, record("d", sha=f"s{n}"), doc_chunks(0, n)[:n])
-                for n in sizes
-            )
+            *(store.replace_document(c, record("d", sha=f"s{n}"), doc_chunks(0, n)[:n]) for n in sizes)
         )
         stored = await store.get_document(c, "d")
         assert stored is not None and stored.chunks == int(stored.sha256[1:])
@@ -251,7 +248,7 @@ def test_filters(backend: str, urls: dict[str, str]) -> None:
     async def body(store: VectorStore, c: str) -> None:
         await load_corpus(store, c)
 
-        async def found(filters: dict, search_type: str = "similarity") -> list[tuple[str, int]]:
+        async def found(filters: dict[str, object], search_type: str = "similarity") -> list[tuple[str, int]]:
             q = Query(vector=QUERY, text="report", k=30, fetch_k=30, filters=filters, search_type=search_type)  # type: ignore[arg-type]
             return ids(await store.search(c, q))
 
@@ -326,7 +323,7 @@ def test_content_versions_count_every_write_and_outlive_the_collection(backend: 
         await store.delete_document(c, "a")
         assert (await store.content_versions([c]))[c] == start + 3
         await store.delete_all(c)
-        after = (await store.content_versions([c, "never-written-x"]))
+        after = await store.content_versions([c, "never-written-x"])
         assert after == {c: start + 4, "never-written-x": 0}
         await store.ensure_collection(c, DIM, model="toy")
         await store.replace_document(c, record("a"), doc_chunks(0, 1))

@@ -76,9 +76,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("job_id", name="pk_dataprep_jobs"),
     )
     op.create_index("ix_dataprep_jobs_created_at", "dataprep_jobs", ["created_at"])
-    op.create_index(
-        "ix_dataprep_jobs_open", "dataprep_jobs", ["job_id"], postgresql_where=sa.text("NOT finished")
-    )
+    op.create_index("ix_dataprep_jobs_open", "dataprep_jobs", ["job_id"], postgresql_where=sa.text("NOT finished"))
 
 
 def downgrade() -> None:
