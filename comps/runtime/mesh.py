@@ -28,7 +28,7 @@ class ServiceSpec:
     port_attr: str  # RuntimeSettings field holding its port
     env_prefix: str
     needs: tuple[str, ...] = ()  # other services it calls
-    uses_redis: bool = False
+    uses_vectorstore: bool = False  # Redis, or DATABASE_URL with VECTORSTORE_BACKEND=pgvector
     uses_database: bool = False  # gets DATABASE_URL (the relational store)
     settings: str = ""  # "module:Class" of its settings (what it reads from the environment)
 
@@ -60,7 +60,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "retriever_port",
         "RETRIEVER_",
         ("embedding",),
-        uses_redis=True,
+        uses_vectorstore=True,
         settings="comps.retriever.settings:RetrieverSettings",
     ),
     ServiceSpec(
@@ -69,7 +69,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "dataprep_port",
         "DATAPREP_",
         ("embedding",),
-        uses_redis=True,
+        uses_vectorstore=True,
         settings="comps.dataprep.settings:DataprepSettings",
     ),
     ServiceSpec(
@@ -115,6 +115,12 @@ class Mesh:
         spec = next(s for s in self.services if s.name == name)
         return f"http://{self.settings.host}:{getattr(self.settings, spec.port_attr)}"
 
+    def uses_redis(self, spec: ServiceSpec) -> bool:
+        return spec.uses_vectorstore and self.settings.vectorstore_backend == "redis"
+
+    def uses_database(self, spec: ServiceSpec) -> bool:
+        return spec.uses_database or (spec.uses_vectorstore and self.settings.vectorstore_backend == "pgvector")
+
     def env_for(self, spec: ServiceSpec) -> dict[str, str]:
         env = {
             f"{spec.env_prefix}HOST": self.settings.host,
@@ -123,10 +129,12 @@ class Mesh:
             "LOG_FORMAT": self.settings.log_format,
             "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": str(self.settings.trace_content).lower(),
         }
-        if spec.uses_redis:
+        if self.uses_redis(spec):
             env["REDIS_URL"] = self.redis_url
-        if spec.uses_database:
+        if self.uses_database(spec):
             env["DATABASE_URL"] = self.database_url or ""
+        if spec.uses_vectorstore:  # a vector store user: one setting picks the store for all of them
+            env["VECTORSTORE_BACKEND"] = self.settings.vectorstore_backend
         for need in spec.needs:
             env[f"{spec.env_prefix}{need.upper()}_URL"] = self.url(need)
         if spec.name == "dataprep":  # queued uploads wait here for their jobs, across restarts
@@ -193,10 +201,11 @@ class Supervisor:
     def start(self) -> dict[str, float]:
         started = time.monotonic()
         specs = self.selected()
+        plan = Mesh(self.settings, "")  # who needs Redis, who PostgreSQL, with these settings
         redis_url = self.settings.redis_url
         if redis_url:
             wait_for_redis(redis_url)
-        elif any(s.uses_redis for s in specs):
+        elif any(plan.uses_redis(s) for s in specs):
             self.redis = EmbeddedRedis(
                 self.settings.state_dir / "redis",
                 self.settings.redis_port,
@@ -205,7 +214,7 @@ class Supervisor:
             redis_url = self.redis.url
         database_url = jwt_secret = None
         gateway_auth = self.settings.auth_enabled and any(s.name == "gateway" for s in specs)
-        if gateway_auth or any(s.uses_database for s in specs):
+        if gateway_auth or any(plan.uses_database(s) for s in specs):
             database_url = self._start_postgres()
         if gateway_auth:
             assert database_url is not None
