@@ -1,3 +1,4 @@
+# ruff: noqa: S608 - the SQL names only this script's own tables
 """pgvector layout: one table per collection (what `comps.vectorstore.pgvector_store` does) vs one shared table
 with a ``collection`` column, for a query that searches one collection among many.
 
@@ -56,7 +57,8 @@ async def main_async(url: str, args: argparse.Namespace) -> None:
     own_s = time.perf_counter() - started
     await conn.execute("ANALYZE")
     print(
-        f"{args.collections} collections x {args.per} vectors: build shared {shared_s:.1f}s, per-collection {own_s:.1f}s"
+        f"{args.collections} collections x {args.per} vectors: "
+        f"build shared {shared_s:.1f}s, per-collection {own_s:.1f}s"
     )
 
     target = args.collections // 2

@@ -168,8 +168,11 @@ def main() -> None:
         loads = {name: asyncio.run(load(store(name), data)) for name in args.stores}
         print(f"\nload ({args.n // PER_DOC} documents of {PER_DOC} chunks by replace_document, {WRITERS} writers):")
         for name, (seconds, used) in loads.items():
-            print(f"  {name:<9} {seconds:7.1f} s  {args.n / seconds:8,.0f} chunks/s  "
-                  f"{used / args.n:7,.0f} bytes/chunk ({'memory' if name == 'redis' else 'table + indexes'})")  # fmt: skip
+            what = "memory" if name == "redis" else "table + indexes"
+            print(
+                f"  {name:<9} {seconds:7.1f} s  {args.n / seconds:8,.0f} chunks/s  "
+                f"{used / args.n:7,.0f} bytes/chunk ({what})"
+            )
 
         rows: dict[str, dict[int, tuple[float, float, float]]] = {name: {} for name in args.stores}
         for name in args.stores:
@@ -202,9 +205,15 @@ def main() -> None:
             print(f"\nHTTP POST /v1/retrieval (embedding given, k={K}), {args.queries} sequential requests:")
             for name in args.stores:
                 port = free_port()
-                env = {"RETRIEVER_PORT": str(port), "VECTORSTORE_BACKEND": name, "INDEX_NAME": COLLECTION,
-                       "RETRIEVER_HNSW_EF_RUNTIME": str(chosen[name]), "LOG_LEVEL": "WARNING",
-                       "REDIS_URL": urls.get("redis_url", ""), "DATABASE_URL": urls.get("database_url", "")}  # fmt: skip
+                env = {
+                    "RETRIEVER_PORT": str(port),
+                    "VECTORSTORE_BACKEND": name,
+                    "INDEX_NAME": COLLECTION,
+                    "RETRIEVER_HNSW_EF_RUNTIME": str(chosen[name]),
+                    "LOG_LEVEL": "WARNING",
+                    "REDIS_URL": urls.get("redis_url", ""),
+                    "DATABASE_URL": urls.get("database_url", ""),
+                }
                 with open(Path(tmp) / f"retriever-{name}.log", "w") as sink:
                     proc = ManagedProcess("retriever", [sys.executable, "-m", "comps.retriever"], env=env, sink=sink)
                     proc.start()
@@ -214,8 +223,11 @@ def main() -> None:
                         lat = http_queries(f"http://127.0.0.1:{port}", queries)
                     finally:
                         proc.stop()
-                print(f"  {name}: ef={chosen[name]}: p50 {pct(lat, 50):.2f} ms, p99 {pct(lat, 99):.2f} ms "
-                      f"(HTTP + JSON over store.search: {pct(lat, 50) - rows[name][chosen[name]][0]:+.2f} ms at p50)")  # fmt: skip
+                overhead = pct(lat, 50) - rows[name][chosen[name]][0]
+                print(
+                    f"  {name}: ef={chosen[name]}: p50 {pct(lat, 50):.2f} ms, p99 {pct(lat, 99):.2f} ms "
+                    f"(HTTP + JSON over store.search: {overhead:+.2f} ms at p50)"
+                )
 
 
 if __name__ == "__main__":

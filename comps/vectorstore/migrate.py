@@ -40,7 +40,8 @@ async def copy_collection(
     await target.ensure_collection(collection, info.dim, model=info.model, algorithm=info.algorithm or "HNSW")
     records = await source.list_documents(collection)
     report = MigrationReport(documents=len(records))
-    for record in records:
+    for listed in records:
+        record = listed
         done = await target.get_document(collection, record.doc_id)
         if done is not None and _same(done, record):
             report.skipped += 1

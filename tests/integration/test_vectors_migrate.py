@@ -39,7 +39,7 @@ def docs() -> list[tuple[DocumentRecord, list[Chunk]]]:
                 model="toy",
                 updated_at=100.0 + d,
                 size_bytes=42,
-            ),  # fmt: skip
+            ),
             [Chunk(f"doc {d} part {i}", VECTORS[d * 4 + i], page=i + 1 if d else None) for i in range(4)],
         )
         for d in range(3)
