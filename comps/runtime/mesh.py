@@ -203,9 +203,11 @@ class Supervisor:
         specs = self.selected()
         plan = Mesh(self.settings, "")  # who needs Redis, who PostgreSQL, with these settings
         redis_url = self.settings.redis_url
-        if redis_url:
+        if not any(plan.uses_redis(s) for s in specs):
+            redis_url = None  # VECTORSTORE_BACKEND=pgvector: nothing of the mesh talks to Redis
+        elif redis_url:
             wait_for_redis(redis_url)
-        elif any(plan.uses_redis(s) for s in specs):
+        else:
             self.redis = EmbeddedRedis(
                 self.settings.state_dir / "redis",
                 self.settings.redis_port,
@@ -258,7 +260,7 @@ class Supervisor:
         if self.postgres or (self.settings.database_url and self.mesh and self.mesh.database_url):
             where = f"127.0.0.1:{self.postgres.port}" if self.postgres else "DATABASE_URL"
             rows.append(("postgres", where, "embedded" if self.postgres else "external"))
-        if self.redis or self.settings.redis_url:
+        if self.redis or (self.settings.redis_url and self.mesh and self.mesh.redis_url):
             rows.append(
                 (
                     "redis",
