@@ -64,6 +64,14 @@ def make_data(kind: str, n: int, queries: int, seed: int = 7) -> tuple[np.ndarra
     return draw(n), draw(queries)
 
 
+def make_texts(n: int, seed: int = 11) -> list[str]:
+    """Chunk texts of about 600 characters (a 128-token chunk) from a 5,000-word made-up vocabulary: what the
+    full-text index and the per-chunk size measure need."""
+    rng = np.random.default_rng(seed)
+    vocab = np.array(["".join(rng.choice(list("abcdefghiklmnoprstuvy"), rng.integers(3, 10))) for _ in range(5000)])
+    return [" ".join(vocab[rng.integers(0, len(vocab), 90)]) for _ in range(n)]
+
+
 def exact_neighbours(data: np.ndarray, queries: np.ndarray) -> list[list[tuple[str, int]]]:
     sims = queries @ data.T
     top = np.argsort(-sims, axis=1)[:, :K]
@@ -80,7 +88,7 @@ async def store_size(store: VectorStore) -> int:
         return int(await conn.fetchval(f"SELECT pg_total_relation_size('vs_chunks_{row['id']}')"))
 
 
-async def load(store: VectorStore, data: np.ndarray) -> tuple[float, int]:
+async def load(store: VectorStore, data: np.ndarray, texts: list[str]) -> tuple[float, int]:
     await store.open()
     await store.delete_all(COLLECTION)
     before = await store_size(store) if store.name == "redis" else 0
@@ -95,7 +103,7 @@ async def load(store: VectorStore, data: np.ndarray) -> tuple[float, int]:
         while not queue.empty():
             start = queue.get_nowait()
             doc = f"doc{start // PER_DOC}"
-            chunks = [Chunk(f"synthetic chunk {i}", data[i]) for i in range(start, min(start + PER_DOC, len(data)))]
+            chunks = [Chunk(texts[i], data[i]) for i in range(start, min(start + PER_DOC, len(data)))]
             await store.replace_document(COLLECTION, DocumentRecord(doc, f"{doc}.txt", "sha"), chunks)
 
     await asyncio.gather(*(writer() for _ in range(WRITERS)))
@@ -154,7 +162,11 @@ def main() -> None:
 
     data, queries = make_data(args.data, args.n, args.queries)
     exact = exact_neighbours(data, queries)
-    print(f"data: {args.data}, {args.n} x {DIM}-d float32, {args.queries} queries, k={K}; stores: {args.stores}")
+    texts = make_texts(args.n)
+    print(
+        f"data: {args.data}, {args.n} x {DIM}-d float32 with ~{statistics.fmean(map(len, texts)):.0f}-character texts, "
+        f"{args.queries} queries, k={K}; stores: {args.stores}"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-retriever-") as tmp, ExitStack() as servers:
         urls: dict[str, str] = {}
         if "redis" in args.stores:
@@ -165,7 +177,7 @@ def main() -> None:
         def store(name: str) -> VectorStore:
             return make_store(name, **urls)
 
-        loads = {name: asyncio.run(load(store(name), data)) for name in args.stores}
+        loads = {name: asyncio.run(load(store(name), data, texts)) for name in args.stores}
         print(f"\nload ({args.n // PER_DOC} documents of {PER_DOC} chunks by replace_document, {WRITERS} writers):")
         for name, (seconds, used) in loads.items():
             what = "memory" if name == "redis" else "table + indexes"
