@@ -165,6 +165,21 @@ def test_concurrent_writers_of_one_document_leave_one_whole_version(backend: str
     run(backend, urls, body)
 
 
+def test_many_writers_of_different_documents_all_commit(backend: str, urls: dict[str, str]) -> None:
+    """As dataprep's workers write: 8 at once, each its own documents (Redis once aborted them all but one)."""
+
+    async def body(store: VectorStore, c: str) -> None:
+        async def writer(w: int) -> None:
+            for d in range(6):
+                await store.replace_document(c, record(f"w{w}d{d}"), doc_chunks(d % 3, 8))
+
+        await asyncio.gather(*(writer(w) for w in range(8)))
+        assert len(await store.list_documents(c)) == 48
+        assert len(await store.search(c, Query(vector=VECTORS[0], k=500))) == 384
+
+    run(backend, urls, body)
+
+
 def test_deletes(backend: str, urls: dict[str, str]) -> None:
     async def body(store: VectorStore, c: str) -> None:
         await load_corpus(store, c)
