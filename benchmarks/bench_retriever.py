@@ -88,6 +88,25 @@ async def store_size(store: VectorStore) -> int:
         return int(await conn.fetchval(f"SELECT pg_total_relation_size('vs_chunks_{row['id']}')"))
 
 
+async def size_parts(store: VectorStore) -> dict[str, int]:
+    """Where the bytes are: RediSearch's vector index and text index; PostgreSQL's table and each index."""
+    if store.name == "redis":
+        info = await store.r.ft(COLLECTION).info()  # type: ignore[attr-defined]
+        mb = {k: float(info.get(k, 0) or 0) for k in ("vector_index_sz_mb", "inverted_sz_mb", "doc_table_size_mb")}
+        return {k.removesuffix("_mb"): int(v * 2**20) for k, v in mb.items()}
+    async with store.connection() as conn:  # type: ignore[attr-defined]
+        cid = await conn.fetchval("SELECT id FROM vectorstore_collections WHERE name = $1", COLLECTION)
+        table = f"vs_chunks_{cid}"
+        rows = await conn.fetch(
+            "SELECT c.relname, pg_relation_size(c.oid) AS size FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = $1::regclass",
+            table,
+        )
+        parts = {"table (heap + TOAST)": int(await conn.fetchval(f"SELECT pg_table_size('{table}')"))}
+        parts.update({row["relname"].removeprefix(table + "_"): int(row["size"]) for row in rows})
+        return parts
+
+
 async def load(store: VectorStore, data: np.ndarray, texts: list[str]) -> tuple[float, int]:
     await store.open()
     await store.delete_all(COLLECTION)
@@ -109,6 +128,8 @@ async def load(store: VectorStore, data: np.ndarray, texts: list[str]) -> tuple[
     await asyncio.gather(*(writer() for _ in range(WRITERS)))
     elapsed = time.perf_counter() - started
     used = await store_size(store) - before
+    parts = ", ".join(f"{k} {v / len(data):,.0f}" for k, v in (await size_parts(store)).items())
+    print(f"  {store.name} bytes per chunk by part: {parts}")
     await store.close()
     return elapsed, used
 
