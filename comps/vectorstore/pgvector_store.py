@@ -37,7 +37,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from comps.core.errors import BadRequest, NotReady, UpstreamUnavailable
+from comps.core.errors import BadRequest, NotReady, UpstreamTimeout, UpstreamUnavailable
 from comps.vectorstore.documents import Chunk, CollectionMissing, DocumentRecord
 from comps.vectorstore.names import validate_collection
 from comps.vectorstore.schema import CollectionInfo
@@ -181,9 +181,10 @@ class PgvectorStore:
         try:
             async with self._pool.acquire() as conn:
                 yield conn
-        except (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
-                asyncpg.exceptions.CannotConnectNowError) as exc:  # fmt: skip
+        except (OSError, asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.CannotConnectNowError) as exc:
             raise UpstreamUnavailable(f"PostgreSQL at {self.where} is unreachable: {exc}", node="postgres") from exc
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"PostgreSQL at {self.where} did not answer in time", node="postgres") from exc
 
     # ---------------------------------------------------------------------------------------- collections
 
@@ -368,6 +369,12 @@ class PgvectorStore:
     # ---------------------------------------------------------------------------------------------- search
 
     async def search(self, collection: str, query: Query) -> list[Hit]:
+        try:
+            return await self._search(collection, query)
+        except asyncpg.exceptions.UndefinedTableError:
+            return []  # the collection was deleted between reading its row and its table
+
+    async def _search(self, collection: str, query: Query) -> list[Hit]:
         validate_collection(collection)
         if query.search_type not in SEARCH_TYPES:
             raise BadRequest(
