@@ -6,9 +6,9 @@ Layout (fixed tables: Alembic, ``comps/sqlstore/migrations/versions/0004_vectors
 - ``vs_chunks_<id>``: ONE TABLE PER COLLECTION, made by `ensure_collection` from `_CHUNKS_DDL`: a chunk's
   text, ``vector(dim)``, source, tags, page, a generated ``tsvector`` (GIN) and, for HNSW collections, an
   HNSW index with cosine distance (``m`` 16, ``ef_construction`` 200, as the Redis index). One table per
-  collection because an HNSW index needs one fixed dimension (collections may use different models) and
-  because a per-collection filter on a shared HNSW index is applied after the graph walk, which costs
-  recall and time as collections multiply (``docs/scaling.md`` has the measurement);
+  collection because an HNSW index needs one fixed dimension (collections may use different models), deleting
+  a collection is a DROP TABLE (no dead rows to vacuum), and small graphs build faster: measured in
+  ``docs/scaling.md`` (``benchmarks/bench_pgvector_layout.py``);
 - ``vectorstore_documents``: a document's record (`DocumentRecord`), key (collection, doc_id);
 - ``vectorstore_versions``: each collection's content version, kept when the collection is deleted;
 - ``vectorstore_doc_version``: a sequence numbering document versions (what Redis keeps in ``c:meta``).
