@@ -34,6 +34,7 @@ from comps.chathistory.protocol import (
     OpeaFeedbackDelete,
     OpeaFeedbackGet,
     OpeaGet,
+    SessionCounts,
 )
 from comps.chathistory.service import ChatHistory, title_of
 from comps.chathistory.settings import ChatHistorySettings
@@ -200,6 +201,16 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
         return await service.feedback_report(
             limit=min(limit, max_page), cursor=cursor, thumbs_up=thumbs_up, max_rating=max_rating
         )
+
+    @router.get("/v1/admin/sessions/count", response_model=SessionCounts, tags=["admin"])
+    async def session_counts(
+        service: Service,
+        _: Annotated[Caller, Depends(_admin)],
+        active_within_s: Annotated[int, Query(ge=60, le=90 * 86_400)] = 3600,
+    ) -> SessionCounts:
+        """Admins: conversations (archived ones too), the users who have any, and those active lately (a
+        conversation of theirs changed within ``active_within_s``)."""
+        return await service.session_counts(active_within_s)
 
     # -- OPEA's chathistory --------------------------------------------------------------------------
 

@@ -99,6 +99,8 @@ class Registry:
             pid = None
         if pid is not None:
             found = await s.scalar(select(Prompt).where(Prompt.id == pid, self._visible(caller)))
+        elif "\x00" in ref:  # no name holds one (NAME_PATTERN), and PostgreSQL text cannot
+            found = None
         else:
             found = await s.scalar(
                 select(Prompt)

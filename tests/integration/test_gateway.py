@@ -111,7 +111,11 @@ def test_the_openai_client_works_with_only_a_base_url_change(oai: openai.OpenAI,
     assert [s["id"] for s in done.model_extra["sources"]] == [DOCS[3]["id"], DOCS[2]["id"], DOCS[1]["id"]]
     sent = mesh.seen["llm"][0]
     assert (sent["model"], sent["temperature"], sent["max_tokens"], sent["seed"]) == ("anything", 0, 50, 7)
-    assert [m.id for m in oai.models.list().data] == ["stub-llm"]
+    # one LLM: listed under the gateway's one model name, with what its service runs and its status
+    listed = oai.models.list().data
+    assert [(m.id, m.model_extra["root"], m.model_extra["status"]) for m in listed] == [
+        ("chatqna", "stub-llm", "ready")
+    ]
 
 
 def test_a_stream_is_real_chat_completion_chunks_with_sources_first(oai: openai.OpenAI, client: httpx.Client) -> None:
