@@ -1,7 +1,7 @@
 # ruff: noqa: S608 - SQL names only our tables (vs_chunks_<int>) and columns; every value is a $n parameter
 """PostgreSQL with pgvector behind the `VectorStore` protocol (asyncpg; vectors in pgvector's binary format).
 
-Layout (fixed tables: Alembic, ``comps/sqlstore/migrations/versions/0004_vectorstore.py``):
+Layout (fixed tables: Alembic, ``comps/sqlstore/migrations/versions/0006_vectorstore.py``):
 - ``vectorstore_collections``: one row per collection (dimension, algorithm, model) and its ``id``;
 - ``vs_chunks_<id>``: ONE TABLE PER COLLECTION, made by `ensure_collection` from `_CHUNKS_DDL`: a chunk's
   text, ``vector(dim)``, source, tags, page, a generated ``tsvector`` (GIN) and, for HNSW collections, an

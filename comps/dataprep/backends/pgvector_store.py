@@ -1,5 +1,5 @@
 """Dataprep's store with everything in PostgreSQL (``VECTORSTORE_BACKEND=pgvector``): documents in the pgvector
-store, job status in the table ``dataprep_jobs`` (migration ``0004_vectorstore``): the job's record as JSON, when
+store, job status in the table ``dataprep_jobs`` (migration ``0006_vectorstore``): the job's record as JSON, when
 it expires (``DATAPREP_JOB_TTL_S`` after its last save) and whether it is finished. No Redis."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """vectorstore: the pgvector store's fixed tables (collections, documents, content versions) and dataprep's jobs
 
-Revision ID: 0004_vectorstore
-Revises: 0003_prompts
+Revision ID: 0006_vectorstore
+Revises: 0005_forget_deleted_users
 
 A collection's chunks live in a table of their own, ``vs_chunks_<id>``, made when the collection is (see
 `comps.vectorstore.pgvector_store`): its ``vector(dim)`` column and HNSW index depend on the collection's model.
@@ -12,8 +12,8 @@ do); a server without it still migrates, and the pgvector store says at readines
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_vectorstore"
-down_revision = "0003_prompts"
+revision = "0006_vectorstore"
+down_revision = "0005_forget_deleted_users"
 branch_labels = None
 depends_on = None
 
