@@ -209,7 +209,10 @@ def snapshot(r: redis.Redis, collection: str) -> dict[str, object]:
     state: dict[str, object] = {}
     for key in r.scan_iter(match=f"{collection}:*", count=1000):
         kind = r.type(key)
-        state[key.decode()] = r.hgetall(key) if kind == b"hash" else sorted(r.smembers(key))
+        if kind == b"string":  # the version counter, c:seq
+            state[key.decode()] = r.get(key)
+        else:
+            state[key.decode()] = r.hgetall(key) if kind == b"hash" else sorted(r.smembers(key))
     return state
 
 

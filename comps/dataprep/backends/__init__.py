@@ -1,4 +1,4 @@
-"""Dataprep document stores, registered by short name (``DATAPREP_BACKEND``) and imported lazily."""
+"""Dataprep document stores, registered by the vector store's name (``VECTORSTORE_BACKEND``), imported lazily."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 REGISTRY = {
     "redis": "comps.dataprep.backends.redis_store:RedisDocumentStore",
+    "pgvector": "comps.dataprep.backends.pgvector_store:PgvectorDocumentStore",
 }
 
 
