@@ -150,7 +150,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_logging(settings.service_name, settings.log_format, settings.log_level)
-        setup_tracing(settings.service_name, settings.otlp_endpoint, settings.trace_sample_ratio)
+        setup_tracing(
+            settings.service_name,
+            settings.otlp_endpoint,
+            settings.trace_sample_ratio,
+            settings.otlp_headers.get_secret_value() if settings.otlp_headers else None,
+        )
         await state.http.start()
         warm_task = asyncio.create_task(_warm_up(state), name="warm-up")
         try:
