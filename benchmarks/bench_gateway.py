@@ -354,12 +354,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the benchmark)")
     ap.add_argument("--auth", action="store_true", help="auth off vs JWT vs API key instead of OPEA")
     ap.add_argument("--tracing", action="store_true", help="tracing off vs exporting to a collector instead of OPEA")
+    ap.add_argument("--rounds", type=int, help="with --tracing: interleaved rounds (default 7, quick 3)")
     args = ap.parse_args()
     if args.auth:
         main_auth(args.quick)
         return
     if args.tracing:
-        main_tracing(args.quick)
+        main_tracing(args.quick, args.rounds)
         return
     opea_python = ensure_opea_venv()
     ports = {name: free_port() for name in ("embedding", "retriever", "reranker", "llm")}
@@ -543,9 +544,9 @@ TRACING_MODES = ("off", "on", "on + content", "on, 10% sampled")
 
 
 async def bench_tracing(
-    quick: bool, procs: dict[str, Proc], urls: dict[str, str], stubs: dict[str, str]
+    quick: bool, rounds: int | None, procs: dict[str, Proc], urls: dict[str, str], stubs: dict[str, str]
 ) -> list[tuple]:
-    rounds = 3 if quick else 5
+    rounds = rounds or (3 if quick else 7)
     dur = 1.5 if quick else 3.0
     rows: list[tuple] = []
     timeout = aiohttp.ClientTimeout(total=30)
@@ -580,7 +581,7 @@ async def bench_tracing(
     return rows
 
 
-def main_tracing(quick: bool) -> None:
+def main_tracing(quick: bool, rounds: int | None) -> None:
     ports = {name: free_port() for name in ("embedding", "retriever", "reranker", "llm")}
     stubs = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     collector_port = free_port()
@@ -613,11 +614,13 @@ def main_tracing(quick: bool) -> None:
         for mode, proc in procs.items():
             proc.wait_http(urls[mode] + "/v1/ready")
         install_uvloop()
-        rows = asyncio.run(bench_tracing(quick, procs, urls, stubs))
+        load_before = os.getloadavg()[0]
+        rows = asyncio.run(bench_tracing(quick, rounds, procs, urls, stubs))
     finally:
         for p in reversed(started):
             p.stop()
-    print_table("gateway tracing off vs exporting over OTLP/HTTP",
+    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    print_table(f"gateway tracing off vs exporting over OTLP/HTTP ({load})",
                 ("metric", "value", "vs off", "CPU ms/req", "vs off", "", "target"), rows)  # fmt: skip
 
 
