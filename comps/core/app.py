@@ -14,6 +14,7 @@ What every service gets from here:
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import json
 import logging
@@ -318,6 +319,11 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         lifespan="on",
     )
     exit_on_fatal()
+    # What start-up made (modules, the app, settings) lives as long as the process: frozen, it is out of the
+    # garbage collector's walks, so that a full collection costs what requests keep alive, not the whole heap
+    # (tens of ms each in the gateway; spans waiting for export made them several times more frequent).
+    gc.collect()
+    gc.freeze()
     uvicorn.Server(config).run()
     if fatal_reason():
         sys.exit(FATAL_EXIT_CODE)
