@@ -3,6 +3,11 @@
     .venv/bin/python benchmarks/bench_gateway.py [--quick]
     .venv/bin/python benchmarks/bench_gateway.py --auth [--quick]   # auth off vs JWT vs API key, same stubs
     .venv/bin/python benchmarks/bench_gateway.py --tracing [--quick]  # tracing off vs exporting, same stubs
+    .venv/bin/python benchmarks/bench_gateway.py --usage [--quick]    # usage accounting off vs on, same stubs
+
+With ``--usage``: two of our gateways (auth off) on the same stubs and the same PostgreSQL (embedded, a temporary
+folder), one recording every request's usage (batched writes off the request path) and one not; requests/s at
+concurrency 64 (median of interleaved rounds), gateway CPU per request, and the records written.
 
 With ``--tracing``: four of our gateways on the same stubs: no exporter (off), exporting every span over OTLP/HTTP
 to a collector process (tests/support/otlp.py, which decodes each export) with text kept out of spans (on), with
@@ -69,12 +74,12 @@ def ensure_opea_venv() -> Path:
 
 
 class Proc:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], cwd: Path = REPO) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
         self.log = (LOGS / f"{name}.log").open("w")
         self.name = name
         self.proc = subprocess.Popen(
-            argv, env={**os.environ, **env}, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            argv, env={**os.environ, **env}, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def cpu_s(self) -> float:
@@ -355,7 +360,11 @@ def main() -> None:
     ap.add_argument("--auth", action="store_true", help="auth off vs JWT vs API key instead of OPEA")
     ap.add_argument("--tracing", action="store_true", help="tracing off vs exporting to a collector instead of OPEA")
     ap.add_argument("--rounds", type=int, help="with --tracing: interleaved rounds (default 7, quick 3)")
+    ap.add_argument("--usage", action="store_true", help="usage accounting off vs on instead of OPEA")
     args = ap.parse_args()
+    if args.usage:
+        main_usage(args.quick)
+        return
     if args.auth:
         main_auth(args.quick)
         return
@@ -543,10 +552,18 @@ def main_auth(quick: bool) -> None:
 TRACING_MODES = ("off", "on", "on + content", "on, 10% sampled")
 
 
-async def bench_tracing(
-    quick: bool, rounds: int | None, procs: dict[str, Proc], urls: dict[str, str], stubs: dict[str, str]
+async def bench_modes(
+    quick: bool,
+    procs: dict[str, Proc],
+    urls: dict[str, str],
+    stubs: dict[str, str],
+    modes: tuple[str, ...],
+    target: str,
+    rounds: int | None = None,
 ) -> list[tuple]:
-    rounds = rounds or (3 if quick else 7)
+    """Gateways in several modes on the same stubs, the first the baseline: requests/s at concurrency 64 (median of
+    interleaved rounds) and gateway CPU per request, non-streaming and streaming."""
+    rounds = rounds or (3 if quick else 5)
     dur = 1.5 if quick else 3.0
     rows: list[tuple] = []
     timeout = aiohttp.ClientTimeout(total=30)
@@ -557,26 +574,25 @@ async def bench_tracing(
         c = Client(session, stubs)
         await set_llm(session, stubs["llm"], tokens=20, chunk_delay_s=0.0)
         for stream in (False, True):
-            for mode in TRACING_MODES:
+            for mode in modes:
                 await load(lambda m=mode, s=stream: c.gateway(urls[m] + "/v1/chatqna", s), 8, count=100)
-            rps: dict[str, list[float]] = {m: [] for m in TRACING_MODES}
-            cpu: dict[str, list[float]] = {m: [] for m in TRACING_MODES}
-            errors = dict.fromkeys(TRACING_MODES, 0)
+            rps: dict[str, list[float]] = {m: [] for m in modes}
+            cpu: dict[str, list[float]] = {m: [] for m in modes}
+            errors = dict.fromkeys(modes, 0)
             for _ in range(rounds):  # interleaved rounds share the machine's noise
-                for mode in TRACING_MODES:
+                for mode in modes:
                     run = await load(lambda m=mode, s=stream: c.gateway(urls[m] + "/v1/chatqna", s), 64, duration_s=dur,
                                      proc=procs[mode])  # fmt: skip
                     rps[mode].append(run.rps)
                     cpu[mode].append(run.cpu_s / max(1, len(run.latencies)))
                     errors[mode] += run.errors
             kind = "streaming (20 chunks)" if stream else "non-streaming"
-            base, base_cpu = statistics.median(rps["off"]), statistics.median(cpu["off"])
-            for mode in TRACING_MODES:
+            base, base_cpu = statistics.median(rps[modes[0]]), statistics.median(cpu[modes[0]])
+            for mode in modes:
                 r, u = statistics.median(rps[mode]), statistics.median(cpu[mode])
-                target = ">= 0.9x off" if mode != "off" else ""
                 rows.append(
                     (f"req/s c=64, {kind}, {mode}", f"{r:.0f}", f"{r / base:.2f}x", f"{u * 1e3:.3f}",
-                     f"{u / base_cpu:.2f}x", f"errors {errors[mode]}", target)
+                     f"{u / base_cpu:.2f}x", f"errors {errors[mode]}", target if mode != modes[0] else "")
                 )  # fmt: skip
     return rows
 
@@ -615,12 +631,65 @@ def main_tracing(quick: bool, rounds: int | None) -> None:
             proc.wait_http(urls[mode] + "/v1/ready")
         install_uvloop()
         load_before = os.getloadavg()[0]
-        rows = asyncio.run(bench_tracing(quick, rounds, procs, urls, stubs))
+        rows = asyncio.run(
+            bench_modes(quick, procs, urls, stubs, TRACING_MODES, ">= 0.9x off", rounds or (3 if quick else 7))
+        )
     finally:
         for p in reversed(started):
             p.stop()
     load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     print_table(f"gateway tracing off vs exporting over OTLP/HTTP ({load})",
+                ("metric", "value", "vs off", "CPU ms/req", "vs off", "", "target"), rows)  # fmt: skip
+
+
+USAGE_MODES = ("usage off", "usage on")
+
+
+def start_stubs(started: list[Proc]) -> dict[str, str]:
+    """The four stubs in one process (added to ``started``), ready; their URLs by service."""
+    ports = {name: free_port() for name in ("embedding", "retriever", "reranker", "llm")}
+    started.append(stub := Proc("stubs", [sys.executable, "-m", "tests.support.stubs", *map(str, ports.values())], {}))
+    stubs = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    stub.wait_http(stubs["llm"] + "/v1/ready")
+    return stubs
+
+
+def main_usage(quick: bool) -> None:
+    """Two gateways (auth off) on the same stubs and the same PostgreSQL, with usage accounting off and on."""
+    import tempfile
+
+    import httpx
+
+    from comps.runtime.postgres_server import EmbeddedPostgres
+
+    gw_ports = {mode: free_port() for mode in USAGE_MODES}
+    urls = {mode: f"http://127.0.0.1:{port}" for mode, port in gw_ports.items()}
+    started: list[Proc] = []
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedPostgres(Path(tmp) / "pg", free_port()) as pg:
+        try:
+            stubs = start_stubs(started)
+            hops = {f"GATEWAY_{k.upper()}_URL": v for k, v in stubs.items()}
+            procs = {
+                mode: Proc(
+                    f"gateway-{mode.replace(' ', '-')}",
+                    [sys.executable, "-m", "megaservice"],
+                    {"GATEWAY_PORT": str(gw_ports[mode]), "GATEWAY_AUTH_ENABLED": "false", "DATABASE_URL": pg.url,
+                     "GATEWAY_USAGE_ENABLED": str(mode == "usage on").lower(), **hops},
+                )
+                for mode in USAGE_MODES
+            }  # fmt: skip
+            started += procs.values()
+            for mode, proc in procs.items():
+                proc.wait_http(urls[mode] + "/v1/ready")
+            install_uvloop()
+            rows = asyncio.run(bench_modes(quick, procs, urls, stubs, USAGE_MODES, ">= 0.95x off"))
+            usage = httpx.get(urls["usage on"] + "/v1/admin/system", timeout=30).json()["usage"]
+            rows.append(("usage records written / buffered / dropped", f"{usage['written']} / {usage['buffered']} / "
+                         f"{usage['dropped']}", "", "", "", "", ""))  # fmt: skip
+        finally:
+            for p in reversed(started):
+                p.stop()
+    print_table("gateway usage accounting off vs on (batched writes to PostgreSQL)",
                 ("metric", "value", "vs off", "CPU ms/req", "vs off", "", "target"), rows)  # fmt: skip
 
 

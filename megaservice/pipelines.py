@@ -33,7 +33,8 @@ class Pipeline:
     passages: Callable[[a.Question, Mapping[str, Any]], list[Passage]]
 
 
-def nodes(s: GatewaySettings) -> dict[str, Node]:
+def nodes(s: GatewaySettings, llm_url: str | None = None) -> dict[str, Node]:
+    """The services of the graphs; ``llm_url``: the LLM of one model (default: GATEWAY_LLM_URL)."""
     t = Tracing(s.trace_content)
     return {
         "embedding": Node(
@@ -65,7 +66,7 @@ def nodes(s: GatewaySettings) -> dict[str, Node]:
         ),
         "llm": Node(
             "llm",
-            s.llm_url,
+            llm_url or s.llm_url,
             "/v1/chat/completions",
             ChatCompletionRequest,
             ChatCompletion,
@@ -77,8 +78,8 @@ def nodes(s: GatewaySettings) -> dict[str, Node]:
     }
 
 
-def build_pipelines(s: GatewaySettings) -> dict[str, Pipeline]:
-    n = nodes(s)
+def build_pipelines(s: GatewaySettings, llm_url: str | None = None) -> dict[str, Pipeline]:
+    n = nodes(s, llm_url)
 
     def pipeline(name: str, used: list[str], edges: list[Edge], passages: Callable[..., list[Passage]]) -> Pipeline:
         graph = Graph(name, a.Question, [n[u] for u in used], edges)

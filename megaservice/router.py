@@ -11,24 +11,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from comps.core.app import create_app, http_client, is_json, ready_backend, state_of
+from comps.core.app import STREAMING_RESPONSES, create_app, http_client, is_json, ready_backend, state_of
 from comps.core.errors import NotReady, ServiceError, UnsupportedMediaType, UpstreamError
 from comps.core.http import HttpClient, bearer
+from comps.core.tasks import TaskGroup
 from comps.identity.auth import Authenticator, AuthMiddleware, AuthState, principal_of
 from comps.identity.oidc import OIDCConfig, OIDCVerifier
 from comps.identity.router import build_router as identity_router
 from comps.identity.service import IdentityService, LoginLimiter
-from comps.llm.protocol import ModelList
 from comps.sqlstore import Database
 from comps.sqlstore.db import migrate_when_up
-from megaservice import conversations, documents
+from megaservice import admin, conversations, documents, models
 from megaservice.access import Access
-from megaservice.graph import BadAnswer, Node
+from megaservice.graph import Node
+from megaservice.models import ModelTable
 from megaservice.pipelines import build_pipelines
 from megaservice.prompts import Prompts
 from megaservice.protocol import ChatQnACompletion, ChatQnARequest
 from megaservice.service import ChatQnA
 from megaservice.settings import GatewaySettings
+from megaservice.usage import UsageRecorder
 
 log = logging.getLogger("megaservice")
 
@@ -46,6 +48,7 @@ class Dependencies:
         nodes: list[Node],
         auth: AuthState,
         memory: conversations.Memory | None = None,
+        usage: UsageRecorder | None = None,
     ) -> None:
         self.settings = settings
         self.memory = memory
@@ -55,19 +58,25 @@ class Dependencies:
         self.auth = auth
         self.http: HttpClient | None = None
         self.db: Database | None = None
+        self.usage = usage  # the usage recorder, when accounting is on
+        self.tasks = TaskGroup("gateway")
 
     async def warm_up(self, http: HttpClient) -> None:
         s = self.settings
         http.default_headers = bearer(s.internal_api_key)
         self.http = http
+        if s.database_url:  # users (auth on), usage records
+            self.db = Database(s.database_url)
+            await migrate_when_up(self.db, what="the user store (PostgreSQL)")
+            if self.usage is not None:
+                self.usage.db = self.db
+                self.tasks.spawn("usage-writer", self.usage.run)
         if not s.auth_enabled:
             log.warning(
                 "auth is OFF (GATEWAY_AUTH_ENABLED=false): every caller is an admin; listening on %s only", s.host
             )
             return
-        assert s.database_url and s.jwt_secret  # checked by the settings
-        self.db = Database(s.database_url)
-        await migrate_when_up(self.db, what="the user store (PostgreSQL)")
+        assert self.db is not None and s.jwt_secret  # checked by the settings
         identity = IdentityService(
             self.db,
             jwt_secret=s.jwt_secret.get_secret_value(),
@@ -102,6 +111,7 @@ class Dependencies:
         return verifier
 
     async def check_ready(self) -> dict[str, Any]:
+        self.tasks.check()
         probes = await asyncio.gather(*(self._probe(node) for node in self.nodes), self._probe_store())
         failed = {name: why for name, why in probes if why}
         if failed:
@@ -112,8 +122,18 @@ class Dependencies:
             "auth": "on" if self.settings.auth_enabled else "off",
         }
 
+    def service_urls(self) -> dict[str, str]:
+        """The services this gateway calls besides the LLMs (by name), for the admin API."""
+        s = self.settings
+        urls = {"embedding": s.embedding_url, "retriever": s.retriever_url, "reranker": s.reranker_url,
+                "dataprep": s.dataprep_url, "chathistory": s.chathistory_url, "prompts": s.prompts_url}  # fmt: skip
+        return {name: url for name, url in urls.items() if url}
+
+    def cache_status(self) -> dict[str, Any]:
+        return {"status": "absent"}  # the answer cache reports here once it exists
+
     async def _probe_store(self) -> tuple[str, str | None]:
-        if self.db is None:
+        if self.db is None or not self.settings.auth_enabled:  # usage alone: a store outage only delays records
             return "postgres", None
         try:
             await asyncio.wait_for(self.db.ping(), self.timeout_s)
@@ -131,8 +151,11 @@ class Dependencies:
             return node.name, exc.message
 
     async def close(self) -> None:
+        await self.tasks.stop()
         if self.memory is not None:  # answers already sent are stored before the process ends
             await self.memory.drain()
+        if self.usage is not None:  # and their usage records
+            await self.usage.close()
         if self.auth.authenticator is not None:
             await self.auth.authenticator.identity.close()
         if self.db is not None:
@@ -152,6 +175,7 @@ _BODY_DOC = {
 }
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
+        **STREAMING_RESPONSES[200],
         "model": ChatQnACompletion,
         "description": "A chat.completion, or with stream: true, chat.completion.chunk events (text/event-stream).",
     }
@@ -170,47 +194,47 @@ async def chat_body(request: Request) -> ChatQnARequest:
         raise RequestValidationError(exc.errors()) from None
 
 
-def build_router(chatqna: ChatQnA, llm: Node, access: Access) -> APIRouter:
+def build_router(chatqna: ChatQnA, access: Access, *, opea_compat: bool = False) -> APIRouter:
     router = APIRouter(tags=["chatqna"])
 
-    async def answer(request: Request) -> Response:
+    async def answer(request: Request, opea: bool = False) -> Response:
         state = state_of(request)
         state.require_ready()
         req = await chat_body(request)
+        if opea and "stream" not in req.model_fields_set:  # OPEA streams unless told not to
+            req = req.model_copy(update={"stream": True})
         if req.pipeline_for(chatqna.default) != "llm-only":  # a user reads only collections they may read
             await access.scope(principal_of(request), req)
-        return await chatqna.answer(req, state.http, request)
+        return await chatqna.answer(req, state.http, request, opea=opea)
+
+    async def chatqna_answer(request: Request) -> Response:
+        return await answer(request, opea=opea_compat)
+
+    async def openai_answer(request: Request) -> Response:
+        return await answer(request)
 
     router.add_api_route(
         "/v1/chatqna",
-        answer,
+        chatqna_answer,
         methods=["POST"],
         responses=_RESPONSES,
         openapi_extra=_BODY_DOC,
         summary="Answer from the documents",
-        description="An OpenAI chat request plus retrieval knobs; the answer carries its `sources`.",
+        description="An OpenAI chat request plus retrieval knobs; the answer carries its `sources`."
+        + (
+            " OPEA compatibility is on: streams unless `stream` is false, as `data: b'<token>'` lines."
+            if opea_compat
+            else ""
+        ),
     )
     router.add_api_route(
         "/v1/chat/completions",
-        answer,
+        openai_answer,
         methods=["POST"],
         responses=_RESPONSES,
         openapi_extra=_BODY_DOC,
         summary="The same as /v1/chatqna, where OpenAI clients look for it",
     )
-
-    @router.get("/v1/models", response_model=ModelList)
-    async def models(http: Http, _: Ready) -> ModelList:
-        """The LLM's models."""
-        body = await http.request_json(
-            "GET", llm.url.rstrip("/") + "/v1/models", node=llm.name, timeout_s=llm.timeout_s
-        )
-        try:
-            return ModelList.model_validate(body)
-        except ValidationError as exc:
-            raise BadAnswer(
-                f"{llm.name} answered /v1/models with an unexpected body: {exc.errors()[0]['msg']}", node=llm.name
-            ) from None
 
     return router
 
@@ -232,8 +256,15 @@ def _document_request_model(app: FastAPI) -> None:
 
 
 def build_app(settings: GatewaySettings) -> FastAPI:
-    pipelines = build_pipelines(settings)
+    table = ModelTable.of(settings)
+    by_model = {name: build_pipelines(settings, url) for name, url in table.urls.items()}
+    pipelines = by_model[table.default]
     default = pipelines[settings.pipeline].graph
+    usage = (
+        UsageRecorder(flush_s=settings.usage_flush_s, batch=settings.usage_batch, buffer=settings.usage_buffer)
+        if settings.usage_enabled and settings.database_url
+        else None
+    )
     auth = AuthState(settings.auth_enabled)
     memory = (
         conversations.Memory(
@@ -242,15 +273,18 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         if settings.chathistory_url
         else None
     )
-    deps = Dependencies(settings, settings.pipeline, list(default.nodes.values()), auth, memory)
+    deps = Dependencies(settings, settings.pipeline, list(default.nodes.values()), auth, memory, usage)
     prompts = Prompts(settings.prompts_url, timeout_s=settings.chathistory_timeout_s) if settings.prompts_url else None
-    chatqna = ChatQnA(settings, pipelines, memory, prompts)
-    llm = pipelines["llm-only"].graph.terminal
+    chatqna = ChatQnA(settings, pipelines, memory, prompts, models=table, by_model=by_model, usage=usage)
     access = Access(auth, settings.default_collection)
     routers = [
-        build_router(chatqna, llm, access),
+        build_router(chatqna, access, opea_compat=settings.opea_compat),
+        models.build_router(table, settings.ready_timeout_s),
+        admin.build_router(table, usage, settings.usage_max_days, settings.ready_timeout_s),
         identity_router(open_registration=settings.open_registration, allowed_origins=settings.cors_origins),
-        documents.build_router(access, settings.dataprep_url, settings.dataprep_timeout_s),
+        documents.build_router(
+            access, settings.dataprep_url, settings.dataprep_timeout_s, opea_compat=settings.opea_compat
+        ),
         documents.collections_router(access, settings.dataprep_url, settings.dataprep_timeout_s),
         _health_router(),
     ]

@@ -8,11 +8,13 @@ in flight; during a stream that closes the LLM connection, which stops the gener
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from typing import Any
 
 import aiohttp
 import orjson
@@ -25,17 +27,20 @@ from starlette.background import BackgroundTask
 from comps.core.disconnect import ClientGone, until_disconnect
 from comps.core.errors import BadRequest, ServiceError, UpstreamError, error_envelope
 from comps.core.http import HttpClient
+from comps.identity.auth import principal_of
 from megaservice.adapters import Question, RagDefaults
 from megaservice.condense import Condenser
 from megaservice.conversations import Memory, Turn
 from megaservice.graph import NODE_ERRORS
+from megaservice.models import ModelTable
 from megaservice.pipelines import Pipeline
-from megaservice.prompt import Passage
-from megaservice.prompts import Prompts, UsedPrompt
+from megaservice.prompt import Passage, is_follow_up, user_turns
+from megaservice.prompts import Prompts, UsedPrompt, applied
 from megaservice.protocol import ChatQnACompletion, ChatQnARequest, Source
 from megaservice.settings import GatewaySettings
 from megaservice.sse import DONE, data_of, error_event, event, event_blocks
 from megaservice.tracing import StreamTrace, Tracing
+from megaservice.usage import Meter, UsageRecorder
 
 log = logging.getLogger("megaservice")
 
@@ -64,7 +69,14 @@ class ChatQnA:
         pipelines: dict[str, Pipeline],
         memory: Memory | None = None,
         prompts: Prompts | None = None,
+        *,
+        models: ModelTable | None = None,
+        by_model: dict[str, dict[str, Pipeline]] | None = None,
+        usage: UsageRecorder | None = None,
     ) -> None:
+        self.models = models or ModelTable.of(settings)
+        self.by_model = by_model or {self.models.default: pipelines}  # model -> its pipelines
+        self.usage = usage
         self.default = settings.pipeline
         self.memory = memory
         self.prompts = prompts
@@ -76,18 +88,43 @@ class ChatQnA:
         self.tracing = Tracing(settings.trace_content)
         self._counts = {(p, s): REQUESTS.labels(p, "stream" if s else "json") for p in pipelines for s in (False, True)}
 
-    async def answer(self, req: ChatQnARequest, http: HttpClient, request: Request) -> Response:
-        arrived = time.perf_counter()
-        used: UsedPrompt | None = None
-        if req.prompt is not None:
-            if self.prompts is None:
-                raise BadRequest("this gateway has no prompt registry", param="prompt", code="no_prompt_registry")
-            req, used = await self.prompts.apply(req, http)
-        turn = await self._turn(req, http)
-        if turn is not None:
-            turn.prompt = used
-            req = turn.request  # with the conversation's earlier turns
-        pipe = self.pipelines[req.pipeline_for(self.default)]
+    async def answer(self, req: ChatQnARequest, http: HttpClient, request: Request, opea: bool = False) -> Response:
+        """The answer from the request's model; with usage accounting on, metered (errors too). ``opea``: a stream
+        in OPEA's line format (`opea_token`) instead of OpenAI's chunks."""
+        model = self.models.resolve(req.model)
+        if self.usage is None:
+            return await self._answer(req, http, request, model, None, opea)
+        meter = self.usage.meter(principal_of(request), model, req.pipeline_for(self.default))
+        try:
+            response = await self._answer(req, http, request, model, meter, opea)
+        except ServiceError as exc:
+            meter.end("error", exc.status_code)
+            raise
+        except BaseException:
+            meter.end("error", 500)
+            raise
+        if response.status_code == 499:
+            meter.end("cancelled", 499)
+        return response
+
+    async def _answer(
+        self, req: ChatQnARequest, http: HttpClient, request: Request, model: str, meter: Meter | None, opea: bool
+    ) -> Response:
+        arrived = meter.started if meter is not None else time.perf_counter()
+        if req.prompt is not None and self.prompts is None:
+            raise BadRequest("this gateway has no prompt registry", param="prompt", code="no_prompt_registry")
+        pipe = self.by_model[model][req.pipeline_for(self.default)]  # a prompt or earlier turns do not change it
+        if meter is not None:
+            meter.pipeline = pipe.name
+        turn: Turn | None = None
+        later = self._later(req, pipe, http)  # what loads while the passages are found
+        if later is None:
+            used: UsedPrompt | None = None
+            if req.prompt is not None and self.prompts is not None:
+                req, used = await self.prompts.apply(req, http)
+            if (turn := await self._turn(req, http)) is not None:
+                turn.prompt = used
+                req = turn.request  # with the conversation's earlier turns
         q = Question.of(req, retrieves=pipe.name != "llm-only", rag=self.rag)
         if q.retrieves and (req.question_rewrite or self.question_rewrite) == "condense":
             standalone = await self.condenser.standalone(q.chat, http)
@@ -97,11 +134,11 @@ class ChatQnA:
         self.tracing.chain(trace.get_current_span(), pipe.name, q, request, turn.conversation_id if turn else None)
         try:
             if not req.stream:
-                return await until_disconnect(request, self._complete(pipe, q, http, turn))
-            stream = await until_disconnect(request, self._open(pipe, q, http, arrived, turn))
+                return await until_disconnect(request, self._complete(pipe, q, http, turn, later, meter))
+            stream = await until_disconnect(request, self._open(pipe, q, http, arrived, turn, later, opea, meter))
         except ClientGone:
             CLIENT_GONE.inc()
-            if turn is not None:
+            if (turn := turn or (later.turn() if later else None)) is not None:
                 turn.end(cut_short=True)
             return Response(status_code=499)
         return StreamingResponse(
@@ -117,10 +154,66 @@ class ChatQnA:
             return None
         return await self.memory.begin(req, http)
 
-    async def _complete(self, pipe: Pipeline, q: Question, http: HttpClient, turn: Turn | None) -> Response:
-        answers, llm_request = await pipe.graph.prepare(http, q)
+    def _later(self, req: ChatQnARequest, pipe: Pipeline, http: HttpClient) -> _Later | None:
+        """The conversation's earlier turns and the registry's prompt, loading while the passages are found, when
+        the search does not need them: the question is not a follow-up searched with the turn before, and there
+        is no condense step. None when there is nothing to load, or it must come first."""
+        continues = self.memory is not None and req.conversation_id is not None
+        remembers = self.memory is not None and (continues or req.store)  # a turn to begin (no I/O for a new one)
+        if (
+            not (continues or req.prompt is not None)
+            or pipe.name == "llm-only"
+            or (req.question_rewrite or self.question_rewrite) != "heuristic"
+            or is_follow_up(user_turns(req.chat())[-1])
+        ):
+            return None
+        return _Later(
+            asyncio.create_task(self._turn(req, http), name="conversation-context") if remembers else None,
+            asyncio.create_task(self.prompts.fetch(req, http), name="prompt") if req.prompt and self.prompts else None,
+        )
+
+    async def _prepare(
+        self, pipe: Pipeline, q: Question, http: HttpClient, turn: Turn | None, later: _Later | None
+    ) -> tuple[dict[str, Any], Any, Question, Turn | None]:
+        """The graph's answers but the LLM's, the LLM's request, the question and the turn (once loaded)."""
+        if later is None:
+            answers, llm_request = await pipe.graph.prepare(http, q)
+            return answers, llm_request, q, turn
+        prefix = asyncio.create_task(pipe.graph.run_prefix(http, q), name="graph-prefix")
+        tasks: list[asyncio.Task[Any]] = [t for t in (later.loading, later.prompting) if t is not None] + [prefix]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in tasks:  # a missing conversation or prompt (404) before a failing service
+                if task in done and (exc := task.exception()) is not None:
+                    raise exc
+        finally:
+            for task in tasks:
+                task.cancel()  # no-op once done
+        turn = later.turn()
+        req = q.request if turn is None else turn.request
+        if later.prompting is not None:
+            req, used = applied(req, later.prompting.result())
+            if turn is not None:
+                turn.prompt = used
+        q = dataclasses.replace(q, request=req, chat=req.chat())
+        answers = prefix.result()
+        return answers, pipe.graph.terminal_request(q, answers), q, turn
+
+    async def _complete(
+        self,
+        pipe: Pipeline,
+        q: Question,
+        http: HttpClient,
+        turn: Turn | None,
+        later: _Later | None,
+        meter: Meter | None = None,
+    ) -> Response:
+        answers, llm_request, q, turn = await self._prepare(pipe, q, http, turn, later)
         sources = self.sources(pipe.passages(q, answers))
         completion = await pipe.graph.call_terminal(http, llm_request)
+        if meter is not None:
+            meter.usage(completion.usage)
+            meter.end("ok")
         self.tracing.chain_answer(trace.get_current_span(), completion)
         body = ChatQnACompletion.model_construct(**dict(completion), sources=sources)
         if turn is None:
@@ -131,8 +224,18 @@ class ChatQnA:
         turn.end(cut_short=False)
         return Response(orjson.dumps(reply | turn.extras()), media_type="application/json")
 
-    async def _open(self, pipe: Pipeline, q: Question, http: HttpClient, arrived: float, turn: Turn | None) -> _Relay:
-        answers, llm_request = await pipe.graph.prepare(http, q)
+    async def _open(
+        self,
+        pipe: Pipeline,
+        q: Question,
+        http: HttpClient,
+        arrived: float,
+        turn: Turn | None,
+        later: _Later | None,
+        opea: bool,
+        meter: Meter | None = None,
+    ) -> _Relay:
+        answers, llm_request, q, turn = await self._prepare(pipe, q, http, turn, later)
         sources = [s.model_dump() for s in self.sources(pipe.passages(q, answers))]
         stack = AsyncExitStack()
         called = time.perf_counter()
@@ -143,7 +246,7 @@ class ChatQnA:
         keep_usage = q.request.stream_options is not None and q.request.stream_options.include_usage
         if turn is not None:
             turn.sources = sources
-        return _Relay(stack, resp, pipe.name, sources, arrived, called, recorder, keep_usage, turn)
+        return _Relay(stack, resp, pipe.name, sources, arrived, called, recorder, keep_usage, turn, opea, meter)
 
     def sources(self, passages: list[Passage]) -> list[Source]:
         n = self.snippet
@@ -168,7 +271,12 @@ class _Relay:
         recorder: StreamTrace | None = None,
         keep_usage: bool = True,
         turn: Turn | None = None,
+        opea: bool = False,
+        meter: Meter | None = None,
     ) -> None:
+        self.opea = opea  # OPEA's lines (`opea_token`) instead of the chunks
+        self.meter = meter  # usage accounting: ended with the stream
+        self.failed = False  # an error event was sent
         self.turn = turn  # a conversation's: stored when the stream ends, cut short unless [DONE] came
         self.finished = False
         self.stack = stack
@@ -196,15 +304,18 @@ class _Relay:
                             out.append(DONE)
                             yield b"".join(out)
                             return
-                        if (data := self._inspect(data)) is not None:
-                            out.append(event(data))
+                        if (data := self._inspect(data)) is not None and (frame := self._frame(data)):
+                            out.append(frame)
                     if out:
                         yield b"".join(out)  # what arrived together leaves together: no waiting
             NODE_ERRORS.labels("llm", "stream_error").inc()
+            self.failed = True
             yield error_event(UpstreamError("llm ended its stream without [DONE]", node="llm"))
         except ServiceError as exc:  # mapped by the kit (stall, broken connection); counted by the graph
+            self.failed = True
             yield error_event(exc)
         except Exception as exc:  # never a broken stream: the client gets the error, then [DONE]
+            self.failed = True
             log.exception("relaying the LLM stream failed")
             yield event(orjson.dumps(error_envelope(f"relaying the answer failed: {exc}", "internal_error")))
         finally:
@@ -214,6 +325,16 @@ class _Relay:
     def _end(self) -> None:
         if self.turn is not None:
             self.turn.end(cut_short=not self.finished)
+        if self.meter is not None:
+            self.meter.end("error" if self.failed else "ok" if self.finished else "cancelled")
+
+    def _frame(self, data: bytes) -> bytes | None:
+        """The event sent for a chunk: itself, or in OPEA's format its content alone (None without content);
+        an error stays the envelope in both."""
+        if not self.opea or data.startswith(b'{"error"'):
+            return event(data)
+        content = _content(_json(data))
+        return opea_token(content) if content else None
 
     def _inspect(self, data: bytes) -> bytes | None:
         """Sources onto the first chunk; time to first token at the first content; errors counted; None for a
@@ -233,6 +354,8 @@ class _Relay:
             if not self.timed and _has_content(chunk):
                 self.timed = True
                 now = time.perf_counter()
+                if self.meter is not None:
+                    self.meter.first_token(now)
                 TTFT.labels(self.pipeline).observe(now - self.arrived)
                 LLM_TTFT.observe(now - self.called)
                 if self.recorder is not None:
@@ -241,13 +364,33 @@ class _Relay:
             self.recorder.event(data, chunk)
         if data.startswith(b'{"error"'):
             NODE_ERRORS.labels("llm", "stream_error").inc()
-        if not self.keep_usage and b'"choices":[]' in data:
-            return None
+            self.failed = True
+        if b'"choices":[]' in data:  # the usage chunk (the LLM is always asked for it)
+            if self.meter is not None:
+                usage = (chunk if chunk is not None else _json(data)) or {}
+                self.meter.usage(usage.get("usage") if isinstance(usage, dict) else None)
+            if not self.keep_usage:
+                return None
         return data
 
     async def close(self) -> None:
         self._end()  # a client that left mid-stream: the generator may never resume to its own finally
         await self.stack.aclose()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Later:
+    """What loads while the passages are found: a conversation's earlier turns, the registry's prompt."""
+
+    loading: asyncio.Task[Turn | None] | None
+    prompting: asyncio.Task[dict[str, Any]] | None
+
+    def turn(self) -> Turn | None:
+        """The conversation's turn, if it has loaded."""
+        t = self.loading
+        if t is None or not t.done() or t.cancelled() or t.exception() is not None:
+            return None
+        return t.result()
 
 
 def _json(data: bytes) -> object:
@@ -257,8 +400,22 @@ def _json(data: bytes) -> object:
         return None
 
 
-def _has_content(chunk: object) -> bool:
+def _content(chunk: object) -> str | None:
+    """A chunk's delta content."""
     if not isinstance(chunk, dict):
-        return False
+        return None
     choices = chunk.get("choices")
-    return isinstance(choices, list) and bool(choices) and bool(choices[0].get("delta", {}).get("content"))
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    delta = choices[0].get("delta")
+    content = delta.get("content") if isinstance(delta, dict) else None
+    return content if isinstance(content, str) else None
+
+
+def _has_content(chunk: object) -> bool:
+    return bool(_content(chunk))
+
+
+def opea_token(text: str) -> bytes:
+    """One token in OPEA's stream: ``data: b'...'`` (Python's repr of its UTF-8 bytes, so always ASCII)."""
+    return event(repr(text.encode()).encode("ascii"))

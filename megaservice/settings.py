@@ -127,6 +127,12 @@ class GatewaySettings(ServiceSettings):
         description="Token budget of the earlier turns sent with a conversation's new question (a share of the "
         "LLM's window: 4096 tokens by default, leaving room for passages and the answer).",
     )
+    opea_compat: bool = Field(
+        default=False,
+        description="OPEA's stock UIs: /v1/chatqna streams unless the request says stream: false, as lines "
+        "`data: b'<token>'` (Python's repr of the token's UTF-8 bytes) ending `data: [DONE]`; the dataprep routes "
+        "answer in OPEA's shapes. /v1/chat/completions stays OpenAI's.",
+    )
     internal_api_key: SecretStr | None = Field(
         default=None,
         description="The mesh's internal token: sent as a bearer token to every internal service (their "
@@ -197,6 +203,41 @@ class GatewaySettings(ServiceSettings):
     oidc_admin_roles: list[str] = Field(
         default_factory=lambda: ["admin"], description="Role values that make an admin."
     )
+
+    # -- many models behind one gateway (megaservice/models.py) --
+    models: dict[str, str] = Field(
+        default_factory=dict,
+        description='Model name -> URL of the LLM service that serves it, as JSON ({"smol": "http://llm-smol:9000", '
+        "...}); requests are routed by their `model`. Unset: the one LLM at GATEWAY_LLM_URL answers every model name.",
+    )
+    default_model: str | None = Field(
+        default=None,
+        description="The model of a request that names none: one of GATEWAY_MODELS (default: its first); with one "
+        "LLM, the name it is listed under (default: chatqna).",
+    )
+
+    # -- usage accounting and the admin API (megaservice/usage.py, admin.py) --
+    usage_enabled: bool = Field(
+        default=True, description="Record every answered request (needs DATABASE_URL; written off the request path)."
+    )
+    usage_flush_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often the usage records in memory are written."
+    )
+    usage_batch: int = Field(default=500, ge=1, le=10_000, description="Most usage records written at once.")
+    usage_buffer: int = Field(
+        default=20_000,
+        ge=1,
+        description="Most usage records kept in memory while the store is down (the oldest are dropped beyond).",
+    )
+    usage_max_days: int = Field(default=366, ge=1, description="Longest date range a usage query may span.")
+
+    @model_validator(mode="after")
+    def _default_model_declared(self) -> GatewaySettings:
+        if self.models and self.default_model is not None and self.default_model not in self.models:
+            raise ValueError(
+                f"GATEWAY_DEFAULT_MODEL {self.default_model!r} is not one of GATEWAY_MODELS: {', '.join(self.models)}"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod

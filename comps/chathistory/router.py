@@ -34,6 +34,7 @@ from comps.chathistory.protocol import (
     OpeaFeedbackDelete,
     OpeaFeedbackGet,
     OpeaGet,
+    SessionCounts,
 )
 from comps.chathistory.service import ChatHistory, title_of
 from comps.chathistory.settings import ChatHistorySettings
@@ -98,6 +99,10 @@ User = Annotated[uuid.UUID, Depends(_user)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Cursor = Annotated[str | None, Query(max_length=500)]
 Format = Annotated[Literal["json", "ndjson"], Query()]
+# What an export answers: a JSON array, or one conversation a line.
+EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The conversations", "content": {"application/json": {}, NDJSON: {}}}
+}
 
 
 def build_router(settings: ChatHistorySettings) -> APIRouter:
@@ -124,7 +129,7 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
             await service.list_conversations(user, limit=min(limit, max_page), cursor=cursor, q=q, archived=archived)
         )
 
-    @router.get("/v1/conversations/export")
+    @router.get("/v1/conversations/export", responses=EXPORT_RESPONSES)
     async def export_all(service: Service, user: User, format: Format = "json") -> Response:
         """All of the caller's conversations with their messages (JSON, or NDJSON: one conversation a line)."""
         return _export(await service.export(user, None), format)
@@ -176,7 +181,7 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
         """The newest messages that fit ``max_tokens`` (estimated), oldest first: what the gateway sends the LLM."""
         return _json(await service.context(user, conversation_id, max_tokens))
 
-    @router.get("/v1/conversations/{conversation_id}/export")
+    @router.get("/v1/conversations/{conversation_id}/export", responses=EXPORT_RESPONSES)
     async def export_one(conversation_id: str, service: Service, user: User, format: Format = "json") -> Response:
         return _export(await service.export(user, conversation_id), format)
 
@@ -200,6 +205,16 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
         return await service.feedback_report(
             limit=min(limit, max_page), cursor=cursor, thumbs_up=thumbs_up, max_rating=max_rating
         )
+
+    @router.get("/v1/admin/sessions/count", response_model=SessionCounts, tags=["admin"])
+    async def session_counts(
+        service: Service,
+        _: Annotated[Caller, Depends(_admin)],
+        active_within_s: Annotated[int, Query(ge=60, le=90 * 86_400)] = 3600,
+    ) -> SessionCounts:
+        """Admins: conversations (archived ones too), the users who have any, and those active lately (a
+        conversation of theirs changed within ``active_within_s``)."""
+        return await service.session_counts(active_within_s)
 
     # -- OPEA's chathistory --------------------------------------------------------------------------
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import Select, and_, delete, exists, or_, select
+from sqlalchemy import Select, and_, delete, distinct, exists, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,6 +37,8 @@ from comps.chathistory.protocol import (
     MessageIn,
     MessageOut,
     MessagePage,
+    SessionCounts,
+    estimate_tokens,
 )
 from comps.core.errors import BadRequest, NotFound, ServiceError
 from comps.sqlstore import Database
@@ -62,11 +64,6 @@ class Conflict(ServiceError):
 
     status_code = 409
     error_type = "invalid_request_error"
-
-
-def estimate_tokens(text: str) -> int:
-    """About four characters a token (English, the small models' tokenizers); only a budget, never a limit."""
-    return len(text) // 4 + 1
 
 
 def title_of(question: str) -> str:
@@ -520,6 +517,21 @@ class ChatHistory:
             result = await s.execute(delete(Feedback).where(Feedback.message_id == mid, Feedback.user_id == user))
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise NotFound(f"no feedback {feedback_id!r}", code="feedback_not_found")
+
+    async def session_counts(self, active_within_s: int) -> SessionCounts:
+        """How many conversations there are, how many users have one, how many changed one lately."""
+        since = datetime.now(UTC) - timedelta(seconds=active_within_s)
+        c = Conversation
+        stmt = select(
+            func.count(c.id),
+            func.count(distinct(c.user_id)),
+            func.count(distinct(c.user_id)).filter(c.updated_at >= since),
+        )
+        async with self.db.session() as s:
+            conversations, users, active = (await s.execute(stmt)).one()
+        return SessionCounts(
+            conversations=conversations, users=users, active_users=active, active_within_s=active_within_s
+        )
 
     async def feedback_report(
         self, *, limit: int, cursor: str | None, thumbs_up: bool | None, max_rating: int | None

@@ -18,9 +18,11 @@ import gc
 import hmac
 import json
 import logging
+import os
+import resource
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, runtime_checkable
 
@@ -36,6 +38,7 @@ from comps.core.errors import (
     NotReady,
     PayloadTooLarge,
     ServiceError,
+    document_errors,
     error_envelope,
     install_error_handlers,
 )
@@ -128,10 +131,27 @@ async def strict_json_body(request: Request) -> None:
         raise BadRequest("request body is not valid JSON: nested too deeply", code="invalid_value") from None
 
 
+def process_facts(started_at: float) -> dict[str, Any]:
+    """This process's id, uptime, CPU seconds and resident memory (what the admin API shows of each service)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            rss = int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:  # not Linux: the peak instead
+        rss = usage.ru_maxrss * 1024
+    return {"pid": os.getpid(), "uptime_s": round(time.time() - started_at, 3),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3), "rss_bytes": rss}  # fmt: skip
+
+
 def is_json(content_type: str | None) -> bool:
     """Whether FastAPI parses a body of this Content-Type as JSON: application/json or application/*+json."""
     mime = (content_type or "").split(";", 1)[0].strip().lower()
     return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
+
+
+# The 200 of a route that streams when asked (``stream: true``): its model as JSON, or server-sent events (each
+# ``data:`` a JSON chunk, the last ``[DONE]``: no schema says both, so the events' is left open).
+STREAMING_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
 
 
 def create_app(
@@ -143,9 +163,11 @@ def create_app(
     version: str = "0.1.0",
     middleware: Sequence[tuple[Any, dict[str, Any]]] = (),  # (ASGI middleware class, its keyword arguments)
     body_limits: dict[str, int] | None = None,
+    ready_details: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     """The service's app. ``middleware`` (class, kwargs) runs inside CORS and the body limit, outside the routes
-    (e.g. the gateway's authentication); ``body_limits`` sets other limits than max_body_bytes for some paths."""
+    (e.g. the gateway's authentication); ``body_limits`` sets other limits than max_body_bytes for some paths;
+    ``ready_details`` adds what the service itself knows (e.g. its queue) to the readiness answer."""
     state = ServiceState(backend)
 
     @asynccontextmanager
@@ -209,7 +231,11 @@ def create_app(
             )
         except Exception as exc:  # a dependency failing in an unexpected way is still "not ready"
             return JSONResponse(status_code=503, content=error_envelope(f"not ready: {exc}", "service_unavailable"))
-        return JSONResponse({"status": "ready", "service": settings.service_name, "backend": backend.name, **details})
+        extra = ready_details() if ready_details is not None else {}
+        return JSONResponse(
+            {"status": "ready", "service": settings.service_name, "backend": backend.name, **details, **extra,
+             "process": process_facts(state.started_at)}
+        )  # fmt: skip
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     async def metrics() -> Response:
@@ -229,6 +255,14 @@ def create_app(
     if settings.max_body_bytes is not None:
         app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, paths=body_limits or {})
     app.add_middleware(ObservabilityMiddleware, service=settings.service_name)
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(fastapi_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

@@ -15,7 +15,13 @@ from comps.llm.settings import LLMSettings
 def build_app(settings: LLMSettings) -> FastAPI:
     backend_cls = load_backend("llm", REGISTRY, settings.backend, "LLM_BACKEND")
     service = ChatService(settings.parallel, settings.max_queue)
-    return create_app(settings, backend=backend_cls(settings), routers=[make_router(service)], title="ChatQnA LLM")
+    return create_app(
+        settings,
+        backend=backend_cls(settings),
+        routers=[make_router(service)],
+        title="ChatQnA LLM",
+        ready_details=lambda: {"queue": service.queue.snapshot()},
+    )
 
 
 if __name__ == "__main__":

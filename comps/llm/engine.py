@@ -192,6 +192,8 @@ class Engine:
         self.n_batch = n_batch
         self.n_threads = threads
         self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
+        self.path = Path(model_path)
+        self.quantisation = _quantisation(self._model)
         if self.n_ctx > L.llama_model_n_ctx_train(self._model):
             log.warning(
                 "n_ctx %d is above the %d tokens the model was trained on",
@@ -214,6 +216,11 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
 
     # ---- model facts (thread-safe: the vocabulary is read-only) ----
+
+    @property
+    def slots_in_use(self) -> int:
+        """Sequences holding a slot now (read without the lock: a snapshot for reports)."""
+        return self.parallel - len(self._free_slots)
 
     def chat_template(self) -> str | None:
         raw = L.llama_model_chat_template(self._model, None)
@@ -464,3 +471,11 @@ class Engine:
             seq.emit(Delta(last.text + tail, last.tokens))
         seq.emit(Finished(reason, len(seq.prompt), seq.generated, seq.cached))
         self._remove(seq, keep_cache=True)
+
+
+def _quantisation(model: Any) -> str:
+    """The weights' type as llama.cpp describes the model ("llama 135M Q4_1" -> "Q4_1")."""
+    buf = ctypes.create_string_buffer(256)
+    n = L.llama_model_desc(model, buf, len(buf))
+    desc = buf.value.decode("utf-8", "replace") if n > 0 else ""
+    return desc.rsplit(" ", 1)[-1] if desc else "unknown"

@@ -74,6 +74,10 @@ class AdmissionQueue:
     def waiting(self) -> int:
         return len(self._waiters)
 
+    def snapshot(self) -> dict[str, int]:
+        """For the readiness answer: requests generating (holding a slot), waiting, and the limits."""
+        return {"active": self.active, "waiting": len(self._waiters), "max_queue": self.max_queue}
+
     async def acquire(self) -> float:
         """Wait for a slot (FIFO); returns the time it was granted, for `release`."""
         if self.active < self.parallel and not self._waiters:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
+import json
 import os
 import secrets
 import signal
@@ -31,6 +33,8 @@ class ServiceSpec:
     uses_redis: bool = False
     uses_database: bool = False  # gets DATABASE_URL (the relational store)
     settings: str = ""  # "module:Class" of its settings (what it reads from the environment)
+    port: int | None = None  # instead of port_attr (the LLM services of CHATQNA_LLM_MODELS)
+    env: tuple[tuple[str, str], ...] = ()  # variables only this service gets
 
     def available(self) -> bool:
         return importlib.util.find_spec(self.module) is not None
@@ -99,6 +103,24 @@ SERVICES: tuple[ServiceSpec, ...] = (
 )
 
 
+def services_for(settings: RuntimeSettings) -> tuple[ServiceSpec, ...]:
+    """`SERVICES`, with one LLM service per model of CHATQNA_LLM_MODELS (``llm-<name>``) instead of ``llm``."""
+    if not settings.llm_models:
+        return SERVICES
+    llm = next(s for s in SERVICES if s.name == "llm")
+    per_model = tuple(
+        dataclasses.replace(llm, name=f"llm-{model}", port=settings.llm_port + i, env=(("LLM_MODEL", gguf),))
+        for i, (model, gguf) in enumerate(settings.llm_models.items())
+    )
+    specs: list[ServiceSpec] = []
+    for spec in SERVICES:
+        if spec.name == "llm":
+            specs.extend(per_model)
+        else:
+            specs.append(dataclasses.replace(spec, needs=tuple(n for n in spec.needs if n != "llm")))
+    return tuple(specs)
+
+
 @dataclass
 class Mesh:
     """Builds each service's environment from the runtime settings."""
@@ -112,13 +134,15 @@ class Mesh:
     internal_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     def url(self, name: str) -> str:
-        spec = next(s for s in self.services if s.name == name)
-        return f"http://{self.settings.host}:{getattr(self.settings, spec.port_attr)}"
+        return f"http://{self.settings.host}:{self.port(next(s for s in self.services if s.name == name))}"
+
+    def port(self, spec: ServiceSpec) -> int:
+        return spec.port if spec.port is not None else int(getattr(self.settings, spec.port_attr))
 
     def env_for(self, spec: ServiceSpec) -> dict[str, str]:
         env = {
             f"{spec.env_prefix}HOST": self.settings.host,
-            f"{spec.env_prefix}PORT": str(getattr(self.settings, spec.port_attr)),
+            f"{spec.env_prefix}PORT": str(self.port(spec)),
             "CHATQNA_MODELS_DIR": str(self.settings.models_dir.resolve()),
             "LOG_FORMAT": self.settings.log_format,
             "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": str(self.settings.trace_content).lower(),
@@ -133,6 +157,10 @@ class Mesh:
             env["DATAPREP_SPOOL_DIR"] = str((self.settings.state_dir / "spool").resolve())
         # Only the gateway has the mesh's internal token for the others; each service requires it.
         if spec.name == "gateway":
+            models = self.settings.llm_models
+            if models:  # one LLM service per model; the first is the default
+                env["GATEWAY_MODELS"] = json.dumps({m: self.url(f"llm-{m}") for m in models})
+                env["GATEWAY_LLM_URL"] = self.url(f"llm-{next(iter(models))}")
             env["GATEWAY_INTERNAL_API_KEY"] = self.internal_token
             env["GATEWAY_AUTH_ENABLED"] = str(self.settings.auth_enabled).lower()
             if self.settings.auth_enabled:
@@ -142,6 +170,7 @@ class Mesh:
             env[f"{spec.env_prefix}API_KEY"] = self.internal_token
             if "embedding" in spec.needs:
                 env[f"{spec.env_prefix}EMBEDDING_API_KEY"] = self.internal_token
+        env.update(spec.env)
         env.update(self.overrides.get(spec.name, {}))
         return env
 
@@ -184,7 +213,12 @@ class Supervisor:
         self._started_at: dict[str, float] = {}
 
     def selected(self) -> list[ServiceSpec]:
-        specs = [s for s in SERVICES if self.only is None or s.name in self.only]
+        only = self.only
+        specs = [
+            s
+            for s in services_for(self.settings)
+            if only is None or s.name in only or ("llm" in only and s.name.startswith("llm-"))
+        ]
         missing = [s.name for s in specs if not s.available()]
         for name in missing:
             self.out(f"skipping {name}: its module is not installed")
@@ -211,7 +245,13 @@ class Supervisor:
             assert database_url is not None
             jwt_secret = state_secret(self.settings.state_dir, "jwt_secret")
             self.first_admin = asyncio.run(bootstrap(self.settings, database_url, jwt_secret))
-        mesh = self.mesh = Mesh(self.settings, redis_url or "", database_url=database_url, jwt_secret=jwt_secret)
+        mesh = self.mesh = Mesh(
+            self.settings,
+            redis_url or "",
+            services=services_for(self.settings),
+            database_url=database_url,
+            jwt_secret=jwt_secret,
+        )
         for spec in specs:
             self.procs[spec.name] = mesh.process(spec).start()
         errors: dict[str, str] = {}

@@ -34,6 +34,12 @@ class RuntimeSettings(BaseSettings):
     retriever_port: int = _env("RETRIEVER_PORT", PORTS["retriever"])
     reranker_port: int = _env("RERANKER_PORT", PORTS["reranker"])
     llm_port: int = _env("LLM_PORT", PORTS["llm"])
+    llm_models: dict[str, str] = _env(
+        "CHATQNA_LLM_MODELS",
+        {},
+        'Model name -> GGUF (a file under CHATQNA_MODELS_DIR or a path), as JSON: {"smol": "a.gguf", "big": "b.gguf"}: '
+        "one LLM service each, on LLM_PORT, LLM_PORT+1, ... (the first is the default model); unset: the one default",
+    )
     dataprep_port: int = _env("DATAPREP_PORT", PORTS["dataprep"])
     chathistory_port: int = _env("CHATHISTORY_PORT", PORTS["chathistory"])
     prompts_port: int = _env("PROMPTS_PORT", PORTS["prompts"])

@@ -41,6 +41,8 @@ KUSTOMIZATIONS = {
     "cpu": K8S_DIR / "overlays" / "cpu",
     "nvidia": K8S_DIR / "overlays" / "nvidia",
 }
+# Examples beyond the profiles: rendered and checked by tests of their own.
+EXAMPLE_KUSTOMIZATIONS = {"two-models": K8S_DIR / "overlays" / "two-models"}
 SPECS = {spec.name: spec for spec in SERVICES}
 MODEL_SERVICES = ("embedding", "reranker", "llm")  # the ones that load a model from /models
 
@@ -303,10 +305,11 @@ def kubectl() -> str:
 
 def kustomize(name: str) -> tuple[str, list[dict[str, Any]]]:
     """`kubectl kustomize` of one kustomization: the rendered text and its resources."""
+    path = KUSTOMIZATIONS.get(name) or EXAMPLE_KUSTOMIZATIONS[name]
     result = subprocess.run(
-        [kubectl(), "kustomize", str(KUSTOMIZATIONS[name])], capture_output=True, text=True, timeout=120, check=False
+        [kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=120, check=False
     )
-    assert result.returncode == 0, f"kubectl kustomize {KUSTOMIZATIONS[name]} failed:\n{result.stderr}"
+    assert result.returncode == 0, f"kubectl kustomize {path} failed:\n{result.stderr}"
     return result.stdout, [d for d in yaml.safe_load_all(result.stdout) if d]
 
 

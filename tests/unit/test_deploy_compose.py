@@ -3,6 +3,7 @@ the gateway is published, and every internal service requires the mesh's interna
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -277,3 +278,24 @@ def test_profiles_interpolate_with_set_env_and_fail_without_it(profile: str, she
     resolved(profile, shell_env)  # raises KeyError on a missing required variable
     with pytest.raises(KeyError):
         resolved(profile, {})
+
+
+def test_the_two_model_example_runs_a_second_llm_the_gateway_routes_to(shell_env: dict[str, str]) -> None:
+    """compose.two-models.yaml: a second LLM service (the llm service's definition, another GGUF), its own container
+    to scale, declared to the gateway as a model next to the default one; still only the gateway published."""
+    project = compose_project(COMPOSE_DIR / "cpu" / "compose.two-models.yaml")
+    services = project["services"]
+    assert set(services) == {"redis", "postgres", "phoenix", "llm-gemma3", *SPECS}
+    second = services["llm-gemma3"]
+    assert second["extends"] == {"file": "../common/compose.yaml", "service": "llm"}
+    assert interpolate(second["environment"]["LLM_MODEL"], shell_env) != interpolate(
+        services["llm"]["environment"]["LLM_MODEL"], shell_env
+    )
+    assert "ports" not in second and published_services(services) == {"gateway"}
+    gateway = environment(services["gateway"])
+    models = json.loads(str(gateway["GATEWAY_MODELS"]))
+    port = default_port(SPECS["llm"])
+    assert models == {"smollm2": f"http://llm:{port}", "gemma3": f"http://llm-gemma3:{port}"}
+    assert gateway["GATEWAY_DEFAULT_MODEL"] in models
+    assert services["gateway"]["depends_on"]["llm-gemma3"] == {"condition": "service_healthy"}
+    assert services["gateway"]["depends_on"]["llm"] == {"condition": "service_healthy"}  # merged, not replaced

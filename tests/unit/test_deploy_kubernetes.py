@@ -4,6 +4,7 @@ the gateway may be exposed, NetworkPolicies let only callers in, and secrets com
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -265,3 +266,44 @@ def test_no_secret_is_written_into_a_manifest(rendered) -> None:
                     for e in c.get("env", []):
                         if SECRET_NAME.search(e["name"]):
                             assert "valueFrom" in e, f"{name}/{d['metadata']['name']}: {e['name']} has a literal value"
+
+
+def test_the_two_model_example_adds_a_deployment_with_its_hpa_for_the_second_model(tmp_path: Path) -> None:
+    """overlays/two-models: a second LLM Deployment (another GGUF) with its Service, HPA and NetworkPolicy and the
+    shared service defaults; the gateway's settings declare both models."""
+    text, docs = kustomize("two-models")
+    manifest = tmp_path / "two-models.yaml"
+    manifest.write_text(text)
+    result = subprocess.run(
+        [dev_tool("kubernetes-validate"), "--strict", "--quiet", str(manifest)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    second = "llm-gemma3"
+    deployments, services, hpas = (
+        by_kind(docs, "Deployment"),
+        by_kind(docs, "Service"),
+        by_kind(docs, "HorizontalPodAutoscaler"),
+    )
+    assert set(deployments) == set(SPECS) | {second}
+    assert set(hpas) == HPA_SERVICES | {second}
+    assert hpas[second]["spec"]["scaleTargetRef"]["name"] == second
+    assert services[second]["spec"]["selector"] == {"app.kubernetes.io/name": second}
+    container = server(deployments[second])
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v1/ready", "port": "http"}
+    assert container["envFrom"] == server(deployments["llm"])["envFrom"]  # the shared settings
+    env = {e["name"]: e for e in container["env"]}
+    settings = config_map(docs)
+    assert env["LLM_MODEL"]["value"] != settings["LLM_MODEL"]
+    assert env["LLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": K8S_SECRET, "key": INTERNAL_TOKEN}
+    models = json.loads(settings["GATEWAY_MODELS"])
+    port = services["llm"]["spec"]["ports"][0]["port"]
+    assert models == {"smollm2": f"http://llm:{port}", "gemma3": f"http://{second}:{port}"}
+    assert settings["GATEWAY_DEFAULT_MODEL"] in models
+    policy = by_kind(docs, "NetworkPolicy")[second]["spec"]
+    assert [p["podSelector"]["matchLabels"] for p in policy["ingress"][0]["from"]] == [
+        {"app.kubernetes.io/name": "gateway"}
+    ]

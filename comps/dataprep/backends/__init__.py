@@ -43,6 +43,11 @@ class DocumentStore(Backend, Protocol):
         """Every saved job that is not finished (what a crash left queued or running)."""
         ...
 
+    async def claim_jobs(self, job_ids: Sequence[str], owner: str, lease_s: float) -> list[str]:
+        """Take or renew, for ``lease_s`` seconds, the lease of each job that is free or already ``owner``'s;
+        returns the ids ``owner`` holds now (the others belong to another live replica)."""
+        ...
+
     async def sweep_orphans(self) -> int:
         """Delete chunks that no document version owns (left by a crash); returns how many."""
         ...

@@ -1,7 +1,8 @@
 """Redis (with the search module) as dataprep's store; all key layout and transactions are in
 `comps.vectorstore` (`schema`, `documents`). Job status lives in ``dataprep:job:<id>`` hashes (fields of
 `JobInfo` plus what resuming it needs, unset ones absent) with a TTL, indexed by the sorted set
-``dataprep:jobs`` (score: creation time); the set ``dataprep:jobs:open`` holds the ids of jobs not finished."""
+``dataprep:jobs`` (score: creation time); the set ``dataprep:jobs:open`` holds the ids of jobs not finished.
+A job's owner (the replica running it) holds the key ``dataprep:lease:<id>`` (its replica id, with a TTL)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,23 @@ from comps.vectorstore.documents import Chunk, DocumentRecord
 JOB_PREFIX = "dataprep:job:"
 JOBS_INDEX = "dataprep:jobs"
 OPEN_JOBS = "dataprep:jobs:open"
+LEASE_PREFIX = "dataprep:lease:"
+
+# KEYS: lease keys; ARGV: owner, lease ms. Takes (or keeps) each lease that is free or already the owner's;
+# returns 1/0 per key: held by the owner now, or by another replica.
+CLAIM = """
+local held = {}
+for i, key in ipairs(KEYS) do
+  local owner = redis.call('GET', key)
+  if not owner or owner == ARGV[1] then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    held[i] = 1
+  else
+    held[i] = 0
+  end
+end
+return held
+"""
 
 
 class RedisDocumentStore:
@@ -86,6 +104,7 @@ class RedisDocumentStore:
                 pipe.zremrangebyrank(JOBS_INDEX, 0, -self.settings.jobs_kept - 1)
                 if job["status"] in FINISHED:
                     pipe.srem(OPEN_JOBS, job["job_id"])
+                    pipe.delete(LEASE_PREFIX + job["job_id"])
                 else:
                     pipe.sadd(OPEN_JOBS, job["job_id"])
                 await pipe.execute()
@@ -103,6 +122,14 @@ class RedisDocumentStore:
             if gone:  # expired: nothing left to resume or to report
                 await self.r.srem(OPEN_JOBS, *gone)
         return [_decode(raw) for raw in raws if raw]
+
+    async def claim_jobs(self, job_ids: Sequence[str], owner: str, lease_s: float) -> list[str]:
+        if not job_ids:
+            return []
+        with redis_errors(self.where):
+            held = await self.r.eval(CLAIM, len(job_ids), *(LEASE_PREFIX + i for i in job_ids), owner,
+                                     max(1, round(lease_s * 1000)))  # fmt: skip
+        return [job_id for job_id, ok in zip(job_ids, held, strict=True) if ok]
 
     async def sweep_orphans(self) -> int:
         with redis_errors(self.where):

@@ -68,10 +68,14 @@ class LlamaCppBackend:
             raise NotReady(f"the generation engine is not running: {engine.error if engine else 'not loaded'}")
         return {
             "model": self.model_name,
+            "file": str(engine.path),
+            "quantisation": engine.quantisation,
             "n_ctx": engine.n_ctx,
             "parallel": engine.parallel,
             "n_batch": engine.n_batch,
             "n_threads": engine.n_threads,
+            "n_gpu_layers": self.settings.n_gpu_layers,
+            "slots_in_use": engine.slots_in_use,
         }
 
     async def close(self) -> None:

@@ -5,9 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 # Importing the models registers their tables on Base.metadata.
-import comps.chathistory.models
-import comps.identity.models
-import comps.prompt_registry.models  # noqa: F401
+import megaservice.usage  # noqa: F401
 from comps.sqlstore.db import Base
 
 connection = context.config.attributes.get("connection")
