@@ -131,7 +131,7 @@ class ChatQnA:
             if standalone:
                 q = dataclasses.replace(q, query=standalone)
         self._counts[pipe.name, req.stream].inc()
-        self.tracing.chain(trace.get_current_span(), pipe.name, q, request)
+        self.tracing.chain(trace.get_current_span(), pipe.name, q, request, turn.conversation_id if turn else None)
         try:
             if not req.stream:
                 return await until_disconnect(request, self._complete(pipe, q, http, turn, later, meter))
