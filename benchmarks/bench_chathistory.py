@@ -12,7 +12,9 @@ Then, one call at a time:
 - the user's 50 newest conversations, the same two ways;
 - the gateway (auth off) on the instant stubs (tests/support/stubs.py) without and with ``conversation_id``:
   the same question, rounds interleaved; "same conversation" continues one conversation request after request
-  (each waits for the previous answer's write: read-your-writes), "50 conversations" takes them in turn.
+  (each comes while the previous answer is being stored), "50 conversations" takes them in turn. With
+  ``--baseline-tree DIR`` (another version's files, e.g. ``git archive main | tar -x -C /tmp/base``) a second
+  gateway runs that version's code on the same chathistory and stubs, interleaved with this one.
 
 Figures: p50 and p99 in ms. Targets of issue 10: context p50 <= 3 ms (1M messages), list p50 <= 3 ms (100k
 conversations), gateway p50 added <= 2 ms.
@@ -200,7 +202,20 @@ async def bench(db_url: str, args: argparse.Namespace) -> list[tuple[str, str, s
             rows.append(
                 ("list 50 newest conversations, HTTP", f"{statistics.median(lst):.2f}", f"{pct(lst, 99):.2f}", "<= 3")
             )
-            rows += await bench_gateway(s, f"http://127.0.0.1:{gw_port}/v1/chatqna", n, gw, ch)
+            gateways = {"": (f"http://127.0.0.1:{gw_port}/v1/chatqna", gw)}
+            if args.baseline_tree is not None:
+                base_port = free_port()
+                tree = args.baseline_tree.resolve()
+                base = Proc(
+                    "gateway-baseline",
+                    [py, "-m", "megaservice"],
+                    {**gw_env, "GATEWAY_PORT": str(base_port), "PYTHONPATH": str(tree)},
+                    cwd=tree,
+                )
+                procs.append(base)
+                base.wait_http(f"http://127.0.0.1:{base_port}/v1/ready")
+                gateways = {"baseline ": (f"http://127.0.0.1:{base_port}/v1/chatqna", base), **gateways}
+            rows += await bench_gateway(s, gateways, n, ch)
     finally:
         for p in reversed(procs):
             p.stop()
@@ -208,59 +223,65 @@ async def bench(db_url: str, args: argparse.Namespace) -> list[tuple[str, str, s
 
 
 async def bench_gateway(
-    s: aiohttp.ClientSession, url: str, n: int, gateway: Proc, chathistory: Proc
+    s: aiohttp.ClientSession, gateways: dict[str, tuple[str, Proc]], n: int, chathistory: Proc
 ) -> list[tuple[str, str, str, str]]:
-    async def ask(extra: dict[str, object]) -> dict[str, object]:
+    """Each gateway (label -> (chat URL, process)) without and with conversation_id, in interleaved blocks."""
+
+    async def ask(url: str, extra: dict[str, object]) -> dict[str, object]:
         body = orjson.dumps({"messages": QUESTION, **extra})
         async with s.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
             data = await r.read()
             assert r.status == 200, data[:300]
             return orjson.loads(data)
 
-    one = (await ask({"store": True}))["conversation_id"]
-    many = [(await ask({"store": True}))["conversation_id"] for _ in range(50)]
-    modes: dict[str, Callable[[int], dict[str, object]]] = {
-        "without conversation_id": lambda i: {},
-        "same conversation": lambda i: {"conversation_id": one},
-        "50 conversations in turn": lambda i: {"conversation_id": many[i % 50]},
-    }
-    times: dict[str, list[float]] = {m: [] for m in modes}
-    cpu: dict[str, list[float]] = {m: [0.0, 0.0] for m in modes}  # gateway, chathistory CPU seconds
+    modes: dict[tuple[str, str], Callable[[int], dict[str, object]]] = {}
+    for label, (url, _) in gateways.items():
+        one = (await ask(url, {"store": True}))["conversation_id"]
+        many = [(await ask(url, {"store": True}))["conversation_id"] for _ in range(50)]
+        modes[label, "without conversation_id"] = lambda i: {}
+        modes[label, "same conversation"] = lambda i, one=one: {"conversation_id": one}  # type: ignore[misc]
+        modes[label, "50 conversations in turn"] = lambda i, many=many: {"conversation_id": many[i % 50]}  # type: ignore[misc]
+    times: dict[tuple[str, str], list[float]] = {m: [] for m in modes}
+    cpu: dict[tuple[str, str], list[float]] = {m: [0.0, 0.0] for m in modes}  # gateway, chathistory CPU seconds
     for i in range(20):  # warm-up
-        for extra in modes.values():
-            await ask(extra(i))
+        for (label, _), extra in modes.items():
+            await ask(gateways[label][0], extra(i))
     block = 25
     for start in range(0, n, block):  # blocks of each mode in turn: drifts of the machine hit every mode alike
-        for mode, extra in modes.items():
+        for (label, mode), extra in modes.items():
+            url, gateway = gateways[label]
             g0, c0 = gateway.cpu_s(), chathistory.cpu_s()
             for i in range(start, min(n, start + block)):
                 t = time.perf_counter()
-                await ask(extra(i))
-                times[mode].append((time.perf_counter() - t) * 1000)
+                await ask(url, extra(i))
+                times[label, mode].append((time.perf_counter() - t) * 1000)
             await asyncio.sleep(0.05)  # the last background write of the block is counted in this block
-            cpu[mode][0] += gateway.cpu_s() - g0
-            cpu[mode][1] += chathistory.cpu_s() - c0
-    base = statistics.median(times["without conversation_id"])
-    base_cpu = cpu["without conversation_id"][0] / n * 1000
-    rows = [
-        (
-            "gateway on stubs, without conversation_id",
-            f"{base:.2f}",
-            f"{pct(times['without conversation_id'], 99):.2f}",
-            f"gateway CPU {base_cpu:.2f} ms/request",
-        )
-    ]
-    for mode in ("same conversation", "50 conversations in turn"):
-        p50 = statistics.median(times[mode])
-        g_cpu, c_cpu = (x / n * 1000 for x in cpu[mode])
+            cpu[label, mode][0] += gateway.cpu_s() - g0
+            cpu[label, mode][1] += chathistory.cpu_s() - c0
+    rows = []
+    for label in gateways:
+        plain = times[label, "without conversation_id"]
+        base = statistics.median(plain)
+        base_cpu = cpu[label, "without conversation_id"][0] / n * 1000
         rows.append(
             (
-                f"gateway with conversation_id, {mode}",
-                f"{p50:.2f} (+{p50 - base:.2f})",
-                f"{pct(times[mode], 99):.2f}",
-                f"added <= 2; gateway CPU +{g_cpu - base_cpu:.2f}, chathistory CPU {c_cpu:.2f} ms/request",
+                f"{label}gateway on stubs, without conversation_id",
+                f"{base:.2f}",
+                f"{pct(plain, 99):.2f}",
+                f"gateway CPU {base_cpu:.2f} ms/request",
             )
         )
+        for mode in ("same conversation", "50 conversations in turn"):
+            p50 = statistics.median(times[label, mode])
+            g_cpu, c_cpu = (x / n * 1000 for x in cpu[label, mode])
+            rows.append(
+                (
+                    f"{label}gateway with conversation_id, {mode}",
+                    f"{p50:.2f} (+{p50 - base:.2f})",
+                    f"{pct(times[label, mode], 99):.2f}",
+                    f"added <= 2; gateway CPU +{g_cpu - base_cpu:.2f}, chathistory CPU {c_cpu:.2f} ms/request",
+                )
+            )
     return rows
 
 
@@ -270,6 +291,7 @@ def main() -> None:
     ap.add_argument("--conversations", type=int, default=100_000)
     ap.add_argument("--n", type=int, default=300, help="timed calls per figure")
     ap.add_argument("--quick", action="store_true", help="200k messages, 20k conversations, 100 calls")
+    ap.add_argument("--baseline-tree", type=Path, help="also run the gateway of this checkout, side by side")
     args = ap.parse_args()
     if args.quick:
         args.messages, args.conversations, args.n = 200_000, 20_000, 100

@@ -6,9 +6,12 @@ before the new turn, runs the pipeline, and stores the question and the answer (
 after the answer has gone out. ``store: true`` without an id starts a new conversation under an id made here
 (told on the first chunk / in the reply as ``conversation_id``); chathistory creates it with that first write.
 
-- Storing never delays the answer: the write is a task started when the stream ends. The next request on the
-  same conversation waits for that task before loading the context, so it always sees the previous turn
-  (read-your-writes; per gateway process: a client that alternates between replicas may race it).
+- Storing never delays the answer: the write is a task started when the stream ends. A request on the same
+  conversation that comes while that write is in flight does not wait for it: its context is the one the
+  write will leave (the previous turn's context and exchange, within the same budget, as chathistory selects
+  it), so it always sees the previous turn (read-your-writes; per gateway process: a client that alternates
+  between gateway replicas may race the write). Its own write waits for the one before, so turns are stored
+  in order.
 - A client that leaves mid-answer: the partial answer is stored, marked ``cut_short``.
 - The store down: the chat still answers, without the earlier turns; the reply says ``conversation_saved:
   false`` and ``chatqna_gateway_conversation_not_saved_total`` counts it. A write that fails after the answer
@@ -31,6 +34,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import Counter
 
+from comps.chathistory.protocol import estimate_tokens
 from comps.core.caller import USER_ID_HEADER, caller_headers_var
 from comps.core.errors import NotFound, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from comps.core.http import HttpClient
@@ -57,6 +61,7 @@ class Memory:
         self.budget = budget_tokens
         self.pending: dict[str, asyncio.Task[None]] = {}  # conversation id -> its write in flight
         self.owners: dict[str, str] = {}  # conversation id -> user id, of the writes in flight
+        self.after: dict[str, list[Message]] = {}  # conversation id -> its context once the writes in flight land
         self.down_until = 0.0
 
     def store_down(self) -> bool:
@@ -69,7 +74,9 @@ class Memory:
         if req.conversation_id is None:
             return Turn(self, http, headers, str(uuid.uuid4()), req, question, new=True, saved=not self.store_down())
         cid = _uuid(req.conversation_id)
-        await self.settle(conversation_id=cid)  # read-your-writes: the previous answer may be being stored
+        if cid in self.after and self.owners.get(cid) == headers.get(USER_ID_HEADER):
+            # read-your-writes without waiting: the previous answer is being stored, its context is known
+            return self._continue(req, http, headers, cid, question, self.after[cid])
         try:
             ctx = await http.request_json(
                 "GET",
@@ -88,19 +95,29 @@ class Memory:
             log.warning("conversation %s: store unavailable, answering without memory: %s", cid, exc.message)
             return Turn(self, http, headers, cid, req, question, new=False, saved=False)
         history = [Message(role=m["role"], content=m["content"]) for m in ctx.get("messages", ())]
+        return self._continue(req, http, headers, cid, question, history)
+
+    def _continue(
+        self,
+        req: ChatQnARequest,
+        http: HttpClient,
+        headers: dict[str, str],
+        cid: str,
+        question: str,
+        history: list[Message],
+    ) -> Turn:
         own = req.chat()
         system = [m for m in own if m.role == "system"]
         merged = system + history + [m for m in own if m.role != "system"]
-        return Turn(
+        turn = Turn(
             self, http, headers, cid, req.model_copy(update={"messages": merged}), question, new=False, saved=True
         )
+        turn.history = history
+        return turn
 
-    async def settle(self, *, conversation_id: str | None = None, user_id: str | None = None) -> None:
-        """Wait (bounded) for the writes in flight of this conversation, or of every conversation of this user."""
-        if conversation_id is not None:
-            tasks = [t] if (t := self.pending.get(conversation_id)) is not None else []
-        else:
-            tasks = [t for cid, t in self.pending.items() if self.owners.get(cid) == user_id]
+    async def settle(self, user_id: str | None) -> None:
+        """Wait (bounded) for the writes in flight of every conversation of this user."""
+        tasks = [t for cid, t in self.pending.items() if self.owners.get(cid) == user_id]
         if tasks:
             await asyncio.wait(tasks, timeout=self.timeout_s)
 
@@ -108,22 +125,29 @@ class Memory:
         """Store the exchange in the background; the conversation's next request waits for it."""
         if not turn.saved:
             return
-        task = asyncio.create_task(self._write(turn, cut_short), name=f"store-{turn.conversation_id}")
         cid = turn.conversation_id
+        before = self.pending.get(cid)  # stored first: turns keep their order
+        content = "".join(turn.parts)
+        task = asyncio.create_task(self._write(turn, cut_short, content, before), name=f"store-{cid}")
         self.pending[cid] = task
         self.owners[cid] = turn.headers.get(USER_ID_HEADER, "")
+        exchange = [Message(role="user", content=turn.question), Message(role="assistant", content=content)]
+        self.after[cid] = newest_within([*turn.history, *exchange], self.budget)
 
         def forget(done: asyncio.Task[None]) -> None:
             if self.pending.get(cid) is done:
                 del self.pending[cid]
                 self.owners.pop(cid, None)
+                self.after.pop(cid, None)
 
         task.add_done_callback(forget)
 
-    async def _write(self, turn: Turn, cut_short: bool) -> None:
+    async def _write(self, turn: Turn, cut_short: bool, content: str, before: asyncio.Task[None] | None) -> None:
+        if before is not None:
+            await asyncio.wait([before])
         answer: dict[str, Any] = {
             "role": "assistant",
-            "content": "".join(turn.parts),
+            "content": content,
             "sources": turn.sources,
             "model": turn.model,
             "usage": turn.usage,
@@ -187,6 +211,7 @@ class Turn:
         self.model: str | None = None
         self.usage: dict[str, Any] | None = None
         self.prompt: Any = None  # the registry prompt used (megaservice.prompts.UsedPrompt)
+        self.history: list[Message] = []  # the earlier turns put before the question
         self.ended = False
 
     def extras(self) -> dict[str, Any]:
@@ -219,6 +244,19 @@ class Turn:
         if not self.ended:
             self.ended = True
             self.memory.save(self, cut_short=cut_short)
+
+
+def newest_within(messages: list[Message], budget: int) -> list[Message]:
+    """The newest messages whose token estimates fit ``budget``, oldest first: what chathistory's context
+    (``GET /v1/conversations/{id}/context?max_tokens=``) answers for these messages."""
+    kept: list[Message] = []
+    used = 0
+    for m in reversed(messages):
+        used += estimate_tokens(m.text())
+        if used > budget:
+            break
+        kept.append(m)
+    return kept[::-1]
 
 
 def _last_question(chat: Sequence[Message]) -> str:
@@ -266,7 +304,7 @@ def proxy_router(url: str, timeout_s: float, routes: Routes, node: str, memory: 
         http: HttpClient = request.app.state.service.http
         body = await request.body()
         if memory is not None and memory.pending:
-            await memory.settle(user_id=caller_headers_var.get().get(USER_ID_HEADER))
+            await memory.settle(caller_headers_var.get().get(USER_ID_HEADER))
         extra = dict(http.default_headers)
         if body:
             extra["Content-Type"] = request.headers.get("content-type", "application/json")

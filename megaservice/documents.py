@@ -5,10 +5,15 @@ gateway checks the collection: ingesting and deleting need write access (a colle
 the caller's), listing documents needs read access; a job is shown only to who may read its collection. An
 upload is parsed here (files spooled to disk past 1 MiB, never held whole in memory) and streamed on to
 dataprep as a new multipart body that names the collection explicitly.
+
+With OPEA compatibility on (``GATEWAY_OPEA_COMPAT``) the three routes OPEA's UIs call answer in OPEA's shapes
+(`OpeaShapes`); the job routes and errors stay ours.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Annotated, Any
 
 import aiohttp
@@ -19,7 +24,16 @@ from starlette.datastructures import UploadFile
 
 from comps.core.errors import BadRequest, NotFound
 from comps.core.http import HttpClient
-from comps.dataprep.protocol import DeleteRequest, GetRequest, JobInfo, JobList
+from comps.dataprep.protocol import (
+    FINISHED,
+    DeleteRequest,
+    DeleteResponse,
+    DocumentInfo,
+    GetRequest,
+    IngestResponse,
+    JobInfo,
+    JobList,
+)
 from comps.identity.auth import principal_of
 from comps.identity.service import Principal
 from megaservice.access import Access
@@ -27,9 +41,10 @@ from megaservice.access import Access
 Caller = Annotated[Principal, Depends(principal_of)]
 MAX_UPLOAD_FILES = 1000
 MAX_FORM_FIELDS = 100
+OPEA_POLL_S = 0.2  # how often an OPEA ingest asks dataprep whether its jobs are done
 
 
-def build_router(access: Access, dataprep_url: str, timeout_s: float) -> APIRouter:
+def build_router(access: Access, dataprep_url: str, timeout_s: float, *, opea_compat: bool = False) -> APIRouter:
     router = APIRouter(prefix="/v1/dataprep", tags=["documents"])
     base = dataprep_url.rstrip("/") + "/v1/dataprep"
 
@@ -66,6 +81,17 @@ def build_router(access: Access, dataprep_url: str, timeout_s: float) -> APIRout
             status, body = await relay(request, "POST", "/ingest", content=data)
         finally:
             await form.close()
+        if opea_compat and status == 202:
+            accepted = IngestResponse.model_validate_json(body)
+            ids = ",".join(j.job_id for j in accepted.jobs)
+            _, listed = await relay(request, "GET", f"/jobs?ids={ids}")
+            deadline = time.monotonic() + timeout_s
+            jobs = JobList.model_validate_json(listed).jobs
+            while any(j.status not in FINISHED for j in jobs) and time.monotonic() < deadline:
+                await asyncio.sleep(OPEA_POLL_S)
+                _, listed = await relay(request, "GET", f"/jobs?ids={ids}")
+                jobs = JobList.model_validate_json(listed).jobs
+            return Response(orjson.dumps(opea_ingested(jobs)), media_type="application/json")
         return Response(body, status_code=status, media_type="application/json")
 
     @router.get("/jobs/{job_id}", response_model=JobInfo)
@@ -100,6 +126,8 @@ def build_router(access: Access, dataprep_url: str, timeout_s: float) -> APIRout
         collection = (body.collection if body else None) or access.default_collection
         await access.require_read(caller, collection)
         status, answer = await relay(request, "POST", "/get", content=orjson.dumps({"collection": collection}))
+        if opea_compat:
+            answer = orjson.dumps([opea_file(DocumentInfo.model_validate(d)) for d in orjson.loads(answer)])
         return Response(answer, status_code=status, media_type="application/json")
 
     @router.post("/delete")
@@ -109,6 +137,8 @@ def build_router(access: Access, dataprep_url: str, timeout_s: float) -> APIRout
         await access.require_write(caller, collection)
         payload = {"file_path": body.file_path, "collection": collection}
         status, answer = await relay(request, "POST", "/delete", content=orjson.dumps(payload))
+        if opea_compat:
+            answer = orjson.dumps({"status": True, "deleted": DeleteResponse.model_validate_json(answer).deleted})
         return Response(answer, status_code=status, media_type="application/json")
 
     return router
@@ -130,6 +160,25 @@ def collections_router(access: Access, dataprep_url: str, timeout_s: float) -> A
         return Response(status_code=204)
 
     return router
+
+
+def opea_ingested(jobs: list[JobInfo]) -> dict[str, Any]:
+    """OPEA's ingest answer (its UIs read ``status`` 200), once the jobs have finished; a job that failed or
+    is still running after the timeout makes it 500 / 202, and the jobs say which and why."""
+    failed = [j for j in jobs if j.status == "failed"]
+    running = [j for j in jobs if j.status not in FINISHED]
+    if failed:
+        status, message = 500, "; ".join(f"{j.source}: {j.error}" for j in failed)
+    elif running:
+        status, message = 202, "Data preparation still running: see the jobs"
+    else:
+        status, message = 200, "Data preparation succeeded"
+    return {"status": status, "message": message, "jobs": [j.model_dump(mode="json") for j in jobs]}
+
+
+def opea_file(doc: DocumentInfo) -> dict[str, Any]:
+    """A document as OPEA's ``/v1/dataprep/get`` lists it; its ``id`` is what ``/v1/dataprep/delete`` takes."""
+    return {"name": doc.source, "id": doc.doc_id, "type": "File", "parent": "", "children": []}
 
 
 def _text(value: object) -> str | None:

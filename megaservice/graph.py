@@ -254,13 +254,21 @@ class Graph:
 
     async def prepare(self, http: HttpClient, inp: Any) -> tuple[dict[str, Any], BaseModel]:
         """Run every node but the terminal; returns their answers and the terminal's request."""
+        answers = await self.run_prefix(http, inp)
+        return answers, self.terminal_request(inp, answers)
+
+    async def run_prefix(self, http: HttpClient, inp: Any) -> dict[str, Any]:
+        """Run every node but the terminal; returns their answers."""
         if self._chain:
             answers: dict[str, Any] = {}
             for step in self._prefix:
                 answers[step.node.name] = await self._step(http, step, inp, answers)
-        else:
-            answers = await self._run_concurrently(http, inp)
-        return answers, self._build(self._steps[self.terminal.name], inp, answers)
+            return answers
+        return await self._run_concurrently(http, inp)
+
+    def terminal_request(self, inp: Any, answers: Mapping[str, Any]) -> Any:
+        """The terminal's request from the input and the other nodes' answers."""
+        return self._build(self._steps[self.terminal.name], inp, answers)
 
     @staticmethod
     def _build(step: _Step, inp: Any, answers: Mapping[str, Any]) -> Any:

@@ -61,10 +61,13 @@ def retrieval_query(chat: Sequence[Message]) -> str:
     latest = turns[-1]
     if len(turns) < 2:
         return latest
-    words = _WORD.findall(latest.lower())
-    if len(words) <= FOLLOW_UP_WORDS or not POINTING_WORDS.isdisjoint(words):
-        return f"{turns[-2]}\n{latest}"
-    return latest
+    return f"{turns[-2]}\n{latest}" if is_follow_up(latest) else latest
+
+
+def is_follow_up(question: str) -> bool:
+    """Whether ``question`` is searched together with the user turn before it (short, or pointing back)."""
+    words = _WORD.findall(question.lower())
+    return len(words) <= FOLLOW_UP_WORDS or not POINTING_WORDS.isdisjoint(words)
 
 
 def estimate_tokens(text: str) -> int:

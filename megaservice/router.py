@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from comps.core.app import create_app, http_client, is_json, ready_backend, state_of
+from comps.core.app import STREAMING_RESPONSES, create_app, http_client, is_json, ready_backend, state_of
 from comps.core.errors import NotReady, ServiceError, UnsupportedMediaType, UpstreamError
 from comps.core.http import HttpClient, bearer
 from comps.core.tasks import TaskGroup
@@ -175,6 +175,7 @@ _BODY_DOC = {
 }
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
+        **STREAMING_RESPONSES[200],
         "model": ChatQnACompletion,
         "description": "A chat.completion, or with stream: true, chat.completion.chunk events (text/event-stream).",
     }
@@ -193,29 +194,42 @@ async def chat_body(request: Request) -> ChatQnARequest:
         raise RequestValidationError(exc.errors()) from None
 
 
-def build_router(chatqna: ChatQnA, access: Access) -> APIRouter:
+def build_router(chatqna: ChatQnA, access: Access, *, opea_compat: bool = False) -> APIRouter:
     router = APIRouter(tags=["chatqna"])
 
-    async def answer(request: Request) -> Response:
+    async def answer(request: Request, opea: bool = False) -> Response:
         state = state_of(request)
         state.require_ready()
         req = await chat_body(request)
+        if opea and "stream" not in req.model_fields_set:  # OPEA streams unless told not to
+            req = req.model_copy(update={"stream": True})
         if req.pipeline_for(chatqna.default) != "llm-only":  # a user reads only collections they may read
             await access.scope(principal_of(request), req)
-        return await chatqna.answer(req, state.http, request)
+        return await chatqna.answer(req, state.http, request, opea=opea)
+
+    async def chatqna_answer(request: Request) -> Response:
+        return await answer(request, opea=opea_compat)
+
+    async def openai_answer(request: Request) -> Response:
+        return await answer(request)
 
     router.add_api_route(
         "/v1/chatqna",
-        answer,
+        chatqna_answer,
         methods=["POST"],
         responses=_RESPONSES,
         openapi_extra=_BODY_DOC,
         summary="Answer from the documents",
-        description="An OpenAI chat request plus retrieval knobs; the answer carries its `sources`.",
+        description="An OpenAI chat request plus retrieval knobs; the answer carries its `sources`."
+        + (
+            " OPEA compatibility is on: streams unless `stream` is false, as `data: b'<token>'` lines."
+            if opea_compat
+            else ""
+        ),
     )
     router.add_api_route(
         "/v1/chat/completions",
-        answer,
+        openai_answer,
         methods=["POST"],
         responses=_RESPONSES,
         openapi_extra=_BODY_DOC,
@@ -264,11 +278,13 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     chatqna = ChatQnA(settings, pipelines, memory, prompts, models=table, by_model=by_model, usage=usage)
     access = Access(auth, settings.default_collection)
     routers = [
-        build_router(chatqna, access),
+        build_router(chatqna, access, opea_compat=settings.opea_compat),
         models.build_router(table, settings.ready_timeout_s),
         admin.build_router(table, usage, settings.usage_max_days, settings.ready_timeout_s),
         identity_router(open_registration=settings.open_registration, allowed_origins=settings.cors_origins),
-        documents.build_router(access, settings.dataprep_url, settings.dataprep_timeout_s),
+        documents.build_router(
+            access, settings.dataprep_url, settings.dataprep_timeout_s, opea_compat=settings.opea_compat
+        ),
         documents.collections_router(access, settings.dataprep_url, settings.dataprep_timeout_s),
         _health_router(),
     ]

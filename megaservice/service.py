@@ -8,11 +8,13 @@ in flight; during a stream that closes the LLM connection, which stops the gener
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from typing import Any
 
 import aiohttp
 import orjson
@@ -32,8 +34,8 @@ from megaservice.conversations import Memory, Turn
 from megaservice.graph import NODE_ERRORS
 from megaservice.models import ModelTable
 from megaservice.pipelines import Pipeline
-from megaservice.prompt import Passage
-from megaservice.prompts import Prompts, UsedPrompt
+from megaservice.prompt import Passage, is_follow_up, user_turns
+from megaservice.prompts import Prompts, UsedPrompt, applied
 from megaservice.protocol import ChatQnACompletion, ChatQnARequest, Source
 from megaservice.settings import GatewaySettings
 from megaservice.sse import DONE, data_of, error_event, event, event_blocks
@@ -86,14 +88,15 @@ class ChatQnA:
         self.tracing = Tracing(settings.trace_content)
         self._counts = {(p, s): REQUESTS.labels(p, "stream" if s else "json") for p in pipelines for s in (False, True)}
 
-    async def answer(self, req: ChatQnARequest, http: HttpClient, request: Request) -> Response:
-        """The answer from the request's model; with usage accounting on, metered (errors too)."""
+    async def answer(self, req: ChatQnARequest, http: HttpClient, request: Request, opea: bool = False) -> Response:
+        """The answer from the request's model; with usage accounting on, metered (errors too). ``opea``: a stream
+        in OPEA's line format (`opea_token`) instead of OpenAI's chunks."""
         model = self.models.resolve(req.model)
         if self.usage is None:
-            return await self._answer(req, http, request, model, None)
+            return await self._answer(req, http, request, model, None, opea)
         meter = self.usage.meter(principal_of(request), model, req.pipeline_for(self.default))
         try:
-            response = await self._answer(req, http, request, model, meter)
+            response = await self._answer(req, http, request, model, meter, opea)
         except ServiceError as exc:
             meter.end("error", exc.status_code)
             raise
@@ -105,35 +108,37 @@ class ChatQnA:
         return response
 
     async def _answer(
-        self, req: ChatQnARequest, http: HttpClient, request: Request, model: str, meter: Meter | None
+        self, req: ChatQnARequest, http: HttpClient, request: Request, model: str, meter: Meter | None, opea: bool
     ) -> Response:
         arrived = meter.started if meter is not None else time.perf_counter()
-        used: UsedPrompt | None = None
-        if req.prompt is not None:
-            if self.prompts is None:
-                raise BadRequest("this gateway has no prompt registry", param="prompt", code="no_prompt_registry")
-            req, used = await self.prompts.apply(req, http)
-        turn = await self._turn(req, http)
-        if turn is not None:
-            turn.prompt = used
-            req = turn.request  # with the conversation's earlier turns
-        pipe = self.by_model[model][req.pipeline_for(self.default)]
+        if req.prompt is not None and self.prompts is None:
+            raise BadRequest("this gateway has no prompt registry", param="prompt", code="no_prompt_registry")
+        pipe = self.by_model[model][req.pipeline_for(self.default)]  # a prompt or earlier turns do not change it
         if meter is not None:
             meter.pipeline = pipe.name
+        turn: Turn | None = None
+        later = self._later(req, pipe, http)  # what loads while the passages are found
+        if later is None:
+            used: UsedPrompt | None = None
+            if req.prompt is not None and self.prompts is not None:
+                req, used = await self.prompts.apply(req, http)
+            if (turn := await self._turn(req, http)) is not None:
+                turn.prompt = used
+                req = turn.request  # with the conversation's earlier turns
         q = Question.of(req, retrieves=pipe.name != "llm-only", rag=self.rag)
         if q.retrieves and (req.question_rewrite or self.question_rewrite) == "condense":
             standalone = await self.condenser.standalone(q.chat, http)
             if standalone:
                 q = dataclasses.replace(q, query=standalone)
         self._counts[pipe.name, req.stream].inc()
-        self.tracing.chain(trace.get_current_span(), pipe.name, q, request)
+        self.tracing.chain(trace.get_current_span(), pipe.name, q, request, turn.conversation_id if turn else None)
         try:
             if not req.stream:
-                return await until_disconnect(request, self._complete(pipe, q, http, turn, meter))
-            stream = await until_disconnect(request, self._open(pipe, q, http, arrived, turn, meter))
+                return await until_disconnect(request, self._complete(pipe, q, http, turn, later, meter))
+            stream = await until_disconnect(request, self._open(pipe, q, http, arrived, turn, later, opea, meter))
         except ClientGone:
             CLIENT_GONE.inc()
-            if turn is not None:
+            if (turn := turn or (later.turn() if later else None)) is not None:
                 turn.end(cut_short=True)
             return Response(status_code=499)
         return StreamingResponse(
@@ -149,10 +154,61 @@ class ChatQnA:
             return None
         return await self.memory.begin(req, http)
 
+    def _later(self, req: ChatQnARequest, pipe: Pipeline, http: HttpClient) -> _Later | None:
+        """The conversation's earlier turns and the registry's prompt, loading while the passages are found, when
+        the search does not need them: the question is not a follow-up searched with the turn before, and there
+        is no condense step. None when there is nothing to load, or it must come first."""
+        continues = self.memory is not None and req.conversation_id is not None
+        remembers = self.memory is not None and (continues or req.store)  # a turn to begin (no I/O for a new one)
+        if (
+            not (continues or req.prompt is not None)
+            or pipe.name == "llm-only"
+            or (req.question_rewrite or self.question_rewrite) != "heuristic"
+            or is_follow_up(user_turns(req.chat())[-1])
+        ):
+            return None
+        return _Later(
+            asyncio.create_task(self._turn(req, http), name="conversation-context") if remembers else None,
+            asyncio.create_task(self.prompts.fetch(req, http), name="prompt") if req.prompt and self.prompts else None,
+        )
+
+    async def _prepare(
+        self, pipe: Pipeline, q: Question, http: HttpClient, turn: Turn | None, later: _Later | None
+    ) -> tuple[dict[str, Any], Any, Question, Turn | None]:
+        """The graph's answers but the LLM's, the LLM's request, the question and the turn (once loaded)."""
+        if later is None:
+            answers, llm_request = await pipe.graph.prepare(http, q)
+            return answers, llm_request, q, turn
+        prefix = asyncio.create_task(pipe.graph.run_prefix(http, q), name="graph-prefix")
+        tasks: list[asyncio.Task[Any]] = [t for t in (later.loading, later.prompting) if t is not None] + [prefix]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in tasks:  # a missing conversation or prompt (404) before a failing service
+                if task in done and (exc := task.exception()) is not None:
+                    raise exc
+        finally:
+            for task in tasks:
+                task.cancel()  # no-op once done
+        turn = later.turn()
+        req = q.request if turn is None else turn.request
+        if later.prompting is not None:
+            req, used = applied(req, later.prompting.result())
+            if turn is not None:
+                turn.prompt = used
+        q = dataclasses.replace(q, request=req, chat=req.chat())
+        answers = prefix.result()
+        return answers, pipe.graph.terminal_request(q, answers), q, turn
+
     async def _complete(
-        self, pipe: Pipeline, q: Question, http: HttpClient, turn: Turn | None, meter: Meter | None = None
+        self,
+        pipe: Pipeline,
+        q: Question,
+        http: HttpClient,
+        turn: Turn | None,
+        later: _Later | None,
+        meter: Meter | None = None,
     ) -> Response:
-        answers, llm_request = await pipe.graph.prepare(http, q)
+        answers, llm_request, q, turn = await self._prepare(pipe, q, http, turn, later)
         sources = self.sources(pipe.passages(q, answers))
         completion = await pipe.graph.call_terminal(http, llm_request)
         if meter is not None:
@@ -175,9 +231,11 @@ class ChatQnA:
         http: HttpClient,
         arrived: float,
         turn: Turn | None,
+        later: _Later | None,
+        opea: bool,
         meter: Meter | None = None,
     ) -> _Relay:
-        answers, llm_request = await pipe.graph.prepare(http, q)
+        answers, llm_request, q, turn = await self._prepare(pipe, q, http, turn, later)
         sources = [s.model_dump() for s in self.sources(pipe.passages(q, answers))]
         stack = AsyncExitStack()
         called = time.perf_counter()
@@ -188,7 +246,7 @@ class ChatQnA:
         keep_usage = q.request.stream_options is not None and q.request.stream_options.include_usage
         if turn is not None:
             turn.sources = sources
-        return _Relay(stack, resp, pipe.name, sources, arrived, called, recorder, keep_usage, turn, meter)
+        return _Relay(stack, resp, pipe.name, sources, arrived, called, recorder, keep_usage, turn, opea, meter)
 
     def sources(self, passages: list[Passage]) -> list[Source]:
         n = self.snippet
@@ -213,8 +271,10 @@ class _Relay:
         recorder: StreamTrace | None = None,
         keep_usage: bool = True,
         turn: Turn | None = None,
+        opea: bool = False,
         meter: Meter | None = None,
     ) -> None:
+        self.opea = opea  # OPEA's lines (`opea_token`) instead of the chunks
         self.meter = meter  # usage accounting: ended with the stream
         self.failed = False  # an error event was sent
         self.turn = turn  # a conversation's: stored when the stream ends, cut short unless [DONE] came
@@ -244,8 +304,8 @@ class _Relay:
                             out.append(DONE)
                             yield b"".join(out)
                             return
-                        if (data := self._inspect(data)) is not None:
-                            out.append(event(data))
+                        if (data := self._inspect(data)) is not None and (frame := self._frame(data)):
+                            out.append(frame)
                     if out:
                         yield b"".join(out)  # what arrived together leaves together: no waiting
             NODE_ERRORS.labels("llm", "stream_error").inc()
@@ -267,6 +327,14 @@ class _Relay:
             self.turn.end(cut_short=not self.finished)
         if self.meter is not None:
             self.meter.end("error" if self.failed else "ok" if self.finished else "cancelled")
+
+    def _frame(self, data: bytes) -> bytes | None:
+        """The event sent for a chunk: itself, or in OPEA's format its content alone (None without content);
+        an error stays the envelope in both."""
+        if not self.opea or data.startswith(b'{"error"'):
+            return event(data)
+        content = _content(_json(data))
+        return opea_token(content) if content else None
 
     def _inspect(self, data: bytes) -> bytes | None:
         """Sources onto the first chunk; time to first token at the first content; errors counted; None for a
@@ -310,6 +378,21 @@ class _Relay:
         await self.stack.aclose()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Later:
+    """What loads while the passages are found: a conversation's earlier turns, the registry's prompt."""
+
+    loading: asyncio.Task[Turn | None] | None
+    prompting: asyncio.Task[dict[str, Any]] | None
+
+    def turn(self) -> Turn | None:
+        """The conversation's turn, if it has loaded."""
+        t = self.loading
+        if t is None or not t.done() or t.cancelled() or t.exception() is not None:
+            return None
+        return t.result()
+
+
 def _json(data: bytes) -> object:
     try:
         return orjson.loads(data)
@@ -317,8 +400,22 @@ def _json(data: bytes) -> object:
         return None
 
 
-def _has_content(chunk: object) -> bool:
+def _content(chunk: object) -> str | None:
+    """A chunk's delta content."""
     if not isinstance(chunk, dict):
-        return False
+        return None
     choices = chunk.get("choices")
-    return isinstance(choices, list) and bool(choices) and bool(choices[0].get("delta", {}).get("content"))
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    delta = choices[0].get("delta")
+    content = delta.get("content") if isinstance(delta, dict) else None
+    return content if isinstance(content, str) else None
+
+
+def _has_content(chunk: object) -> bool:
+    return bool(_content(chunk))
+
+
+def opea_token(text: str) -> bytes:
+    """One token in OPEA's stream: ``data: b'...'`` (Python's repr of its UTF-8 bytes, so always ASCII)."""
+    return event(repr(text.encode()).encode("ascii"))

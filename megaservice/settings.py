@@ -127,6 +127,12 @@ class GatewaySettings(ServiceSettings):
         description="Token budget of the earlier turns sent with a conversation's new question (a share of the "
         "LLM's window: 4096 tokens by default, leaving room for passages and the answer).",
     )
+    opea_compat: bool = Field(
+        default=False,
+        description="OPEA's stock UIs: /v1/chatqna streams unless the request says stream: false, as lines "
+        "`data: b'<token>'` (Python's repr of the token's UTF-8 bytes) ending `data: [DONE]`; the dataprep routes "
+        "answer in OPEA's shapes. /v1/chat/completions stays OpenAI's.",
+    )
     internal_api_key: SecretStr | None = Field(
         default=None,
         description="The mesh's internal token: sent as a bearer token to every internal service (their "

@@ -7,9 +7,11 @@ body (OPEA's bodies carry one; it is accepted and ignored).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from comps.sqlstore.types import Int4, NoNulJSON, StoredText, Timestamp
 
 TITLE_MAX = 200
 CONTENT_MAX = 200_000
@@ -18,22 +20,28 @@ MESSAGES_MAX = 10_000  # in one conversation of an import or a create
 Role = Literal["system", "user", "assistant"]
 
 
+def estimate_tokens(text: str) -> int:
+    """A message's tokens in a context budget: about four characters a token (English, the small models'
+    tokenizers); only a budget, never a limit. The gateway uses it too (megaservice/conversations.py)."""
+    return len(text) // 4 + 1
+
+
 class MessageIn(BaseModel):
     """One message to store; everything but role and content is about an assistant's answer."""
 
     model_config = ConfigDict(extra="ignore")
 
     role: Role
-    content: str = Field(max_length=CONTENT_MAX)
-    sources: list[dict[str, Any]] | None = Field(default=None, max_length=100)
-    model: str | None = Field(default=None, max_length=200)
-    usage: dict[str, Any] | None = None
-    latency_ms: int | None = Field(default=None, ge=0)
+    content: StoredText = Field(max_length=CONTENT_MAX)
+    sources: Annotated[list[dict[str, Any]], NoNulJSON] | None = Field(default=None, max_length=100)
+    model: StoredText | None = Field(default=None, max_length=200)
+    usage: Annotated[dict[str, Any], NoNulJSON] | None = None
+    latency_ms: Int4 | None = Field(default=None, ge=0)
     cached: bool = False
     cut_short: bool = Field(default=False, description="The answer stopped early (the client went away).")
     prompt_id: str | None = Field(default=None, max_length=64)
-    prompt_version: int | None = Field(default=None, ge=1)
-    created_at: datetime | None = Field(default=None, description="Kept on import; now when absent.")
+    prompt_version: Int4 | None = Field(default=None, ge=1)
+    created_at: Timestamp | None = Field(default=None, description="Kept on import; now when absent.")
 
 
 class FeedbackIn(BaseModel):
@@ -41,7 +49,7 @@ class FeedbackIn(BaseModel):
 
     thumbs_up: bool | None = None
     rating: int | None = Field(default=None, ge=1, le=5)
-    comment: str | None = Field(default=None, max_length=4000)
+    comment: StoredText | None = Field(default=None, max_length=4000)
 
 
 class MessageOut(BaseModel):
@@ -64,7 +72,9 @@ class ConversationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = Field(default=None, max_length=64, description="A UUID chosen by the client; default: new.")
-    title: str | None = Field(default=None, max_length=TITLE_MAX, description="Default: from the first question.")
+    title: StoredText | None = Field(
+        default=None, max_length=TITLE_MAX, description="Default: from the first question."
+    )
     pinned: bool = False
     archived: bool = False
     messages: list[MessageIn] = Field(default_factory=list, max_length=MESSAGES_MAX)
@@ -73,7 +83,7 @@ class ConversationCreate(BaseModel):
 class ConversationPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    title: str | None = Field(default=None, max_length=TITLE_MAX)
+    title: StoredText | None = Field(default=None, max_length=TITLE_MAX)
     pinned: bool | None = None
     archived: bool | None = None
 
@@ -104,7 +114,7 @@ class Append(BaseModel):
 
     messages: list[MessageIn] = Field(min_length=1, max_length=100)
     create: bool = False
-    title: str | None = Field(default=None, max_length=TITLE_MAX)
+    title: StoredText | None = Field(default=None, max_length=TITLE_MAX)
 
 
 class Appended(BaseModel):
@@ -131,11 +141,11 @@ class ExportedConversation(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: str | None = None
-    title: str = Field(default="", max_length=TITLE_MAX)
+    title: StoredText = Field(default="", max_length=TITLE_MAX)
     pinned: bool = False
     archived: bool = False
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
+    created_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
     messages: list[MessageIn] = Field(default_factory=list, max_length=MESSAGES_MAX)
 
 
@@ -159,7 +169,10 @@ class Imported(BaseModel):
 class OpeaData(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    messages: str | list[dict[str, Any]]
+    messages: (
+        Annotated[StoredText, Field(max_length=CONTENT_MAX)]
+        | Annotated[list[dict[str, Any]], NoNulJSON, Field(max_length=MESSAGES_MAX)]
+    )
     user: str | None = Field(default=None, description="Ignored: the owner is the signed-in user.")
 
 
@@ -168,7 +181,7 @@ class OpeaCreate(BaseModel):
 
     data: OpeaData
     id: str | None = Field(default=None, max_length=64)
-    first_query: str | None = Field(default=None, max_length=10_000)
+    first_query: StoredText | None = Field(default=None, max_length=10_000)
 
 
 class OpeaGet(BaseModel):
@@ -191,7 +204,7 @@ class OpeaDelete(BaseModel):
 class OpeaFeedbackData(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    comment: str | None = Field(default=None, max_length=4000)
+    comment: StoredText | None = Field(default=None, max_length=4000)
     rating: int | None = Field(default=None, ge=1, le=5)
     is_thumbs_up: bool | None = None
 

@@ -38,6 +38,7 @@ from comps.chathistory.protocol import (
     MessageOut,
     MessagePage,
     SessionCounts,
+    estimate_tokens,
 )
 from comps.core.errors import BadRequest, NotFound, ServiceError
 from comps.sqlstore import Database
@@ -63,11 +64,6 @@ class Conflict(ServiceError):
 
     status_code = 409
     error_type = "invalid_request_error"
-
-
-def estimate_tokens(text: str) -> int:
-    """About four characters a token (English, the small models' tokenizers); only a budget, never a limit."""
-    return len(text) // 4 + 1
 
 
 def title_of(question: str) -> str:

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from comps.sqlstore.types import StoredText
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$"
 TEXT_MAX = 20_000
 
@@ -30,7 +32,7 @@ class PromptCreate(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN)
     kind: Kind = "rag"
-    text: str = Field(min_length=1, max_length=TEXT_MAX)
+    text: StoredText = Field(min_length=1, max_length=TEXT_MAX)
     shared: bool = Field(default=False, description="Shared with every user (admins only).")
 
     @model_validator(mode="after")
@@ -44,7 +46,7 @@ class PromptEdit(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(min_length=1, max_length=TEXT_MAX)
+    text: StoredText = Field(min_length=1, max_length=TEXT_MAX)
 
 
 class PromptOut(BaseModel):
@@ -70,7 +72,7 @@ class PromptVersionOut(BaseModel):
 class OpeaPromptCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    prompt_text: str = Field(min_length=1, max_length=TEXT_MAX)
+    prompt_text: StoredText = Field(min_length=1, max_length=TEXT_MAX)
     user: str | None = Field(default=None, description="Ignored: the owner is the signed-in user.")
 
 
@@ -79,7 +81,7 @@ class OpeaPromptId(BaseModel):
 
     user: str | None = None
     prompt_id: str | None = Field(default=None, max_length=64)
-    prompt_text: str | None = Field(default=None, max_length=1000, description="Search in the texts.")
+    prompt_text: StoredText | None = Field(default=None, max_length=1000, description="Search in the texts.")
 
 
 class OpeaPromptDelete(BaseModel):

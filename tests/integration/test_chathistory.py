@@ -263,3 +263,47 @@ def test_feedback_on_an_answer_and_the_admin_report(service: Service) -> None:
     assert mine[0]["sources"] == sources
     assert a.post("/v1/feedback/delete", json={"feedback_id": got[0]["feedback_id"]}).json() is True
     assert a.post("/v1/feedback/get", json={"chat_id": cid}).json() == []
+
+
+def test_the_gateways_own_context_of_a_turn_in_flight_is_the_stores(service: Service) -> None:
+    """While an answer is being stored the gateway computes the next context itself (megaservice.conversations.
+    newest_within): for any budget it must be what the store answers once the write has landed."""
+    from megaservice.conversations import newest_within
+    from megaservice.protocol import Message
+
+    a = as_user(service)
+    texts = [("word " * n).strip() + f" {n}" for n in (3, 40, 1, 17, 90, 5, 2, 33, 8, 1)]
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(texts)]
+    cid = a.post("/v1/conversations", json={"messages": messages}).json()["id"]
+    every = [Message(role=m["role"], content=m["content"]) for m in messages]
+    for budget in (1, 2, 5, 12, 30, 60, 100, 1000):
+        stored = a.get(f"/v1/conversations/{cid}/context", params={"max_tokens": budget}).json()["messages"]
+        assert stored == [m.model_dump(include={"role", "content"}) for m in newest_within(every, budget)], budget
+
+
+def test_a_write_through_one_replica_is_read_through_another_at_once(
+    service: Service, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two replicas on one PostgreSQL, asynchronous commit on (the default): what one has answered 201 to, the
+    other answers on the very next request (commits are visible at once; only their flush to disk is not awaited)."""
+    env = {"DATABASE_URL": database_url, "CHATHISTORY_API_KEY": INTERNAL, "CHATHISTORY_ASYNC_COMMIT": "true"}
+    other = start_service(
+        "comps.chathistory", "CHATHISTORY_", env, name="chathistory-2", log_dir=tmp_path_factory.mktemp("ch2")
+    )
+    try:
+        a = as_user(service)
+        b = httpx.Client(base_url=other.url, headers=dict(a.headers), timeout=30)
+        cid = a.post("/v1/conversations", json={"messages": turn("q0?", "a0.")}).json()["id"]
+        for n in range(1, 21):  # alternate: write through one, read through the other at once
+            writer, reader = (a, b) if n % 2 else (b, a)
+            r = writer.post(f"/v1/conversations/{cid}/messages", json={"messages": turn(f"q{n}?", f"a{n}.")})
+            assert r.status_code == 201, r.text
+            ctx = reader.get(f"/v1/conversations/{cid}/context", params={"max_tokens": 100_000}).json()
+            assert [m["content"] for m in ctx["messages"][-2:]] == [f"q{n}?", f"a{n}."]
+        assert b.patch(f"/v1/conversations/{cid}", json={"title": "renamed"}).status_code == 200
+        assert a.get(f"/v1/conversations/{cid}").json()["title"] == "renamed"
+        assert a.get("/v1/conversations").json()["data"][0]["title"] == "renamed"
+        assert b.delete(f"/v1/conversations/{cid}").status_code == 204
+        assert_error(a.get(f"/v1/conversations/{cid}/context"), 404, "conversation_not_found")
+    finally:
+        other.stop()

@@ -18,6 +18,7 @@ import openai
 import orjson
 import pytest
 
+from tests.support.otlp import OtlpCollector, Span
 from tests.support.procs import Service, start_service
 from tests.support.stubs import StubMesh
 
@@ -34,6 +35,7 @@ class Stack:
     mesh: StubMesh
     database_url: str
     logs: Path
+    collector: OtlpCollector
     gateway: Service | None = None
     chathistory: Service | None = None
     prompts: Service | None = None
@@ -65,6 +67,8 @@ class Stack:
             "GATEWAY_HISTORY_TOKENS": "200",
             "CHATQNA_ADMIN_USER": ADMIN[0],
             "CHATQNA_ADMIN_PASSWORD": ADMIN[1],
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.collector.url,
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
         }
         port = self.gateway.port if self.gateway else None
         self.gateway = start_service(
@@ -87,8 +91,8 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with StubMesh() as mesh:
-        s = Stack(mesh, database_url, tmp_path_factory.mktemp("conversations"))
+    with StubMesh() as mesh, OtlpCollector() as collector:
+        s = Stack(mesh, database_url, tmp_path_factory.mktemp("conversations"), collector)
         s.start_chathistory()
         s.start_prompts()
         s.start_gateway()
@@ -166,6 +170,20 @@ def test_a_conversation_continues_with_the_openai_client(stack: Stack, admin: ht
     assert answer["latency_ms"] >= 0
 
 
+def test_a_turns_trace_names_its_conversation_and_user(stack: Stack, admin: httpx.Client) -> None:
+    """Phoenix groups a conversation's traces as a session (OpenInference ``session.id``)."""
+    user, _ = new_user(stack, admin)
+    r = user.post("/v1/chatqna", json={"messages": "What is the Zorblax project?", "store": True})
+    assert r.status_code == 200, r.text
+    cid, uid = r.json()["conversation_id"], user.get("/v1/auth/me").json()["id"]
+
+    def chain(spans: list[Span]) -> Span | None:
+        return next((s for s in spans if s.kind == "CHAIN" and s.attributes.get("session.id") == cid), None)
+
+    span = stack.collector.wait_for(chain)
+    assert span.attributes["gen_ai.conversation.id"] == cid and span.attributes["user.id"] == uid
+
+
 def test_without_store_nothing_is_kept(stack: Stack, admin: httpx.Client) -> None:
     user, _ = new_user(stack, admin)
     r = user.post("/v1/chatqna", json={"messages": "hello?"})
@@ -186,6 +204,21 @@ def test_a_stream_says_its_id_first_and_the_next_request_sees_the_answer(stack: 
         sent = llm_saw(stack)
         assert sent[-3]["content"] == ("Streamed question?" if n == 0 else f"follow-up {n - 1}?")
         assert sent[-2] == {"role": "assistant", "content": ANSWER}
+
+
+def test_a_question_that_stands_alone_is_searched_alone_and_answered_with_the_earlier_turns(
+    stack: Stack, admin: httpx.Client
+) -> None:
+    user, _ = new_user(stack, admin)
+    cid = user.post("/v1/chatqna", json={"messages": "Who leads Zorblax?", "store": True}).json()["conversation_id"]
+    question = "What does the stub know about the Zorblax budget in detail?"
+    for stream in (False, True):
+        r = user.post("/v1/chatqna", json={"messages": question, "conversation_id": cid, "stream": stream})
+        assert r.status_code == 200, r.text
+        assert stack.mesh.seen["retriever"][-1]["text"] == question
+        sent = llm_saw(stack)
+        assert sent[0] == {"role": "user", "content": "Who leads Zorblax?"} and question in sent[-1]["content"]
+    assert len(user.get(f"/v1/conversations/{cid}/messages").json()["data"]) == 6
 
 
 def test_the_context_is_the_newest_turns_within_the_budget(stack: Stack, admin: httpx.Client) -> None:
@@ -267,9 +300,15 @@ def test_user_b_never_sees_continues_exports_or_deletes_user_as_conversation(sta
 
 def test_bad_conversation_input_is_a_4xx(stack: Stack, admin: httpx.Client) -> None:
     user, _ = new_user(stack, admin)
-    for cid in ("not-a-uuid", "6f1c7a3e-0000-4000-8000-000000000000"):
-        r = user.post("/v1/chatqna", json={"messages": "q?", "conversation_id": cid})
-        assert r.status_code == 404 and r.json()["error"]["code"] == "conversation_not_found", r.text
+    other, _ = new_user(stack, admin)
+    theirs = other.post("/v1/chatqna", json={"messages": "Mine?", "store": True}).json()["conversation_id"]
+    # a follow-up loads the turns before the search, a question that stands alone while the passages are found
+    for question in ("q?", "What does the stub know about the Zorblax project?"):
+        for cid in ("not-a-uuid", "6f1c7a3e-0000-4000-8000-000000000000", theirs):
+            for stream in (False, True):
+                body = {"messages": question, "conversation_id": cid, "stream": stream}
+                r = user.post("/v1/chatqna", json=body)
+                assert r.status_code == 404 and r.json()["error"]["code"] == "conversation_not_found", r.text
     r = user.post("/v1/chatqna", json={"messages": "q?", "conversation_id": "x" * 65})
     assert r.status_code == 400 and r.json()["error"]["param"] == "conversation_id"
     assert user.get("/v1/conversations", params={"cursor": "bad"}).status_code == 400
@@ -318,6 +357,25 @@ def test_a_prompt_of_the_registry_and_the_version_each_answer_used(stack: Stack,
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
     other, _ = new_user(stack, admin)  # a personal prompt is nobody else's
     assert other.post("/v1/chatqna", json={"messages": "Hi?", "prompt": "pirate"}).status_code == 404
+    # A question that stands alone: the prompt (and the earlier turns) load while the passages are found.
+    alone = "What does the stub know about the Zorblax budget in detail?"
+    for stream in (False, True):
+        body = {"messages": alone, "prompt": prompt["name"], "conversation_id": cid, "stream": stream}
+        assert user.post("/v1/chatqna", json=body).status_code == 200
+        sent = llm_saw(stack)
+        assert sent[-1]["content"].endswith(f"TERSE ANSWER TO: {alone}!") and sent[0]["content"] == "Short?"
+        r = user.post("/v1/chatqna", json={"messages": alone, "prompt": "pirate", "store": True, "stream": stream})
+        assert r.status_code == 200 and llm_saw(stack)[0] == {"role": "system", "content": "Talk like a pirate."}
+        assert (
+            other.post("/v1/chatqna", json={"messages": alone, "prompt": "pirate", "stream": stream}).status_code == 404
+        )
+        body = {"messages": alone, "prompt": "pirate", "chat_template": template, "stream": stream}
+        assert user.post("/v1/chatqna", json=body).json()["error"]["param"] == "prompt"
+    answers = [m for m in user.get(f"/v1/conversations/{cid}/messages").json()["data"] if m["role"] == "assistant"]
+    assert [(m["prompt_id"], m["prompt_version"]) for m in answers[2:]] == [(prompt["id"], 2)] * 2
+    pirate = user.get("/v1/conversations").json()["data"][0]["id"]
+    answers = [m for m in user.get(f"/v1/conversations/{pirate}/messages").json()["data"] if m["role"] == "assistant"]
+    assert answers[0]["prompt_id"] == system.json()["id"] and answers[0]["prompt_version"] == 1
 
 
 def test_the_condense_step_searches_with_the_llms_rewrite(stack: Stack, admin: httpx.Client) -> None:

@@ -7,13 +7,16 @@ gateway named to the internal services). Everything talks HTTP on 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import jwt
 import openai
@@ -289,10 +292,19 @@ def test_a_disabled_user_is_refused_and_signed_out(stack: Stack, admin: httpx.Cl
     assert_401(httpx.post(f"{stack.url}/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]}, timeout=10))
 
 
-def test_an_admin_deletes_a_user_and_everything_of_theirs_stops(stack: Stack, admin: httpx.Client) -> None:
+def test_an_admin_deletes_a_user_and_everything_of_theirs_stops(
+    stack: Stack, admin: httpx.Client, database_url: str
+) -> None:
     name, password, user, pair = make_user(stack, admin)
     key = user.post("/v1/auth/keys", json={"name": "k"}).json()["key"]
     user_id = pair["user"]["id"]
+    _, _, other, other_pair = make_user(stack, admin)
+    turn = [{"role": "user", "content": "Mine?"}, {"role": "assistant", "content": "Yours."}]
+    for client in (user, other):
+        assert client.post("/v1/conversations", json={"messages": turn}).status_code == 201
+    personal_prompt(database_url, user_id)
+    personal_prompt(database_url, other_pair["user"]["id"])
+    assert kept_rows(database_url, user_id) == {"conversations": 1, "messages": 2, "prompts": 1}
     assert any(u["username"] == name for u in admin.get("/v1/admin/users").json())
     assert admin.get(f"/v1/admin/users/{user_id}").json()["username"] == name
     assert admin.delete(f"/v1/admin/users/{user_id}").status_code == 204
@@ -312,10 +324,59 @@ def test_an_admin_deletes_a_user_and_everything_of_theirs_stops(stack: Stack, ad
     )
     assert_401(user.get("/v1/auth/me"))
     assert pair["user"]["personal_collection"] not in {c["name"] for c in admin.get("/v1/collections").json()}
+    # their conversations (with the messages) and personal prompts went with them; nobody else's did
+    assert kept_rows(database_url, user_id) == {"conversations": 0, "messages": 0, "prompts": 0}
+    assert kept_rows(database_url, other_pair["user"]["id"]) == {"conversations": 1, "messages": 2, "prompts": 1}
+    assert len(other.get("/v1/conversations").json()["data"]) == 1
     # An admin cannot remove or demote themselves (nobody would be left to administer).
     me = admin.get("/v1/auth/me").json()["id"]
     assert admin.delete(f"/v1/admin/users/{me}").status_code == 403
     assert admin.patch(f"/v1/admin/users/{me}", json={"role": "user"}).status_code == 403
+
+
+def personal_prompt(database_url: str, owner: str) -> None:
+    """A personal prompt of ``owner``, written as the prompt registry writes it."""
+
+    async def write() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            pid = uuid.uuid4()
+            await conn.execute(
+                "INSERT INTO prompts (id, name, owner_id, kind, version) VALUES ($1, 'mine', $2, 'system', 1)",
+                pid,
+                uuid.UUID(owner),
+            )
+            await conn.execute(
+                "INSERT INTO prompt_versions (prompt_id, version, text, created_by) VALUES ($1, 1, 'Be brief.', $2)",
+                pid,
+                uuid.UUID(owner),
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(write())
+
+
+def kept_rows(database_url: str, user_id: str) -> dict[str, int]:
+    """What the store holds of a user: conversations, their messages, personal prompts."""
+
+    async def count() -> dict[str, int]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            uid = uuid.UUID(user_id)
+            return {
+                "conversations": await conn.fetchval("SELECT count(*) FROM conversations WHERE user_id = $1", uid),
+                "messages": await conn.fetchval(
+                    "SELECT count(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+                    "WHERE c.user_id = $1",
+                    uid,
+                ),
+                "prompts": await conn.fetchval("SELECT count(*) FROM prompts WHERE owner_id = $1", uid),
+            }
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())
 
 
 def test_admin_routes_refuse_users(stack: Stack, admin: httpx.Client) -> None:

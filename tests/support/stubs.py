@@ -8,12 +8,17 @@ behaviour between requests, ``mesh.seen[...]`` holds the bodies received. For be
 Besides our contracts they answer the shapes OPEA's ChatQnA orchestrator sends (``/embed``,
 ``/opea/retrieval``), so both gateways can be measured against the same stubs.
 
-A question containing ``[slow-first-byte]`` makes the LLM wait `SLOW_FIRST_BYTE_S` before answering.
+A question containing ``[slow-first-byte]`` makes the LLM hold its answer (``slow_held`` is set meanwhile) until
+``slow_release`` is set, or `SLOW_FIRST_BYTE_S` at most.
+An optional fifth stub, ``dataprep`` (``StubMesh(only=(..., "dataprep"))``), keeps documents in memory: each
+ingest job finishes at the second look at it (a file named ``broken*`` fails), ``/get`` and ``/delete`` as
+dataprep's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sys
 import threading
 import time
@@ -25,7 +30,7 @@ from aiohttp import web
 
 DIM = 384
 SLOW_MARK = b"[slow-first-byte]"
-SLOW_FIRST_BYTE_S = 2.0
+SLOW_FIRST_BYTE_S = 60.0
 VECTOR = [round(0.001 * (i % 97) + 0.01, 4) for i in range(DIM)]
 
 DOCS: list[dict[str, Any]] = [
@@ -62,11 +67,15 @@ class Stubs:
     """The four stub apps and their shared state."""
 
     def __init__(self) -> None:
-        self.knobs: dict[str, Knobs] = {n: Knobs() for n in ("embedding", "retriever", "reranker", "llm")}
+        self.knobs: dict[str, Knobs] = {n: Knobs() for n in ("embedding", "retriever", "reranker", "llm", "dataprep")}
+        self.documents: dict[str, dict[str, Any]] = {}  # dataprep: doc_id -> DocumentInfo
+        self.jobs: dict[str, dict[str, Any]] = {}  # dataprep: job_id -> JobInfo
         self.seen: dict[str, list[Any]] = {n: [] for n in self.knobs}
         self.headers: dict[str, list[dict[str, str]]] = {n: [] for n in self.knobs}  # of each request, lower-case
         self.record = True
         self.llm_aborted = threading.Event()  # the LLM saw its client go away mid-stream
+        self.slow_held = threading.Event()  # a [slow-first-byte] request is being held
+        self.slow_release = threading.Event()  # lets it go on
         self.llm_streams_open = 0
         self._embed_body = orjson.dumps(
             {
@@ -84,6 +93,10 @@ class Stubs:
             self.seen[name].clear()
             self.headers[name].clear()
         self.llm_aborted.clear()
+        self.documents.clear()
+        self.jobs.clear()
+        self.slow_held.clear()
+        self.slow_release.clear()
 
     # -- helpers --
 
@@ -148,6 +161,11 @@ class Stubs:
             "retriever": [("/v1/retrieval", self.retrieval), ("/opea/retrieval", self.opea_retrieval)],
             "reranker": [("/rerank", self.rerank)],
             "llm": [("/v1/chat/completions", self.chat)],
+            "dataprep": [
+                ("/v1/dataprep/ingest", self.ingest),
+                ("/v1/dataprep/get", self.documents_of),
+                ("/v1/dataprep/delete", self.delete),
+            ],
         }[name]
         for path, handler in routes:
             app.router.add_post(path, handler)
@@ -159,7 +177,63 @@ class Stubs:
                 )
 
             app.router.add_get("/v1/models", models)
+        if name == "dataprep":
+            app.router.add_get("/v1/dataprep/jobs", self.job_list)
         return app
+
+    # -- dataprep --
+
+    async def ingest(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        collection = str(form.get("collection") or "rag-redis")
+        sources = [f.filename for f in form.getall("files", []) if isinstance(f, web.FileField)]
+        sources += orjson.loads(str(form.get("link_list") or "[]"))
+        if self.record:
+            self.seen["dataprep"].append({"sources": sources, "collection": collection})
+        refs = []
+        for source in sources:
+            job_id = f"job-{len(self.jobs)}"
+            doc_id = hashlib.sha256(f"{collection}\x00{source}".encode()).hexdigest()[:32]
+            self.jobs[job_id] = {
+                "job_id": job_id, "source": source, "collection": collection, "status": "queued",
+                "doc_id": doc_id, "created_at": time.time(), "looks": 0,
+            }  # fmt: skip
+            refs.append({"job_id": job_id, "source": source, "status": "queued"})
+        return web.Response(status=202, body=orjson.dumps({"jobs": refs}), content_type="application/json")
+
+    async def job_list(self, request: web.Request) -> web.Response:
+        jobs = [self.jobs[i] for i in request.query.get("ids", "").split(",") if i in self.jobs]
+        for job in jobs:  # each job finishes at the second look
+            job["looks"] += 1
+            if job["looks"] >= 2 and job["status"] == "queued":
+                broken = job["source"].startswith("broken")
+                job["status"] = "failed" if broken else "succeeded"
+                job["error"] = "stub: could not parse" if broken else None
+                if not broken:
+                    self.documents[job["doc_id"]] = {
+                        "doc_id": job["doc_id"], "source": job["source"], "chunks": 1, "sha256": "0" * 64,
+                        "updated_at": time.time(), "tags": [], "collection": job["collection"],
+                    }  # fmt: skip
+        return self._json({"jobs": [{k: v for k, v in j.items() if k != "looks"} for j in jobs]})
+
+    async def documents_of(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        collection = (orjson.loads(raw) if raw else {}).get("collection") or "rag-redis"
+        docs = [d for d in self.documents.values() if d["collection"] == collection]
+        return self._json([{k: v for k, v in d.items() if k != "collection"} for d in docs])
+
+    async def delete(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        if self.record:
+            self.seen["dataprep"].append(body)
+        path = body["file_path"]
+        gone = [
+            i for i, d in self.documents.items()
+            if d["collection"] == body.get("collection", "rag-redis") and path in ("all", i, d["source"])
+        ]  # fmt: skip
+        for doc_id in gone:
+            del self.documents[doc_id]
+        return self._json({"deleted": len(gone)})
 
     async def embeddings(self, request: web.Request) -> web.Response:
         _, body, error = await self._common("embedding", request)
@@ -229,7 +303,8 @@ class Stubs:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         if SLOW_MARK in raw:
-            await asyncio.sleep(SLOW_FIRST_BYTE_S)
+            self.slow_held.set()
+            await asyncio.to_thread(self.slow_release.wait, SLOW_FIRST_BYTE_S)
         knobs, body, error = await self._common("llm", request, raw)
         if error:
             return error

@@ -1,0 +1,38 @@
+"""Field types of request bodies whose values go into PostgreSQL, refused up front (a 400 naming the field)
+where PostgreSQL would refuse them later (a 500): text with NUL characters (``text`` and ``jsonb`` cannot hold
+U+0000), integers beyond a 4-byte column, and timestamps given as numbers (a date is an ISO 8601 string)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic_core import PydanticCustomError
+
+INT4_MAX = 2**31 - 1
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise PydanticCustomError("nul_character", "must not contain NUL characters (\\u0000)")
+    return value
+
+
+def _json_without_nul(value: Any) -> Any:
+    if value is not None and b"\\u0000" in orjson.dumps(value):
+        raise PydanticCustomError("nul_character", "must not contain NUL characters (\\u0000)")
+    return value
+
+
+def _not_a_number(value: Any) -> Any:
+    if isinstance(value, int | float):  # pydantic would read a number as seconds since 1970
+        raise PydanticCustomError("datetime_type", "must be an ISO 8601 date-time string")
+    return value
+
+
+StoredText = Annotated[str, AfterValidator(_no_nul)]
+NoNulJSON = AfterValidator(_json_without_nul)  # Annotated[list[dict[str, Any]], NoNulJSON]: keys and values
+Int4 = Annotated[int, Field(le=INT4_MAX, ge=-INT4_MAX - 1)]
+Timestamp = Annotated[datetime, BeforeValidator(_not_a_number)]
