@@ -359,6 +359,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the benchmark)")
     ap.add_argument("--auth", action="store_true", help="auth off vs JWT vs API key instead of OPEA")
     ap.add_argument("--tracing", action="store_true", help="tracing off vs exporting to a collector instead of OPEA")
+    ap.add_argument("--rounds", type=int, help="with --tracing: interleaved rounds (default 7, quick 3)")
     ap.add_argument("--usage", action="store_true", help="usage accounting off vs on instead of OPEA")
     args = ap.parse_args()
     if args.usage:
@@ -368,7 +369,7 @@ def main() -> None:
         main_auth(args.quick)
         return
     if args.tracing:
-        main_tracing(args.quick)
+        main_tracing(args.quick, args.rounds)
         return
     opea_python = ensure_opea_venv()
     ports = {name: free_port() for name in ("embedding", "retriever", "reranker", "llm")}
@@ -558,10 +559,11 @@ async def bench_modes(
     stubs: dict[str, str],
     modes: tuple[str, ...],
     target: str,
+    rounds: int | None = None,
 ) -> list[tuple]:
     """Gateways in several modes on the same stubs, the first the baseline: requests/s at concurrency 64 (median of
     interleaved rounds) and gateway CPU per request, non-streaming and streaming."""
-    rounds = 3 if quick else 5
+    rounds = rounds or (3 if quick else 5)
     dur = 1.5 if quick else 3.0
     rows: list[tuple] = []
     timeout = aiohttp.ClientTimeout(total=30)
@@ -595,7 +597,7 @@ async def bench_modes(
     return rows
 
 
-def main_tracing(quick: bool) -> None:
+def main_tracing(quick: bool, rounds: int | None) -> None:
     ports = {name: free_port() for name in ("embedding", "retriever", "reranker", "llm")}
     stubs = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     collector_port = free_port()
@@ -628,11 +630,15 @@ def main_tracing(quick: bool) -> None:
         for mode, proc in procs.items():
             proc.wait_http(urls[mode] + "/v1/ready")
         install_uvloop()
-        rows = asyncio.run(bench_modes(quick, procs, urls, stubs, TRACING_MODES, ">= 0.9x off"))
+        load_before = os.getloadavg()[0]
+        rows = asyncio.run(
+            bench_modes(quick, procs, urls, stubs, TRACING_MODES, ">= 0.9x off", rounds or (3 if quick else 7))
+        )
     finally:
         for p in reversed(started):
             p.stop()
-    print_table("gateway tracing off vs exporting over OTLP/HTTP",
+    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    print_table(f"gateway tracing off vs exporting over OTLP/HTTP ({load})",
                 ("metric", "value", "vs off", "CPU ms/req", "vs off", "", "target"), rows)  # fmt: skip
 
 

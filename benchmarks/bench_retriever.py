@@ -1,16 +1,19 @@
-"""Retriever benchmark: query latency and HNSW recall on 100k chunks of 384-d vectors.
+"""Retriever benchmark: both vector stores side by side on the same 100k chunks of 384-d vectors.
 
-Loads the same vectors into two collections of an embedded Redis (valkey + RediSearch, on a free port in a
-temporary folder) with pipelined HSETs: one HNSW (M, EF_CONSTRUCTION below), one FLAT (exact). Then runs the
-queries through `comps.vectorstore.search` (the retriever's own query path) on both, for several EF_RUNTIME
-values, and reports p50/p95 latency and recall@10 of HNSW against FLAT; then the same through the HTTP service
-(`python -m comps.retriever`) at the chosen EF_RUNTIME.
+Loads the same vectors into an embedded Redis (valkey + RediSearch) and an embedded PostgreSQL with pgvector
+(each on a free port in a temporary folder) through the store protocol's own write path (`replace_document`,
+documents of 20 chunks, 8 writers at once, as dataprep's workers write), both with an HNSW index, cosine,
+M=16 and EF_CONSTRUCTION=200 (`comps.vectorstore`'s settings). Then runs the same queries through each
+store's `search` (the retriever's own query path) for several ef values (RediSearch EF_RUNTIME, pgvector
+hnsw.ef_search) and reports p50/p99 latency and recall@10 against exact (numpy) neighbours, the smallest
+ef that reaches recall@10 >= 0.95 for each store, load time, and the memory or disk each store used per
+vector (`docs/scaling.md` builds on it); optionally (``--http``) the same through `python -m comps.retriever`.
 
 Data (``--data``): ``clustered`` (default): 1,000 random unit centres, each chunk a centre plus Gaussian noise,
 normalized (cosine to its centre about 0.7, like passages of one topic); queries are fresh draws from the same
 mixture, not stored vectors. ``random``: uniform random unit vectors (no structure: the worst case for HNSW).
 
-    .venv/bin/python benchmarks/bench_retriever.py [--n 100000] [--queries 200] [--data clustered]
+    .venv/bin/python benchmarks/bench_retriever.py [--n 100000] [--queries 200] [--stores redis pgvector]
 """
 
 from __future__ import annotations
@@ -21,20 +24,27 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from comps.runtime.postgres_server import EmbeddedPostgres
 from comps.runtime.process import free_port
 from comps.runtime.redis_server import EmbeddedRedis
-from comps.vectorstore import schema, search
+from comps.vectorstore import search
+from comps.vectorstore.documents import Chunk, DocumentRecord
+from comps.vectorstore.protocol import BACKENDS, VectorStore
+from comps.vectorstore.stores import make_store
 
 DIM = 384
 K = 10
-HNSW, FLAT = "bench-hnsw", "bench-flat"
-TARGET_P50_MS, TARGET_RECALL = 5.0, 0.95
+PER_DOC = 20
+WRITERS = 8
+COLLECTION = "bench"
+TARGET_RECALL = 0.95
 
 
 def make_data(kind: str, n: int, queries: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
@@ -54,57 +64,98 @@ def make_data(kind: str, n: int, queries: int, seed: int = 7) -> tuple[np.ndarra
     return draw(n), draw(queries)
 
 
-async def load(url: str, collection: str, vectors: np.ndarray, algorithm: str, m: int, efc: int) -> float:
-    r = schema.connect(url)
+def make_texts(n: int, seed: int = 11) -> list[str]:
+    """Chunk texts of about 600 characters (a 128-token chunk) from a 5,000-word made-up vocabulary: what the
+    full-text index and the per-chunk size measure need."""
+    rng = np.random.default_rng(seed)
+    vocab = np.array(["".join(rng.choice(list("abcdefghiklmnoprstuvy"), rng.integers(3, 10))) for _ in range(5000)])
+    return [" ".join(vocab[rng.integers(0, len(vocab), 90)]) for _ in range(n)]
+
+
+def exact_neighbours(data: np.ndarray, queries: np.ndarray) -> list[list[tuple[str, int]]]:
+    sims = queries @ data.T
+    top = np.argsort(-sims, axis=1)[:, :K]
+    return [[(f"doc{i // PER_DOC}", int(i % PER_DOC)) for i in row] for row in top]
+
+
+async def store_size(store: VectorStore) -> int:
+    """Bytes the store holds for the collection: Redis used_memory, or the chunk table with its indexes."""
+    if store.name == "redis":
+        info = await store.r.info("memory")  # type: ignore[attr-defined]
+        return int(info["used_memory"])
+    async with store.connection() as conn:  # type: ignore[attr-defined]
+        row = await conn.fetchrow("SELECT id FROM vectorstore_collections WHERE name = $1", COLLECTION)
+        return int(await conn.fetchval(f"SELECT pg_total_relation_size('vs_chunks_{row['id']}')"))
+
+
+async def size_parts(store: VectorStore) -> dict[str, int]:
+    """Where the bytes are: RediSearch's vector index and text index; PostgreSQL's table and each index."""
+    if store.name == "redis":
+        info = await store.r.ft(COLLECTION).info()  # type: ignore[attr-defined]
+        mb = {k: float(info.get(k, 0) or 0) for k in ("vector_index_sz_mb", "inverted_sz_mb", "doc_table_size_mb")}
+        return {k.removesuffix("_mb"): int(v * 2**20) for k, v in mb.items()}
+    async with store.connection() as conn:  # type: ignore[attr-defined]
+        cid = await conn.fetchval("SELECT id FROM vectorstore_collections WHERE name = $1", COLLECTION)
+        table = f"vs_chunks_{cid}"
+        rows = await conn.fetch(
+            "SELECT c.relname, pg_relation_size(c.oid) AS size FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = $1::regclass",
+            table,
+        )
+        parts = {"table (heap + TOAST)": int(await conn.fetchval(f"SELECT pg_table_size('{table}')"))}
+        parts.update({row["relname"].removeprefix(table + "_"): int(row["size"]) for row in rows})
+        return parts
+
+
+async def load(store: VectorStore, data: np.ndarray, texts: list[str]) -> tuple[float, int]:
+    await store.open()
+    await store.delete_all(COLLECTION)
+    before = await store_size(store) if store.name == "redis" else 0
     started = time.perf_counter()
-    await schema.ensure_index(
-        r, collection, DIM, model="synthetic", algorithm=algorithm, hnsw_m=m, hnsw_ef_construction=efc
-    )
-    batch = 2000
-    for start in range(0, len(vectors), batch):
-        async with r.pipeline(transaction=False) as pipe:
-            for i in range(start, min(start + batch, len(vectors))):
-                doc = f"doc{i // 20}"
-                pipe.hset(
-                    schema.chunk_key(collection, doc, 1, i % 20),
-                    mapping={
-                        schema.TEXT: f"synthetic chunk {i}",
-                        schema.EMBEDDING: vectors[i].tobytes(),
-                        schema.SOURCE: f"{doc}.txt",
-                        schema.DOC_ID: doc,
-                        schema.CHUNK: i % 20,
-                    },
-                )
-            await pipe.execute()
+    await store.ensure_collection(COLLECTION, DIM, model="synthetic")
+    docs = list(range(0, len(data), PER_DOC))
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for start in docs:
+        queue.put_nowait(start)
+
+    async def writer() -> None:
+        while not queue.empty():
+            start = queue.get_nowait()
+            doc = f"doc{start // PER_DOC}"
+            chunks = [Chunk(texts[i], data[i]) for i in range(start, min(start + PER_DOC, len(data)))]
+            await store.replace_document(COLLECTION, DocumentRecord(doc, f"{doc}.txt", "sha"), chunks)
+
+    await asyncio.gather(*(writer() for _ in range(WRITERS)))
     elapsed = time.perf_counter() - started
-    info = await r.ft(collection).info()
-    assert int(info["num_docs"]) == len(vectors), info["num_docs"]
-    await r.aclose()
-    return elapsed
+    used = await store_size(store) - before
+    parts = ", ".join(f"{k} {v / len(data):,.0f}" for k, v in (await size_parts(store)).items())
+    print(f"  {store.name} bytes per chunk by part: {parts}")
+    await store.close()
+    return elapsed, used
 
 
 async def run_queries(
-    url: str, collection: str, queries: np.ndarray, ef: int | None
-) -> tuple[list[float], list[list[str]]]:
-    r = schema.connect(url)
+    store: VectorStore, queries: np.ndarray, ef: int
+) -> tuple[list[float], list[list[tuple[str, int]]]]:
+    await store.open()
     latencies, results = [], []
     for qv in queries:
         query = search.Query(vector=qv, k=K, ef_runtime=ef)
         started = time.perf_counter()
-        hits = await search.search(r, collection, query)
+        hits = await store.search(COLLECTION, query)
         latencies.append(time.perf_counter() - started)
-        results.append([h.key.split(":chunk:", 1)[1] for h in hits])
-    await r.aclose()
+        results.append([(h.doc_id, h.chunk) for h in hits])
+    await store.close()
     return latencies, results
 
 
-def http_queries(url: str, queries: np.ndarray, collection: str) -> list[float]:
+def http_queries(url: str, queries: np.ndarray) -> list[float]:
     import httpx
 
     latencies = []
     with httpx.Client(base_url=url, timeout=30) as c:
         for qv in queries:
-            body = {"embedding": qv.tolist(), "k": K, "collection": collection}
+            body = {"embedding": qv.tolist(), "k": K, "collection": COLLECTION}
             started = time.perf_counter()
             resp = c.post("/v1/retrieval", json=body)
             latencies.append(time.perf_counter() - started)
@@ -112,7 +163,7 @@ def http_queries(url: str, queries: np.ndarray, collection: str) -> list[float]:
     return latencies
 
 
-def recall(approx: list[list[str]], exact: list[list[str]]) -> float:
+def recall(approx: list[list[tuple[str, int]]], exact: list[list[tuple[str, int]]]) -> float:
     return statistics.fmean(len(set(a) & set(e)) / len(e) for a, e in zip(approx, exact, strict=True))
 
 
@@ -125,75 +176,91 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--data", choices=["clustered", "random"], default="clustered")
-    ap.add_argument("--m", type=int, default=16)
-    ap.add_argument("--ef-construction", type=int, default=100)
+    ap.add_argument("--stores", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     ap.add_argument("--ef", type=int, nargs="+", default=[10, 20, 40, 64, 100, 200])
-    ap.add_argument("--no-http", action="store_true", help="skip the HTTP service part")
+    ap.add_argument("--http", action="store_true", help="also query through the retriever service at the chosen ef")
     args = ap.parse_args()
 
     data, queries = make_data(args.data, args.n, args.queries)
-    print(f"data: {args.data}, {args.n} x {DIM}-d float32, {args.queries} queries, k={K}")
-    with tempfile.TemporaryDirectory(prefix="bench-retriever-") as tmp, EmbeddedRedis(Path(tmp), free_port()) as redis:
-        t_hnsw = asyncio.run(load(redis.url, HNSW, data, "HNSW", args.m, args.ef_construction))
-        t_flat = asyncio.run(load(redis.url, FLAT, data, "FLAT", args.m, args.ef_construction))
-        print(
-            f"load (pipelined HSET, indexed on write): HNSW M={args.m} EF_CONSTRUCTION={args.ef_construction} "
-            f"{t_hnsw:.1f}s ({args.n / t_hnsw:,.0f}/s); FLAT {t_flat:.1f}s ({args.n / t_flat:,.0f}/s)"
-        )
+    exact = exact_neighbours(data, queries)
+    texts = make_texts(args.n)
+    print(
+        f"data: {args.data}, {args.n} x {DIM}-d float32 with ~{statistics.fmean(map(len, texts)):.0f}-character texts, "
+        f"{args.queries} queries, k={K}; stores: {args.stores}"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-retriever-") as tmp, ExitStack() as servers:
+        urls: dict[str, str] = {}
+        if "redis" in args.stores:
+            urls["redis_url"] = servers.enter_context(EmbeddedRedis(Path(tmp) / "redis", free_port())).url
+        if "pgvector" in args.stores:
+            urls["database_url"] = servers.enter_context(EmbeddedPostgres(Path(tmp) / "pg", free_port())).url
 
-        asyncio.run(run_queries(redis.url, FLAT, queries[:10], None))  # warm the connection and caches
-        flat_lat, exact = asyncio.run(run_queries(redis.url, FLAT, queries, None))
-        print(f"\nsearch.py path, {args.queries} sequential queries (one client):")
-        print(f"  {'index':<22} {'p50 ms':>8} {'p95 ms':>8} {'recall@10':>10}")
-        print(f"  {'FLAT (exact)':<22} {pct(flat_lat, 50):8.2f} {pct(flat_lat, 95):8.2f} {1.0:10.3f}")
-        chosen, rows = None, {}
-        for ef in args.ef:
-            lat, found = asyncio.run(run_queries(redis.url, HNSW, queries, ef))
-            rows[ef] = (pct(lat, 50), pct(lat, 95), recall(found, exact))
-            p50, p95, rec = rows[ef]
-            print(f"  {'HNSW EF_RUNTIME=' + str(ef):<22} {p50:8.2f} {p95:8.2f} {rec:10.3f}")
-            if chosen is None and rec >= TARGET_RECALL and p50 <= TARGET_P50_MS:
-                chosen = ef
-        if chosen is None:
-            chosen = max(rows, key=lambda e: (rows[e][2], -rows[e][0]))
+        def store(name: str) -> VectorStore:
+            return make_store(name, **urls)
+
+        loads = {name: asyncio.run(load(store(name), data, texts)) for name in args.stores}
+        print(f"\nload ({args.n // PER_DOC} documents of {PER_DOC} chunks by replace_document, {WRITERS} writers):")
+        for name, (seconds, used) in loads.items():
+            what = "memory" if name == "redis" else "table + indexes"
             print(
-                f"  no EF_RUNTIME met p50 <= {TARGET_P50_MS} ms at recall@10 >= {TARGET_RECALL}; best recall: {chosen}"
+                f"  {name:<9} {seconds:7.1f} s  {args.n / seconds:8,.0f} chunks/s  "
+                f"{used / args.n:7,.0f} bytes/chunk ({what})"
             )
-        p50, p95, rec = rows[chosen]
-        flat_p50 = pct(flat_lat, 50)
-        print(
-            f"\nchosen EF_RUNTIME={chosen}: p50 {p50:.2f} ms (target <= {TARGET_P50_MS}), recall@10 {rec:.3f} "
-            f"(target >= {TARGET_RECALL}); FLAT/HNSW p50 ratio {flat_p50 / p50:.1f}x"
-        )
 
-        if not args.no_http:
+        rows: dict[str, dict[int, tuple[float, float, float]]] = {name: {} for name in args.stores}
+        for name in args.stores:
+            asyncio.run(run_queries(store(name), queries[:10], 40))  # warm the connection and caches
+        for ef in args.ef:
+            for name in args.stores:  # alternating stores per ef: the machine's load hits both alike
+                lat, found = asyncio.run(run_queries(store(name), queries, ef))
+                rows[name][ef] = (pct(lat, 50), pct(lat, 99), recall(found, exact))
+        print(f"\nstore.search (the retriever's path), {args.queries} sequential queries, one client:")
+        print(f"  {'ef':>5}  " + "  ".join(f"{n + ' p50':>13} {'p99':>7} {'recall':>7}" for n in args.stores))
+        for ef in args.ef:
+            cells = [f"{rows[n][ef][0]:10.2f} ms {rows[n][ef][1]:7.2f} {rows[n][ef][2]:7.3f}" for n in args.stores]
+            print(f"  {ef:>5}  " + "  ".join(cells))
+        chosen: dict[str, int] = {}
+        for name in args.stores:
+            good = [ef for ef in args.ef if rows[name][ef][2] >= TARGET_RECALL]
+            chosen[name] = min(good) if good else max(args.ef, key=lambda e: rows[name][e][2])
+            p50, p99, rec = rows[name][chosen[name]]
+            note = "" if good else f" (no ef reached recall {TARGET_RECALL}: best shown)"
+            print(f"  {name}: ef={chosen[name]}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, recall@10 {rec:.3f}{note}")
+        if len(args.stores) == 2:
+            a, b = args.stores
+            print(f"  p50 ratio {b}/{a} at recall >= {TARGET_RECALL}: "
+                  f"{rows[b][chosen[b]][0] / rows[a][chosen[a]][0]:.2f}x; "
+                  f"load time ratio {b}/{a}: {loads[b][0] / loads[a][0]:.2f}x")  # fmt: skip
+
+        if args.http:
             from comps.runtime.process import ManagedProcess
 
-            port = free_port()
-            env = {
-                "RETRIEVER_PORT": str(port),
-                "REDIS_URL": redis.url,
-                "INDEX_NAME": HNSW,
-                "RETRIEVER_HNSW_EF_RUNTIME": str(chosen),
-                "LOG_LEVEL": "WARNING",
-            }
-            with open(Path(tmp) / "retriever.log", "w") as sink:
-                proc = ManagedProcess("retriever", [sys.executable, "-m", "comps.retriever"], env=env, sink=sink)
-                proc.start()
-                try:
-                    proc.wait_http_ready(f"http://127.0.0.1:{port}/v1/ready", 60)
-                    url = f"http://127.0.0.1:{port}"
-                    http_queries(url, queries[:10], HNSW)
-                    h_lat = http_queries(url, queries, HNSW)
-                    f_lat = http_queries(url, queries, FLAT)
-                finally:
-                    proc.stop()
             print(f"\nHTTP POST /v1/retrieval (embedding given, k={K}), {args.queries} sequential requests:")
-            print(
-                f"  HNSW EF_RUNTIME={chosen}: p50 {pct(h_lat, 50):.2f} ms, p95 {pct(h_lat, 95):.2f} ms "
-                f"(HTTP + JSON overhead over search.py: {pct(h_lat, 50) - p50:+.2f} ms at p50)"
-            )
-            print(f"  FLAT:               p50 {pct(f_lat, 50):.2f} ms, p95 {pct(f_lat, 95):.2f} ms")
+            for name in args.stores:
+                port = free_port()
+                env = {
+                    "RETRIEVER_PORT": str(port),
+                    "VECTORSTORE_BACKEND": name,
+                    "INDEX_NAME": COLLECTION,
+                    "RETRIEVER_HNSW_EF_RUNTIME": str(chosen[name]),
+                    "LOG_LEVEL": "WARNING",
+                    "REDIS_URL": urls.get("redis_url", ""),
+                    "DATABASE_URL": urls.get("database_url", ""),
+                }
+                with open(Path(tmp) / f"retriever-{name}.log", "w") as sink:
+                    proc = ManagedProcess("retriever", [sys.executable, "-m", "comps.retriever"], env=env, sink=sink)
+                    proc.start()
+                    try:
+                        proc.wait_http_ready(f"http://127.0.0.1:{port}/v1/ready", 120)
+                        http_queries(f"http://127.0.0.1:{port}", queries[:10])
+                        lat = http_queries(f"http://127.0.0.1:{port}", queries)
+                    finally:
+                        proc.stop()
+                overhead = pct(lat, 50) - rows[name][chosen[name]][0]
+                print(
+                    f"  {name}: ef={chosen[name]}: p50 {pct(lat, 50):.2f} ms, p99 {pct(lat, 99):.2f} ms "
+                    f"(HTTP + JSON over store.search: {overhead:+.2f} ms at p50)"
+                )
 
 
 if __name__ == "__main__":

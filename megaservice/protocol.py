@@ -44,7 +44,8 @@ class ContextPassage(BaseModel):
 
 class ChatQnARequest(RetrievalOptions):
     """An OpenAI chat request with the retriever's options (`RetrievalOptions`, forwarded as they are).
-    Every retrieval field has OPEA's default except ``top_n`` (3, so more than one passage reaches the LLM)."""
+    Every retrieval field has OPEA's default except ``k`` (10, so the reranker has more to choose from than it
+    keeps) and ``top_n`` (3, so more than one passage reaches the LLM)."""
 
     # NaN and infinities are refused in every number (the chat routes parse their body themselves, without the
     # kit's strict-JSON check).
@@ -70,6 +71,13 @@ class ChatQnARequest(RetrievalOptions):
     tools: list[Any] | None = Field(default=None, description="Not supported; refused when given.")
 
     # -- Retrieval: the retriever's options are inherited (RetrievalOptions); the gateway adds --
+    k: int = Field(
+        default=10,
+        ge=1,
+        le=100,
+        description="Passages retrieved: the reranker's candidates (OPEA's 4 left the right passage out of reach; "
+        "benchmarks/eval/RESULTS.md).",
+    )
     top_n: int = Field(default=3, ge=1, le=100, description="Passages the reranker keeps.")
     passage_tokens: int | None = Field(
         default=None, ge=16, le=100_000, description="Most tokens of passages in the prompt; default: the gateway's."

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from comps.core.app import create_app, http_client, is_json, ready_backend, state_of
+from comps.core.app import STREAMING_RESPONSES, create_app, http_client, is_json, ready_backend, state_of
 from comps.core.errors import NotReady, ServiceError, UnsupportedMediaType, UpstreamError
 from comps.core.http import HttpClient, bearer
 from comps.core.tasks import TaskGroup
@@ -179,6 +179,7 @@ _BODY_DOC = {
 }
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
+        **STREAMING_RESPONSES[200],
         "model": ChatQnACompletion,
         "description": "A chat.completion, or with stream: true, chat.completion.chunk events (text/event-stream).",
     }
@@ -320,7 +321,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
 def _answer_cache(settings: GatewaySettings, deps: Dependencies, embedding: Node) -> answer_cache.AnswerCache | None:
     """The answer cache, when it is on and has a Redis; semantic matching embeds questions with the pipeline's
     embedding service."""
-    if not (settings.cache_enabled and settings.redis_url):
+    if not (settings.cache_enabled and settings.redis_url and settings.vectorstore_backend == "redis"):
         return None
 
     async def embed(text: str) -> list[float]:

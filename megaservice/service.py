@@ -137,7 +137,7 @@ class ChatQnA:
         request.state.cached = look is not None and look.answer is not None  # a cache hit (the meter's `cached`)
         if look is not None and look.answer is not None:
             self._counts[pipe.name, req.stream].inc()
-            self.tracing.chain(trace.get_current_span(), pipe.name, q, request)
+            self.tracing.chain(trace.get_current_span(), pipe.name, q, request, turn.conversation_id if turn else None)
             if meter is not None:
                 meter.cached = True
                 meter.usage(look.answer.usage)
@@ -149,7 +149,7 @@ class ChatQnA:
             if standalone:
                 q = dataclasses.replace(q, query=standalone)
         self._counts[pipe.name, req.stream].inc()
-        self.tracing.chain(trace.get_current_span(), pipe.name, q, request)
+        self.tracing.chain(trace.get_current_span(), pipe.name, q, request, turn.conversation_id if turn else None)
         try:
             if not req.stream:
                 return await until_disconnect(request, self._complete(pipe, q, http, turn, later, meter, look))

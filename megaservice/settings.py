@@ -151,6 +151,11 @@ class GatewaySettings(ServiceSettings):
         description="The vector store's Redis, where the answer cache lives too (one round trip reads the "
         "collections' content versions and the answer); unset: no cache.",
     )
+    vectorstore_backend: Literal["redis", "pgvector"] = Field(
+        default="redis",
+        validation_alias=AliasChoices("VECTORSTORE_BACKEND", "vectorstore_backend"),
+        description="The vector store the mesh uses; the answer cache works with redis only (its versions are there).",
+    )
     cache_enabled: bool = Field(default=True, description="Cache deterministic answers (needs a Redis URL).")
     cache_ttl_s: int = Field(default=86_400, ge=1, description="How long a cached answer lives.")
     cache_max_entries: int = Field(

@@ -1,7 +1,7 @@
 """What the gateway's spans say about the LLM work, for Arize Phoenix and any OpenTelemetry backend.
 
-The gateway's request span is the pipeline (OpenInference kind CHAIN, with the user id); each hop's span
-under it gets its kind (EMBEDDING, RETRIEVER, RERANKER, LLM) and what the hop did, in the OpenInference
+The gateway's request span is the pipeline (OpenInference kind CHAIN, with the user and conversation ids);
+each hop's span under it gets its kind (EMBEDDING, RETRIEVER, RERANKER, LLM) and what the hop did, in the OpenInference
 semantic conventions (names from the ``openinference-semantic-conventions`` package) and, where they say the
 same, the OpenTelemetry GenAI ones (``gen_ai.*``): model names, invocation parameters, token counts (the
 LLM's own ``usage``, the numbers the reply carries), the documents retrieved and reranked with their ids,
@@ -68,8 +68,9 @@ class Tracing:
 
     # -- the pipeline (the gateway's request span) ---------------------------------------------------------
 
-    def chain(self, span: Span, pipeline: str, q: Question, request: Request) -> None:
-        """The request's span is the pipeline: its user, pipeline, collection and (with content) question."""
+    def chain(self, span: Span, pipeline: str, q: Question, request: Request, conversation: str | None) -> None:
+        """The request's span is the pipeline: its user, conversation, pipeline, collection and (with content)
+        question."""
         if not span.is_recording():
             return
         attrs: dict[str, AttributeValue] = {
@@ -79,6 +80,8 @@ class Tracing:
         principal = getattr(request.state, "principal", None)
         if principal is not None:
             attrs[A.USER_ID] = principal.user_id
+        if conversation is not None:  # Phoenix groups a conversation's traces as a session
+            attrs[A.SESSION_ID] = attrs[G.GEN_AI_CONVERSATION_ID] = conversation
         if self.content:
             attrs[A.INPUT_VALUE] = next((m.text() for m in reversed(q.chat) if m.role == "user"), "")
             attrs[A.INPUT_MIME_TYPE] = _TEXT

@@ -99,6 +99,10 @@ User = Annotated[uuid.UUID, Depends(_user)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Cursor = Annotated[str | None, Query(max_length=500)]
 Format = Annotated[Literal["json", "ndjson"], Query()]
+# What an export answers: a JSON array, or one conversation a line.
+EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The conversations", "content": {"application/json": {}, NDJSON: {}}}
+}
 
 
 def build_router(settings: ChatHistorySettings) -> APIRouter:
@@ -125,7 +129,7 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
             await service.list_conversations(user, limit=min(limit, max_page), cursor=cursor, q=q, archived=archived)
         )
 
-    @router.get("/v1/conversations/export")
+    @router.get("/v1/conversations/export", responses=EXPORT_RESPONSES)
     async def export_all(service: Service, user: User, format: Format = "json") -> Response:
         """All of the caller's conversations with their messages (JSON, or NDJSON: one conversation a line)."""
         return _export(await service.export(user, None), format)
@@ -177,7 +181,7 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
         """The newest messages that fit ``max_tokens`` (estimated), oldest first: what the gateway sends the LLM."""
         return _json(await service.context(user, conversation_id, max_tokens))
 
-    @router.get("/v1/conversations/{conversation_id}/export")
+    @router.get("/v1/conversations/{conversation_id}/export", responses=EXPORT_RESPONSES)
     async def export_one(conversation_id: str, service: Service, user: User, format: Format = "json") -> Response:
         return _export(await service.export(user, conversation_id), format)
 

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -134,6 +135,39 @@ class UpstreamTimeout(UpstreamError):
 
 class ConfigError(Exception):
     """Invalid configuration, found at start-up; the message names the variable."""
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    """Every non-2xx answer's body."""
+
+    error: ErrorDetail
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document as the services answer: any 4xx or 5xx of any operation is the error envelope
+    (FastAPI's own 422 and its validation schemas go: the kit answers invalid input with a 400)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    envelope = ErrorEnvelope.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(envelope.pop("$defs", {}))
+    components[ErrorEnvelope.__name__] = envelope
+    body = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ErrorEnvelope.__name__}"}}}}
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                responses = operation["responses"]
+                responses.pop("422", None)
+                responses.setdefault("4XX", {"description": "Refused; the envelope says why.", **body})
+                responses.setdefault("5XX", {"description": "Failed or unavailable; the envelope says why.", **body})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    return schema
 
 
 def error_envelope(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:

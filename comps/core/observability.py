@@ -24,6 +24,7 @@ from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from comps.core.caller import caller_headers_var
+from comps.core.otlp import OtlpHttpSpanExporter, parse_headers
 
 REQUEST_ID_HEADER = "x-request-id"
 PROBE_PATHS = frozenset({"/metrics", "/v1/health_check", "/v1/ready"})  # neither logged nor traced
@@ -78,11 +79,13 @@ def setup_logging(service: str, fmt: str = "plain", level: str = "INFO") -> None
     logging.getLogger("uvicorn.access").disabled = True
 
 
-def setup_tracing(service: str, otlp_endpoint: str | None, sample_ratio: float = 1.0) -> None:
-    """Install the SDK tracer provider; spans are exported over OTLP only when an endpoint is set.
+def setup_tracing(
+    service: str, otlp_endpoint: str | None, sample_ratio: float = 1.0, otlp_headers: str | None = None
+) -> None:
+    """Install the SDK tracer provider; spans are exported over OTLP/HTTP only when an endpoint is set.
 
     With an exporter, ``sample_ratio`` of the traces that start here are recorded (a caller's sampled flag
-    decides for the traces it started)."""
+    decides for the traces it started). ``otlp_headers`` (``key1=value1,key2=value2``) go with every export."""
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         return
     # Without an exporter, a trace that no caller sampled is not recorded: its spans still carry and pass
@@ -90,11 +93,8 @@ def setup_tracing(service: str, otlp_endpoint: str | None, sample_ratio: float =
     sampler = ParentBased(TraceIdRatioBased(sample_ratio) if otlp_endpoint else ALWAYS_OFF)
     provider = TracerProvider(resource=Resource.create({"service.name": service}), sampler=sampler)
     if otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint.rstrip("/") + "/v1/traces"))
-        )
+        exporter = OtlpHttpSpanExporter(otlp_endpoint.rstrip("/") + "/v1/traces", parse_headers(otlp_headers))
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
 
 

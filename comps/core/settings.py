@@ -39,6 +39,12 @@ class ServiceSettings(BaseSettings):
         validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "otlp_endpoint"),
         description="OTLP/HTTP collector base URL; no spans are exported when unset.",
     )
+    otlp_headers: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_HEADERS", "otlp_headers"),
+        description="Headers sent with every span export, `key1=value1,key2=value2` (values URL-encoded), "
+        "e.g. a collector's `Authorization`.",
+    )
     trace_sample_ratio: float = Field(
         default=1.0,
         ge=0.0,

@@ -130,7 +130,9 @@ class ChunkEmbedder:
         dims = {len(vector) for vector, _ in results}
         if len(models) != 1 or len(dims) != 1:
             raise UpstreamError(
-                f"embedding answered with mixed models {sorted(models)} or dimensions {sorted(dims)}", node=NODE
+                f"embedding answered with mixed models {sorted(models)} or dimensions {sorted(dims)}",
+                node=NODE,
+                status=200,
             )
         return np.vstack([vector for vector, _ in results]), models.pop()
 

@@ -5,6 +5,11 @@ Job state lives in memory (the last ``DATAPREP_JOBS_KEPT`` finished jobs) and is
 every change, with what it takes to run the job again (its options, and where its upload is spooled):
 after a crash, `JobRunner.recover` finds the jobs left queued or running, resumes those it can and fails
 the others with the reason, so no job stays unfinished.
+
+Several replicas may share one store: a job belongs to the replica that holds its lease (``claim``), renewed
+by a heartbeat every third of ``lease_s``. A replica only resumes a job whose lease it could take: one left by
+a dead replica (its lease expired) or by its own earlier life. A replica that finds its lease taken (it was
+paused for longer than the lease) drops the job without finishing it: the new owner does.
 """
 
 from __future__ import annotations
@@ -32,8 +37,11 @@ log = logging.getLogger("comps.dataprep.jobs")
 JOBS = Counter("chatqna_dataprep_jobs_total", "Ingestion jobs finished, by status", ["status"])
 QUEUED = Gauge("chatqna_dataprep_jobs_queued", "Ingestion jobs waiting for a worker")
 RECOVERED = Counter(
-    "chatqna_dataprep_jobs_recovered_total", "Unfinished jobs of an earlier run found at start-up", ["outcome"]
+    "chatqna_dataprep_jobs_recovered_total",
+    "Unfinished jobs of an earlier run or of a dead replica taken over",
+    ["outcome"],
 )
+LEASES_LOST = Counter("chatqna_dataprep_job_leases_lost_total", "Jobs dropped because another replica took them")
 LOST_UPLOAD = "dataprep restarted and the uploaded file of this job is gone; ingest it again"
 
 
@@ -54,6 +62,8 @@ class Job:
     error: str | None = None
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
+    retries: int = 0  # embedding tries after the embedding service failed
+    lost: bool = False  # another replica took the job over: this one must not finish it
     saving: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)  # saves in order, newest state last
 
     def info(self) -> JobInfo:
@@ -68,6 +78,7 @@ class Job:
             error=self.error,
             created_at=self.created_at,
             finished_at=self.finished_at,
+            retries=self.retries,
         )
 
     def record(self) -> dict[str, Any]:
@@ -100,10 +111,15 @@ class Job:
         JOBS.labels(status).inc()
 
 
+class JobLost(Exception):
+    """The job's lease is another replica's now: stop without finishing (or saving) it."""
+
+
 class JobRunner:
     """``workers`` supervised tasks take jobs from a queue of at most ``max_queued``; ``run`` does one job
     and should not raise (if it does, the job fails with the reason and the worker is restarted); ``save``
-    keeps a job's record in the store (its failures are logged, not fatal)."""
+    keeps a job's record in the store (its failures are logged, not fatal); ``claim`` takes or renews the
+    leases of jobs for ``lease_s`` and returns the ids held (see the module's text)."""
 
     def __init__(
         self,
@@ -113,8 +129,12 @@ class JobRunner:
         kept: int,
         run: Callable[[Job], Awaitable[None]],
         save: Callable[[dict[str, Any]], Awaitable[None]],
+        claim: Callable[[list[str]], Awaitable[list[str]]] | None = None,
+        lease_s: float = 15.0,
     ) -> None:
         self.workers = workers
+        self.claim = claim or _hold_all
+        self.lease_s = lease_s
         self.kept = kept
         self._run = run
         self._save = save
@@ -127,6 +147,7 @@ class JobRunner:
         self.tasks = tasks or self.tasks
         for i in range(self.workers):
             self.tasks.spawn(f"dataprep-worker-{i}", self._work)
+        self.tasks.spawn("dataprep-job-heartbeat", self._heartbeat)
 
     async def stop(self) -> None:
         """Stop the workers; jobs not finished are failed (and saved) with the reason."""
@@ -155,9 +176,11 @@ class JobRunner:
         """Queue again the unfinished jobs of an earlier run (``saved`` records); a job whose upload is gone
         fails with the reason. Returns (resumed, failed)."""
         resumed = failed = 0
+        theirs = [r["job_id"] for r in saved if r["job_id"] not in self._jobs]
+        held = set(await self.claim(theirs)) if theirs else set()  # the others are live replicas' jobs
         for record in sorted(saved, key=lambda r: float(r.get("created_at", 0))):
-            if record["job_id"] in self._jobs:
-                continue  # ours already
+            if record["job_id"] not in held:
+                continue
             try:
                 job = Job.from_record(record)
             except (KeyError, ValueError) as exc:  # a record from an older version: cannot be run again
@@ -200,19 +223,43 @@ class JobRunner:
         for job_id in finished[: max(0, len(self._jobs) - self.kept)]:
             del self._jobs[job_id]
 
+    async def _heartbeat(self) -> None:
+        """Renew the leases of this replica's unfinished jobs; drop those another replica has taken."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            mine = [j.job_id for j in self._jobs.values() if j.status not in FINISHED]
+            try:
+                held = set(await self.claim(mine)) if mine else set()
+            except Exception as exc:  # the store is down: try again next beat (the leases may run out meanwhile)
+                log.warning("could not renew the leases of %d jobs: %s", len(mine), exc)
+                continue
+            for job_id in set(mine) - held:
+                job = self._jobs.pop(job_id)
+                job.lost = True
+                LEASES_LOST.inc()
+                log.warning("job %s (%s) was taken over by another replica: dropped here", job_id, job.source)
+
     async def _work(self) -> None:
         while True:
             job = await self._queue.get()
             QUEUED.set(self._queue.qsize())
+            if job.lost:
+                self._queue.task_done()
+                continue
             try:
                 await self._run(job)
             except Exception as exc:  # never a job left "running": fail it, then the worker dies and restarts
-                if job.status not in FINISHED:
+                if job.status not in FINISHED and not job.lost:
                     job.finish("failed", f"internal error: {type(exc).__name__}: {exc}")
                     await self.save(job)
                 raise
             finally:
                 self._queue.task_done()
+
+
+async def _hold_all(job_ids: list[str]) -> list[str]:
+    """The claim of a runner that shares its store with no other replica."""
+    return job_ids
 
 
 def _intact(upload: Upload) -> bool:

@@ -187,6 +187,7 @@ class JobInfo(BaseModel):
     error: str | None = Field(default=None, description="Why the job failed.")
     created_at: float
     finished_at: float | None = None
+    retries: int = Field(default=0, description="Embedding retries after the embedding service failed.")
 
 
 class JobList(BaseModel):

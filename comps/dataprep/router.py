@@ -88,6 +88,6 @@ def build_router() -> APIRouter:
 
 
 def build_app(settings: DataprepSettings) -> FastAPI:
-    store_cls = load_backend("dataprep", REGISTRY, settings.backend, "DATAPREP_BACKEND")
+    store_cls = load_backend("dataprep", REGISTRY, settings.vectorstore_backend, "VECTORSTORE_BACKEND")
     service = DataprepService(settings, store_cls(settings))
     return create_app(settings, backend=service, routers=[build_router()], title="dataprep")

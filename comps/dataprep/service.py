@@ -4,7 +4,12 @@ parse and chunk -> embed -> replace the document atomically), listing and deleti
 `DataprepService` is the app's backend for the kit: warm-up opens the store, the URL fetcher, the spool
 folder and the job workers; readiness needs Redis with search AND the embedding service, every background
 task running, and the start-up recovery done: the unfinished jobs of an earlier run (a crash) resumed or
-failed with the reason, and chunks that no document version owns swept away.
+failed with the reason, and chunks that no document version owns swept away. Then, every half lease, the
+jobs of a replica that died (their lease expired) are taken over the same way.
+
+A job whose embedding fails because the embedding service is down, restarting or overloaded (unreachable,
+HTTP 429 or 5xx, timeout) tries again after a backoff, ``DATAPREP_EMBEDDING_RETRIES`` times; the stored
+version of its document stays untouched until the new one is complete.
 """
 
 from __future__ import annotations
@@ -13,21 +18,23 @@ import asyncio
 import hashlib
 import logging
 import shutil
+import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from prometheus_client import Counter
 from pydantic import ValidationError
 from starlette.requests import Request
 
-from comps.core.errors import BadRequest, NotFound, NotReady, ServiceError
+from comps.core.errors import BadRequest, NotFound, NotReady, ServiceError, UpstreamError
 from comps.core.http import HttpClient
 from comps.core.tasks import TaskGroup
 from comps.dataprep.backends import DocumentStore
 from comps.dataprep.embedder import ChunkEmbedder
-from comps.dataprep.jobs import Job, JobRunner, KeyedLocks
+from comps.dataprep.jobs import Job, JobLost, JobRunner, KeyedLocks
 from comps.dataprep.parsing import ParseError, parse_document
 from comps.dataprep.protocol import (
     CONTENT_TYPES,
@@ -44,12 +51,18 @@ from comps.dataprep.protocol import (
 from comps.dataprep.settings import DataprepSettings
 from comps.dataprep.uploads import read_ingest_form
 from comps.dataprep.urls import FetchFailed, UrlFetcher, UrlRefused, check_url
+from comps.embedding.client import NODE as EMBEDDING
 from comps.vectorstore.documents import Chunk, CollectionMissing, DocumentRecord
 from comps.vectorstore.names import validate_collection
 
 log = logging.getLogger("comps.dataprep")
 
 RECOVERY_RETRY_MAX_S = 5.0  # start-up recovery retries until the store answers, at most this far apart
+EMBEDDING_RETRY_MAX_S = 30.0  # the longest wait between two embedding tries of a job
+
+RETRIES = Counter("chatqna_dataprep_embedding_retries_total", "Embedding tries of a job after the service failed")
+
+T = TypeVar("T")
 
 
 class DataprepService:
@@ -71,6 +84,7 @@ class DataprepService:
         self._http: HttpClient | None = None
         self.tasks = TaskGroup("dataprep")
         self.recovered: tuple[int, int, int] | None = None  # (jobs resumed, jobs failed, orphan chunks swept)
+        self.replica = settings.replica_id or f"{socket.gethostname()}:{settings.port or id(self)}"
 
     # ------------------------------------------------------------------------------ kit backend protocol
 
@@ -91,6 +105,8 @@ class DataprepService:
             kept=self.settings.jobs_kept,
             run=self._run,
             save=self.store.save_job,
+            claim=self._claim,
+            lease_s=self.settings.job_lease_s,
         )
         self.runner.start(self.tasks)
         self.tasks.spawn("dataprep-recovery", self._recover, once=True)
@@ -166,6 +182,7 @@ class DataprepService:
             )
             jobs = [Job(source=u.filename, upload=u, **common) for u in form.uploads]  # type: ignore[arg-type]
             jobs += [Job(source=url, **common) for url in options.link_list]  # type: ignore[arg-type]
+            await self._claim([j.job_id for j in jobs])  # leased before any replica can see them
             self.runner.submit(jobs)
         except BaseException:
             await asyncio.to_thread(form.discard)
@@ -218,9 +235,12 @@ class DataprepService:
 
     # --------------------------------------------------------------------------------------------- jobs
 
+    async def _claim(self, job_ids: list[str]) -> list[str]:
+        return await self.store.claim_jobs(job_ids, self.replica, self.settings.job_lease_s)
+
     async def _recover(self) -> None:
         """Once the store answers: resume or fail the jobs an earlier run left unfinished, and sweep chunks
-        that no document version owns."""
+        that no document version owns. Then take over, every half lease, the jobs of replicas that died."""
         assert self.runner is not None
         saved, swept = await self._open_jobs_and_sweep()
         resumed, failed = await self.runner.recover(saved)
@@ -228,6 +248,15 @@ class DataprepService:
         if resumed or failed or swept:
             log.warning("start-up recovery: %d unfinished jobs resumed, %d failed (upload lost), "
                         "%d orphan chunks deleted", resumed, failed, swept)  # fmt: skip
+        self.tasks.spawn("dataprep-takeover", self._take_over)
+
+    async def _take_over(self) -> None:
+        assert self.runner is not None
+        while True:
+            await asyncio.sleep(self.settings.job_lease_s / 2)
+            resumed, failed = await self.runner.recover(await self.store.open_jobs())
+            if resumed or failed:
+                log.warning("took over %d jobs of a replica that stopped (%d failed: upload lost)", resumed, failed)
 
     async def _open_jobs_and_sweep(self) -> tuple[list[dict[str, Any]], int]:
         """The unfinished jobs in the store and the number of orphan chunks swept, once the store answers."""
@@ -247,6 +276,9 @@ class DataprepService:
         started = time.perf_counter()
         try:
             await self._ingest(job)
+        except JobLost:
+            log.warning("job %s (%s) stopped here: another replica took it over", job.job_id, job.source)
+            return
         except (ParseError, UrlRefused, FetchFailed, CollectionMissing) as exc:
             job.finish("failed", str(exc))
         except ServiceError as exc:
@@ -257,7 +289,7 @@ class DataprepService:
             log.exception("job %s (%s) failed", job.job_id, job.source)
             job.finish("failed", f"internal error: {type(exc).__name__}: {exc}")
         finally:
-            if job.upload is not None:
+            if job.upload is not None and not job.lost:
                 await asyncio.to_thread(job.upload.discard)
         log.info(
             "job %s %s: %s (%d chunks, %.2fs)%s",
@@ -286,7 +318,7 @@ class DataprepService:
             size, overlap = job.chunk_size, job.chunk_overlap
             length: Callable[[str], int] = len
             if job.chunk_unit == "tokens":
-                measure = await self.embedder.measure()
+                measure = await self._retrying(job, self.embedder.measure)
                 size, length = min(size, measure.limit), measure.count
                 overlap = min(overlap, size // 2)
             chunks = await asyncio.to_thread(lambda: parse_document(load(), kind, size, overlap, length=length))
@@ -297,7 +329,13 @@ class DataprepService:
                 job.chunks_embedded += n
                 await self.runner.save(job)  # type: ignore[union-attr]
 
-            vectors, model = await self.embedder.embed([c.text for c in chunks], progress)
+            async def embed() -> tuple[Any, str]:
+                job.chunks_embedded = 0  # a retry embeds every chunk again
+                return await self.embedder.embed([c.text for c in chunks], progress)
+
+            vectors, model = await self._retrying(job, embed)
+            if job.lost:
+                raise JobLost
             await self.store.ensure_collection(job.collection, int(vectors.shape[1]), model)
             record = DocumentRecord(
                 doc_id=job.doc_id,
@@ -315,6 +353,30 @@ class DataprepService:
             await self.store.replace_document(job.collection, record, stored)
         job.finish("succeeded")
 
+    async def _retrying(self, job: Job, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, tried again with a doubling wait while the embedding service fails in a way that may
+        pass (unreachable, restarting, overloaded), at most ``DATAPREP_EMBEDDING_RETRIES`` times."""
+        assert self.runner is not None
+        wait = self.settings.embedding_retry_s
+        while True:
+            try:
+                return await call()
+            except UpstreamError as exc:
+                if not _passing(exc):
+                    raise
+                if job.retries >= self.settings.embedding_retries or job.lost:
+                    raise UpstreamError(
+                        f"the embedding service still failed after {job.retries} retries: {exc.message}",
+                        node=EMBEDDING,
+                    ) from exc
+                job.retries += 1
+                RETRIES.inc()
+                log.warning("job %s (%s): embedding failed (%s); retry %d of %d in %.1fs", job.job_id, job.source,
+                            exc.message, job.retries, self.settings.embedding_retries, wait)  # fmt: skip
+                await self.runner.save(job)
+                await asyncio.sleep(wait)  # backoff: the embedding service is restarting or busy
+                wait = min(EMBEDDING_RETRY_MAX_S, wait * 2)
+
     async def _content(self, job: Job) -> tuple[Callable[[], bytes], int, DocumentKind, str]:
         """How to get the job's bytes (an upload is read in the parsing thread, so waiting jobs hold no
         content), their size, the parser kind and the sha256."""
@@ -331,6 +393,13 @@ class DataprepService:
             )
         digest = await asyncio.to_thread(lambda: hashlib.sha256(fetched.data).hexdigest())
         return (lambda: fetched.data), len(fetched.data), kind, digest
+
+
+def _passing(exc: UpstreamError) -> bool:
+    """Whether an embedding failure may pass by itself: no answer, a dropped or timed-out one, 429 or 5xx (a
+    4xx is the input's fault, and trying it again would fail again)."""
+    status = exc.upstream_status
+    return exc.node == EMBEDDING and (status is None or status == 429 or status >= 500)
 
 
 def _document_info(record: DocumentRecord) -> DocumentInfo:

@@ -19,7 +19,6 @@ class DataprepSettings(VectorStoreSettings):
 
     service_name: str = "dataprep"
     port: int = Field(default=PORTS["dataprep"], ge=0, le=65535)
-    backend: str = Field(default="redis", description="Document store backend: redis.")
 
     index_algorithm: Literal["HNSW", "FLAT"] = Field(default="HNSW", description="Vector index of new collections.")
 
@@ -33,6 +32,15 @@ class DataprepSettings(VectorStoreSettings):
         default=2, ge=1, le=64, description="Embedding requests in flight: 2 keeps the model busy during a round trip."
     )
     embedding_timeout_s: float = Field(default=120.0, gt=0, description="Per embedding request.")
+    embedding_retries: int = Field(
+        default=8,
+        ge=0,
+        le=100,
+        description="Times a job tries its embedding again after the embedding service failed (unreachable, "
+        "HTTP 429 or 5xx, timeout), waiting DATAPREP_EMBEDDING_RETRY_S, then twice as long each time (at most "
+        "30 s); after the last try the job fails with the reason and the stored version of its document stays.",
+    )
+    embedding_retry_s: float = Field(default=1.0, gt=0, le=30, description="The first wait before a retry.")
 
     chunk_tokens: int = Field(
         default=128,
@@ -53,7 +61,20 @@ class DataprepSettings(VectorStoreSettings):
     max_file_bytes: int = Field(default=50 * MiB, ge=1, description="Largest upload or URL body; over it: 413.")
     max_files: int = Field(default=100, ge=1, description="Most files in one ingest request.")
     spool_dir: Path | None = Field(default=None, description="Where uploads wait for their job; default: a temp dir.")
-    job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="How long job status stays in Redis.")
+    job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="How long job status stays in the store.")
+    job_lease_s: float = Field(
+        default=15.0,
+        ge=0.5,
+        le=3600,
+        description="A job belongs to the replica holding its lease in the store, renewed every third of this; a job "
+        "whose lease expired (its replica died) is taken over by another replica sharing the store and spool.",
+    )
+    replica_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="This replica's name in job leases, unique among the replicas sharing a store; default: "
+        "host:port, so that a replica restarted in place takes its own unfinished jobs back at once.",
+    )
     jobs_kept: int = Field(default=1000, ge=10, description="Finished jobs listed by GET /v1/dataprep/jobs.")
 
     allow_private_urls: bool = Field(

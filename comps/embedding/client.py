@@ -62,7 +62,8 @@ class EmbeddingClient:
         try:
             return vectors_of(EmbeddingResponse.model_validate(answer), len(texts))
         except (ValidationError, ValueError) as exc:
-            raise UpstreamError(f"embedding answered without usable embeddings: {exc}", node=NODE) from None
+            # status 200: it did answer (a failure with no status is one of the connection)
+            raise UpstreamError(f"embedding answered without usable embeddings: {exc}", node=NODE, status=200) from None
 
     async def ready(self, http: HttpClient) -> dict[str, Any]:
         """The service's readiness details; `UpstreamError` (with the reason) when it is not ready."""

@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from comps.core.caller import Caller
+from comps.core.caller import USER_ID_HEADER, Caller
 from comps.core.errors import BadRequest, Forbidden, NotFound, ServiceError
 from comps.prompt_registry.models import Prompt, PromptVersion
 from comps.prompt_registry.protocol import PromptCreate, PromptOut, PromptVersionOut, check_template
@@ -24,7 +24,10 @@ class Conflict(ServiceError):
 
 
 def _user(caller: Caller) -> uuid.UUID:
-    return uuid.UUID(caller.user_id)
+    try:
+        return uuid.UUID(caller.user_id)
+    except ValueError:  # the gateway always names a user by id: a call not from the gateway
+        raise BadRequest(f"{USER_ID_HEADER} is not a user id: {caller.user_id!r}", param=USER_ID_HEADER) from None
 
 
 def _out(p: Prompt, v: PromptVersion) -> PromptOut:

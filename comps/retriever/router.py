@@ -36,7 +36,7 @@ def build_router(service: RetrieverService) -> APIRouter:
 
 
 def build_app(settings: RetrieverSettings) -> FastAPI:
-    backend_cls = load_backend("retriever", REGISTRY, settings.backend, "RETRIEVER_BACKEND")
+    backend_cls = load_backend("retriever", REGISTRY, settings.vectorstore_backend, "VECTORSTORE_BACKEND")
     embedding = EmbeddingClient(
         settings.embedding_url,
         timeout_s=settings.embedding_timeout_s,

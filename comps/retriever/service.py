@@ -49,7 +49,7 @@ class RetrieverService:
 
     async def retrieve(self, backend: Retriever, http: HttpClient, req: RetrievalRequest) -> RetrievalResponse:
         names = [validate_collection(c) for c in req.collections or [req.collection or self.settings.index_name]]
-        search.build_filter(req.filters)  # bad filter values fail before an embedding is paid for
+        search.filter_values(req.filters)  # bad filter values fail before an embedding is paid for
         vector: list[float] | np.ndarray | None = req.embedding
         if vector is None:
             started = time.perf_counter()

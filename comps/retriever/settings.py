@@ -14,7 +14,6 @@ class RetrieverSettings(VectorStoreSettings):
 
     service_name: str = "retriever"
     port: int = Field(default=PORTS["retriever"], ge=0, le=65535)
-    backend: str = Field(default="redis", description="Vector store backend: redis.")
 
     hnsw_ef_runtime: int | None = Field(
         default=64,

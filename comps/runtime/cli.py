@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -26,6 +26,8 @@ users_app = typer.Typer(
 app.add_typer(users_app, name="users")
 db_app = typer.Typer(help="The relational store.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+vectors_app = typer.Typer(help="The vector stores (Redis, PostgreSQL with pgvector).", no_args_is_help=True)
+app.add_typer(vectors_app, name="vectors")
 
 
 @app.command()
@@ -271,6 +273,67 @@ def db_migrate() -> None:
     with _database() as url:
         asyncio.run(run(url))
     typer.echo("schema is up to date")
+
+
+@vectors_app.command("migrate")
+def vectors_migrate(
+    collection: Annotated[str, typer.Option(help="The collection to copy.")],
+    from_: Annotated[str, typer.Option("--from", help="Source store: redis or pgvector.")],
+    to: Annotated[str, typer.Option(help="Target store: redis or pgvector.")],
+    redis_url: Annotated[str | None, typer.Option(help="Default: REDIS_URL, or the embedded Redis's port.")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="Default: VECTORSTORE_DATABASE_URL, DATABASE_URL, or the embedded PostgreSQL.")
+    ] = None,
+) -> None:
+    """Copy a collection's documents and vectors (no re-embedding) to the other store; run it again to resume."""
+    import asyncio
+    import os
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from comps.core.errors import ServiceError
+    from comps.vectorstore.documents import CollectionMissing
+    from comps.vectorstore.migrate import MigrationReport, copy_collection
+    from comps.vectorstore.names import validate_collection
+    from comps.vectorstore.protocol import BACKENDS
+    from comps.vectorstore.stores import make_store
+
+    if {from_, to} != set(BACKENDS):
+        raise typer.BadParameter(f"--from and --to name the two stores: {' and '.join(BACKENDS)}")
+    try:
+        validate_collection(collection)
+    except ServiceError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--collection") from None
+    settings = RuntimeSettings()
+    redis_url = redis_url or settings.redis_url or f"redis://127.0.0.1:{settings.redis_port}"
+    database_url = database_url or os.environ.get("VECTORSTORE_DATABASE_URL")
+
+    async def run(pg_url: str, progress: Progress) -> MigrationReport:
+        source, target = (make_store(b, redis_url=redis_url, database_url=pg_url) for b in (from_, to))
+        task = progress.add_task(collection, total=None)
+
+        def advance(report: MigrationReport, record: object) -> None:
+            progress.update(task, total=report.documents, completed=report.copied + report.skipped)
+
+        await source.open()
+        await target.open()
+        try:
+            return await copy_collection(source, target, collection, progress=advance)
+        finally:
+            await source.close()
+            await target.close()
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with _database() if database_url is None else nullcontext(database_url) as url, Progress(*columns) as bar:
+        try:
+            report = asyncio.run(run(url, bar))
+        except (ServiceError, CollectionMissing) as exc:
+            typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(
+        f"{collection}: {report.copied} documents ({report.chunks} chunks) copied from {from_} to {to}, "
+        f"{report.skipped} already there"
+    )
 
 
 def _checked_username(name: str) -> str:

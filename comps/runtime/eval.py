@@ -40,6 +40,7 @@ import aiohttp
 from comps.core.http import bearer, sse_data
 
 _SPACES = re.compile(r"\s+")
+_MARKS = re.compile(r"[`*]")  # Markdown code and emphasis: "set to `1`" is "set to 1"
 DEFAULT_URL = "http://127.0.0.1:8888"
 
 
@@ -141,14 +142,16 @@ def matches(source: str | None, expected: str) -> bool:
 
 
 def contains(text: str, fact: str) -> bool:
-    """``fact`` is in ``text``, spacing ignored, and case too unless the fact is in capitals (``HOME`` is not
-    "home"); a fact that starts or ends with a letter or digit must start or end a word there ("8" is not
-    found in "v8" or "80")."""
+    """``fact`` is in ``text``, spacing and Markdown's code and emphasis marks (`` ` ``, ``*``) ignored, and case
+    too unless the fact is in capitals (``HOME`` is not "home"); a fact that starts or ends with a letter or
+    digit must start or end a word there ("8" is not found in "v8", "80" or "0.8"; "setTTL" is found in
+    "socket.setTTL()")."""
     capitals = fact.isupper()
+    text = _MARKS.sub("", text)
     fact, text = (" ".join(fact.split()), " ".join(text.split())) if capitals else (_norm(fact), _norm(text))
     if not fact:
         return False
-    left = r"(?<![\w.])" if fact[0].isalnum() else ""
+    left = (r"(?<![\w.])" if fact[0].isdigit() else r"(?<!\w)") if fact[0].isalnum() else ""
     right = r"(?!\w)" if fact[-1].isalnum() else ""
     return re.search(left + re.escape(fact) + right, text) is not None
 
@@ -245,6 +248,12 @@ async def ask(session: aiohttp.ClientSession, config: Config, q: Question, timeo
     return answer
 
 
+def in_turn(configs: list[Config], n: int) -> list[Config]:
+    """The configurations in the order question ``n`` asks them: each goes first in turn."""
+    first = n % len(configs)
+    return configs[first:] + configs[:first]
+
+
 async def run(
     questions: list[Question],
     configs: list[Config],
@@ -255,15 +264,17 @@ async def run(
     on_answer: Any = None,
 ) -> dict[str, Any]:
     """Every question under every configuration (one at a time, configurations interleaved per question so
-    that a machine's varying load falls on all of them alike); returns the report."""
+    that a machine's varying load falls on all of them alike, and taking turns to go first: a configuration
+    asked right after another with the same first passage reuses the LLM's cached prompt prefix and would
+    otherwise always show the shorter time to first token); returns the report."""
     answers: dict[str, list[Answer]] = {c.name: [] for c in configs}
     timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=timeout_s)
     async with aiohttp.ClientSession(headers=bearer(api_key), timeout=timeout) as session:
         for c in configs:
             for q in questions[:warmup]:  # first requests pay for cold caches: not counted
                 await ask(session, c, q, timeout_s)
-        for q in questions:
-            for c in configs:
+        for n, q in enumerate(questions):
+            for c in in_turn(configs, n):
                 a = await ask(session, c, q, timeout_s)
                 answers[c.name].append(a)
                 if on_answer is not None:

@@ -30,7 +30,7 @@ class ServiceSpec:
     port_attr: str  # RuntimeSettings field holding its port
     env_prefix: str
     needs: tuple[str, ...] = ()  # other services it calls
-    uses_redis: bool = False
+    uses_vectorstore: bool = False  # Redis, or DATABASE_URL with VECTORSTORE_BACKEND=pgvector
     uses_database: bool = False  # gets DATABASE_URL (the relational store)
     settings: str = ""  # "module:Class" of its settings (what it reads from the environment)
     port: int | None = None  # instead of port_attr (the LLM services of CHATQNA_LLM_MODELS)
@@ -64,7 +64,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "retriever_port",
         "RETRIEVER_",
         ("embedding",),
-        uses_redis=True,
+        uses_vectorstore=True,
         settings="comps.retriever.settings:RetrieverSettings",
     ),
     ServiceSpec(
@@ -73,7 +73,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "dataprep_port",
         "DATAPREP_",
         ("embedding",),
-        uses_redis=True,
+        uses_vectorstore=True,
         settings="comps.dataprep.settings:DataprepSettings",
     ),
     ServiceSpec(
@@ -98,7 +98,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "gateway_port",
         "GATEWAY_",
         ("embedding", "retriever", "reranker", "llm", "dataprep", "chathistory", "prompts"),
-        uses_redis=True,  # the answer cache, in the vector store's Redis (its content versions too)
+        uses_vectorstore=True,  # the answer cache, in the vector store's Redis (its content versions too)
         settings="megaservice.settings:GatewaySettings",
     ),
 )
@@ -140,6 +140,12 @@ class Mesh:
     def port(self, spec: ServiceSpec) -> int:
         return spec.port if spec.port is not None else int(getattr(self.settings, spec.port_attr))
 
+    def uses_redis(self, spec: ServiceSpec) -> bool:
+        return spec.uses_vectorstore and self.settings.vectorstore_backend == "redis"
+
+    def uses_database(self, spec: ServiceSpec) -> bool:
+        return spec.uses_database or (spec.uses_vectorstore and self.settings.vectorstore_backend == "pgvector")
+
     def env_for(self, spec: ServiceSpec) -> dict[str, str]:
         env = {
             f"{spec.env_prefix}HOST": self.settings.host,
@@ -148,10 +154,12 @@ class Mesh:
             "LOG_FORMAT": self.settings.log_format,
             "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": str(self.settings.trace_content).lower(),
         }
-        if spec.uses_redis:
+        if self.uses_redis(spec):
             env["REDIS_URL"] = self.redis_url
-        if spec.uses_database:
+        if self.uses_database(spec):
             env["DATABASE_URL"] = self.database_url or ""
+        if spec.uses_vectorstore:  # a vector store user: one setting picks the store for all of them
+            env["VECTORSTORE_BACKEND"] = self.settings.vectorstore_backend
         for need in spec.needs:
             env[f"{spec.env_prefix}{need.upper()}_URL"] = self.url(need)
         if spec.name == "dataprep":  # queued uploads wait here for their jobs, across restarts
@@ -228,10 +236,13 @@ class Supervisor:
     def start(self) -> dict[str, float]:
         started = time.monotonic()
         specs = self.selected()
+        plan = Mesh(self.settings, "")  # who needs Redis, who PostgreSQL, with these settings
         redis_url = self.settings.redis_url
-        if redis_url:
+        if not any(plan.uses_redis(s) for s in specs):
+            redis_url = None  # VECTORSTORE_BACKEND=pgvector: nothing of the mesh talks to Redis
+        elif redis_url:
             wait_for_redis(redis_url)
-        elif any(s.uses_redis for s in specs):
+        else:
             self.redis = EmbeddedRedis(
                 self.settings.state_dir / "redis",
                 self.settings.redis_port,
@@ -240,7 +251,7 @@ class Supervisor:
             redis_url = self.redis.url
         database_url = jwt_secret = None
         gateway_auth = self.settings.auth_enabled and any(s.name == "gateway" for s in specs)
-        if gateway_auth or any(s.uses_database for s in specs):
+        if gateway_auth or any(plan.uses_database(s) for s in specs):
             database_url = self._start_postgres()
         if gateway_auth:
             assert database_url is not None
@@ -290,7 +301,7 @@ class Supervisor:
         if self.postgres or (self.settings.database_url and self.mesh and self.mesh.database_url):
             where = f"127.0.0.1:{self.postgres.port}" if self.postgres else "DATABASE_URL"
             rows.append(("postgres", where, "embedded" if self.postgres else "external"))
-        if self.redis or self.settings.redis_url:
+        if self.redis or (self.settings.redis_url and self.mesh and self.mesh.redis_url):
             rows.append(
                 (
                     "redis",

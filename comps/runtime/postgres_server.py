@@ -138,6 +138,10 @@ class EmbeddedPostgres:
             made = self._psql(f"CREATE DATABASE {DATABASE}")
             if made.returncode != 0 and "already exists" not in made.stderr:
                 raise ProcessFailed(f"could not create database {DATABASE}: {made.stderr}")
+        # The wheel ships pgvector; the vector store (VECTORSTORE_BACKEND=pgvector) needs it in this database.
+        made = self._psql("CREATE EXTENSION IF NOT EXISTS vector", DATABASE)
+        if made.returncode != 0:
+            raise ProcessFailed(f"could not create the vector extension in {DATABASE}: {made.stderr}")
 
     def stop(self) -> None:
         self.process.stop(timeout_s=30)

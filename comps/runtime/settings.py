@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +21,9 @@ class RuntimeSettings(BaseSettings):
     state_dir: Path = _env("CHATQNA_STATE_DIR", Path(".state"), "Redis data and service logs")
     models_dir: Path = _env("CHATQNA_MODELS_DIR", Path("models"), "Model files")
     host: str = _env("CHATQNA_HOST", "127.0.0.1", "Address every local service binds to")
+    vectorstore_backend: Literal["redis", "pgvector"] = _env(
+        "VECTORSTORE_BACKEND", "redis", "Where the retriever and dataprep keep vectors: redis, or pgvector (PostgreSQL)"
+    )
     redis_url: str | None = _env("REDIS_URL", None, "Use this Redis instead of starting the embedded one")
     redis_port: int = _env("CHATQNA_REDIS_PORT", 6379)
     auth_enabled: bool = _env("GATEWAY_AUTH_ENABLED", True, "Accounts at the gateway (needs PostgreSQL)")

@@ -10,8 +10,11 @@ from typing import Any
 
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
+
+from comps.core.errors import BadRequest
 
 log = logging.getLogger("comps.sqlstore")
 
@@ -59,9 +62,17 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session in a transaction: committed when the block ends, rolled back if it raises."""
-        async with self.sessions() as session, session.begin():
-            yield session
+        """A session in a transaction: committed when the block ends, rolled back if it raises. A value that
+        PostgreSQL cannot store (a NUL character in text, a number out of its column's range) is the caller's
+        bad input: a 400, not a 500."""
+        try:
+            async with self.sessions() as session, session.begin():
+                yield session
+        except DBAPIError as exc:
+            refused = _data_error(exc)
+            if refused is None:
+                raise
+            raise BadRequest(f"a value cannot be stored: {refused}", code="invalid_value") from None
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -69,6 +80,20 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def _data_error(exc: BaseException) -> str | None:
+    """The message of the PostgreSQL data exception (SQLSTATE class 22) behind ``exc``, if that is its cause."""
+    import asyncpg
+
+    seen: BaseException | None = exc
+    for _ in range(6):  # SQLAlchemy's error wraps the adapter's, which wraps asyncpg's
+        if seen is None:
+            return None
+        if isinstance(seen, asyncpg.exceptions.DataError):
+            return str(seen).split("\n", 1)[0][:200]
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
 
 
 async def migrate_when_up(db: Database, *, what: str) -> None:

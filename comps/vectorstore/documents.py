@@ -3,7 +3,7 @@
 A document's chunks are the keys ``c:chunk:<doc_id>:<version>:<n>`` (see `schema`); its record
 ``c:doc:<doc_id>`` says which version is current and how many chunks it has. `replace_document`:
 
-1. takes a version number no other writer of the collection will ever get (a counter in ``c:meta``);
+1. takes a version number no other writer of the collection will ever get (the counter ``c:seq``);
 2. writes the new version's chunks, pipelined in batches, as STAGED keys ``c:staged:<doc_id>:<version>:<n>``:
    outside the index's ``c:chunk:`` prefix, so no search sees them, and with a TTL (`STAGED_TTL_S`), so a
    crash while writing leaves nothing behind for long;
@@ -44,13 +44,28 @@ log = logging.getLogger("comps.vectorstore.documents")
 WRITE_BATCH = 500  # chunk keys per pipeline round trip
 STAGED_TTL_S = 6 * 3600  # a staged version that never gets committed (its writer crashed) expires
 COMMIT_RETRIES = 10
-VERSION_FIELD = "next_version"  # in c:meta: the collection's version counter
+VERSION_FIELD = "next_version"  # in c:meta: where releases before the c:seq key kept the counter
 
-# Increment the collection's version counter only if the collection (its meta record) exists.
+# The collection's next document version, if the collection (its meta record) exists. The counter is a key of its
+# own (``c:seq``), not a field of ``c:meta``: every commit WATCHes ``c:meta`` (to fail if the collection is
+# deleted), so bumping a counter there made concurrent writers of different documents abort each other's commits
+# until one gave up ("kept changing under 10 commit attempts" with 8 writers). It starts from the old field.
 _NEXT_VERSION = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SET', KEYS[2], redis.call('HGET', KEYS[1], ARGV[1]) or 0)
+end
+return redis.call('INCR', KEYS[2])
 """
+
+
+def seq_key(collection: str) -> str:
+    return f"{collection}:seq"
+
+
+async def next_version(r: aioredis.Redis, collection: str) -> int:
+    """A version number no other writer of the collection gets; -1 if the collection does not exist."""
+    return int(await r.eval(_NEXT_VERSION, 2, schema.meta_key(collection), seq_key(collection), VERSION_FIELD))
 
 
 class CollectionMissing(RuntimeError):
@@ -217,10 +232,10 @@ class StagedVersion:
 async def staged_version(r: aioredis.Redis, collection: str, doc_id: str) -> AsyncIterator[StagedVersion]:
     """A fresh version of ``doc_id``: written inside the block, committed by the caller; any exception
     (or leaving the block without `commit`) deletes what was written."""
-    version = await r.eval(_NEXT_VERSION, 1, schema.meta_key(collection), VERSION_FIELD)
-    if int(version) < 0:
+    version = await next_version(r, collection)
+    if version < 0:
         raise CollectionMissing(f"collection {collection!r} does not exist; create it with ensure_index first")
-    staged = StagedVersion(r, collection, doc_id, int(version))
+    staged = StagedVersion(r, collection, doc_id, version)
     try:
         yield staged
     finally:
@@ -266,7 +281,7 @@ async def delete_all(r: aioredis.Redis, collection: str) -> int:
     """Delete the collection: its meta record first (in-flight writes then fail and clean up), the
     index (without DD), then every chunk and document key by scan. Returns the number of documents."""
     count = int(await r.scard(schema.docs_key(collection)))
-    await _delete_and_bump(r, collection, schema.meta_key(collection))
+    await _delete_and_bump(r, collection, schema.meta_key(collection), seq_key(collection))
     try:
         await r.ft(collection).dropindex(delete_documents=False)
     except ResponseError as exc:
@@ -286,9 +301,9 @@ async def delete_all(r: aioredis.Redis, collection: str) -> int:
     return count
 
 
-async def _delete_and_bump(r: aioredis.Redis, collection: str, key: str) -> None:
+async def _delete_and_bump(r: aioredis.Redis, collection: str, *keys: str) -> None:
     async with r.pipeline(transaction=True) as pipe:
-        pipe.delete(key)
+        pipe.delete(*keys)
         bump(pipe, collection)
         await pipe.execute()
 

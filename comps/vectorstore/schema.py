@@ -4,7 +4,7 @@ A collection ``c`` (OPEA's ``INDEX_NAME``, default ``rag-redis``) is:
 - the RediSearch index ``c`` over hashes whose keys start with ``c:chunk:``;
 - one hash per chunk, key ``c:chunk:<doc_id>:<version>:<n>``, fields ``text`` (TEXT, BM25),
   ``embedding`` (VECTOR, FLOAT32, COSINE), ``source``, ``doc_id``, ``tags`` (TAG), ``page``, ``chunk`` (NUMERIC);
-- ``c:meta``: the collection's vector dimension, algorithm and embedding model;
+- ``c:meta``: the collection's vector dimension, algorithm and embedding model; ``c:seq``: its version counter;
 - ``c:doc:<doc_id>``: one document's record (source, sha256, version, chunk count, ...);
 - ``c:docs``: the set of document ids.
 """

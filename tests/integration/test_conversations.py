@@ -18,6 +18,7 @@ import openai
 import orjson
 import pytest
 
+from tests.support.otlp import OtlpCollector, Span
 from tests.support.procs import Service, start_service
 from tests.support.stubs import StubMesh
 
@@ -34,6 +35,7 @@ class Stack:
     mesh: StubMesh
     database_url: str
     logs: Path
+    collector: OtlpCollector
     gateway: Service | None = None
     chathistory: Service | None = None
     prompts: Service | None = None
@@ -65,6 +67,8 @@ class Stack:
             "GATEWAY_HISTORY_TOKENS": "200",
             "CHATQNA_ADMIN_USER": ADMIN[0],
             "CHATQNA_ADMIN_PASSWORD": ADMIN[1],
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.collector.url,
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
         }
         port = self.gateway.port if self.gateway else None
         self.gateway = start_service(
@@ -87,8 +91,8 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with StubMesh() as mesh:
-        s = Stack(mesh, database_url, tmp_path_factory.mktemp("conversations"))
+    with StubMesh() as mesh, OtlpCollector() as collector:
+        s = Stack(mesh, database_url, tmp_path_factory.mktemp("conversations"), collector)
         s.start_chathistory()
         s.start_prompts()
         s.start_gateway()
@@ -164,6 +168,20 @@ def test_a_conversation_continues_with_the_openai_client(stack: Stack, admin: ht
     assert answer["model"] == "stub-llm" and answer["usage"]["total_tokens"] > 0
     assert [s["source"] for s in answer["sources"]] == [s["source"] for s in first.model_extra["sources"]]
     assert answer["latency_ms"] >= 0
+
+
+def test_a_turns_trace_names_its_conversation_and_user(stack: Stack, admin: httpx.Client) -> None:
+    """Phoenix groups a conversation's traces as a session (OpenInference ``session.id``)."""
+    user, _ = new_user(stack, admin)
+    r = user.post("/v1/chatqna", json={"messages": "What is the Zorblax project?", "store": True})
+    assert r.status_code == 200, r.text
+    cid, uid = r.json()["conversation_id"], user.get("/v1/auth/me").json()["id"]
+
+    def chain(spans: list[Span]) -> Span | None:
+        return next((s for s in spans if s.kind == "CHAIN" and s.attributes.get("session.id") == cid), None)
+
+    span = stack.collector.wait_for(chain)
+    assert span.attributes["gen_ai.conversation.id"] == cid and span.attributes["user.id"] == uid
 
 
 def test_without_store_nothing_is_kept(stack: Stack, admin: httpx.Client) -> None:

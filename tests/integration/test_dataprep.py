@@ -6,10 +6,11 @@ import asyncio
 import hashlib
 import http.server
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -24,6 +25,7 @@ from comps.dataprep.protocol import document_id
 from comps.vectorstore import documents, schema
 from tests.support.documents import encrypted_pdf, make_docx, make_pdf
 from tests.support.procs import REPO, Service, start_service
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -171,13 +173,12 @@ def ingest(client: httpx.Client, files: dict[str, bytes] | None = None, **fields
 def wait_jobs(client: httpx.Client, resp: httpx.Response, timeout_s: float = 120) -> list[dict]:
     assert resp.status_code == 202, resp.text
     ids = [j["job_id"] for j in resp.json()["jobs"]]
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def finished() -> list[dict] | None:
         jobs = [client.get(f"/v1/dataprep/jobs/{i}").json() for i in ids]
-        if all(j["status"] in FINISHED for j in jobs):
-            return jobs
-        assert time.monotonic() < deadline, f"jobs not finished after {timeout_s}s: {jobs}"
-        time.sleep(0.1)
+        return jobs if all(j["status"] in FINISHED for j in jobs) else None
+
+    return wait_for(finished, f"jobs {ids} to finish", timeout_s)
 
 
 def ingest_ok(client: httpx.Client, files: dict[str, bytes], **fields: object) -> dict[str, dict]:
@@ -208,7 +209,10 @@ def snapshot(r: redis.Redis, collection: str) -> dict[str, object]:
     state: dict[str, object] = {}
     for key in r.scan_iter(match=f"{collection}:*", count=1000):
         kind = r.type(key)
-        state[key.decode()] = r.hgetall(key) if kind == b"hash" else sorted(r.smembers(key))
+        if kind == b"string":  # the version counter, c:seq
+            state[key.decode()] = r.get(key)
+        else:
+            state[key.decode()] = r.hgetall(key) if kind == b"hash" else sorted(r.smembers(key))
     return state
 
 
@@ -473,33 +477,70 @@ def test_dimension_mismatch_fails_the_job_and_keeps_the_old_version(
     assert snapshot(r, "tiny") == before
 
 
-def test_embedding_stopping_midway_fails_the_job_and_keeps_the_old_version(
+def start_embedding_job(c: httpx.Client, paragraphs: int) -> str:
+    """A new version of midway.txt (``paragraphs`` chunks) whose embedding has begun; its job id."""
+    big = "\n\n".join(f"Paragraph {i} of the second version of the manual." for i in range(paragraphs)).encode()
+    resp = ingest(c, {"manual.txt": big}, collection="midway", chunk_size=60, chunk_overlap=0)
+    job_id: str = resp.json()["jobs"][0]["job_id"]
+    wait_for(lambda: c.get(f"/v1/dataprep/jobs/{job_id}").json()["chunks_embedded"] > 0, "the embedding to begin")
+    return job_id
+
+
+def test_embedding_stopping_midway_fails_the_job_after_its_retries_and_keeps_the_old_version(
     redis_url: str, models_dir: Path, tmp_path: Path, r: redis.Redis
 ) -> None:
     emb = start_service(
         "comps.embedding", "EMBEDDING_", {"EMBEDDING_DEVICE": "cpu"}, log_dir=tmp_path, name="embedding-2"
     )
-    env = dataprep_env(redis_url, emb.url, DATAPREP_EMBEDDING_CONCURRENCY="1", DATAPREP_EMBEDDING_BATCH_SIZE="16")
+    env = dataprep_env(redis_url, emb.url, DATAPREP_EMBEDDING_CONCURRENCY="1", DATAPREP_EMBEDDING_BATCH_SIZE="16",
+                       DATAPREP_EMBEDDING_RETRIES="2", DATAPREP_EMBEDDING_RETRY_S="0.1")  # fmt: skip
     dp = start_service("comps.dataprep", "DATAPREP_", env, log_dir=tmp_path, name="dataprep-2")
     try:
         with httpx.Client(base_url=dp.url, timeout=60) as c:
             ingest_ok(c, {"manual.txt": b"version one of the manual"}, collection="midway")
             before = snapshot(r, "midway")
-            big = "\n\n".join(f"Paragraph {i} of the second version of the manual." for i in range(2500)).encode()
-            resp = ingest(c, {"manual.txt": big}, collection="midway", chunk_size=60, chunk_overlap=0)
-            job_id = resp.json()["jobs"][0]["job_id"]
-            deadline = time.monotonic() + 60
-            while (job := c.get(f"/v1/dataprep/jobs/{job_id}").json())["chunks_embedded"] == 0:
-                assert job["status"] in ("queued", "running") and time.monotonic() < deadline, job
-                time.sleep(0.05)
+            job_id = start_embedding_job(c, 400)
             emb.stop()
-            job = wait_jobs(c, resp)[0]
-            assert job["status"] == "failed"
-            assert 0 < job["chunks_embedded"] < job["chunks_total"] == 2500
-            assert job["error"].startswith("embedding is unreachable at ") or job["error"].startswith("embedding "), job
+            job = wait_for(lambda: (j := c.get(f"/v1/dataprep/jobs/{job_id}").json())["status"] in FINISHED and j,
+                           "the job to give up")  # fmt: skip
+            assert (job["status"], job["retries"], job["chunks_total"]) == ("failed", 2, 400), job
+            assert job["error"].startswith("the embedding service still failed after 2 retries: embedding "), job
             assert snapshot(r, "midway") == before
             ready = c.get("/v1/ready")
             assert "the embedding service is not ready: embedding is unreachable" in error_of(ready, 503)
+    finally:
+        dp.stop()
+        emb.stop()
+
+
+def test_a_job_in_flight_when_embedding_dies_is_retried_and_finishes_once_it_is_back(
+    redis_url: str, models_dir: Path, tmp_path: Path, r: redis.Redis
+) -> None:
+    emb_env = {"EMBEDDING_DEVICE": "cpu"}
+    emb = start_service("comps.embedding", "EMBEDDING_", emb_env, log_dir=tmp_path, name="embedding-3")
+    env = dataprep_env(redis_url, emb.url, DATAPREP_EMBEDDING_CONCURRENCY="1", DATAPREP_EMBEDDING_BATCH_SIZE="16",
+                       DATAPREP_EMBEDDING_RETRIES="30", DATAPREP_EMBEDDING_RETRY_S="0.2")  # fmt: skip
+    dp = start_service("comps.dataprep", "DATAPREP_", env, log_dir=tmp_path, name="dataprep-3")
+    try:
+        with httpx.Client(base_url=dp.url, timeout=60) as c:
+            ingest_ok(c, {"manual.txt": b"version one of the manual"}, collection="midway")
+            before = snapshot(r, "midway")
+            job_id = start_embedding_job(c, 160)  # 10 requests of 16: the first one done, 9 to go
+            os.killpg(emb.process.pid, signal.SIGKILL)  # dies mid-request
+            emb.stop()
+            job = wait_for(lambda: (j := c.get(f"/v1/dataprep/jobs/{job_id}").json())["retries"] > 0 and j,
+                           "the job to retry")  # fmt: skip
+            assert job["status"] == "running", job
+            assert snapshot(r, "midway") == before  # the stored version stays while the new one waits
+            emb = start_service("comps.embedding", "EMBEDDING_", emb_env, log_dir=tmp_path, name="embedding-3",
+                                port=emb.port)  # fmt: skip
+            job = wait_for(lambda: (j := c.get(f"/v1/dataprep/jobs/{job_id}").json())["status"] in FINISHED and j,
+                           "the job to finish", 300)  # fmt: skip
+            assert (job["status"], job["chunks_embedded"], job["chunks_total"]) == ("succeeded", 160, 160), job
+            assert job["retries"] >= 1 and job["error"] is None
+            (doc,) = get_docs(c, "midway").values()
+            assert doc["chunks"] == 160
+            assert len(chunks_of(r, "midway", "manual.txt")) == 160  # the new version only
     finally:
         dp.stop()
         emb.stop()

@@ -1,18 +1,20 @@
 """Ingestion jobs survive a crash of dataprep (issue 12, defect 4): after a SIGKILL mid-ingestion, the next
 dataprep resumes the jobs that were queued or running, fails with the reason a job whose uploaded bytes are
-gone, and none stays unfinished. Real Redis, real dataprep processes; the embedding service is a small
-batch-aware stand-in that can hold its answers, so jobs are provably in flight when dataprep dies."""
+gone, and none stays unfinished. With two replicas on one Redis, each job is run by exactly one of them, and
+the jobs of a replica SIGKILLed mid-job are taken over by the other once their lease expires. Real Redis,
+real dataprep processes; the embedding service is a small batch-aware stand-in that can hold its answers,
+so jobs are provably in flight when dataprep dies."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
+import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +24,7 @@ from aiohttp import web
 from comps.dataprep.jobs import LOST_UPLOAD
 from comps.runtime.process import free_port
 from tests.support.procs import start_service
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -71,6 +74,14 @@ class HeldEmbeddings:
         assert self._release is not None
         self._loop.call_soon_threadsafe(self._release.set)
 
+    def hold(self) -> None:
+        assert self._release is not None
+        asyncio.run_coroutine_threadsafe(self._clear(), self._loop).result(10)
+
+    async def _clear(self) -> None:
+        assert self._release is not None
+        self._release.clear()
+
     def stop(self) -> None:
         assert self._runner is not None
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
@@ -84,16 +95,6 @@ def embeddings() -> Iterator[HeldEmbeddings]:
     stub.stop()
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout_s: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_jobs_survive_a_sigkill_of_dataprep(redis_url: str, embeddings: HeldEmbeddings, tmp_path: Path) -> None:
     collection = f"crash-{os.getpid()}"
     env = {
@@ -101,6 +102,7 @@ def test_jobs_survive_a_sigkill_of_dataprep(redis_url: str, embeddings: HeldEmbe
         "DATAPREP_EMBEDDING_URL": embeddings.url,
         "DATAPREP_WORKERS": "2",
         "DATAPREP_SPOOL_DIR": str(tmp_path / "spool"),
+        "DATAPREP_JOB_LEASE_S": "2",  # the restarted process is another replica (another port): it waits for the lease
     }
     r = redis.Redis.from_url(redis_url)
     first = start_service("comps.dataprep", "DATAPREP_", env, log_dir=tmp_path)
@@ -149,4 +151,84 @@ def test_jobs_survive_a_sigkill_of_dataprep(redis_url: str, embeddings: HeldEmbe
         for svc in (first, second):
             if svc is not None:
                 svc.stop()
+        r.close()
+
+
+def metric(url: str, sample: str) -> float:
+    """The value of one metric sample (name and labels, as exposed), 0 when absent."""
+    found = re.search(rf"^{re.escape(sample)} (\S+)$", httpx.get(f"{url}/metrics").text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def ingest(url: str, collection: str, names: list[str]) -> list[str]:
+    files = [("files", (n, f"{n} says {'something useful about {n} ' * 30}".encode())) for n in names]
+    answer = httpx.post(f"{url}/v1/dataprep/ingest", files=files, data={"collection": collection}, timeout=30)
+    assert answer.status_code == 202, answer.text
+    return [j["job_id"] for j in answer.json()["jobs"]]
+
+
+def statuses(url: str, ids: list[str]) -> dict[str, str]:
+    jobs = httpx.get(f"{url}/v1/dataprep/jobs", params={"ids": ",".join(ids)}, timeout=30).json()["jobs"]
+    return {j["job_id"]: j["status"] for j in jobs}
+
+
+def test_two_replicas_run_each_job_once_and_take_over_a_dead_ones_jobs(
+    redis_url: str, embeddings: HeldEmbeddings, tmp_path: Path
+) -> None:
+    collection = f"replicas-{os.getpid()}"
+    lease_s = 2.0
+    env = {
+        "REDIS_URL": redis_url,
+        "DATAPREP_EMBEDDING_URL": embeddings.url,
+        "DATAPREP_WORKERS": "2",
+        "DATAPREP_SPOOL_DIR": str(tmp_path / "spool"),  # shared: a replica that takes a job over reads its upload
+        "DATAPREP_JOB_LEASE_S": str(lease_s),
+    }
+    r = redis.Redis.from_url(redis_url)
+    a = start_service("comps.dataprep", "DATAPREP_", env, name="dataprep-a", log_dir=tmp_path)
+    b = start_service("comps.dataprep", "DATAPREP_", env, name="dataprep-b", log_dir=tmp_path)
+    try:
+        succeeded = 'chatqna_dataprep_jobs_total{status="succeeded"}'
+        taken = 'chatqna_dataprep_jobs_recovered_total{outcome="resumed"}'
+        # 1. Both alive: each runs its own jobs, even while they are held for longer than a lease.
+        ids_a = ingest(a.url, collection, [f"a{i}.txt" for i in range(4)])
+        ids_b = ingest(b.url, collection, [f"b{i}.txt" for i in range(4)])
+        wait_for(lambda: list(statuses(a.url, ids_a).values()).count("running") == 2, "a's jobs running")
+        lease = f"dataprep:lease:{ids_a[0]}"
+        assert r.get(lease) == f"{socket.gethostname()}:{a.port}".encode()
+        renewals = {"n": 0, "ttl": r.pttl(lease)}
+
+        def renewed() -> bool:  # a's heartbeat pushed the lease's expiry forward again
+            ttl = r.pttl(lease)
+            if ttl > renewals["ttl"]:
+                renewals["n"] += 1
+            renewals["ttl"] = ttl
+            return renewals["n"] >= 5  # about 1.7 leases: an unrenewed lease would have expired by now
+
+        wait_for(renewed, "five renewals of a running job's lease")
+        assert r.get(lease) == f"{socket.gethostname()}:{a.port}".encode()
+        embeddings.release()
+        wait_for(lambda: set(statuses(a.url, ids_a + ids_b).values()) == {"succeeded"}, "the 8 jobs to succeed")
+        assert (metric(a.url, succeeded), metric(b.url, succeeded)) == (4.0, 4.0)
+        assert metric(a.url, taken) == metric(b.url, taken) == 0.0
+        assert not r.keys("dataprep:lease:*")  # finished jobs hold no lease
+
+        # 2. a is SIGKILLed mid-job: b takes its jobs over once their leases expire, and they finish once.
+        embeddings.hold()
+        ids = ingest(a.url, collection, [f"late{i}.txt" for i in range(4)])
+        wait_for(lambda: list(statuses(a.url, ids).values()).count("running") == 2, "a's new jobs running")
+        os.killpg(a.process.pid, signal.SIGKILL)
+        a.process.stop()
+        wait_for(lambda: metric(b.url, taken) == 4.0, "b to take over a's 4 jobs")
+        assert {r.get(f"dataprep:lease:{i}") for i in ids} == {f"{socket.gethostname()}:{b.port}".encode()}
+        embeddings.release()
+        wait_for(lambda: set(statuses(b.url, ids).values()) == {"succeeded"}, "the taken-over jobs to succeed")
+        assert metric(b.url, succeeded) == 8.0  # its own 4, and a's 4, each once
+        docs = {d["source"]: d for d in httpx.post(f"{b.url}/v1/dataprep/get", json={"collection": collection}).json()}
+        assert sorted(docs) == sorted([f"a{i}.txt" for i in range(4)] + [f"b{i}.txt" for i in range(4)]
+                                      + [f"late{i}.txt" for i in range(4)])  # fmt: skip
+        assert not set(ids) & {m.decode() for m in r.smembers("dataprep:jobs:open")}
+    finally:
+        a.stop()
+        b.stop()
         r.close()

@@ -37,7 +37,10 @@ async def snapshot(r, collection: str) -> dict[str, object]:
     state: dict[str, object] = {}
     for key in sorted(await keys(r, collection)):
         kind = await r.type(key)
-        state[key] = await r.hgetall(key) if kind == b"hash" else sorted(await r.smembers(key))
+        if kind == b"string":
+            state[key] = await r.get(key)
+        else:
+            state[key] = await r.hgetall(key) if kind == b"hash" else sorted(await r.smembers(key))
     return state
 
 
@@ -94,14 +97,31 @@ def test_failure_before_commit_removes_the_new_keys_and_keeps_the_old_version(re
                 assert len({k for k in await keys(r, c) if ":staged:" in k}) == 5
                 raise RuntimeError("boom")
         after = await snapshot(r, c)
-        assert {k: v for k, v in after.items() if k != schema.meta_key(c)} == {
-            k: v for k, v in before.items() if k != schema.meta_key(c)
+        counter = documents.seq_key(c)
+        assert {k: v for k, v in after.items() if k != counter} == {
+            k: v for k, v in before.items() if k != counter
         }  # only the version counter moved
         assert await indexed(r, c) == 3
 
         async with documents.staged_version(r, c, "d1") as staged:  # left without commit: discarded too
             await staged.write(chunks(2, "forgotten"), source="d1.txt", tags="")
         assert await indexed(r, c) == 3
+
+    run(redis_url, body)
+
+
+def test_taking_a_version_leaves_the_watched_meta_record_alone(redis_url: str) -> None:
+    """Every commit WATCHes ``c:meta``: a writer taking a version number must not touch it, or writers of other
+    documents abort each other's commits (8 concurrent writers used to fail "kept changing")."""
+
+    async def body(r, c: str) -> None:
+        meta = await r.hgetall(schema.meta_key(c))
+        first, second = await documents.next_version(r, c), await documents.next_version(r, c)
+        assert second == first + 1 and await r.hgetall(schema.meta_key(c)) == meta
+        await r.hset(schema.meta_key(c), documents.VERSION_FIELD, 41)  # an older release's counter: continued
+        await r.delete(documents.seq_key(c))
+        assert await documents.next_version(r, c) == 42
+        assert await documents.next_version(r, "no-such-collection") == -1
 
     run(redis_url, body)
 
@@ -221,7 +241,7 @@ def test_a_crash_before_the_commit_leaves_no_searchable_orphan(redis_url: str) -
 
     async def body(r, c: str) -> None:
         await documents.replace_document(r, c, record(), chunks(2, "old"))
-        version = int(await r.eval(documents._NEXT_VERSION, 1, schema.meta_key(c), documents.VERSION_FIELD))
+        version = await documents.next_version(r, c)
         crashed = documents.StagedVersion(r, c, "d1", version)
         await crashed.write(chunks(4, "crashed"), source="d1.txt", tags="")  # then the process dies
         assert await searched_texts(r, c) == {"old chunk 0", "old chunk 1"}

@@ -15,6 +15,7 @@ import pytest
 
 from comps.runtime.process import free_port
 from tests.support.procs import REPO
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 MODULE = "tests.support.relay_service"
@@ -117,16 +118,18 @@ def test_bearer_auth_protects_routes_but_not_probes(service_factory) -> None:
     assert httpx.get(f"{svc.url}/v1/ready").status_code == 200
 
 
-def test_shutdown_drains_in_flight_requests(service_factory) -> None:
+def test_shutdown_drains_in_flight_requests(service_factory, tmp_path: Path) -> None:
     svc = service_factory(MODULE, "RELAY_", {"RELAY_DRAIN_TIMEOUT_S": "10"})
     result: dict = {}
+    started = tmp_path / "started"
 
     def call() -> None:
-        result["resp"] = httpx.get(f"{svc.url}/v1/slow", params={"seconds": 1.5}, timeout=10)
+        params = {"seconds": 1.5, "started": str(started)}
+        result["resp"] = httpx.get(f"{svc.url}/v1/slow", params=params, timeout=10)
 
     t = threading.Thread(target=call)
     t.start()
-    time.sleep(0.5)
+    wait_for(started.exists, "the slow request to be in flight", 30)
     svc.process.proc.send_signal(15)  # SIGTERM while the request is in flight
     t.join(10)
     assert result["resp"].status_code == 200 and result["resp"].json() == {"slept": 1.5}

@@ -108,7 +108,7 @@ def callers() -> dict[str, set[str]]:
     for spec in SPECS.values():
         for need in spec.needs:
             found[need].add(spec.name)
-        if spec.uses_redis:
+        if spec.uses_vectorstore:
             found["redis"].add(spec.name)
         if spec.uses_database:
             found["postgres"].add(spec.name)
@@ -123,7 +123,7 @@ def wiring(spec: ServiceSpec) -> dict[str, str]:
     env = {f"{spec.env_prefix}HOST": "0.0.0.0"}
     for need in spec.needs:
         env[f"{spec.env_prefix}{need.upper()}_URL"] = f"http://{need}:{default_port(SPECS[need])}"
-    if spec.uses_redis:
+    if spec.uses_vectorstore:
         env["REDIS_URL"] = "redis://redis:6379"
     if spec.uses_database or spec.name == "gateway":
         env["DATABASE_URL"] = "postgresql://chatqna:$(POSTGRES_PASSWORD)@postgres:5432/chatqna"

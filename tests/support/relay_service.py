@@ -69,7 +69,9 @@ def build(settings: RelaySettings) -> FastAPI:
         return {"text": body.text * body.count}
 
     @router.get("/v1/slow")
-    async def slow(seconds: float = 1.0) -> dict[str, Any]:
+    async def slow(seconds: float = 1.0, started: str | None = None) -> dict[str, Any]:
+        if started:  # tells the test the request is in flight
+            await asyncio.to_thread(Path(started).touch)
         await asyncio.sleep(seconds)
         return {"slept": seconds}
 

@@ -8,7 +8,8 @@ behaviour between requests, ``mesh.seen[...]`` holds the bodies received. For be
 Besides our contracts they answer the shapes OPEA's ChatQnA orchestrator sends (``/embed``,
 ``/opea/retrieval``), so both gateways can be measured against the same stubs.
 
-A question containing ``[slow-first-byte]`` makes the LLM wait `SLOW_FIRST_BYTE_S` before answering.
+A question containing ``[slow-first-byte]`` makes the LLM hold its answer (``slow_held`` is set meanwhile) until
+``slow_release`` is set, or `SLOW_FIRST_BYTE_S` at most.
 An optional fifth stub, ``dataprep`` (``StubMesh(only=(..., "dataprep"))``), keeps documents in memory: each
 ingest job finishes at the second look at it (a file named ``broken*`` fails), ``/get`` and ``/delete`` as
 dataprep's.
@@ -29,7 +30,7 @@ from aiohttp import web
 
 DIM = 384
 SLOW_MARK = b"[slow-first-byte]"
-SLOW_FIRST_BYTE_S = 2.0
+SLOW_FIRST_BYTE_S = 60.0
 VECTOR = [round(0.001 * (i % 97) + 0.01, 4) for i in range(DIM)]
 
 DOCS: list[dict[str, Any]] = [
@@ -73,6 +74,8 @@ class Stubs:
         self.headers: dict[str, list[dict[str, str]]] = {n: [] for n in self.knobs}  # of each request, lower-case
         self.record = True
         self.llm_aborted = threading.Event()  # the LLM saw its client go away mid-stream
+        self.slow_held = threading.Event()  # a [slow-first-byte] request is being held
+        self.slow_release = threading.Event()  # lets it go on
         self.llm_streams_open = 0
         self._embed_body = orjson.dumps(
             {
@@ -92,6 +95,8 @@ class Stubs:
         self.llm_aborted.clear()
         self.documents.clear()
         self.jobs.clear()
+        self.slow_held.clear()
+        self.slow_release.clear()
 
     # -- helpers --
 
@@ -298,7 +303,8 @@ class Stubs:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         if SLOW_MARK in raw:
-            await asyncio.sleep(SLOW_FIRST_BYTE_S)
+            self.slow_held.set()
+            await asyncio.to_thread(self.slow_release.wait, SLOW_FIRST_BYTE_S)
         knobs, body, error = await self._common("llm", request, raw)
         if error:
             return error

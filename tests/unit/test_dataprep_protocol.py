@@ -169,10 +169,14 @@ def test_queue_takes_all_jobs_or_none_and_runs_them() -> None:
     async def main() -> None:
         saved: list[tuple[str, str]] = []
         release = asyncio.Event()
+        started: asyncio.Queue[str] = asyncio.Queue()
+        ended: asyncio.Queue[str] = asyncio.Queue()
 
         async def run(j: Job) -> None:
+            started.put_nowait(j.source)
             await release.wait()
             j.finish("succeeded")
+            ended.put_nowait(j.source)
 
         async def save(info: dict) -> None:
             saved.append((info["source"], info["status"]))
@@ -181,18 +185,18 @@ def test_queue_takes_all_jobs_or_none_and_runs_them() -> None:
         runner.start()
         first = job("a")
         runner.submit([first])
-        await asyncio.sleep(0.01)  # the worker takes "a": the queue is empty again
+        assert await started.get() == "a"  # the worker took "a": the queue is empty again
         runner.submit([job("b"), job("c")])
         with pytest.raises(Overloaded, match=r"queue is full \(2 jobs waiting, room for 0\)"):
             runner.submit([job("d")])
         release.set()
-        await asyncio.sleep(0.05)
+        assert [await ended.get() for _ in range(3)] == ["a", "b", "c"]
         assert [j.status for j in runner.recent()] == ["succeeded"] * 3
         assert runner.get(first.job_id) is first and runner.get("nope") is None
         stuck = job("e")
         release.clear()
         runner.submit([stuck])
-        await asyncio.sleep(0.01)
+        assert [await started.get() for _ in range(3)] == ["b", "c", "e"]  # "e" is running, held
         await runner.stop()
         assert stuck.status == "failed" and stuck.error == "dataprep stopped before the job finished; ingest it again"
         assert saved[-1] == ("e", "failed")

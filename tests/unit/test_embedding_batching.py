@@ -16,21 +16,36 @@ pytestmark = pytest.mark.unit
 
 
 class Recorder:
-    """A model stand-in: records each batch's payloads and runs in the executor's thread."""
+    """A model stand-in: records each batch's payloads and runs in the executor's thread; with ``hold`` each call
+    waits for ``gate`` (so a test knows what is in the model: `in_model`)."""
 
-    def __init__(self, delay_s: float = 0.0, fail: Exception | None = None) -> None:
+    def __init__(self, hold: bool = False, fail: Exception | None = None) -> None:
         self.calls: list[list[str]] = []
         self.threads: set[str] = set()
-        self.delay_s = delay_s
+        self.hold = hold
+        self.gate = threading.Event()
+        self.entered = threading.Semaphore(0)
         self.fail = fail
 
     def __call__(self, payloads: list[str]) -> list[str | Exception]:
         self.calls.append(list(payloads))
         self.threads.add(threading.current_thread().name)
-        time.sleep(self.delay_s)
+        self.entered.release()
+        if self.hold:
+            assert self.gate.wait(30), "the test never opened the gate"
         if self.fail:
             raise self.fail
         return [BadRequest(f"bad {p}") if p.startswith("bad") else p.upper() for p in payloads]
+
+
+async def in_model(rec: Recorder) -> None:
+    """Wait until the next model call has begun."""
+    assert await asyncio.to_thread(rec.entered.acquire, True, 30), "no model call began"
+
+
+async def queued() -> None:
+    """Let the jobs just scheduled reach the batcher's queue (submit queues at its first step)."""
+    await asyncio.sleep(0)
 
 
 def run_with(recorder: Recorder, body, **kw):
@@ -76,12 +91,15 @@ def test_batches_hold_at_most_max_batch_size_items_and_a_big_job_runs_alone() ->
 
 
 def test_jobs_arriving_while_the_model_runs_form_the_next_batch() -> None:
-    rec = Recorder(delay_s=0.2)
+    rec = Recorder(hold=True)
 
     async def body(b: Batcher) -> None:
         first = asyncio.ensure_future(b.submit("first", 1))
-        await asyncio.sleep(0.05)  # "first" is in the model now
-        await asyncio.gather(first, *(b.submit(f"n{i}", 1) for i in range(5)))
+        await in_model(rec)
+        later = [asyncio.ensure_future(b.submit(f"n{i}", 1)) for i in range(5)]
+        await queued()
+        rec.gate.set()
+        await asyncio.gather(first, *later)
 
     run_with(rec, body, max_wait_s=0.0)
     assert rec.calls == [["first"], [f"n{i}" for i in range(5)]]
@@ -95,7 +113,7 @@ def test_a_lone_job_waits_at_most_max_wait() -> None:
         await b.submit("x", 1)
         return time.perf_counter() - started
 
-    assert 0.09 <= run_with(rec, body, max_wait_s=0.1) < 0.5
+    assert 0.09 <= run_with(rec, body, max_wait_s=0.1) < 10  # the upper bound only catches a hang
 
 
 def test_one_jobs_error_does_not_fail_the_others() -> None:
@@ -124,15 +142,16 @@ def test_a_failing_model_call_fails_every_job_of_the_batch_and_the_batcher_goes_
 
 
 def test_a_cancelled_job_is_left_out_of_the_model_call() -> None:
-    rec = Recorder(delay_s=0.1)
+    rec = Recorder(hold=True)
 
     async def body(b: Batcher) -> None:
         busy = asyncio.ensure_future(b.submit("busy", 1))
-        await asyncio.sleep(0.02)
+        await in_model(rec)
         gone = asyncio.ensure_future(b.submit("gone", 1))
         kept = asyncio.ensure_future(b.submit("kept", 1))
-        await asyncio.sleep(0)
+        await queued()
         gone.cancel()
+        rec.gate.set()
         await asyncio.gather(busy, kept)
 
     run_with(rec, body, max_wait_s=0.0)
@@ -140,15 +159,16 @@ def test_a_cancelled_job_is_left_out_of_the_model_call() -> None:
 
 
 def test_a_full_queue_answers_overloaded() -> None:
-    rec = Recorder(delay_s=0.2)
+    rec = Recorder(hold=True)
 
     async def body(b: Batcher) -> Exception:
         running = asyncio.ensure_future(b.submit("running", 1))
-        await asyncio.sleep(0.05)
+        await in_model(rec)
         waiting = [asyncio.ensure_future(b.submit(f"w{i}", 1)) for i in range(3)]
-        await asyncio.sleep(0)
+        await queued()
         with pytest.raises(Overloaded) as exc:
             await b.submit("one too many", 1)
+        rec.gate.set()
         await asyncio.gather(running, *waiting)
         return exc.value
 
@@ -159,11 +179,13 @@ def test_a_full_queue_answers_overloaded() -> None:
 def test_close_fails_waiting_jobs_with_not_ready() -> None:
     async def main() -> list:
         executor = ThreadPoolExecutor(1)
-        b = Batcher(Recorder(delay_s=0.2), executor, max_batch_size=1, max_wait_s=0.0, max_queue=10)
+        rec = Recorder(hold=True)
+        b = Batcher(rec, executor, max_batch_size=1, max_wait_s=0.0, max_queue=10)
         b.start()
         jobs = [asyncio.ensure_future(b.submit(f"j{i}", 1)) for i in range(3)]
-        await asyncio.sleep(0.05)
+        await in_model(rec)  # j0 is in the model, j1 and j2 wait
         await b.close()
+        rec.gate.set()
         executor.shutdown()
         results = await asyncio.gather(*jobs, return_exceptions=True)
         with pytest.raises(NotReady):

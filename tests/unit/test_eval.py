@@ -48,6 +48,13 @@ def test_scoring_sources_and_facts() -> None:
     assert (b.rank, b.fact) == (None, False)
 
 
+def test_configurations_take_turns_to_go_first() -> None:
+    a, b, c = (ev.Config(name, "http://127.0.0.1:8888", {}) for name in "abc")
+    assert [[x.name for x in ev.in_turn([a, b, c], n)] for n in range(4)] == [
+        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]
+    ]  # fmt: skip
+
+
 def test_summary_table_and_chart() -> None:
     qs = [ev.Question(f"q{i}", ("a.md",), (("x",),)) for i in range(4)]
     answers = [
@@ -82,3 +89,9 @@ def test_short_facts_must_be_whole_words() -> None:
     assert ev.contains("Use --inspect-brk here", "--inspect-brk") and ev.contains("It returns '.md'.", ".md")
     assert ev.contains("Set to 1.", "set to 1") and not ev.contains("set to 10", "set to 1")
     assert ev.contains("It reads $HOME.", "HOME") and not ev.contains("the user's home directory", "HOME")
+
+
+def test_markdown_marks_are_ignored_and_a_name_may_follow_a_dot() -> None:
+    assert ev.contains("the delay will be set to `1`.", "set to 1") and ev.contains("It is **1000**.", "1000")
+    assert ev.contains("Use `socket.setTTL(ttl)`.", "setTTL") and not ev.contains("Use socket.setTTLs().", "setTTL")
+    assert not ev.contains("Version 0.8 is old.", "8") and not ev.contains("set to `10`", "set to 1")

@@ -35,11 +35,11 @@ def msgs(*turns: tuple[str, str]) -> list[Message]:
 # -- request model ----------------------------------------------------------------------------------
 
 
-def test_defaults_follow_openai_and_opea_but_keep_three_passages() -> None:
+def test_defaults_follow_openai_and_opea_but_rerank_ten_and_keep_three_passages() -> None:
     r = req()
     assert (r.stream, r.k, r.fetch_k, r.score_threshold, r.lambda_mult, r.search_type) == (
         False,
-        4,
+        10,
         20,
         0.2,
         0.5,

@@ -68,7 +68,6 @@ def test_text_terms_drop_punctuation_dedupe_and_escape() -> None:
     assert text_terms("Which gadget is KV-5093? (kv 5093!) item_3 -@{x}") == [
         "which",
         "gadget",
-        "is",
         "kv",
         "5093",
         r"item\_3",
@@ -77,6 +76,7 @@ def test_text_terms_drop_punctuation_dedupe_and_escape() -> None:
     assert text_terms("Grüße, café!") == ["grüße", "café"]
     assert text_terms("?!  ...") == []
     assert text_terms(None) == []
+    assert text_terms("Is the answer in it?") == ["answer"]  # stop words: RediSearch breaks on them (STOPWORDS)
 
 
 def test_text_terms_are_capped() -> None:

@@ -1,4 +1,4 @@
-"""Dataprep document stores, registered by short name (``DATAPREP_BACKEND``) and imported lazily."""
+"""Dataprep document stores, registered by the vector store's name (``VECTORSTORE_BACKEND``), imported lazily."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 REGISTRY = {
     "redis": "comps.dataprep.backends.redis_store:RedisDocumentStore",
+    "pgvector": "comps.dataprep.backends.pgvector_store:PgvectorDocumentStore",
 }
 
 
@@ -41,6 +42,11 @@ class DocumentStore(Backend, Protocol):
 
     async def open_jobs(self) -> list[dict[str, Any]]:
         """Every saved job that is not finished (what a crash left queued or running)."""
+        ...
+
+    async def claim_jobs(self, job_ids: Sequence[str], owner: str, lease_s: float) -> list[str]:
+        """Take or renew, for ``lease_s`` seconds, the lease of each job that is free or already ``owner``'s;
+        returns the ids ``owner`` holds now (the others belong to another live replica)."""
         ...
 
     async def sweep_orphans(self) -> int:

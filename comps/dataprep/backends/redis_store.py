@@ -1,7 +1,8 @@
-"""Redis (with the search module) as dataprep's store; all key layout and transactions are in
-`comps.vectorstore` (`schema`, `documents`). Job status lives in ``dataprep:job:<id>`` hashes (fields of
+"""Dataprep's store with job status in Redis (the default, ``VECTORSTORE_BACKEND=redis``); documents go to the
+vector store (`store.VectorDocuments`). Job status lives in ``dataprep:job:<id>`` hashes (fields of
 `JobInfo` plus what resuming it needs, unset ones absent) with a TTL, indexed by the sorted set
-``dataprep:jobs`` (score: creation time); the set ``dataprep:jobs:open`` holds the ids of jobs not finished."""
+``dataprep:jobs`` (score: creation time); the set ``dataprep:jobs:open`` holds the ids of jobs not finished.
+A job's owner (the replica running it) holds the key ``dataprep:lease:<id>`` (its replica id, with a TTL)."""
 
 from __future__ import annotations
 
@@ -10,70 +11,45 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from comps.core.http import HttpClient
+from comps.dataprep.backends.store import VectorDocuments
 from comps.dataprep.protocol import FINISHED
 from comps.dataprep.settings import DataprepSettings
-from comps.vectorstore import documents, schema
-from comps.vectorstore.client import check_redis, redacted, redis_errors
-from comps.vectorstore.documents import Chunk, DocumentRecord
+from comps.vectorstore.client import redacted, redis_errors
+from comps.vectorstore.redis_store import RedisVectorStore
 
 JOB_PREFIX = "dataprep:job:"
 JOBS_INDEX = "dataprep:jobs"
 OPEN_JOBS = "dataprep:jobs:open"
+LEASE_PREFIX = "dataprep:lease:"
+
+# KEYS: lease keys; ARGV: owner, lease ms. Takes (or keeps) each lease that is free or already the owner's;
+# returns 1/0 per key: held by the owner now, or by another replica.
+CLAIM = """
+local held = {}
+for i, key in ipairs(KEYS) do
+  local owner = redis.call('GET', key)
+  if not owner or owner == ARGV[1] then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    held[i] = 1
+  else
+    held[i] = 0
+  end
+end
+return held
+"""
 
 
-class RedisDocumentStore:
-    name = "redis"
+class RedisDocumentStore(VectorDocuments):
+    """Documents and job status in the one Redis (``VECTORSTORE_BACKEND=redis``)."""
 
     def __init__(self, settings: DataprepSettings) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.where = redacted(settings.redis_url)
-        self._redis: aioredis.Redis | None = None
-
-    async def warm_up(self, http: HttpClient) -> None:
-        """Opens the client; Redis itself may come up later (readiness says so until it does)."""
-        self._redis = schema.connect(self.settings.redis_url)
-
-    async def check_ready(self) -> dict[str, Any]:
-        await check_redis(self.r, self.where)
-        return {"redis": self.where, "default_collection": self.settings.index_name}
-
-    async def close(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
 
     @property
     def r(self) -> aioredis.Redis:
-        if self._redis is None:
-            raise RuntimeError("RedisDocumentStore used before warm_up()")
-        return self._redis
-
-    async def ensure_collection(self, collection: str, dim: int, model: str) -> None:
-        with redis_errors(self.where):
-            await schema.ensure_index(self.r, collection, dim, model=model, algorithm=self.settings.index_algorithm)
-
-    async def get_document(self, collection: str, doc_id: str) -> DocumentRecord | None:
-        with redis_errors(self.where):
-            return await documents.get_document(self.r, collection, doc_id)
-
-    async def list_documents(self, collection: str) -> list[DocumentRecord]:
-        with redis_errors(self.where):
-            return await documents.list_documents(self.r, collection)
-
-    async def replace_document(
-        self, collection: str, record: DocumentRecord, chunks: Sequence[Chunk]
-    ) -> DocumentRecord:
-        with redis_errors(self.where):
-            return await documents.replace_document(self.r, collection, record, chunks)
-
-    async def delete_document(self, collection: str, doc_id: str) -> DocumentRecord | None:
-        with redis_errors(self.where):
-            return await documents.delete_document(self.r, collection, doc_id)
-
-    async def delete_all(self, collection: str) -> int:
-        with redis_errors(self.where):
-            return await documents.delete_all(self.r, collection)
+        assert isinstance(self.vectors, RedisVectorStore)
+        return self.vectors.r
 
     async def save_job(self, job: dict[str, Any]) -> None:
         key = JOB_PREFIX + job["job_id"]
@@ -86,6 +62,7 @@ class RedisDocumentStore:
                 pipe.zremrangebyrank(JOBS_INDEX, 0, -self.settings.jobs_kept - 1)
                 if job["status"] in FINISHED:
                     pipe.srem(OPEN_JOBS, job["job_id"])
+                    pipe.delete(LEASE_PREFIX + job["job_id"])
                 else:
                     pipe.sadd(OPEN_JOBS, job["job_id"])
                 await pipe.execute()
@@ -104,9 +81,13 @@ class RedisDocumentStore:
                 await self.r.srem(OPEN_JOBS, *gone)
         return [_decode(raw) for raw in raws if raw]
 
-    async def sweep_orphans(self) -> int:
+    async def claim_jobs(self, job_ids: Sequence[str], owner: str, lease_s: float) -> list[str]:
+        if not job_ids:
+            return []
         with redis_errors(self.where):
-            return await documents.sweep_orphans(self.r)
+            held = await self.r.eval(CLAIM, len(job_ids), *(LEASE_PREFIX + i for i in job_ids), owner,
+                                     max(1, round(lease_s * 1000)))  # fmt: skip
+        return [job_id for job_id, ok in zip(job_ids, held, strict=True) if ok]
 
     async def load_job(self, job_id: str) -> dict[str, Any] | None:
         with redis_errors(self.where):

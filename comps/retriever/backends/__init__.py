@@ -1,4 +1,4 @@
-"""Retriever backends, registered by short name (``RETRIEVER_BACKEND``) and imported lazily."""
+"""Retriever backends, registered by the vector store's name (``VECTORSTORE_BACKEND``) and imported lazily."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ if TYPE_CHECKING:
     from comps.vectorstore.search import CollectionSummary, Hit, Query
 
 REGISTRY = {
-    "redis": "comps.retriever.backends.redis_store:RedisRetriever",
+    "redis": "comps.retriever.backends.store:StoreRetriever",
+    "pgvector": "comps.retriever.backends.store:StoreRetriever",
 }
 
 

@@ -1,40 +1,36 @@
-"""Redis (with the search module) as the retriever's store; all query logic is `comps.vectorstore.search`."""
+"""The vector store (`VECTORSTORE_BACKEND`: redis or pgvector) as the retriever's backend; all query logic is the
+store's (`comps.vectorstore`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from comps.core.errors import NotReady, UpstreamError
+from comps.core.errors import UpstreamError
 from comps.core.http import HttpClient
 from comps.embedding.client import EmbeddingClient
 from comps.retriever.settings import RetrieverSettings
-from comps.vectorstore import schema, search
-from comps.vectorstore.client import check_redis, redacted, redis_errors
 from comps.vectorstore.search import CollectionSummary, Hit, Query
+from comps.vectorstore.stores import store_for
 
 
-class RedisRetriever:
-    name = "redis"
-
+class StoreRetriever:
     def __init__(self, settings: RetrieverSettings, embedding: EmbeddingClient) -> None:
         self.settings = settings
         self.embedding = embedding
-        self.where = redacted(settings.redis_url)
-        self._redis: aioredis.Redis | None = None
+        self.store = store_for(settings)
+        self.name = self.store.name
         self._http: HttpClient | None = None
 
     async def warm_up(self, http: HttpClient) -> None:
-        """Opens the client; Redis itself may come up later (readiness says so until it does)."""
+        """Opens the store's client; the store itself may come up later (readiness says so until it does)."""
         self._http = http
-        self._redis = schema.connect(self.settings.redis_url)
+        await self.store.open()
 
     async def check_ready(self) -> dict[str, Any]:
-        await check_redis(self._client(), self.where)
+        details = await self.store.check_ready()
         assert self._http is not None
         return {
-            "redis": self.where,
+            **details,
             "default_collection": self.settings.index_name,
             "hnsw_ef_runtime": self.settings.hnsw_ef_runtime,
             # Text-only queries need it; queries that carry their embedding do not, so it is reported, not required.
@@ -52,19 +48,10 @@ class RedisRetriever:
         return "ready"
 
     async def search(self, collection: str, query: Query) -> list[Hit]:
-        with redis_errors(self.where):
-            return await search.search(self._client(), collection, query)
+        return await self.store.search(collection, query)
 
     async def collections(self) -> list[CollectionSummary]:
-        with redis_errors(self.where):
-            return await search.describe_collections(self._client())
+        return await self.store.collections()
 
     async def close(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
-
-    def _client(self) -> aioredis.Redis:
-        if self._redis is None:
-            raise NotReady("redis backend is not started")
-        return self._redis
+        await self.store.close()

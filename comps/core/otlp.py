@@ -1,0 +1,244 @@
+"""OTLP/HTTP span export with a lean protobuf encoder.
+
+The SDK's OTLP exporter builds a protobuf object per span, attribute and value before serialising them
+(about two thirds of what tracing costs a service); this writes the same ``ExportTraceServiceRequest``
+bytes directly, with each attribute key encoded once per process. It runs in the SDK's batch span
+processor thread, never on the event loop, and posts each batch with ``http.client`` on one kept-alive
+connection. A batch the collector does not take is dropped with a warning (the trace is lost, the
+service goes on).
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import struct
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanContext
+
+log = logging.getLogger(__name__)
+
+_FLAGS_HAS_IS_REMOTE = 0x100  # SpanFlags: the span says whether its parent is remote...
+_FLAGS_IS_REMOTE = 0x200  # ...and it is
+_KEY_CACHE_MAX = 8192  # distinct attribute keys kept encoded (a process has a few hundred)
+_WARN_EVERY_S = 60.0
+_SMALL = [bytes((n,)) for n in range(0x80)]
+_double = struct.Struct("<d").pack
+_fixed64 = struct.Struct("<Q").pack
+_fixed32 = struct.Struct("<I").pack
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _SMALL[n] if n >= 0 else _varint(n & 0xFFFFFFFFFFFFFFFF)  # int64: two's complement
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field: tag, length, payload."""
+    return tag + _varint(len(payload)) + payload
+
+
+def _value(v: Any) -> bytes:
+    """An ``AnyValue`` message's body."""
+    if isinstance(v, str):
+        return _field(b"\x0a", v.encode())
+    if isinstance(v, bool):  # before int: a bool is an int
+        return b"\x10\x01" if v else b"\x10\x00"
+    if isinstance(v, int):
+        return b"\x18" + _varint(v)
+    if isinstance(v, float):
+        return b"\x21" + _double(v)
+    if isinstance(v, bytes):
+        return _field(b"\x3a", v)
+    if isinstance(v, Sequence):
+        return _field(b"\x2a", b"".join(_field(b"\x0a", _value(x)) for x in v))
+    if isinstance(v, Mapping):
+        return _field(
+            b"\x32", b"".join(_field(b"\x0a", _key(str(k)) + _field(b"\x12", _value(x))) for k, x in v.items())
+        )
+    return b""  # None: an empty AnyValue
+
+
+_keys: dict[str, bytes] = {}
+
+
+def _key(key: str) -> bytes:
+    """A ``KeyValue``'s key field, encoded once per process."""
+    encoded = _keys.get(key)
+    if encoded is None:
+        encoded = _field(b"\x0a", key.encode())
+        if len(_keys) < _KEY_CACHE_MAX:
+            _keys[key] = encoded
+    return encoded
+
+
+def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
+    """Repeated ``KeyValue`` fields under ``tag``."""
+    if not attributes:
+        return b""
+    return b"".join(_field(tag, _key(k) + _field(b"\x12", _value(v))) for k, v in attributes.items())
+
+
+def _flags(parent: SpanContext | None) -> bytes:
+    flags = _FLAGS_HAS_IS_REMOTE | (_FLAGS_IS_REMOTE if parent is not None and parent.is_remote else 0)
+    return b"\x85\x01" + _fixed32(flags)  # field 16, fixed32
+
+
+def _count(tag: bytes, n: int) -> bytes:
+    return tag + _varint(n) if n else b""
+
+
+def _span(span: ReadableSpan) -> bytes:
+    ctx = span.get_span_context()
+    assert ctx is not None  # an SDK span always has one
+    parts = [b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big"), b"\x12\x08" + ctx.span_id.to_bytes(8, "big")]
+    if ctx.trace_state:
+        parts.append(_field(b"\x1a", ",".join(f"{k}={v}" for k, v in ctx.trace_state.items()).encode()))
+    if span.parent is not None:
+        parts.append(b"\x22\x08" + span.parent.span_id.to_bytes(8, "big"))
+    parts += (
+        _field(b"\x2a", span.name.encode()),
+        b"\x30" + _SMALL[span.kind.value + 1],  # the SDK's kinds start at 0, OTLP's at 1 (0: unspecified)
+        b"\x39" + _fixed64(span.start_time or 0),
+        b"\x41" + _fixed64(span.end_time or 0),
+        _attributes(b"\x4a", span.attributes),
+        _count(b"\x50", span.dropped_attributes),
+    )
+    for event in span.events:
+        body = b"\x09" + _fixed64(event.timestamp) + _field(b"\x12", event.name.encode())
+        body += _attributes(b"\x1a", event.attributes) + _count(b"\x20", event.dropped_attributes)
+        parts.append(_field(b"\x5a", body))
+    parts.append(_count(b"\x60", span.dropped_events))
+    for link in span.links:
+        body = (
+            b"\x0a\x10"
+            + link.context.trace_id.to_bytes(16, "big")
+            + b"\x12\x08"
+            + link.context.span_id.to_bytes(8, "big")
+        )
+        body += _attributes(b"\x22", link.attributes) + _count(b"\x28", link.dropped_attributes)
+        parts.append(
+            _field(
+                b"\x6a",
+                body + b"\x35" + _fixed32(_FLAGS_HAS_IS_REMOTE | (_FLAGS_IS_REMOTE if link.context.is_remote else 0)),
+            )
+        )
+    parts.append(_count(b"\x70", span.dropped_links))
+    status = span.status
+    message = _field(b"\x12", status.description.encode()) if status.description else b""
+    parts.append(_field(b"\x7a", message + _count(b"\x18", status.status_code.value)))
+    parts.append(_flags(span.parent))
+    return b"".join(parts)
+
+
+def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
+    """An ``ExportTraceServiceRequest`` (opentelemetry-proto) holding ``spans``, grouped by resource and scope."""
+    groups: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
+    for span in spans:
+        resource, scope = span.resource, span.instrumentation_scope
+        scopes = groups.setdefault(id(resource), (resource, {}))[1]
+        scopes.setdefault(id(scope), (scope, []))[1].append(_field(b"\x12", _span(span)))
+    out = []
+    for resource, scopes in groups.values():
+        body = _field(b"\x0a", _attributes(b"\x0a", resource.attributes))
+        for scope, encoded in scopes.values():
+            scope_body = b""
+            if scope is not None:
+                scope_body = _field(b"\x0a", scope.name.encode())
+                if scope.version:
+                    scope_body += _field(b"\x12", scope.version.encode())
+                scope_body += _attributes(b"\x1a", scope.attributes)
+            scope_spans = _field(b"\x0a", scope_body) + b"".join(encoded)
+            if scope is not None and scope.schema_url:
+                scope_spans += _field(b"\x1a", scope.schema_url.encode())
+            body += _field(b"\x12", scope_spans)
+        if resource.schema_url:
+            body += _field(b"\x1a", resource.schema_url.encode())
+        out.append(_field(b"\x0a", body))
+    return b"".join(out)
+
+
+def parse_headers(value: str | None) -> dict[str, str]:
+    """``OTEL_EXPORTER_OTLP_HEADERS``: ``key1=value1,key2=value2`` (values URL-encoded)."""
+    headers = {}
+    for item in (value or "").split(","):
+        key, sep, val = item.partition("=")
+        if sep and key.strip():
+            headers[key.strip()] = unquote(val.strip())
+    return headers
+
+
+class OtlpHttpSpanExporter(SpanExporter):
+    """Posts each batch to ``endpoint`` (``.../v1/traces``) as ``application/x-protobuf``."""
+
+    def __init__(self, endpoint: str, headers: Mapping[str, str] | None = None, timeout_s: float = 10.0) -> None:
+        url = urlsplit(endpoint)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"OTLP endpoint {endpoint!r} is not an http(s) URL")
+        self._https = url.scheme == "https"
+        self._host = url.hostname
+        self._port = url.port
+        self._path = url.path or "/"
+        self._headers = {**(headers or {}), "Content-Type": "application/x-protobuf"}
+        self._timeout_s = timeout_s
+        self._conn: http.client.HTTPConnection | None = None
+        self._warned: float | None = None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=self._timeout_s)
+        return self._conn
+
+    def _post(self, body: bytes) -> int:
+        conn = self._connection()
+        try:
+            conn.request("POST", self._path, body=body, headers=self._headers)
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status
+        except BaseException:
+            conn.close()
+            self._conn = None
+            raise
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        body = encode_spans(spans)
+        try:
+            try:
+                status = self._post(body)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                status = self._post(body)  # the kept-alive connection was closed by the collector: once more
+        except OSError as exc:
+            return self._failed(len(spans), f"{type(exc).__name__}: {exc}")
+        except http.client.HTTPException as exc:
+            return self._failed(len(spans), f"{type(exc).__name__}: {exc}")
+        if not 200 <= status < 300:
+            return self._failed(len(spans), f"HTTP {status}")
+        return SpanExportResult.SUCCESS
+
+    def _failed(self, n: int, why: str) -> SpanExportResult:
+        now = time.monotonic()
+        if (
+            self._warned is None or now - self._warned >= _WARN_EVERY_S
+        ):  # a collector that is down: one line a minute, not per batch
+            self._warned = now
+            log.warning("dropped %d spans: the OTLP collector at %s did not take them (%s)", n, self._host, why)
+        return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
