@@ -281,7 +281,7 @@ async def delete_all(r: aioredis.Redis, collection: str) -> int:
     """Delete the collection: its meta record first (in-flight writes then fail and clean up), the
     index (without DD), then every chunk and document key by scan. Returns the number of documents."""
     count = int(await r.scard(schema.docs_key(collection)))
-    await _delete_and_bump(r, collection, schema.meta_key(collection), seq_key(collection))
+    await r.delete(schema.meta_key(collection), seq_key(collection))
     try:
         await r.ft(collection).dropindex(delete_documents=False)
     except ResponseError as exc:
@@ -296,7 +296,7 @@ async def delete_all(r: aioredis.Redis, collection: str) -> int:
                 batch.clear()
         if batch:
             await r.delete(*batch)
-    # Bumped again at the end: an answer built while the chunks were going away is unreachable too.
+    # Bumped at the end, with the last delete: an answer built while the chunks were going away is unreachable too.
     await _delete_and_bump(r, collection, schema.docs_key(collection))
     return count
 
