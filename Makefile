@@ -1,4 +1,4 @@
-# The two quick-start commands: `make up` (install, fetch models, start the mesh) and `make test`.
+# The two quick-start commands: `make up` (install, fetch models, start the mesh and the chat UI) and `make test`.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,12 +7,12 @@ PYTEST_ARGS ?=
 # llama-cpp-python compiles from source; use both cores.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: up test lint install models bench clean phoenix
+.PHONY: up test lint install models chromium bench clean phoenix
 
 up: install models
 	$(VENV)/bin/chatqna up
 
-test: lint models
+test: lint models chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The gates, before any test: lint, formatting and types (configured in pyproject.toml).
@@ -31,6 +31,12 @@ $(VENV)/.installed: pyproject.toml
 
 models: install
 	$(VENV)/bin/chatqna models fetch
+
+# The chat UI's browser tests drive Debian's chromium with Playwright (Playwright's own browser download is not
+# used): installed here when missing and we are root (CI on a fresh machine), else say how.
+chromium:
+	@test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && apt-get update -qq && apt-get install -y -qq chromium; } \
+		|| { echo "the browser tests need chromium: sudo apt-get install -y chromium" >&2; exit 1; }
 
 # Arize Phoenix (LLM traces) in its own virtualenv, its dependencies apart from ours; serves on 127.0.0.1:6006.
 PHOENIX_VENV ?= .state/phoenix-venv

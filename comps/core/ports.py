@@ -12,6 +12,7 @@ PORTS: dict[str, int] = {
     "chathistory": 6012,
     "prompts": 6018,
     "gateway": 8888,
+    "ui": 8501,  # the Streamlit chat UI (Streamlit's own default)
 }
 
 

@@ -33,6 +33,8 @@ class ServiceSpec:
     uses_vectorstore: bool = False  # Redis, or DATABASE_URL with VECTORSTORE_BACKEND=pgvector
     uses_database: bool = False  # gets DATABASE_URL (the relational store)
     settings: str = ""  # "module:Class" of its settings (what it reads from the environment)
+    ready_path: str = "/v1/ready"  # what answers 200 once it is ready
+    internal: bool = True  # refuses calls without the mesh's internal token (all but the public doors)
     port: int | None = None  # instead of port_attr (the LLM services of CHATQNA_LLM_MODELS)
     env: tuple[tuple[str, str], ...] = ()  # variables only this service gets
 
@@ -40,8 +42,8 @@ class ServiceSpec:
         return importlib.util.find_spec(self.module) is not None
 
 
-# Start order; the gateway comes last. Every service reads <PREFIX>HOST and <PREFIX>PORT, and
-# <PREFIX><NEED>_URL for each service it calls.
+# Start order; the gateway and the chat UI (which calls only the gateway) come last. Every service reads
+# <PREFIX>HOST and <PREFIX>PORT, and <PREFIX><NEED>_URL for each service it calls.
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         "embedding",
@@ -100,6 +102,17 @@ SERVICES: tuple[ServiceSpec, ...] = (
         ("embedding", "retriever", "reranker", "llm", "dataprep", "chathistory", "prompts"),
         uses_vectorstore=True,  # the answer cache, in the vector store's Redis (its content versions too)
         settings="megaservice.settings:GatewaySettings",
+        internal=False,
+    ),
+    ServiceSpec(
+        "ui",
+        "ui",
+        "ui_port",
+        "UI_",
+        ("gateway",),
+        settings="ui.settings:UISettings",
+        ready_path="/_stcore/health",
+        internal=False,
     ),
 )
 
@@ -175,7 +188,9 @@ class Mesh:
             if self.settings.auth_enabled:
                 env["DATABASE_URL"] = self.database_url or ""
                 env["GATEWAY_JWT_SECRET"] = self.jwt_secret or ""
-        else:
+            if any(s.name == "ui" for s in self.services):  # single sign-on may send the browser back to the UI
+                env["GATEWAY_CORS_ORIGINS"] = f'["{self.url("ui")}"]'
+        elif spec.internal:
             env[f"{spec.env_prefix}API_KEY"] = self.internal_token
             if "embedding" in spec.needs:
                 env[f"{spec.env_prefix}EMBEDDING_API_KEY"] = self.internal_token
@@ -270,7 +285,8 @@ class Supervisor:
 
         def wait(name: str, proc: ManagedProcess) -> None:
             try:
-                proc.wait_http_ready(f"{mesh.url(name)}/v1/ready", self.settings.ready_timeout_s)
+                path = next(s.ready_path for s in specs if s.name == name)
+                proc.wait_http_ready(f"{mesh.url(name)}{path}", self.settings.ready_timeout_s)
                 self.ready_s[name] = time.monotonic() - started
             except ProcessFailed as exc:
                 errors[name] = str(exc)
@@ -388,6 +404,8 @@ def run_up(settings: RuntimeSettings, only: set[str] | None, out: Callable[[str]
         )
     else:
         out("\nSign in as an existing admin (`chatqna users list`; `chatqna users set-password NAME` to reset).")
+    if sup.mesh is not None and "ui" in sup.procs:
+        out(f"\nChat in your browser: {sup.mesh.url('ui')}")
     out("Ctrl-C stops everything.\n")
     sup.watch(stop)
     restarted = ", ".join(f"{name} x{n}" for name, n in sup.restarts.items())

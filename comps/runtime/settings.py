@@ -47,6 +47,7 @@ class RuntimeSettings(BaseSettings):
     chathistory_port: int = _env("CHATHISTORY_PORT", PORTS["chathistory"])
     prompts_port: int = _env("PROMPTS_PORT", PORTS["prompts"])
     gateway_port: int = _env("MEGA_SERVICE_PORT", PORTS["gateway"])
+    ui_port: int = _env("UI_PORT", PORTS["ui"])
     ready_timeout_s: float = _env("CHATQNA_READY_TIMEOUT_S", 600.0, "How long `up` waits for every service")
     log_format: str = _env("LOG_FORMAT", "plain")
     trace_content: bool = _env(

@@ -46,8 +46,8 @@ EXAMPLE_KUSTOMIZATIONS = {"two-models": K8S_DIR / "overlays" / "two-models"}
 SPECS = {spec.name: spec for spec in SERVICES}
 MODEL_SERVICES = ("embedding", "reranker", "llm")  # the ones that load a model from /models
 
-# The one public door. The web UI of a later issue will be the only other published service.
-PUBLISHED = {"gateway"}
+# The public doors: the gateway and the chat UI (which calls only the gateway).
+PUBLISHED = {"gateway", "ui"}
 # The secrets set_env.sh generates (into <state dir>/secrets.env) and the Kubernetes Secret chatqna-secrets holds.
 SECRET_VARS = ("CHATQNA_INTERNAL_TOKEN", "GATEWAY_JWT_SECRET", "POSTGRES_PASSWORD")
 INTERNAL_TOKEN = "CHATQNA_INTERNAL_TOKEN"
@@ -137,6 +137,8 @@ def secret_wiring(spec: ServiceSpec) -> dict[str, str]:
     internal service requires the internal token (<PREFIX>API_KEY) and sends it to what it calls; the
     gateway sends it to everything and signs access tokens with its JWT secret."""
     token = f"$({INTERNAL_TOKEN})"
+    if spec.name == "ui":
+        return {}  # a public door that holds no secret: it calls the gateway as the signed-in user
     if spec.name == "gateway":
         return {"GATEWAY_INTERNAL_API_KEY": token, "GATEWAY_JWT_SECRET": "$(GATEWAY_JWT_SECRET)"}
     env = {f"{spec.env_prefix}API_KEY": token}

@@ -164,13 +164,17 @@ def test_only_the_gateway_is_published_in_any_compose_file() -> None:
         assert published_services(services) <= PUBLISHED, f"{path} publishes {published_services(services) - PUBLISHED}"
 
 
-def test_each_profile_publishes_the_gateway_and_nothing_else(profile: str, shell_env: dict[str, str]) -> None:
+def test_each_profile_publishes_the_gateway_and_the_ui_and_nothing_else(
+    profile: str, shell_env: dict[str, str]
+) -> None:
     services = resolved(profile, shell_env)
-    assert published_services(services) == {"gateway"}
-    port = default_port(SPECS["gateway"])
-    assert services["gateway"]["ports"] == [f"{RuntimeSettings.model_fields['gateway_port'].default}:{port}"]
-    assert "expose" not in services["gateway"]
-    for name in set(SPECS) - {"gateway"}:  # reached by name inside the network; they scale in place
+    assert published_services(services) == PUBLISHED == {"gateway", "ui"}
+    for name in PUBLISHED:
+        port = default_port(SPECS[name])
+        host_port = RuntimeSettings.model_fields[SPECS[name].port_attr].default
+        assert services[name]["ports"] == [f"{host_port}:{port}"], name
+        assert "expose" not in services[name]
+    for name in set(SPECS) - PUBLISHED:  # reached by name inside the network; they scale in place
         assert services[name]["expose"] == [str(default_port(SPECS[name]))], name
     assert services["redis"]["expose"] == ["6379"] and services["postgres"]["expose"] == ["5432"]
 
@@ -179,6 +183,10 @@ def test_each_profile_publishes_the_gateway_and_nothing_else(profile: str, shell
 def test_every_service_requires_and_sends_the_internal_token(profile: str, name: str, shell_env: dict) -> None:
     env = environment(resolved(profile, shell_env)[name])
     token = shell_env[INTERNAL_TOKEN]
+    if name == "ui":  # a public door that calls only the gateway, as the signed-in user: it holds no secret
+        assert not any(value == token for value in env.values()), "the UI must not hold the internal token"
+        assert env["UI_GATEWAY_URL"] == f"http://gateway:{default_port(SPECS['gateway'])}"
+        return
     for key, ref in secret_wiring(SPECS[name]).items():
         secret = ref.removeprefix("$(").removesuffix(")")
         assert env.get(key) == shell_env[secret], f"{profile}/{name}: {key} is not ${{{secret}}}"
@@ -291,7 +299,7 @@ def test_the_two_model_example_runs_a_second_llm_the_gateway_routes_to(shell_env
     assert interpolate(second["environment"]["LLM_MODEL"], shell_env) != interpolate(
         services["llm"]["environment"]["LLM_MODEL"], shell_env
     )
-    assert "ports" not in second and published_services(services) == {"gateway"}
+    assert "ports" not in second and published_services(services) == PUBLISHED
     gateway = environment(services["gateway"])
     models = json.loads(str(gateway["GATEWAY_MODELS"]))
     port = default_port(SPECS["llm"])

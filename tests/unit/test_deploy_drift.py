@@ -121,7 +121,9 @@ def test_each_service_accepts_what_compose_gives_it(name: str, monkeypatch: pyte
     raw = environment(compose_project(PROFILES["cpu"])["services"][name])
     settings = accepts(cls, {k: interpolate(v, env) for k, v in raw.items()}, monkeypatch)
     assert settings.api_key is None or settings.api_key.get_secret_value() == env["CHATQNA_INTERNAL_TOKEN"]
-    if name != "gateway":
+    if name == "ui":  # a public door: browsers sign in to the gateway through it
+        assert settings.api_key is None and settings.gateway_url == "http://gateway:8888"
+    elif name != "gateway":
         assert settings.api_key is not None, f"{name} would answer calls without the internal token"
     else:
         assert settings.auth_enabled is True
@@ -140,7 +142,9 @@ def test_each_service_accepts_what_kubernetes_gives_it(name: str, k8s, monkeypat
         env = {k: v.replace(f"$({key})", value) for k, v in env.items()}
     env = {k: v for k, v in env.items() if "$(" not in v}  # optional keys the Secret does not hold
     settings = accepts(cls, env, monkeypatch)
-    if name != "gateway":
+    if name == "ui":
+        assert settings.api_key is None and settings.gateway_url == "http://gateway:8888"
+    elif name != "gateway":
         assert settings.api_key is not None and settings.api_key.get_secret_value() == secrets["CHATQNA_INTERNAL_TOKEN"]
     else:
         assert settings.auth_enabled is True and settings.database_url.startswith("postgresql://chatqna:")

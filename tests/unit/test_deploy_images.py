@@ -126,7 +126,8 @@ def test_images_install_one_extra_and_run_as_non_root_with_a_readiness_healthche
     runs = " ".join(args for ins, args in build if ins == "RUN")
     assert "pip install" in runs and '".[${SERVICE}]"' in runs, "installs exactly one extra"
     env = " ".join(args for ins, args in runtime if ins == "ENV")
-    assert "CHATQNA_READY_URL=http://127.0.0.1:${PORT}/v1/ready" in env
+    assert "CHATQNA_READY_URL=http://127.0.0.1:${PORT}${READY_PATH}" in env
+    assert ("ARG", "READY_PATH=/v1/ready") in runtime  # the chat UI's build sets Streamlit's /_stcore/health
     assert "CHATQNA_MODULE=${MODULE}" in env and "CHATQNA_MODELS_DIR=/models" in env
     assert [args for ins, args in runtime if ins == "USER"] == ["10001:10001"]
     health = [args for ins, args in runtime if ins == "HEALTHCHECK"]
