@@ -101,7 +101,10 @@ def llm_metric(sup: Supervisor, name: str) -> float:
 def test_the_gateway_is_ready_and_lists_the_llm(gateway: str, oai: openai.OpenAI) -> None:
     ready = httpx.get(f"{gateway}/v1/ready", timeout=10).json()
     assert ready["pipeline"] == "rag-rerank" and set(ready["services"]) == {"embedding", "retriever", "reranker", "llm"}
-    assert [m.id for m in oai.models.list().data] == ["SmolLM2-135M-Instruct.Q4_1.gguf"]
+    listed = oai.models.list().data  # one LLM: listed under the gateway's name, with the file it runs as its root
+    assert [(m.id, m.model_extra["root"], m.model_extra["status"]) for m in listed] == [
+        ("chatqna", "SmolLM2-135M-Instruct.Q4_1.gguf", "ready")
+    ]
 
 
 def test_an_answer_names_its_source_first(oai: openai.OpenAI, collection: str) -> None:
