@@ -18,10 +18,14 @@ Redis keys (no collection name starts with ``_``): ``_cache:a:<key>`` the entrie
 ``_cache:sizes`` (bytes per entry), ``_cache:stats`` (hits, misses, evictions, bytes: shared by every replica),
 ``_cache:sem:<context>`` (semantic matching only: question embeddings of the entries sharing everything but the
 question).
+
+The versions are read where the vector store keeps them: with ``VECTORSTORE_BACKEND=redis`` in the same Redis,
+inside the lookup's one round trip; with ``pgvector`` in PostgreSQL (`StoreVersions`, one query), just before it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -32,7 +36,7 @@ import unicodedata
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -49,6 +53,9 @@ from comps.vectorstore.client import redis_errors
 from comps.vectorstore.versions import version_key
 from megaservice import prompt as prompt_text
 from megaservice.protocol import ChatQnARequest
+
+if TYPE_CHECKING:  # the store's modules (numpy, asyncpg) load only when one is configured
+    from comps.vectorstore.protocol import VectorStore
 
 log = logging.getLogger("megaservice.cache")
 
@@ -77,7 +84,11 @@ BYPASSED = Counter(
 )
 EVICTIONS = Counter("chatqna_gateway_cache_evictions_total", "Entries evicted to stay within max_entries")
 CORRUPT = Counter("chatqna_gateway_cache_corrupt_total", "Entries that failed to decode (removed; served as a miss)")
-ERRORS = Counter("chatqna_gateway_cache_errors_total", "Redis failures of the cache (answered uncached)", ["stage"])
+ERRORS = Counter(
+    "chatqna_gateway_cache_errors_total",
+    "Failures of the cache's Redis or versions' store (answered uncached)",
+    ["stage"],
+)
 BYTES = Gauge("chatqna_gateway_cache_bytes", "Bytes of cached answers (as of this replica's last write)")
 ENTRIES = Gauge("chatqna_gateway_cache_entries", "Cached answers (as of this replica's last write)")
 
@@ -120,12 +131,15 @@ local bytes = redis.call('HINCRBY', KEYS[3], 'bytes', #value - freed)
 return {evicted, bytes, redis.call('ZCARD', KEYS[1])}
 """
 )
-# One round trip: reads the collections' content versions, makes the key (as `Key.at` does), gets the entry and
-# counts a hit (a miss too with ARGV[4] == "1"; semantic matching counts its own).
-# KEYS: stats, the version keys. ARGV: entry prefix, key base, question. Returns {context, digest, entry or nil}.
+# One round trip: reads the collections' content versions (Redis store: their keys; another store: read before,
+# given as ARGV[5..]), makes the key (as `Key.at` does), gets the entry and counts a hit (a miss too with
+# ARGV[4] == "1"; semantic matching counts its own).
+# KEYS: stats, the version keys. ARGV: entry prefix, key base, question, count misses, the versions read before.
+# Returns {context, digest, entry or nil}.
 _LOOKUP = """
 local parts = {ARGV[2]}
 for i = 2, #KEYS do parts[#parts + 1] = redis.call('GET', KEYS[i]) or '0' end
+for i = 5, #ARGV do parts[#parts + 1] = ARGV[i] end
 local context = redis.sha1hex(table.concat(parts, ':'))
 local digest = redis.sha1hex(context .. ':' .. ARGV[3])
 local value = redis.call('GET', ARGV[1] .. digest)
@@ -338,6 +352,30 @@ class Capture:
 Embed = Callable[[str], Awaitable[list[float]]]
 
 
+class StoreVersions:
+    """The collections' content versions where the vector store keeps them outside the cache's Redis (pgvector:
+    in PostgreSQL, bumped in each write's transaction): one query per lookup, then the entry by the versioned key.
+    Without one, the versions are read in Redis, in the lookup's own round trip."""
+
+    def __init__(self, store: VectorStore, *, timeout_s: float) -> None:
+        self.store = store
+        self.name = store.name
+        self.timeout_s = timeout_s
+        self.opened = False
+
+    async def open(self) -> None:
+        await self.store.open()
+        self.opened = True
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    async def __call__(self, collections: Sequence[str]) -> list[int]:
+        """The versions of ``collections``, in order."""
+        versions = await asyncio.wait_for(self.store.content_versions(collections), self.timeout_s)
+        return [versions[c] for c in collections]
+
+
 class AnswerCache:
     def __init__(
         self,
@@ -349,6 +387,7 @@ class AnswerCache:
         semantic: bool = False,
         threshold: float = 0.97,
         embed: Embed | None = None,
+        versions: StoreVersions | None = None,
     ) -> None:
         self.r = aioredis.from_url(
             redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
@@ -358,6 +397,7 @@ class AnswerCache:
         self.semantic = semantic and embed is not None
         self.threshold = threshold
         self.embed = embed
+        self.versions = versions
         self.down_until = 0.0
         self._lookup = self.r.register_script(_LOOKUP)
         self._store = self.r.register_script(_STORE)
@@ -365,13 +405,38 @@ class AnswerCache:
         self._prune = self.r.register_script(_PRUNE)
         self._flush = self.r.register_script(_FLUSH)
 
+    async def open(self) -> None:
+        """Open the versions' store, if they have their own (at the gateway's warm-up); a store that does not open
+        (after the kit's warm-up wait) leaves every cacheable request answered uncached (counted) until a restart,
+        never the gateway down."""
+        if self.versions is None:
+            return
+        try:
+            await self.versions.open()
+        except Exception as exc:  # the store's failure only costs the cache
+            self._failed("open", exc)
+
     async def close(self) -> None:
         await self.r.aclose()
+        if self.versions is not None:
+            await self.versions.close()
+
+    def status(self) -> dict[str, Any]:
+        """What the admin API shows, without a round trip: where the versions are read, and whether the last
+        failure (of Redis or the versions' store) is recent enough that requests skip the cache."""
+        reachable = time.monotonic() >= self.down_until and (self.versions is None or self.versions.opened)
+        return {
+            "status": "up" if reachable else "down",
+            "enabled": True,
+            "versions": "redis" if self.versions is None else self.versions.name,
+            "reachable": reachable,
+            "semantic": self.semantic,
+        }
 
     def _failed(self, stage: str, exc: BaseException) -> None:
         ERRORS.labels(stage).inc()
         if time.monotonic() >= self.down_until:
-            log.warning("answer cache: redis failed (%s): %s; answering uncached for %gs", stage, exc, DOWN_FOR_S)
+            log.warning("answer cache: %s failed: %r; answering uncached for %gs", stage, exc, DOWN_FOR_S)
         self.down_until = time.monotonic() + DOWN_FOR_S
 
     # -- the request path ---------------------------------------------------------------------------
@@ -391,10 +456,17 @@ class AnswerCache:
         if time.monotonic() < self.down_until:
             return None
         key = Key.of(req, collections=collections, **key_parts)
+        version_keys = list(map(version_key, key.collections))
+        read: list[int] = []
+        if self.versions is not None:
+            try:
+                read, version_keys = await self.versions(key.collections), []
+            except Exception as exc:  # the versions' store failing only costs the cache
+                self._failed("versions", exc)
+                return None
         try:
             context, digest, raw = await self._lookup(
-                keys=[STATS, *map(version_key, key.collections)],
-                args=[ENTRY, key.base, key.question, "0" if self.semantic else "1"],
+                keys=[STATS, *version_keys], args=[ENTRY, key.base, key.question, "0" if self.semantic else "1", *read]
             )
         except (RedisError, OSError) as exc:
             self._failed("lookup", exc)

@@ -67,6 +67,8 @@ class Dependencies:
         s = self.settings
         http.default_headers = bearer(s.internal_api_key)
         self.http = http
+        if self.cache is not None:
+            await self.cache.open()
         if s.database_url:  # users (auth on), usage records
             self.db = Database(s.database_url)
             await migrate_when_up(self.db, what="the user store (PostgreSQL)")
@@ -132,7 +134,8 @@ class Dependencies:
         return {name: url for name, url in urls.items() if url}
 
     def cache_status(self) -> dict[str, Any]:
-        return {"status": "absent"}  # the answer cache reports here once it exists
+        """The answer cache's state as of the last request (no round trip)."""
+        return {"status": "off", "enabled": False} if self.cache is None else self.cache.status()
 
     async def _probe_store(self) -> tuple[str, str | None]:
         if self.db is None or not self.settings.auth_enabled:  # usage alone: a store outage only delays records
@@ -319,10 +322,18 @@ def build_app(settings: GatewaySettings) -> FastAPI:
 
 
 def _answer_cache(settings: GatewaySettings, deps: Dependencies, embedding: Node) -> answer_cache.AnswerCache | None:
-    """The answer cache, when it is on and has a Redis; semantic matching embeds questions with the pipeline's
+    """The answer cache, when it is on and has a Redis; the collections' content versions are read in that Redis
+    (VECTORSTORE_BACKEND=redis) or in pgvector's PostgreSQL. Semantic matching embeds questions with the pipeline's
     embedding service."""
-    if not (settings.cache_enabled and settings.redis_url and settings.vectorstore_backend == "redis"):
+    if not (settings.cache_enabled and settings.redis_url):
         return None
+    versions = None
+    if settings.vectorstore_backend != "redis":
+        from comps.vectorstore.stores import make_store  # the store's client (numpy, asyncpg) only when used
+
+        url = settings.vectorstore_database_url or settings.database_url
+        store = make_store(settings.vectorstore_backend, database_url=url)
+        versions = answer_cache.StoreVersions(store, timeout_s=settings.cache_timeout_s)
 
     async def embed(text: str) -> list[float]:
         assert deps.http is not None
@@ -340,6 +351,7 @@ def _answer_cache(settings: GatewaySettings, deps: Dependencies, embedding: Node
         semantic=settings.cache_semantic,
         threshold=settings.cache_semantic_threshold,
         embed=embed,
+        versions=versions,
     )
 
 

@@ -17,6 +17,7 @@ from pydantic_settings import SettingsConfigDict
 
 from comps.core.ports import PORTS, local_url
 from comps.core.settings import ServiceSettings
+from comps.vectorstore.names import Backend
 from megaservice.protocol import PipelineName
 
 # field -> (OPEA host variable, OPEA port variable, service)
@@ -148,13 +149,19 @@ class GatewaySettings(ServiceSettings):
     redis_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("REDIS_URL", "redis_url"),
-        description="The vector store's Redis, where the answer cache lives too (one round trip reads the "
-        "collections' content versions and the answer); unset: no cache.",
+        description="The Redis where the answer cache lives (the vector store's, with VECTORSTORE_BACKEND=redis: "
+        "one round trip reads the collections' content versions and the answer); unset: no cache.",
     )
-    vectorstore_backend: Literal["redis", "pgvector"] = Field(
+    vectorstore_backend: Backend = Field(
         default="redis",
         validation_alias=AliasChoices("VECTORSTORE_BACKEND", "vectorstore_backend"),
-        description="The vector store the mesh uses; the answer cache works with redis only (its versions are there).",
+        description="The vector store the mesh uses: the answer cache reads the collections' content versions there.",
+    )
+    vectorstore_database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("VECTORSTORE_DATABASE_URL", "vectorstore_database_url"),
+        description="PostgreSQL with pgvector for VECTORSTORE_BACKEND=pgvector, where the answer cache reads the "
+        "content versions (default: DATABASE_URL, as the retriever and dataprep read it).",
     )
     cache_enabled: bool = Field(default=True, description="Cache deterministic answers (needs a Redis URL).")
     cache_ttl_s: int = Field(default=86_400, ge=1, description="How long a cached answer lives.")

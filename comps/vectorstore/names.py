@@ -1,10 +1,15 @@
-"""What a collection may be called: the one rule, light enough for the gateway to import (no Redis, no numpy)."""
+"""What a collection may be called (the one rule) and which stores there are: light enough for the gateway to
+import (no Redis, no numpy)."""
 
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from comps.core.errors import BadRequest
+
+Backend = Literal["redis", "pgvector"]
+BACKENDS: tuple[Backend, ...] = ("redis", "pgvector")
 
 COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

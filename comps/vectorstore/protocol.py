@@ -19,14 +19,12 @@ Promises every store keeps:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from comps.vectorstore.documents import Chunk, CollectionMissing, DocumentRecord
+from comps.vectorstore.names import BACKENDS, Backend
 from comps.vectorstore.schema import CollectionInfo
 from comps.vectorstore.search import CollectionSummary, Hit, Query
-
-Backend = Literal["redis", "pgvector"]
-BACKENDS: tuple[Backend, ...] = ("redis", "pgvector")
 
 __all__ = [
     "BACKENDS",

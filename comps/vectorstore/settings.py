@@ -5,8 +5,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from comps.core.settings import ServiceSettings
-from comps.vectorstore.names import validate_collection
-from comps.vectorstore.protocol import Backend
+from comps.vectorstore.names import Backend, validate_collection
 
 
 class VectorStoreSettings(ServiceSettings):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import redis
 import redis.asyncio as aioredis
 
 from comps.vectorstore import documents, schema
+from comps.vectorstore.stores import make_store
 from comps.vectorstore.versions import content_versions, version_key
 from tests.support.procs import Service, start_service
 from tests.support.sse import sse_data
@@ -53,40 +55,43 @@ class Stack:
         return len(self.mesh.seen["llm"])
 
 
-@pytest.fixture(scope="module")
-def stack(redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    logs: Path = tmp_path_factory.mktemp("cache")
-    with StubMesh() as mesh:
-        history = start_service(
-            "comps.chathistory",
-            "CHATHISTORY_",
-            {"DATABASE_URL": database_url, "CHATHISTORY_API_KEY": INTERNAL},
-            log_dir=logs,
-            timeout_s=120,
-        )
+@contextmanager
+def running_stack(redis_url: str, database_url: str, logs: Path, *, backend: str = "redis") -> Iterator[Stack]:
+    """Stubs, a gateway whose vector store is ``backend`` and, with the Redis store, chathistory."""
+    with StubMesh() as mesh, ExitStack() as running:
+        history = None
+        if backend == "redis":
+            history = start_service(
+                "comps.chathistory",
+                "CHATHISTORY_",
+                {"DATABASE_URL": database_url, "CHATHISTORY_API_KEY": INTERNAL},
+                log_dir=logs,
+                timeout_s=120,
+            )
+            running.callback(history.stop)
         env = {
             **mesh.env(),
             "GATEWAY_AUTH_ENABLED": "true",
             "GATEWAY_CACHE_ENABLED": "true",
+            "VECTORSTORE_BACKEND": backend,
             "REDIS_URL": redis_url,
             "DATABASE_URL": database_url,
             "GATEWAY_JWT_SECRET": JWT_SECRET,
             "GATEWAY_INTERNAL_API_KEY": INTERNAL,
-            "GATEWAY_CHATHISTORY_URL": history.url,
+            "GATEWAY_CHATHISTORY_URL": history.url if history else "",
             "GATEWAY_PROMPTS_URL": "",
             "CHATQNA_ADMIN_USER": ADMIN[0],
             "CHATQNA_ADMIN_PASSWORD": ADMIN[1],
         }
-        try:
-            gateway = start_service("megaservice", "GATEWAY_", env, name="gateway", log_dir=logs, timeout_s=120)
-        except Exception:
-            history.stop()
-            raise
-        try:
-            yield Stack(mesh, redis_url, gateway)
-        finally:
-            gateway.stop()
-            history.stop()
+        gateway = start_service("megaservice", "GATEWAY_", env, name="gateway", log_dir=logs, timeout_s=120)
+        running.callback(gateway.stop)
+        yield Stack(mesh, redis_url, gateway)
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(redis_url, database_url, tmp_path_factory.mktemp("cache")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -373,3 +378,40 @@ def test_a_failing_service_is_still_its_error_and_nothing_is_cached(stack: Stack
     finally:
         stack.mesh.stubs.reset()
     assert ask(admin, messages=q, collection=coll)["cached"] is False
+
+
+def test_under_pgvector_the_versions_are_read_in_postgres_and_a_write_makes_the_next_ask_a_miss(
+    redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """VECTORSTORE_BACKEND=pgvector: the entries stay in the gateway's Redis, the content versions are PostgreSQL's
+    (bumped in each write's transaction, through the store's own code as dataprep runs it)."""
+    logs = tmp_path_factory.mktemp("cache-pgvector")
+
+    async def write(coll: str, step: str) -> int:
+        store = make_store("pgvector", database_url=database_url)
+        await store.open()
+        try:
+            if step == "ingest":
+                await store.ensure_collection(coll, DIM)
+                record = documents.DocumentRecord(doc_id="d1", source="new.txt", sha256=secrets.token_hex(8))
+                await store.replace_document(coll, record, [documents.Chunk("new text", VECTOR)])
+            else:
+                await store.delete_document(coll, "d1")
+            return (await store.content_versions([coll]))[coll]
+        finally:
+            await store.close()
+
+    with running_stack(redis_url, database_url, logs, backend="pgvector") as pg, pg.client(pg.login(*ADMIN)) as admin:
+        cache = admin.get("/v1/admin/system").json()["cache"]
+        assert cache == {"status": "up", "enabled": True, "versions": "pgvector", "reachable": True, "semantic": False}
+        coll, q = shared_collection(admin), question()
+        calls = pg.llm_calls()
+        assert ask(admin, messages=q, collection=coll)["cached"] is False
+        versions = []
+        for step in ("ingest", "replace", "delete"):
+            assert ask(admin, messages=q, collection=coll)["cached"] is True
+            versions.append(asyncio.run(write(coll, "ingest" if step == "replace" else step)))
+            assert ask(admin, messages=q, collection=coll)["cached"] is False, step  # no wait: the next ask misses
+        assert versions == [1, 2, 3] and pg.llm_calls() == calls + 4
+        assert not cache_redis(pg).exists(version_key(coll))  # the versions were not Redis's
+        assert admin.get("/v1/admin/cache/stats").json()["hits"] >= 3
