@@ -1,6 +1,7 @@
 """Field types of request bodies whose values go into PostgreSQL, refused up front (a 400 naming the field)
 where PostgreSQL would refuse them later (a 500): text with NUL characters (``text`` and ``jsonb`` cannot hold
-U+0000), integers beyond a 4-byte column, and timestamps given as numbers (a date is an ISO 8601 string)."""
+U+0000), integers beyond a 4-byte column (in JSON: beyond 64 bits, which the encoder refuses), and timestamps
+given as numbers (a date is an ISO 8601 string)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,13 @@ def _no_nul(value: str) -> str:
 
 
 def _json_without_nul(value: Any) -> Any:
-    if value is not None and b"\\u0000" in orjson.dumps(value):
+    if value is None:
+        return value
+    try:
+        encoded = orjson.dumps(value)
+    except TypeError:  # what orjson (and so the store) cannot encode: integers beyond 64 bits
+        raise PydanticCustomError("json_type", "must not hold integers beyond 64 bits") from None
+    if b"\\u0000" in encoded:
         raise PydanticCustomError("nul_character", "must not contain NUL characters (\\u0000)")
     return value
 
