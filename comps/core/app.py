@@ -42,7 +42,7 @@ from comps.core.errors import (
     error_envelope,
     install_error_handlers,
 )
-from comps.core.http import HttpClient
+from comps.core.http import KEEPALIVE_S, HttpClient
 from comps.core.observability import ObservabilityMiddleware, flush_spans, setup_logging, setup_tracing
 from comps.core.settings import ServiceSettings
 from comps.core.tasks import FATAL_EXIT_CODE, exit_on_fatal, fatal_reason
@@ -339,6 +339,9 @@ class BearerAuthMiddleware:
         await self.app(scope, receive, send)
 
 
+SERVER_KEEPALIVE_S = 2 * KEEPALIVE_S
+
+
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
     """Run ``app`` until SIGINT/SIGTERM; in-flight requests get ``drain_timeout_s`` to finish. After a
     `comps.core.tasks.fatal` the process exits with `FATAL_EXIT_CODE`."""
@@ -350,6 +353,9 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        # Idle keep-alive connections outlive the mesh's clients' (`comps.core.http.KEEPALIVE_S`): a server that
+        # closed first would race a client reusing the connection at that moment (a reset seen as a 503).
+        timeout_keep_alive=SERVER_KEEPALIVE_S,
         lifespan="on",
     )
     exit_on_fatal()

@@ -23,6 +23,7 @@ T = TypeVar("T")
 
 MAX_JSON_BYTES = 64 * 1024 * 1024  # most bytes of one JSON answer read into memory (a full embedding batch fits)
 ERROR_BODY_BYTES = 8192  # what is read of an upstream error answer
+KEEPALIVE_S = 15  # an idle pooled connection is closed by the client after this; servers keep theirs longer
 
 
 class HttpClient:
@@ -36,7 +37,9 @@ class HttpClient:
 
     async def start(self) -> None:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._pool_size, limit_per_host=self._pool_size, ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(
+                limit=self._pool_size, limit_per_host=self._pool_size, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE_S
+            )
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout_s),
