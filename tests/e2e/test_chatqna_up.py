@@ -92,8 +92,12 @@ def test_chatqna_up_serves_and_stops_cleanly(models_dir: Path, tmp_path: Path) -
             "chathistory",
             "prompts",
             "gateway",
+            "ui",
         }
         assert f"127.0.0.1:{ports['MEGA_SERVICE_PORT']}" in rows["gateway"]
+        ui = f"http://127.0.0.1:{ports['UI_PORT']}"
+        assert ui in rows["ui"] and f"Chat in your browser: {ui}" in table
+        assert httpx.get(ui, timeout=30).status_code == 200  # the chat UI's page
         admin = next(line for line in table if line.startswith("Created the first admin: "))
         user, password = admin.removeprefix("Created the first admin: ").split(" / password: ")
         password = password.split()[0]
