@@ -55,7 +55,7 @@ from megaservice import prompt as prompt_text
 from megaservice.protocol import ChatQnARequest
 
 if TYPE_CHECKING:  # the store's modules (numpy, asyncpg) load only when one is configured
-    from comps.vectorstore.protocol import VectorStore
+    from comps.vectorstore.versions import PgVersions
 
 log = logging.getLogger("megaservice.cache")
 
@@ -357,7 +357,7 @@ class StoreVersions:
     in PostgreSQL, bumped in each write's transaction): one query per lookup, then the entry by the versioned key.
     Without one, the versions are read in Redis, in the lookup's own round trip."""
 
-    def __init__(self, store: VectorStore, *, timeout_s: float) -> None:
+    def __init__(self, store: PgVersions, *, timeout_s: float) -> None:
         self.store = store
         self.name = store.name
         self.timeout_s = timeout_s

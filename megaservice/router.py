@@ -21,6 +21,7 @@ from comps.identity.router import build_router as identity_router
 from comps.identity.service import IdentityService, LoginLimiter
 from comps.sqlstore import Database
 from comps.sqlstore.db import migrate_when_up
+from comps.vectorstore.versions import PgVersions
 from megaservice import admin, conversations, documents, models
 from megaservice import cache as answer_cache
 from megaservice.access import Access
@@ -328,12 +329,11 @@ def _answer_cache(settings: GatewaySettings, deps: Dependencies, embedding: Node
     if not (settings.cache_enabled and settings.redis_url):
         return None
     versions = None
-    if settings.vectorstore_backend != "redis":
-        from comps.vectorstore.stores import make_store  # the store's client (numpy, asyncpg) only when used
-
+    if settings.vectorstore_backend == "pgvector":
         url = settings.vectorstore_database_url or settings.database_url
-        store = make_store(settings.vectorstore_backend, database_url=url)
-        versions = answer_cache.StoreVersions(store, timeout_s=settings.cache_timeout_s)
+        if not url:
+            return None  # nowhere to read the versions: no cache rather than a stale one
+        versions = answer_cache.StoreVersions(PgVersions(url), timeout_s=settings.cache_timeout_s)
 
     async def embed(text: str) -> list[float]:
         assert deps.http is not None

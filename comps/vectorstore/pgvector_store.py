@@ -51,6 +51,7 @@ from comps.vectorstore.search import (
     query_words,
     rrf,
 )
+from comps.vectorstore.versions import asyncpg_dsn, pg_content_versions
 
 log = logging.getLogger("comps.vectorstore.pgvector")
 
@@ -157,11 +158,8 @@ class PgvectorStore:
                 await migrate_when_up(db, what="the vector store (PostgreSQL)")
             finally:
                 await db.close()
-        from sqlalchemy.engine import make_url
-
-        dsn = make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
         self._pool = await asyncpg.create_pool(
-            dsn, min_size=1, max_size=self.pool_size, init=_init_connection, command_timeout=60
+            asyncpg_dsn(self.url), min_size=1, max_size=self.pool_size, init=_init_connection, command_timeout=60
         )
 
     async def close(self) -> None:
@@ -343,13 +341,8 @@ class PgvectorStore:
         return 0
 
     async def content_versions(self, collections: Sequence[str]) -> dict[str, int]:
-        names = list(dict.fromkeys(collections))
         async with self.connection() as conn:
-            rows = await conn.fetch(
-                "SELECT collection, version FROM vectorstore_versions WHERE collection = ANY($1::text[])", names
-            )
-        found = {row["collection"]: int(row["version"]) for row in rows}
-        return {name: found.get(name, 0) for name in names}
+            return await pg_content_versions(conn, collections)
 
     @staticmethod
     async def _lock_document(conn: asyncpg.Connection, collection: str, doc_id: str) -> None:
