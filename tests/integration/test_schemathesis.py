@@ -42,9 +42,16 @@ BOUNDED = settings(
 )
 
 
+UVICORN_REFUSAL = "Invalid HTTP request received."
+
+
 def error_envelope(ctx: Any, response: Any, case: Any) -> bool | None:
-    """A 4xx or 5xx answer is ``{"error": {"message", "type", "param", "code"}}``."""
+    """A 4xx or 5xx answer is ``{"error": {"message", "type", "param", "code"}}``; but for a request that is not
+    valid HTTP at all (a negative case can make a header no HTTP parser takes), which uvicorn refuses itself before
+    any application sees it."""
     if response.status_code < 400:
+        return None
+    if response.status_code == 400 and response.text == UVICORN_REFUSAL:
         return None
     body = response.json()
     err = body.get("error") if isinstance(body, dict) else None
