@@ -53,6 +53,7 @@ from comps.vectorstore.client import redis_errors
 from comps.vectorstore.versions import version_key
 from megaservice import prompt as prompt_text
 from megaservice.protocol import ChatQnARequest
+from megaservice.sse import delta_content
 
 if TYPE_CHECKING:  # the store's modules (numpy, asyncpg) load only when one is configured
     from comps.vectorstore.versions import PgVersions
@@ -339,14 +340,12 @@ class Capture:
             self.model = chunk["model"]
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
+        if (content := delta_content(chunk)) is not None:
+            self.parts.append(content)
         choices = chunk.get("choices")
         if choices and isinstance(choices, list) and isinstance(choices[0], dict):
-            choice = choices[0]
-            content = (choice.get("delta") or {}).get("content")
-            if isinstance(content, str):
-                self.parts.append(content)
-            if isinstance(choice.get("finish_reason"), str):
-                self.finish_reason = choice["finish_reason"]
+            if isinstance(finish := choices[0].get("finish_reason"), str):
+                self.finish_reason = finish
 
 
 Embed = Callable[[str], Awaitable[list[float]]]

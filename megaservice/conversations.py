@@ -41,6 +41,7 @@ from comps.core.http import HttpClient
 from comps.core.observability import outgoing_headers
 from comps.identity.auth import principal_of
 from megaservice.protocol import ChatQnARequest, Message
+from megaservice.sse import delta_content
 
 log = logging.getLogger("megaservice.conversations")
 
@@ -228,11 +229,8 @@ class Turn:
             self.model = chunk["model"]
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
-        choices = chunk.get("choices")
-        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
-            content = (choices[0].get("delta") or {}).get("content")
-            if isinstance(content, str):
-                self.parts.append(content)
+        if (content := delta_content(chunk)) is not None:
+            self.parts.append(content)
 
     def completed(self, completion: dict[str, Any]) -> None:
         """A whole (non-streamed) completion."""

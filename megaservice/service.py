@@ -39,7 +39,7 @@ from megaservice.prompt import Passage, is_follow_up, user_turns
 from megaservice.prompts import Prompts, UsedPrompt, applied
 from megaservice.protocol import ChatQnACompletion, ChatQnARequest, Source
 from megaservice.settings import GatewaySettings
-from megaservice.sse import DONE, data_of, error_event, event, event_blocks
+from megaservice.sse import DONE, data_of, delta_content, error_event, event, event_blocks
 from megaservice.tracing import StreamTrace, Tracing
 from megaservice.usage import Meter, UsageRecorder
 
@@ -411,7 +411,7 @@ class _Relay:
         an error stays the envelope in both."""
         if not self.opea or data.startswith(b'{"error"'):
             return event(data)
-        content = _content(_json(data))
+        content = delta_content(_json(data))
         return opea_token(content) if content else None
 
     def _inspect(self, data: bytes) -> bytes | None:
@@ -481,20 +481,8 @@ def _json(data: bytes) -> object:
         return None
 
 
-def _content(chunk: object) -> str | None:
-    """A chunk's delta content."""
-    if not isinstance(chunk, dict):
-        return None
-    choices = chunk.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return None
-    delta = choices[0].get("delta")
-    content = delta.get("content") if isinstance(delta, dict) else None
-    return content if isinstance(content, str) else None
-
-
 def _has_content(chunk: object) -> bool:
-    return bool(_content(chunk))
+    return bool(delta_content(chunk))
 
 
 def opea_token(text: str) -> bytes:
