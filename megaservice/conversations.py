@@ -7,11 +7,16 @@ after the answer has gone out. ``store: true`` without an id starts a new conver
 (told on the first chunk / in the reply as ``conversation_id``); chathistory creates it with that first write.
 
 - Storing never delays the answer: the write is a task started when the stream ends. A request on the same
-  conversation that comes while that write is in flight does not wait for it: its context is the one the
-  write will leave (the previous turn's context and exchange, within the same budget, as chathistory selects
-  it), so it always sees the previous turn (read-your-writes; per gateway process: a client that alternates
-  between gateway replicas may race the write). Its own write waits for the one before, so turns are stored
+  conversation that comes to this gateway while that write is in flight does not wait for it: its context is the
+  one the write will leave (the previous turn's context and exchange, within the same budget, as chathistory
+  selects it), so it always sees the previous turn. Its own write waits for the one before, so turns are stored
   in order.
+- Across gateway replicas: a turn is marked in flight in chathistory when it begins (the context read
+  ``POST .../turns`` marks it; a new conversation's, or one whose context is known here, is marked by a ``PUT``
+  sent while the answer is prepared, which the answer's end waits for: nearly always long done). The mark is
+  renewed every half lease during a long answer and cleared by the write (a request that fails releases it), and
+  chathistory's reads of that conversation wait while it holds (`comps/chathistory/turns.py`): a request that
+  reaches another replica while the answer is still being written sees it too.
 - A client that leaves mid-answer: the partial answer is stored, marked ``cut_short``.
 - The store down: the chat still answers, without the earlier turns; the reply says ``conversation_saved:
   false`` and ``chatqna_gateway_conversation_not_saved_total`` counts it. A write that fails after the answer
@@ -56,13 +61,15 @@ DOWN_FOR_S = 5.0  # after a failed write, replies say "not saved" this long with
 class Memory:
     """Loads a conversation's context before the graph and stores the exchange after it."""
 
-    def __init__(self, url: str, *, timeout_s: float, budget_tokens: int) -> None:
+    def __init__(self, url: str, *, timeout_s: float, budget_tokens: int, lease_s: float = 10.0) -> None:
         self.base = url.rstrip("/") + "/v1/conversations"
         self.timeout_s = timeout_s
         self.budget = budget_tokens
+        self.lease_s = lease_s  # a turn's mark in flight holds this long unless renewed (every half of it)
         self.pending: dict[str, asyncio.Task[None]] = {}  # conversation id -> its write in flight
         self.owners: dict[str, str] = {}  # conversation id -> user id, of the writes in flight
         self.after: dict[str, list[Message]] = {}  # conversation id -> its context once the writes in flight land
+        self.releasing: set[asyncio.Task[None]] = set()  # releases of failed turns' marks in flight
         self.down_until = 0.0
 
     def store_down(self) -> bool:
@@ -73,19 +80,30 @@ class Memory:
         headers = dict(caller_headers_var.get())
         question = _last_question(req.chat())
         if req.conversation_id is None:
-            return Turn(self, http, headers, str(uuid.uuid4()), req, question, new=True, saved=not self.store_down())
+            turn = Turn(self, http, headers, str(uuid.uuid4()), req, question, new=True, saved=not self.store_down())
+            if turn.saved:
+                self._mark(turn)
+            return turn
         cid = _uuid(req.conversation_id)
         if cid in self.after and self.owners.get(cid) == headers.get(USER_ID_HEADER):
             # read-your-writes without waiting: the previous answer is being stored, its context is known
-            return self._continue(req, http, headers, cid, question, self.after[cid])
+            turn = self._continue(req, http, headers, cid, question, self.after[cid])
+            self._mark(turn)
+            return turn
+        turn_id = str(uuid.uuid4())
+        body = {"turn_id": turn_id, "max_tokens": self.budget, "lease_s": self.lease_s}
         try:
             ctx = await http.request_json(
-                "GET",
-                f"{self.base}/{cid}/context?max_tokens={self.budget}",
+                "POST",  # the context, once no other turn is in flight (at most a lease), and this turn marked
+                f"{self.base}/{cid}/turns",
                 node="chathistory",
-                timeout_s=self.timeout_s,
+                timeout_s=self.timeout_s + self.lease_s,
+                content=orjson.dumps(body),
                 headers=headers,
             )
+        except asyncio.CancelledError:  # the search failed first: the mark may have been made
+            self._release(http, headers, cid, turn_id)
+            raise
         except UpstreamError as exc:
             if exc.upstream_status == 404:
                 raise NotFound(f"no conversation {req.conversation_id!r}", code="conversation_not_found") from None
@@ -96,7 +114,9 @@ class Memory:
             log.warning("conversation %s: store unavailable, answering without memory: %s", cid, exc.message)
             return Turn(self, http, headers, cid, req, question, new=False, saved=False)
         history = [Message(role=m["role"], content=m["content"]) for m in ctx.get("messages", ())]
-        return self._continue(req, http, headers, cid, question, history)
+        turn = self._continue(req, http, headers, cid, question, history, turn_id)
+        turn.renewal = asyncio.get_running_loop().call_later(self.lease_s / 2, self._renew, turn)
+        return turn
 
     def _continue(
         self,
@@ -106,6 +126,7 @@ class Memory:
         cid: str,
         question: str,
         history: list[Message],
+        turn_id: str | None = None,
     ) -> Turn:
         own = req.chat()
         system = [m for m in own if m.role == "system"]
@@ -113,8 +134,75 @@ class Memory:
         turn = Turn(
             self, http, headers, cid, req.model_copy(update={"messages": merged}), question, new=False, saved=True
         )
+        if turn_id is not None:
+            turn.turn_id = turn_id
         turn.history = history
         return turn
+
+    # -- the turn's mark in flight (comps/chathistory/turns.py): read-your-writes across gateway replicas ------
+
+    def _mark(self, turn: Turn) -> None:
+        """Mark the turn in flight without reading (a new conversation, or a context known here), while the
+        answer is prepared; the answer's end waits for it (`Turn.landed`), so the next request, on any replica,
+        finds the mark or the answer."""
+        turn.marking = asyncio.create_task(self._put_mark(turn), name=f"mark-{turn.conversation_id}")
+
+    async def _put_mark(self, turn: Turn) -> None:
+        try:
+            async with turn.http.stream(
+                "PUT",
+                f"{self.base}/{turn.conversation_id}/turns/{turn.turn_id}?lease_s={self.lease_s:g}",
+                node="chathistory",
+                timeout_s=self.timeout_s,
+                headers=turn.headers,
+            ):
+                pass
+        except UpstreamError as exc:  # the write will tell the store is down; reads just do not wait
+            log.warning("conversation %s: the turn was not marked in flight: %s", turn.conversation_id, exc.message)
+        if not turn.ended:
+            turn.renewal = asyncio.get_running_loop().call_later(self.lease_s / 2, self._renew, turn)
+
+    def _renew(self, turn: Turn) -> None:
+        """A long answer: its mark is renewed every half lease until it is written."""
+        if not turn.ended:
+            turn.marking = asyncio.create_task(self._put_mark(turn), name=f"renew-{turn.conversation_id}")
+
+    def release(self, turn: Turn) -> None:
+        """A turn that will store nothing (its request failed before an answer): its mark goes now."""
+        if turn.ended:
+            return
+        turn.ended = True
+        if turn.renewal is not None:
+            turn.renewal.cancel()
+        if turn.saved:
+            self._release(turn.http, turn.headers, turn.conversation_id, turn.turn_id, turn.marking)
+
+    def _release(
+        self,
+        http: HttpClient,
+        headers: dict[str, str],
+        cid: str,
+        turn_id: str,
+        marking: asyncio.Task[None] | None = None,
+    ) -> None:
+        async def release() -> None:
+            if marking is not None:
+                await asyncio.wait([marking])
+            try:
+                async with http.stream(
+                    "DELETE",
+                    f"{self.base}/{cid}/turns/{turn_id}",
+                    node="chathistory",
+                    timeout_s=self.timeout_s,
+                    headers=headers,
+                ):
+                    pass
+            except UpstreamError as exc:  # the mark expires with its lease
+                log.warning("conversation %s: the turn was not released: %s", cid, exc.message)
+
+        task = asyncio.create_task(release(), name=f"release-{cid}")
+        self.releasing.add(task)
+        task.add_done_callback(self.releasing.discard)
 
     async def settle(self, user_id: str | None) -> None:
         """Wait (bounded) for the writes in flight of every conversation of this user."""
@@ -124,6 +212,8 @@ class Memory:
 
     def save(self, turn: Turn, *, cut_short: bool) -> None:
         """Store the exchange in the background; the conversation's next request waits for it."""
+        if turn.renewal is not None:
+            turn.renewal.cancel()
         if not turn.saved:
             return
         cid = turn.conversation_id
@@ -144,8 +234,9 @@ class Memory:
         task.add_done_callback(forget)
 
     async def _write(self, turn: Turn, cut_short: bool, content: str, before: asyncio.Task[None] | None) -> None:
-        if before is not None:
-            await asyncio.wait([before])
+        waits = [t for t in (before, turn.marking) if t is not None]
+        if waits:
+            await asyncio.wait(waits)
         answer: dict[str, Any] = {
             "role": "assistant",
             "content": content,
@@ -158,7 +249,11 @@ class Memory:
         }
         if turn.prompt is not None:
             answer |= {"prompt_id": turn.prompt.id, "prompt_version": turn.prompt.version}
-        body = {"messages": [{"role": "user", "content": turn.question}, answer], "create": turn.new}
+        body = {
+            "messages": [{"role": "user", "content": turn.question}, answer],
+            "create": turn.new,
+            "turn_id": turn.turn_id,
+        }
         try:
             async with turn.http.stream(
                 "POST",
@@ -179,7 +274,7 @@ class Memory:
 
     async def drain(self, timeout_s: float = 10.0) -> None:
         """On shutdown: let the writes in flight finish (bounded)."""
-        tasks = list(self.pending.values())
+        tasks = [*self.pending.values(), *self.releasing]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout_s)
 
@@ -216,6 +311,15 @@ class Turn:
         self.history: list[Message] = []  # the earlier turns put before the question
         self.cached = False  # the answer came from the answer cache
         self.ended = False
+        self.turn_id = str(uuid.uuid4())  # its mark in flight in chathistory
+        self.marking: asyncio.Task[None] | None = None  # the mark (or its renewal) being made
+        self.renewal: asyncio.TimerHandle | None = None  # the next renewal of the mark
+
+    async def landed(self) -> None:
+        """Before the answer's end goes out: the turn's mark is made (it nearly always is by then: it was sent
+        when the turn began), so the client's next request, on whichever gateway, finds it or the answer."""
+        if self.marking is not None and not self.marking.done():
+            await asyncio.wait([self.marking], timeout=self.memory.timeout_s)
 
     def extras(self) -> dict[str, Any]:
         """What the reply (or the first chunk) says about the conversation."""
@@ -238,6 +342,10 @@ class Turn:
         self.usage = completion.get("usage")
         choices = completion.get("choices") or [{}]
         self.parts = [((choices[0].get("message") or {}).get("content")) or ""]
+
+    def release(self) -> None:
+        """The request failed before any answer: nothing is stored, the mark in flight goes."""
+        self.memory.release(self)
 
     def end(self, *, cut_short: bool) -> None:
         """Store the exchange (once, however the answer ended)."""

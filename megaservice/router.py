@@ -276,7 +276,10 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     auth = AuthState(settings.auth_enabled)
     memory = (
         conversations.Memory(
-            settings.chathistory_url, timeout_s=settings.chathistory_timeout_s, budget_tokens=settings.history_tokens
+            settings.chathistory_url,
+            timeout_s=settings.chathistory_timeout_s,
+            budget_tokens=settings.history_tokens,
+            lease_s=settings.turn_lease_s,
         )
         if settings.chathistory_url
         else None

@@ -126,45 +126,56 @@ class ChatQnA:
         used: UsedPrompt | None = None
         # What loads while the passages are found; not for a cacheable request, whose key needs it all first.
         later = None if self._may_cache(req, pipe) else self._later(req, pipe, http)
-        if later is None:
-            if req.prompt is not None and self.prompts is not None:
-                req, used = await self.prompts.apply(req, http)
-            if (turn := await self._turn(req, http)) is not None:
-                turn.prompt = used
-                req = turn.request  # with the conversation's earlier turns
-        q = Question.of(req, retrieves=pipe.name != "llm-only", rag=self.rag)
-        look = await self._look(pipe, q, used, model) if self.cache is not None and later is None else None
-        request.state.cached = look is not None and look.answer is not None  # a cache hit (the meter's `cached`)
-        if look is not None and look.answer is not None:
+        try:
+            if later is None:
+                if req.prompt is not None and self.prompts is not None:
+                    req, used = await self.prompts.apply(req, http)
+                if (turn := await self._turn(req, http)) is not None:
+                    turn.prompt = used
+                    req = turn.request  # with the conversation's earlier turns
+            q = Question.of(req, retrieves=pipe.name != "llm-only", rag=self.rag)
+            look = await self._look(pipe, q, used, model) if self.cache is not None and later is None else None
+            request.state.cached = look is not None and look.answer is not None  # a cache hit (the meter's `cached`)
+            if look is not None and look.answer is not None:
+                self._counts[pipe.name, req.stream].inc()
+                self.tracing.chain(
+                    trace.get_current_span(), pipe.name, q, request, turn.conversation_id if turn else None
+                )
+                if meter is not None:
+                    meter.cached = True
+                    meter.usage(look.answer.usage)
+                    meter.first_token(time.perf_counter())
+                    meter.end("ok")
+                if turn is not None:
+                    await turn.landed()
+                return self._replay(look.answer, req, turn)
+            if q.retrieves and (req.question_rewrite or self.question_rewrite) == "condense":
+                standalone = await self.condenser.standalone(q.chat, http)
+                if standalone:
+                    q = dataclasses.replace(q, query=standalone)
             self._counts[pipe.name, req.stream].inc()
             self.tracing.chain(trace.get_current_span(), pipe.name, q, request, turn.conversation_id if turn else None)
-            if meter is not None:
-                meter.cached = True
-                meter.usage(look.answer.usage)
-                meter.first_token(time.perf_counter())
-                meter.end("ok")
-            return self._replay(look.answer, req, turn)
-        if q.retrieves and (req.question_rewrite or self.question_rewrite) == "condense":
-            standalone = await self.condenser.standalone(q.chat, http)
-            if standalone:
-                q = dataclasses.replace(q, query=standalone)
-        self._counts[pipe.name, req.stream].inc()
-        self.tracing.chain(trace.get_current_span(), pipe.name, q, request, turn.conversation_id if turn else None)
-        try:
-            if not req.stream:
-                return await until_disconnect(request, self._complete(pipe, q, http, turn, later, meter, look))
-            stream = await until_disconnect(request, self._open(pipe, q, http, arrived, turn, later, opea, meter, look))
-        except ClientGone:
-            CLIENT_GONE.inc()
-            if (turn := turn or (later.turn() if later else None)) is not None:
-                turn.end(cut_short=True)
-            return Response(status_code=499)
-        return StreamingResponse(
-            stream.events(),
-            media_type="text/event-stream",
-            headers=STREAM_HEADERS,
-            background=BackgroundTask(stream.close),
-        )
+            try:
+                if not req.stream:
+                    return await until_disconnect(request, self._complete(pipe, q, http, turn, later, meter, look))
+                stream = await until_disconnect(
+                    request, self._open(pipe, q, http, arrived, turn, later, opea, meter, look)
+                )
+            except ClientGone:
+                CLIENT_GONE.inc()
+                if (turn := turn or (later.turn() if later else None)) is not None:
+                    turn.end(cut_short=True)
+                return Response(status_code=499)
+            return StreamingResponse(
+                stream.events(),
+                media_type="text/event-stream",
+                headers=STREAM_HEADERS,
+                background=BackgroundTask(stream.close),
+            )
+        except BaseException:  # no answer: a turn that began stores nothing, its mark in flight goes
+            if (failed := turn or (later.turn() if later else None)) is not None:
+                failed.release()
+            raise
 
     async def _turn(self, req: ChatQnARequest, http: HttpClient) -> Turn | None:
         """The conversation turn of a request with ``conversation_id`` or ``store: true`` (else None)."""
@@ -287,6 +298,7 @@ class ChatQnA:
         turn.sources = reply["sources"]
         turn.completed(reply)
         turn.end(cut_short=False)
+        await turn.landed()
         return Response(orjson.dumps(reply | turn.extras()), media_type="application/json")
 
     async def _open(
@@ -373,6 +385,8 @@ class _Relay:
                         if data == b"[DONE]":
                             self.finished = True
                             await self._keep()  # before [DONE]: the client's next request finds it
+                            if self.turn is not None:
+                                await self.turn.landed()  # and finds the turn in flight (or stored)
                             out.append(DONE)
                             yield b"".join(out)
                             return

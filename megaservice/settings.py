@@ -114,6 +114,14 @@ class GatewaySettings(ServiceSettings):
     chathistory_timeout_s: float = Field(
         default=5.0, gt=0, description="Longest wait for a conversation's context or a proxied chathistory call."
     )
+    turn_lease_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="A conversation's turn is marked in flight in chathistory when it begins, renewed every half of "
+        "this while the answer runs, and cleared by the answer's write: a next request on any gateway replica waits "
+        "for that write. A gateway that dies leaves a mark that holds at most this long.",
+    )
     prompts_url: str | None = Field(
         default=local_url("prompts"), description="The prompt registry (requests' `prompt`); unset: none."
     )

@@ -6,6 +6,7 @@ body (OPEA's bodies carry one; it is accepted and ignored).
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -115,6 +116,19 @@ class Append(BaseModel):
     messages: list[MessageIn] = Field(min_length=1, max_length=100)
     create: bool = False
     title: StoredText | None = Field(default=None, max_length=TITLE_MAX)
+    turn_id: uuid.UUID | None = Field(default=None, description="The turn in flight this answers: its mark is cleared.")
+
+
+class TurnStart(BaseModel):
+    """A chat turn begins: its context is read and the turn marked in flight (`comps/chathistory/turns.py`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    turn_id: uuid.UUID
+    max_tokens: int = Field(default=1024, ge=1, le=1_000_000)
+    lease_s: float = Field(
+        default=10.0, gt=0, le=300, description="How long the mark holds unless renewed, written or released."
+    )
 
 
 class Appended(BaseModel):

@@ -35,12 +35,13 @@ from comps.chathistory.protocol import (
     OpeaFeedbackGet,
     OpeaGet,
     SessionCounts,
+    TurnStart,
 )
 from comps.chathistory.service import ChatHistory, title_of
 from comps.chathistory.settings import ChatHistorySettings
 from comps.core.app import create_app, ready_backend
 from comps.core.caller import Caller, caller_of
-from comps.core.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized
+from comps.core.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized
 from comps.core.http import HttpClient
 from comps.sqlstore.db import StoreBackend
 
@@ -62,8 +63,18 @@ class Store(StoreBackend):
     async def warm_up(self, http: HttpClient) -> None:
         db = await self.open_store()
         self.service = ChatHistory(
-            db, max_context_messages=self.settings.max_context_messages, async_commit=self.settings.async_commit
+            db,
+            max_context_messages=self.settings.max_context_messages,
+            async_commit=self.settings.async_commit,
+            pool_size=self.settings.pool_size,
+            turn_wait_s=self.settings.turn_wait_s,
         )
+        await self.service.pg()
+
+    async def close(self) -> None:
+        if self.service is not None:
+            await self.service.close()
+        await super().close()
 
 
 async def _service(request: Request) -> ChatHistory:
@@ -169,7 +180,38 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
     @router.post("/v1/conversations/{conversation_id}/messages", status_code=201, response_model=Appended)
     async def append(conversation_id: str, body: Append, service: Service, user: User) -> Appended:
         """Add messages; ``create: true`` makes the conversation of this id first if there is none."""
-        return await service.append(user, conversation_id, body.messages, create=body.create, title=body.title)
+        return await service.append(
+            user, conversation_id, body.messages, create=body.create, title=body.title, turn_id=body.turn_id
+        )
+
+    @router.post("/v1/conversations/{conversation_id}/turns", response_model=Context)
+    async def begin_turn(conversation_id: str, body: TurnStart, service: Service, user: User) -> Response:
+        """A chat turn begins (the gateway): the context, as ``/context`` answers it, read once no other turn of
+        the conversation is in flight (waiting at most ``lease_s``), and this turn marked in flight for
+        ``lease_s`` (until its answer is written, or released)."""
+        return _json(
+            await service.context(user, conversation_id, body.max_tokens, turn_id=body.turn_id, lease_s=body.lease_s)
+        )
+
+    @router.put("/v1/conversations/{conversation_id}/turns/{turn_id}", status_code=204)
+    async def mark_turn(
+        conversation_id: str,
+        turn_id: uuid.UUID,
+        service: Service,
+        user: User,
+        lease_s: Annotated[float, Query(gt=0, le=300)] = 10.0,
+    ) -> Response:
+        """Mark (or renew) a turn in flight without reading (the conversation may not exist yet: its first turn);
+        404 when it is another user's."""
+        if not await service.mark(user, conversation_id, turn_id, lease_s):
+            raise NotFound(f"no conversation {conversation_id!r}", code="conversation_not_found")
+        return Response(status_code=204)
+
+    @router.delete("/v1/conversations/{conversation_id}/turns/{turn_id}", status_code=204)
+    async def release_turn(conversation_id: str, turn_id: uuid.UUID, service: Service, user: User) -> Response:
+        """A turn that will store nothing (its request failed): the reads waiting for it go on."""
+        await service.release(user, turn_id)
+        return Response(status_code=204)
 
     @router.get("/v1/conversations/{conversation_id}/context", response_model=Context)
     async def context(

@@ -6,12 +6,16 @@ each (an import too: all of it or nothing).
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import asyncpg
 import orjson
 from sqlalchemy import Select, and_, delete, distinct, exists, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -40,8 +44,10 @@ from comps.chathistory.protocol import (
     SessionCounts,
     estimate_tokens,
 )
+from comps.chathistory.turns import BLOCKED_SQL, MARK_SQL, RELEASE_SQL, TurnWaits
 from comps.core.errors import BadRequest, NotFound, ServiceError
 from comps.sqlstore import Database
+from comps.sqlstore.db import asyncpg_dsn
 
 _Sel = TypeVar("_Sel", bound="Select[*tuple[Any, ...]]")
 
@@ -103,25 +109,44 @@ def _like(text: str) -> str:
 # The newest messages (at most $3) within the budget ($4) of token estimates summed newest first, oldest first,
 # with the conversation's message count; its newest message always comes, so that an owned conversation is never
 # mistaken for a foreign one (the caller drops it when it alone is over the budget). $1: conversation, $2: owner.
+# With $7, only when no other turn of the conversation is in flight (`turns.py`): else one row whose last column is
+# the seconds until that turn's lease ends (and nothing is read or marked). With turn $5, that turn is marked in
+# flight for $6 seconds in the same statement (when the conversation is $2's).
 CONTEXT_SQL = """
-SELECT role, content, used, total FROM (
+WITH blocked AS (
+    SELECT extract(epoch FROM max(p.expires_at) - clock_timestamp())::float8 AS wait_s
+    FROM pending_turns p
+    WHERE $7 AND p.conversation_id = $1 AND p.user_id = $2 AND p.expires_at > clock_timestamp()
+      AND p.turn_id IS DISTINCT FROM $5
+), owned AS (
+    SELECT EXISTS (SELECT 1 FROM conversations c WHERE c.id = $1 AND c.user_id = $2) AS yes
+), marked AS (
+    INSERT INTO pending_turns (turn_id, conversation_id, user_id, expires_at)
+    SELECT $5, $1, $2, clock_timestamp() + make_interval(secs => $6)
+    WHERE $5 IS NOT NULL AND (SELECT wait_s FROM blocked) IS NULL AND (SELECT yes FROM owned)
+    ON CONFLICT (turn_id) DO NOTHING
+)
+SELECT seq, role, content, used, total, NULL::float8 AS wait_s FROM (
     SELECT m.seq, m.role, m.content,
            sum(m.tokens) OVER (ORDER BY m.seq DESC ROWS UNBOUNDED PRECEDING) AS used,
            row_number() OVER (ORDER BY m.seq DESC) AS rn,
            count(*) OVER () AS total
     FROM messages m
-    WHERE m.conversation_id = $1 AND EXISTS (SELECT 1 FROM conversations c WHERE c.id = $1 AND c.user_id = $2)
+    WHERE m.conversation_id = $1 AND (SELECT yes FROM owned) AND (SELECT wait_s FROM blocked) IS NULL
     ORDER BY m.seq DESC
     LIMIT $3
 ) t
 WHERE used <= $4 OR rn = 1
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, wait_s FROM blocked WHERE wait_s IS NOT NULL
 ORDER BY seq
 """
 OWNED_SQL = "SELECT id FROM conversations WHERE id = $1 AND user_id = $2"
 
 # Messages added to conversation $1 of owner $2, created first when $3 (title $4) and missing; its updated_at
-# becomes $5. Nothing is written to a conversation of another owner (then the answer is 0: a 404). One statement:
-# the UPDATE does not see a row the INSERT of the same statement made, hence the two counts.
+# becomes $5; the mark of turn $19 in flight (`turns.py`) is cleared, and the reads waiting for it are woken.
+# Nothing is written to a conversation of another owner (then the answer is 0: a 404). One statement: the UPDATE
+# does not see a row the INSERT of the same statement made, hence the two counts.
 APPEND_SQL = """
 WITH made AS (
     INSERT INTO conversations (id, user_id, title, pinned, archived, created_at, updated_at)
@@ -143,8 +168,12 @@ WITH made AS (
               prompt_version, created_at)
     WHERE EXISTS (SELECT 1 FROM owned)
     RETURNING 1
+), cleared AS (
+    DELETE FROM pending_turns WHERE $19::uuid IS NOT NULL AND turn_id = $19 AND user_id = $2
+    RETURNING conversation_id
 )
 SELECT (SELECT count(*) FROM owned) + 0 * (SELECT count(*) FROM added)
+       + 0 * (SELECT count(pg_notify('chat_turns', conversation_id::text)) FROM cleared)
 """
 
 LISTED = (
@@ -215,10 +244,64 @@ def message_row(conversation_id: uuid.UUID, m: MessageIn, at: datetime | None = 
 
 
 class ChatHistory:
-    def __init__(self, db: Database, *, max_context_messages: int = 400, async_commit: bool = False) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_context_messages: int = 400,
+        async_commit: bool = False,
+        pool_size: int = 10,
+        turn_wait_s: float = 3.0,
+    ) -> None:
         self.db = db
         self.max_context_messages = max_context_messages
         self.async_commit = async_commit
+        self.pool_size = pool_size
+        self.turn_wait_s = turn_wait_s  # the longest a plain read waits for a turn in flight
+        self.turns = TurnWaits(asyncpg_dsn(db.url))
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+
+    async def pg(self) -> asyncpg.Pool:
+        """The asyncpg pool of the hot paths (a chat turn's context and write, the list): prepared statements, no
+        ORM, no checkout ping."""
+        if self._pool is None:
+            async with self._opening:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        asyncpg_dsn(self.db.url), min_size=1, max_size=self.pool_size
+                    )
+        return self._pool
+
+    async def close(self) -> None:
+        await self.turns.close()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _wait_turns(self, cid: uuid.UUID, user: uuid.UUID, wait_s: float) -> bool:
+        """Wait (at most ``wait_s``) until no turn of the conversation is in flight; False: one still is."""
+        deadline = time.monotonic() + wait_s
+        pool = await self.pg()
+        while True:
+            with self.turns.expect(cid) as cleared:
+                left = await pool.fetchval(BLOCKED_SQL, cid, user, None)
+                if left is None:
+                    return True
+                if not await self._wait(cleared, min(left, deadline - time.monotonic())):
+                    return False
+
+    async def _wait(self, cleared: asyncio.Future[None], wait_s: float) -> bool:
+        """Wait for the clear (or the lease's end); False when past the caller's bound. The listening connection is
+        opened first if it is not (then no wait: the caller reads the marks again, now listening)."""
+        if wait_s <= 0:
+            return False
+        if not self.turns.listening():
+            await self.turns.listen()
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(cleared, wait_s)
+        return True
 
     # -- conversations -------------------------------------------------------------------------------
 
@@ -305,7 +388,9 @@ class ChatHistory:
     # -- messages ------------------------------------------------------------------------------------
 
     async def messages(self, user: uuid.UUID, conversation_id: str, *, limit: int, cursor: str | None) -> MessagePage:
-        """Oldest first; the cursor continues after the last message of the previous page."""
+        """Oldest first; the cursor continues after the last message of the previous page. Waits (at most
+        ``turn_wait_s``) while a turn of the conversation is in flight, so an answer just given is there."""
+        await self._wait_turns(parse_id(conversation_id), user, self.turn_wait_s)
         async with self.db.session() as s:
             conv = await self._owned(s, user, conversation_id)
             stmt = (
@@ -326,11 +411,19 @@ class ChatHistory:
         )
 
     async def append(
-        self, user: uuid.UUID, conversation_id: str, messages: Sequence[MessageIn], *, create: bool, title: str | None
+        self,
+        user: uuid.UUID,
+        conversation_id: str,
+        messages: Sequence[MessageIn],
+        *,
+        create: bool,
+        title: str | None,
+        turn_id: uuid.UUID | None = None,
     ) -> Appended:
         """Add messages (the gateway: a question and its answer, after the answer); ``create`` makes the
-        conversation of that id when there is none (its title from the first question). The write of every chat
-        turn, so one statement on the asyncpg driver (`APPEND_SQL`)."""
+        conversation of that id when there is none (its title from the first question); ``turn_id``: the turn in
+        flight whose answer this is (its mark is cleared). The write of every chat turn, so one prepared statement on
+        the asyncpg pool (`APPEND_SQL`)."""
         cid = parse_id(conversation_id)
         now = datetime.now(UTC)
         rows = [message_row(cid, m, now) for m in messages]
@@ -351,31 +444,59 @@ class ChatHistory:
             [r.created_at for r in rows],
         )
         new_title = title if title is not None else title_of(first)
-        async with self.db.engine.connect() as conn:
-            driver = (await conn.get_raw_connection()).driver_connection
-            assert driver is not None
-            async with driver.transaction():
-                if self.async_commit:  # visible at once; only its flush to disk is not awaited
-                    await driver.execute("SET LOCAL synchronous_commit = off")
-                owned = await driver.fetchval(APPEND_SQL, cid, user, create, new_title, now, *columns)
+        pool = await self.pg()
+        async with pool.acquire() as conn, conn.transaction():
+            if self.async_commit:  # visible at once; only its flush to disk is not awaited
+                await conn.execute("SET LOCAL synchronous_commit = off")
+            owned = await conn.fetchval(APPEND_SQL, cid, user, create, new_title, now, *columns, turn_id)
         if not owned:
             raise NotFound(f"no conversation {conversation_id!r}", code="conversation_not_found")
         return Appended(conversation_id=str(cid), message_ids=[str(r.id) for r in rows])
 
-    async def context(self, user: uuid.UUID, conversation_id: str, max_tokens: int) -> Context:
+    async def context(
+        self,
+        user: uuid.UUID,
+        conversation_id: str,
+        max_tokens: int,
+        *,
+        turn_id: uuid.UUID | None = None,
+        lease_s: float = 0.0,
+    ) -> Context:
         """The newest messages whose token estimates fit ``max_tokens``, oldest first: one indexed query that
         checks the owner, sums the estimates newest first and returns only the kept rows. The hot path of every
-        chat turn, so it runs on the pooled connection's asyncpg driver (one round trip, no transaction)."""
+        chat turn: one prepared statement on the asyncpg pool. It waits while another turn of the conversation is
+        in flight (its answer not yet written), at most until that turn's lease ends and at most ``lease_s``
+        (``turn_wait_s`` for a plain read); with ``turn_id`` it marks that turn in flight for ``lease_s``."""
         cid = parse_id(conversation_id)
-        async with self.db.engine.connect() as conn:
-            driver = (await conn.get_raw_connection()).driver_connection
-            assert driver is not None
-            rows = await driver.fetch(CONTEXT_SQL, cid, user, self.max_context_messages, max_tokens)
-            if not rows and await driver.fetchval(OWNED_SQL, cid, user) is None:
-                raise NotFound(f"no conversation {conversation_id!r}", code="conversation_not_found")
-        kept = [ContextTurn.model_construct(role=r[0], content=r[1]) for r in rows if r[2] <= max_tokens]
-        total = rows[0][3] if rows else 0
+        pool = await self.pg()
+        deadline = time.monotonic() + (lease_s if turn_id is not None else self.turn_wait_s)
+        wait = True
+        while True:
+            with self.turns.expect(cid) as cleared:
+                rows = await pool.fetch(
+                    CONTEXT_SQL, cid, user, self.max_context_messages, max_tokens, turn_id, lease_s, wait
+                )
+                if rows and rows[-1][5] is not None:  # another turn in flight
+                    wait = await self._wait(cleared, min(rows[-1][5], deadline - time.monotonic()))
+                    continue
+            break
+        if not rows and await pool.fetchval(OWNED_SQL, cid, user) is None:
+            raise NotFound(f"no conversation {conversation_id!r}", code="conversation_not_found")
+        kept = [ContextTurn.model_construct(role=r[1], content=r[2]) for r in rows if r[3] <= max_tokens]
+        total = rows[0][4] if rows else 0
         return Context.model_construct(conversation_id=str(cid), messages=kept, dropped=total - len(kept))
+
+    async def mark(self, user: uuid.UUID, conversation_id: str, turn_id: uuid.UUID, lease_s: float) -> bool:
+        """Mark (or renew) a turn in flight without reading (`turns.py`); the conversation may not exist yet (its
+        first turn). False: not marked (another user's conversation)."""
+        pool = await self.pg()
+        status: str = await pool.execute(MARK_SQL, parse_id(conversation_id), user, turn_id, lease_s)
+        return status.endswith(" 1")
+
+    async def release(self, user: uuid.UUID, turn_id: uuid.UUID) -> None:
+        """A turn that will write nothing (its request failed): its mark goes, the reads waiting for it go on."""
+        pool = await self.pg()
+        await pool.fetchval(RELEASE_SQL, turn_id, user)
 
     async def replace_messages(
         self, user: uuid.UUID, conversation_id: str, messages: Sequence[MessageIn], title: str | None

@@ -30,5 +30,12 @@ class ChatHistorySettings(ServiceSettings):
         "for that transaction): visible at once, half the write's time; a crash of PostgreSQL itself (not a "
         "restart) may lose the last fraction of a second of turns. false: every write waits for the disk.",
     )
+    turn_wait_s: float = Field(
+        default=3.0,
+        ge=0,
+        le=60,
+        description="Longest a read of a conversation's context or messages waits while a chat turn of it is in "
+        "flight (its answer not yet stored by a gateway); a gateway's own next turn waits up to its turn's lease.",
+    )
     max_import_conversations: int = Field(default=1000, ge=1, description="Most conversations in one import.")
     max_page: int = Field(default=200, ge=1, le=1000, description="Most rows in one page of a list.")

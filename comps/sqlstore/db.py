@@ -45,6 +45,11 @@ def async_url(url: str) -> str:
     return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
 
 
+def asyncpg_dsn(url: str) -> str:
+    """A SQLAlchemy PostgreSQL URL (``postgresql+asyncpg://...``) as asyncpg takes it."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def redacted(url: str) -> str:
     """The URL without its password, for logs and tables."""
     return make_url(url).render_as_string(hide_password=True)

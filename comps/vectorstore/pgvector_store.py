@@ -38,6 +38,7 @@ import asyncpg
 import numpy as np
 
 from comps.core.errors import BadRequest, NotReady, UpstreamTimeout, UpstreamUnavailable
+from comps.sqlstore.db import asyncpg_dsn
 from comps.vectorstore.documents import Chunk, CollectionMissing, DocumentRecord
 from comps.vectorstore.names import validate_collection
 from comps.vectorstore.schema import CollectionInfo
@@ -51,7 +52,7 @@ from comps.vectorstore.search import (
     query_words,
     rrf,
 )
-from comps.vectorstore.versions import asyncpg_dsn, pg_content_versions
+from comps.vectorstore.versions import pg_content_versions
 
 log = logging.getLogger("comps.vectorstore.pgvector")
 

@@ -18,6 +18,8 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
+from comps.sqlstore.db import asyncpg_dsn
+
 VERSION_PREFIX = "_version:"
 
 
@@ -39,13 +41,6 @@ async def content_versions(r: aioredis.Redis, collections: Sequence[str]) -> dic
 
 
 _PG_VERSIONS = "SELECT collection, version FROM vectorstore_versions WHERE collection = ANY($1::text[])"
-
-
-def asyncpg_dsn(url: str) -> str:
-    """A SQLAlchemy PostgreSQL URL (``postgresql+asyncpg://...``) as asyncpg takes it."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 async def pg_content_versions(conn: asyncpg.Connection, collections: Sequence[str]) -> dict[str, int]:
