@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +78,11 @@ def is_write(method: str, path: str) -> bool:
     return method == "POST" and path.endswith("/messages")
 
 
+def is_begin(cid: str) -> Callable[[str, str], bool]:
+    """A gateway's begin of a turn of that conversation (its context read, which marks the turn)."""
+    return lambda method, path: method == "POST" and path == f"/v1/conversations/{cid}/turns"
+
+
 def pending_turns(database_url: str, cid: str) -> int:
     async def count() -> int:
         conn = await asyncpg.connect(asyncpg_dsn(database_url))
@@ -92,7 +97,7 @@ def pending_turns(database_url: str, cid: str) -> int:
 def test_a_follow_up_on_another_replica_sees_the_turn_still_being_written(replicas: Replicas) -> None:
     r = replicas
     with ThreadPoolExecutor(1) as pool:
-        cid = None
+        cid: str | None = None
         for n, question in enumerate(("What is the Zorblax project?", "What does the stub know about its budget?")):
             r.proxy.hold_next(is_write)
             body: dict[str, Any] = {"messages": question, "stream": True}
@@ -105,7 +110,7 @@ def test_a_follow_up_on_another_replica_sees_the_turn_still_being_written(replic
             follow: Future[httpx.Response] = pool.submit(
                 r.b.post, "/v1/chatqna", json={"messages": "And who leads it?", "conversation_id": cid}
             )
-            r.seen_b.wait_seen(lambda m, p: m == "POST" and p == f"/v1/conversations/{cid}/turns", after=asked)
+            r.seen_b.wait_seen(is_begin(cid), after=asked)
             # B asked chathistory for the context while the write is held: B waits for it, it does not miss it
             assert not follow.done()
             r.proxy.release()
@@ -115,6 +120,7 @@ def test_a_follow_up_on_another_replica_sees_the_turn_still_being_written(replic
             sent = [m["content"] for m in r.mesh.seen["llm"][-1]["messages"]]
             assert sent[-3:-1] == [question, ANSWER], sent  # turn n, as written by A, before B's question
             assert len(sent) == 2 * (2 * n + 1) + 1
+    assert cid is not None
     msgs = r.b.get(f"/v1/conversations/{cid}/messages").json()["data"]
     assert [m["role"] for m in msgs] == ["user", "assistant"] * 4
     assert pending_turns(r.database_url, cid) == 0  # every mark cleared by its write
