@@ -14,7 +14,8 @@ Then, one call at a time:
   the same question, rounds interleaved; "same conversation" continues one conversation request after request
   (each comes while the previous answer is being stored), "50 conversations" takes them in turn. With
   ``--baseline-tree DIR`` (another version's files, e.g. ``git archive main | tar -x -C /tmp/base``) a second
-  gateway runs that version's code on the same chathistory and stubs, interleaved with this one.
+  chathistory and gateway run that version's code on the same PostgreSQL and stubs, interleaved with this one
+  (the HTTP figures too). CPU per call (the process's user + system time over the calls) sits beside each.
 
 Figures: p50 and p99 in ms. Targets of issue 10: context p50 <= 3 ms (1M messages), list p50 <= 3 ms (100k
 conversations), gateway p50 added <= 2 ms.
@@ -150,82 +151,122 @@ async def bench(db_url: str, args: argparse.Namespace) -> list[tuple[str, str, s
             ("list 50 newest conversations, in-process", f"{statistics.median(lst):.2f}", f"{pct(lst, 99):.2f}", "<= 3")
         )
     finally:
+        await store.close()
         await db.close()
 
     py = sys.executable
-    ch_port, gw_port = free_port(), free_port()
     stub_ports = [free_port() for _ in range(4)]
-    procs = []
+    procs: list[Proc] = []
     try:
-        ch = Proc(
-            "chathistory",
-            [py, "-m", "comps.chathistory"],
-            {"CHATHISTORY_PORT": str(ch_port), "DATABASE_URL": db_url, "CHATHISTORY_API_KEY": TOKEN},
-        )
-        procs.append(ch)
         stubs = Proc("stubs", [py, "-m", "tests.support.stubs", *map(str, stub_ports)], {})
         procs.append(stubs)
-        gw_env = {
-            "GATEWAY_PORT": str(gw_port),
-            "GATEWAY_AUTH_ENABLED": "false",
-            "GATEWAY_INTERNAL_API_KEY": TOKEN,
-            "GATEWAY_CHATHISTORY_URL": f"http://127.0.0.1:{ch_port}",
-            **{
-                f"GATEWAY_{name.upper()}_URL": f"http://127.0.0.1:{port}"
-                for name, port in zip(("embedding", "retriever", "reranker", "llm"), stub_ports, strict=True)
-            },
-        }
-        ch.wait_http(f"http://127.0.0.1:{ch_port}/v1/ready")
-        gw = Proc("gateway", [py, "-m", "megaservice"], gw_env)
-        procs.append(gw)
-        gw.wait_http(f"http://127.0.0.1:{gw_port}/v1/ready")
+        # label -> (chathistory URL, its process, the gateway's chat URL, its process): this tree, and with
+        # --baseline-tree the other version's chathistory and gateway (same PostgreSQL, same stubs)
+        trees = {"": REPO}
+        if args.baseline_tree is not None:
+            trees = {"baseline ": args.baseline_tree.resolve(), **trees}
+        sides: dict[str, tuple[str, Proc, str, Proc]] = {}
+        for label, tree in trees.items():
+            ch_port, gw_port = free_port(), free_port()
+            where = {"PYTHONPATH": str(tree)} if tree != REPO else {}
+            tag = label.strip() or "this"
+            ch = Proc(
+                f"chathistory-{tag}",
+                [py, "-m", "comps.chathistory"],
+                {
+                    "CHATHISTORY_PORT": str(ch_port),
+                    "DATABASE_URL": db_url,
+                    "CHATHISTORY_API_KEY": TOKEN,
+                    "CHATHISTORY_MIGRATE": "false" if tree != REPO else "true",  # the schema is this tree's
+                    **where,
+                },
+                cwd=tree,
+            )
+            procs.append(ch)
+            ch.wait_http(f"http://127.0.0.1:{ch_port}/v1/ready")
+            gw_env = {
+                "GATEWAY_PORT": str(gw_port),
+                "GATEWAY_AUTH_ENABLED": "false",
+                "GATEWAY_INTERNAL_API_KEY": TOKEN,
+                "GATEWAY_CHATHISTORY_URL": f"http://127.0.0.1:{ch_port}",
+                **{
+                    f"GATEWAY_{name.upper()}_URL": f"http://127.0.0.1:{port}"
+                    for name, port in zip(("embedding", "retriever", "reranker", "llm"), stub_ports, strict=True)
+                },
+                **where,
+            }
+            gw = Proc(f"gateway-{tag}", [py, "-m", "megaservice"], gw_env, cwd=tree)
+            procs.append(gw)
+            gw.wait_http(f"http://127.0.0.1:{gw_port}/v1/ready")
+            sides[label] = (f"http://127.0.0.1:{ch_port}", ch, f"http://127.0.0.1:{gw_port}/v1/chatqna", gw)
         who = Caller(str(user), "bench", "user").headers()
         headers = {"Authorization": f"Bearer {TOKEN}", **who}
-        base = f"http://127.0.0.1:{ch_port}/v1/conversations"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
 
-            async def get(url: str) -> None:
-                async with s.get(url, headers=headers) as r:
+            async def call(method: str, url: str, body: bytes | None = None) -> None:
+                sent = {**headers, "Content-Type": "application/json"} if body else headers
+                async with s.request(method, url, data=body, headers=sent) as r:
                     await r.read()
                     assert r.status == 200, r.status
 
-            ctx = await timed(lambda: get(f"{base}/{convo}/context?max_tokens=1024"), n)
-            rows.append(
-                (
-                    "context of a 200-turn conversation, HTTP",
-                    f"{statistics.median(ctx):.2f}",
-                    f"{pct(ctx, 99):.2f}",
-                    "<= 3",
-                )
+            turn = orjson.dumps({"turn_id": str(uuid.uuid4()), "max_tokens": 1024, "lease_s": 10})
+            figures: dict[str, Callable[[str], Callable[[], Awaitable[None]]]] = {
+                "context of a 200-turn conversation, HTTP": lambda base: (
+                    lambda: call("GET", f"{base}/v1/conversations/{convo}/context?max_tokens=1024")
+                ),
+                "list 50 newest conversations, HTTP": lambda base: (
+                    lambda: call("GET", f"{base}/v1/conversations?limit=50")
+                ),
+            }
+            calls = {(label, name): make(side[0]) for label, side in sides.items() for name, make in figures.items()}
+            # the begin of a gateway's turn (the context read and the turn's mark in flight): this tree's route
+            calls["", "begin a turn of it (context + mark), HTTP"] = lambda: call(
+                "POST", f"{sides[''][0]}/v1/conversations/{convo}/turns", turn
             )
-            lst = await timed(lambda: get(f"{base}?limit=50"), n)
-            rows.append(
-                ("list 50 newest conversations, HTTP", f"{statistics.median(lst):.2f}", f"{pct(lst, 99):.2f}", "<= 3")
-            )
-            gateways = {"": (f"http://127.0.0.1:{gw_port}/v1/chatqna", gw)}
-            if args.baseline_tree is not None:
-                base_port = free_port()
-                tree = args.baseline_tree.resolve()
-                base = Proc(
-                    "gateway-baseline",
-                    [py, "-m", "megaservice"],
-                    {**gw_env, "GATEWAY_PORT": str(base_port), "PYTHONPATH": str(tree)},
-                    cwd=tree,
+            times, cpu = await interleaved(calls, {key: sides[key[0]][1] for key in calls}, n)
+            for (label, name), xs in times.items():
+                rows.append(
+                    (
+                        f"{label}{name}",
+                        f"{statistics.median(xs):.2f}",
+                        f"{pct(xs, 99):.2f}",
+                        f"<= 3; chathistory CPU {cpu[label, name]:.2f} ms/call",
+                    )
                 )
-                procs.append(base)
-                base.wait_http(f"http://127.0.0.1:{base_port}/v1/ready")
-                gateways = {"baseline ": (f"http://127.0.0.1:{base_port}/v1/chatqna", base), **gateways}
-            rows += await bench_gateway(s, gateways, n, ch)
+            gateways = {label: (side[2], side[3], side[1]) for label, side in sides.items()}
+            rows += await bench_gateway(s, gateways, n)
     finally:
         for p in reversed(procs):
             p.stop()
     return rows
 
 
+async def interleaved(
+    calls: dict[tuple[str, str], Callable[[], Awaitable[None]]], procs: dict[tuple[str, str], Proc], n: int
+) -> tuple[dict[tuple[str, str], list[float]], dict[tuple[str, str], float]]:
+    """Each call n times, in blocks taken in turn; the times (ms) and the CPU its process spent a call (ms)."""
+    for call in calls.values():
+        for _ in range(20):
+            await call()
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+    cpu = dict.fromkeys(calls, 0.0)
+    block = 25
+    for start in range(0, n, block):
+        for key, call in calls.items():
+            c0 = procs[key].cpu_s()
+            for _ in range(start, min(n, start + block)):
+                t = time.perf_counter()
+                await call()
+                times[key].append((time.perf_counter() - t) * 1000)
+            cpu[key] += procs[key].cpu_s() - c0
+    return times, {key: c / n * 1000 for key, c in cpu.items()}
+
+
 async def bench_gateway(
-    s: aiohttp.ClientSession, gateways: dict[str, tuple[str, Proc]], n: int, chathistory: Proc
+    s: aiohttp.ClientSession, gateways: dict[str, tuple[str, Proc, Proc]], n: int
 ) -> list[tuple[str, str, str, str]]:
-    """Each gateway (label -> (chat URL, process)) without and with conversation_id, in interleaved blocks."""
+    """Each gateway (label -> (chat URL, its process, its chathistory's)) without and with conversation_id, in
+    interleaved blocks."""
 
     async def ask(url: str, extra: dict[str, object]) -> dict[str, object]:
         body = orjson.dumps({"messages": QUESTION, **extra})
@@ -235,7 +276,7 @@ async def bench_gateway(
             return orjson.loads(data)
 
     modes: dict[tuple[str, str], Callable[[int], dict[str, object]]] = {}
-    for label, (url, _) in gateways.items():
+    for label, (url, _, _) in gateways.items():
         one = (await ask(url, {"store": True}))["conversation_id"]
         many = [(await ask(url, {"store": True}))["conversation_id"] for _ in range(50)]
         modes[label, "without conversation_id"] = lambda i: {}
@@ -249,7 +290,7 @@ async def bench_gateway(
     block = 25
     for start in range(0, n, block):  # blocks of each mode in turn: drifts of the machine hit every mode alike
         for (label, mode), extra in modes.items():
-            url, gateway = gateways[label]
+            url, gateway, chathistory = gateways[label]
             g0, c0 = gateway.cpu_s(), chathistory.cpu_s()
             for i in range(start, min(n, start + block)):
                 t = time.perf_counter()
@@ -291,7 +332,9 @@ def main() -> None:
     ap.add_argument("--conversations", type=int, default=100_000)
     ap.add_argument("--n", type=int, default=300, help="timed calls per figure")
     ap.add_argument("--quick", action="store_true", help="200k messages, 20k conversations, 100 calls")
-    ap.add_argument("--baseline-tree", type=Path, help="also run the gateway of this checkout, side by side")
+    ap.add_argument(
+        "--baseline-tree", type=Path, help="also run chathistory and the gateway of this checkout, side by side"
+    )
     args = ap.parse_args()
     if args.quick:
         args.messages, args.conversations, args.n = 200_000, 20_000, 100

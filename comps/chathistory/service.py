@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import orjson
-from sqlalchemy import Select, and_, delete, distinct, exists, func, or_, select
+from sqlalchemy import Select, and_, delete, distinct, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -176,14 +176,14 @@ SELECT (SELECT count(*) FROM owned) + 0 * (SELECT count(*) FROM added)
        + 0 * (SELECT count(pg_notify('chat_turns', conversation_id::text)) FROM cleared)
 """
 
-LISTED = (
-    Conversation.id,
-    Conversation.title,
-    Conversation.pinned,
-    Conversation.archived,
-    Conversation.created_at,
-    Conversation.updated_at,
-)
+# A user's ($1) conversations newest first, one more than a page ($2); ``where``: more conditions (their values are
+# parameters after $2, made by `ChatHistory.list_conversations`), never text from a request.
+LIST_SQL = """
+SELECT id, title, pinned, archived, created_at, updated_at FROM conversations c
+WHERE user_id = $1{where}
+ORDER BY updated_at DESC, id DESC
+LIMIT $2
+"""
 
 
 def conversation_out(c: Conversation) -> ConversationOut:
@@ -217,13 +217,17 @@ def message_out(m: Message, feedback: Feedback | None = None) -> MessageOut:
     )
 
 
+def _prompt_id(value: str | None) -> uuid.UUID | None:
+    if not value:
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise BadRequest("prompt_id must be a UUID", param="prompt_id", code="invalid_value") from None
+
+
 def message_row(conversation_id: uuid.UUID, m: MessageIn, at: datetime | None = None) -> Message:
-    prompt_id = None
-    if m.prompt_id:
-        try:
-            prompt_id = uuid.UUID(m.prompt_id)
-        except ValueError:
-            raise BadRequest("prompt_id must be a UUID", param="prompt_id", code="invalid_value") from None
+    prompt_id = _prompt_id(m.prompt_id)
     row = Message(
         id=uuid.uuid4(),
         conversation_id=conversation_id,
@@ -268,8 +272,10 @@ class ChatHistory:
         if self._pool is None:
             async with self._opening:
                 if self._pool is None:
+                    # async commit: a turn's write is visible at once, only its flush to disk is not awaited
+                    settings = {"synchronous_commit": "off"} if self.async_commit else {}
                     self._pool = await asyncpg.create_pool(
-                        asyncpg_dsn(self.db.url), min_size=1, max_size=self.pool_size
+                        asyncpg_dsn(self.db.url), min_size=1, max_size=self.pool_size, server_settings=settings
                     )
         return self._pool
 
@@ -337,27 +343,33 @@ class ChatHistory:
     async def list_conversations(
         self, user: uuid.UUID, *, limit: int, cursor: str | None, q: str | None, archived: bool | None
     ) -> ConversationPage:
-        stmt = select(*LISTED).where(Conversation.user_id == user)
+        """The caller's conversations, newest first (keyset paging on ``(updated_at, id)``): the list is the other
+        hot path, so one prepared statement on the asyncpg pool (`LIST_SQL`, in four variants)."""
+        args: list[Any] = [user, limit + 1]
+        where = ""
         if archived is not None:
-            stmt = stmt.where(Conversation.archived.is_(archived))
+            args.append(archived)
+            where += f" AND archived = ${len(args)}"
+        if cursor:
+            at_text, key_text = decode_cursor(cursor, 2)
+            try:
+                args += [datetime.fromisoformat(at_text), uuid.UUID(key_text)]
+            except ValueError:
+                raise BadRequest("invalid cursor", param="cursor", code="invalid_cursor") from None
+            where += f" AND (updated_at, id) < (${len(args) - 1}, ${len(args)})"
         if q:
-            pattern = _like(q)
-            in_messages = exists().where(Message.conversation_id == Conversation.id, Message.content.ilike(pattern))
-            stmt = stmt.where(or_(Conversation.title.ilike(pattern), in_messages))
-        stmt = newest_first(stmt, cursor, Conversation.updated_at, Conversation.id, limit)
-        async with self.db.engine.connect() as conn:  # no ORM objects: a list is the other hot path
-            rows = (await conn.execute(stmt)).all()
+            args.append(_like(q))
+            n = len(args)
+            in_messages = f"EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id AND m.content ILIKE ${n})"  # noqa: S608 - fixed text, the value is a parameter
+            where += f" AND (title ILIKE ${n} OR {in_messages})"
+        pool = await self.pg()
+        rows = await pool.fetch(LIST_SQL.format(where=where), *args)
         more = len(rows) > limit
         rows = rows[:limit]
-        nxt = encode_cursor(rows[-1].updated_at.isoformat(), rows[-1].id) if more else None
+        nxt = encode_cursor(rows[-1][5].isoformat(), rows[-1][0]) if more else None
         data = [
             ConversationOut.model_construct(
-                id=str(r.id),
-                title=r.title,
-                pinned=r.pinned,
-                archived=r.archived,
-                created_at=r.created_at,
-                updated_at=r.updated_at,
+                id=str(r[0]), title=r[1], pinned=r[2], archived=r[3], created_at=r[4], updated_at=r[5]
             )
             for r in rows
         ]
@@ -426,32 +438,29 @@ class ChatHistory:
         the asyncpg pool (`APPEND_SQL`)."""
         cid = parse_id(conversation_id)
         now = datetime.now(UTC)
-        rows = [message_row(cid, m, now) for m in messages]
-        first = next((m.content for m in messages if m.role == "user"), "")
+        ids = [uuid.uuid4() for _ in messages]
         columns = (
-            [r.id for r in rows],
-            [r.role for r in rows],
-            [r.content for r in rows],
-            [r.tokens for r in rows],
-            [_json_text(r.sources) for r in rows],
-            [r.model for r in rows],
-            [_json_text(r.usage) for r in rows],
-            [r.latency_ms for r in rows],
-            [r.cached for r in rows],
-            [r.cut_short for r in rows],
-            [r.prompt_id for r in rows],
-            [r.prompt_version for r in rows],
-            [r.created_at for r in rows],
+            ids,
+            [m.role for m in messages],
+            [m.content for m in messages],
+            [estimate_tokens(m.content) for m in messages],
+            [_json_text(m.sources) for m in messages],
+            [m.model for m in messages],
+            [_json_text(m.usage) for m in messages],
+            [m.latency_ms for m in messages],
+            [m.cached for m in messages],
+            [m.cut_short for m in messages],
+            [_prompt_id(m.prompt_id) for m in messages],
+            [m.prompt_version for m in messages],
+            [m.created_at or now for m in messages],
         )
+        first = next((m.content for m in messages if m.role == "user"), "")
         new_title = title if title is not None else title_of(first)
-        pool = await self.pg()
-        async with pool.acquire() as conn, conn.transaction():
-            if self.async_commit:  # visible at once; only its flush to disk is not awaited
-                await conn.execute("SET LOCAL synchronous_commit = off")
-            owned = await conn.fetchval(APPEND_SQL, cid, user, create, new_title, now, *columns, turn_id)
+        pool = await self.pg()  # one statement: its own transaction (async commit: the pool's setting)
+        owned = await pool.fetchval(APPEND_SQL, cid, user, create, new_title, now, *columns, turn_id)
         if not owned:
             raise NotFound(f"no conversation {conversation_id!r}", code="conversation_not_found")
-        return Appended(conversation_id=str(cid), message_ids=[str(r.id) for r in rows])
+        return Appended.model_construct(conversation_id=str(cid), message_ids=[str(i) for i in ids])
 
     async def context(
         self,
