@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from comps.chathistory.protocol import (
     Append,
@@ -136,7 +136,7 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
         archived: Annotated[bool, Query(description="true: the archived ones instead")] = False,
     ) -> Response:
         """The caller's conversations, newest first."""
-        return _json(
+        return json_response(
             await service.list_conversations(user, limit=min(limit, max_page), cursor=cursor, q=q, archived=archived)
         )
 
@@ -189,7 +189,7 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
         """A chat turn begins (the gateway): the context, as ``/context`` answers it, read once no other turn of
         the conversation is in flight (waiting at most ``lease_s``), and this turn marked in flight for
         ``lease_s`` (until its answer is written, or released)."""
-        return _json(
+        return json_response(
             await service.context(user, conversation_id, body.max_tokens, turn_id=body.turn_id, lease_s=body.lease_s)
         )
 
@@ -221,7 +221,7 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
         max_tokens: Annotated[int, Query(ge=1, le=1_000_000)] = 1024,
     ) -> Response:
         """The newest messages that fit ``max_tokens`` (estimated), oldest first: what the gateway sends the LLM."""
-        return _json(await service.context(user, conversation_id, max_tokens))
+        return json_response(await service.context(user, conversation_id, max_tokens))
 
     @router.get("/v1/conversations/{conversation_id}/export", responses=EXPORT_RESPONSES)
     async def export_one(conversation_id: str, service: Service, user: User, format: Format = "json") -> Response:
@@ -275,7 +275,7 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
         """Without ``id``: the caller's conversations (newest first); with it, that one with its messages."""
         if body.id is None:
             page = await service.list_conversations(user, limit=max_page, cursor=None, q=None, archived=None)
-            return [{"id": c.id, "first_query": c.title, "updated_at": c.updated_at} for c in page.data]
+            return [{"id": c["id"], "first_query": c["title"], "updated_at": c["updated_at"]} for c in page["data"]]
         conv = await service.get(user, body.id)
         msgs = await service.messages(user, body.id, limit=10_000, cursor=None)
         return {
@@ -312,9 +312,10 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
     return router
 
 
-def _json(model: BaseModel) -> Response:
-    """A model built from trusted rows, serialized once (no second validation against the response model)."""
-    return Response(model.__pydantic_serializer__.to_json(model), media_type="application/json")
+def json_response(values: dict[str, Any]) -> Response:
+    """Plain values from trusted rows (the shape of the route's response model), encoded once by orjson:
+    datetimes as pydantic writes them (RFC 3339, ``Z``)."""
+    return Response(orjson.dumps(values, option=orjson.OPT_UTC_Z), media_type="application/json")
 
 
 def _title(text: str | None) -> str | None:

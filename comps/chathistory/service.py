@@ -26,11 +26,8 @@ from comps.chathistory.models import Conversation, Feedback, Message
 from comps.chathistory.protocol import (
     TITLE_MAX,
     Appended,
-    Context,
-    ContextTurn,
     ConversationCreate,
     ConversationOut,
-    ConversationPage,
     ConversationPatch,
     ExportedConversation,
     FeedbackIn,
@@ -111,7 +108,7 @@ def _like(text: str) -> str:
 # mistaken for a foreign one (the caller drops it when it alone is over the budget). $1: conversation, $2: owner.
 # With $7, only when no other turn of the conversation is in flight (`turns.py`): else one row whose last column is
 # the seconds until that turn's lease ends (and nothing is read or marked). With turn $5, that turn is marked in
-# flight for $6 seconds in the same statement (when the conversation is $2's).
+# flight for $6 seconds in the same statement (when the conversation is $2's), and expired marks of it go.
 CONTEXT_SQL = """
 WITH blocked AS (
     SELECT extract(epoch FROM max(p.expires_at) - clock_timestamp())::float8 AS wait_s
@@ -125,6 +122,8 @@ WITH blocked AS (
     SELECT $5, $1, $2, clock_timestamp() + make_interval(secs => $6)
     WHERE $5 IS NOT NULL AND (SELECT wait_s FROM blocked) IS NULL AND (SELECT yes FROM owned)
     ON CONFLICT (turn_id) DO NOTHING
+), expired AS (
+    DELETE FROM pending_turns WHERE $5 IS NOT NULL AND conversation_id = $1 AND expires_at <= clock_timestamp()
 )
 SELECT seq, role, content, used, total, NULL::float8 AS wait_s FROM (
     SELECT m.seq, m.role, m.content,
@@ -342,9 +341,10 @@ class ChatHistory:
 
     async def list_conversations(
         self, user: uuid.UUID, *, limit: int, cursor: str | None, q: str | None, archived: bool | None
-    ) -> ConversationPage:
-        """The caller's conversations, newest first (keyset paging on ``(updated_at, id)``): the list is the other
-        hot path, so one prepared statement on the asyncpg pool (`LIST_SQL`, in four variants)."""
+    ) -> dict[str, Any]:
+        """The caller's conversations, newest first (keyset paging on ``(updated_at, id)``), as a `ConversationPage`
+        in plain values (for `json_response`): the list is the other hot path, so one prepared statement on the
+        asyncpg pool (`LIST_SQL`, in four variants) and no model objects."""
         args: list[Any] = [user, limit + 1]
         where = ""
         if archived is not None:
@@ -368,12 +368,10 @@ class ChatHistory:
         rows = rows[:limit]
         nxt = encode_cursor(rows[-1][5].isoformat(), rows[-1][0]) if more else None
         data = [
-            ConversationOut.model_construct(
-                id=str(r[0]), title=r[1], pinned=r[2], archived=r[3], created_at=r[4], updated_at=r[5]
-            )
+            {"id": str(r[0]), "title": r[1], "pinned": r[2], "archived": r[3], "created_at": r[4], "updated_at": r[5]}
             for r in rows
         ]
-        return ConversationPage.model_construct(data=data, next_cursor=nxt)
+        return {"data": data, "next_cursor": nxt}
 
     async def get(self, user: uuid.UUID, conversation_id: str) -> ConversationOut:
         async with self.db.session() as s:
@@ -470,8 +468,9 @@ class ChatHistory:
         *,
         turn_id: uuid.UUID | None = None,
         lease_s: float = 0.0,
-    ) -> Context:
-        """The newest messages whose token estimates fit ``max_tokens``, oldest first: one indexed query that
+    ) -> dict[str, Any]:
+        """The newest messages whose token estimates fit ``max_tokens``, oldest first (a `Context` in plain values):
+        one indexed query that
         checks the owner, sums the estimates newest first and returns only the kept rows. The hot path of every
         chat turn: one prepared statement on the asyncpg pool. It waits while another turn of the conversation is
         in flight (its answer not yet written), at most until that turn's lease ends and at most ``lease_s``
@@ -491,9 +490,9 @@ class ChatHistory:
             break
         if not rows and await pool.fetchval(OWNED_SQL, cid, user) is None:
             raise NotFound(f"no conversation {conversation_id!r}", code="conversation_not_found")
-        kept = [ContextTurn.model_construct(role=r[1], content=r[2]) for r in rows if r[3] <= max_tokens]
+        kept = [{"role": r[1], "content": r[2]} for r in rows if r[3] <= max_tokens]
         total = rows[0][4] if rows else 0
-        return Context.model_construct(conversation_id=str(cid), messages=kept, dropped=total - len(kept))
+        return {"conversation_id": str(cid), "messages": kept, "dropped": total - len(kept)}
 
     async def mark(self, user: uuid.UUID, conversation_id: str, turn_id: uuid.UUID, lease_s: float) -> bool:
         """Mark (or renew) a turn in flight without reading (`turns.py`); the conversation may not exist yet (its
