@@ -159,6 +159,8 @@ class Memory:
                 pass
         except UpstreamError as exc:  # the write will tell the store is down; reads just do not wait
             log.warning("conversation %s: the turn was not marked in flight: %s", turn.conversation_id, exc.message)
+        except Exception:  # never let a background call fail silently
+            log.exception("conversation %s: marking the turn in flight failed", turn.conversation_id)
         if not turn.ended:
             turn.renewal = asyncio.get_running_loop().call_later(self.lease_s / 2, self._renew, turn)
 
@@ -199,6 +201,8 @@ class Memory:
                     pass
             except UpstreamError as exc:  # the mark expires with its lease
                 log.warning("conversation %s: the turn was not released: %s", cid, exc.message)
+            except Exception:  # never let a background call fail silently
+                log.exception("conversation %s: releasing the turn failed", cid)
 
         task = asyncio.create_task(release(), name=f"release-{cid}")
         self.releasing.add(task)

@@ -25,6 +25,8 @@ class FakeChatHistory:
         self.stored = stored
         self.reads = 0
         self.writes: list[list[str]] = []
+        self.marks: list[str] = []  # turns marked in flight by a PUT (the context read marks the others)
+        self.cleared: list[str] = []  # the turn each write clears
         self.release = asyncio.Event()
 
     async def request_json(self, method: str, url: str, **_: Any) -> dict[str, Any]:
@@ -32,10 +34,16 @@ class FakeChatHistory:
         return {"messages": [m.model_dump() for m in self.stored]}
 
     @asynccontextmanager
-    async def stream(self, method: str, url: str, *, content: bytes, **_: Any) -> AsyncIterator[None]:
+    async def stream(self, method: str, url: str, *, content: bytes | None = None, **_: Any) -> AsyncIterator[None]:
+        if method == "PUT":  # a turn marked in flight, without a read
+            self.marks.append(url.rsplit("/", 1)[1].split("?")[0])
+            yield
+            return
         await self.release.wait()
+        assert content is not None
         body = orjson.loads(content)
         self.writes.append([m["content"] for m in body["messages"]])
+        self.cleared.append(body["turn_id"])
         self.stored += [Message(role=m["role"], content=m["content"]) for m in body["messages"]]
         yield
 
@@ -62,6 +70,8 @@ def test_a_turn_during_the_previous_write_sees_it_without_a_read_and_writes_land
         store.release.set()
         await memory.drain()
         assert store.writes == [["q1?", "a1."], ["q2?", "a2."]]
+        # the second turn, not read, was marked in flight (for the other gateway replicas); each write clears its own
+        assert store.marks == [second.turn_id] and store.cleared == [first.turn_id, second.turn_id]
         assert not memory.pending and not memory.after
         # once stored, the next turn reads the store again
         await memory.begin(ChatQnARequest(messages="q3?", conversation_id=CID), store)  # type: ignore[arg-type]
