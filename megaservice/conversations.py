@@ -97,7 +97,7 @@ class Memory:
                 "POST",  # the context, once no other turn is in flight (at most a lease), and this turn marked
                 f"{self.base}/{cid}/turns",
                 node="chathistory",
-                timeout_s=self.timeout_s + self.lease_s,
+                timeout_s=self.timeout_s + self.lease_s,  # chathistory may wait for a turn in flight
                 content=orjson.dumps(body),
                 headers=headers,
             )

@@ -187,8 +187,8 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
     @router.post("/v1/conversations/{conversation_id}/turns", response_model=Context)
     async def begin_turn(conversation_id: str, body: TurnStart, service: Service, user: User) -> Response:
         """A chat turn begins (the gateway): the context, as ``/context`` answers it, read once no other turn of
-        the conversation is in flight (waiting at most ``lease_s``), and this turn marked in flight for
-        ``lease_s`` (until its answer is written, or released)."""
+        the conversation is in flight (waiting at most the service's ``turn_wait_s``), and this turn marked in
+        flight for ``lease_s`` (until its answer is written, or released)."""
         return json_response(
             await service.context(user, conversation_id, body.max_tokens, turn_id=body.turn_id, lease_s=body.lease_s)
         )

@@ -260,7 +260,7 @@ class ChatHistory:
         self.max_context_messages = max_context_messages
         self.async_commit = async_commit
         self.pool_size = pool_size
-        self.turn_wait_s = turn_wait_s  # the longest a plain read waits for a turn in flight
+        self.turn_wait_s = turn_wait_s  # the longest a read waits for a turn in flight
         self.turns = TurnWaits(asyncpg_dsn(db.url))
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
@@ -473,11 +473,11 @@ class ChatHistory:
         one indexed query that
         checks the owner, sums the estimates newest first and returns only the kept rows. The hot path of every
         chat turn: one prepared statement on the asyncpg pool. It waits while another turn of the conversation is
-        in flight (its answer not yet written), at most until that turn's lease ends and at most ``lease_s``
-        (``turn_wait_s`` for a plain read); with ``turn_id`` it marks that turn in flight for ``lease_s``."""
+        in flight (its answer not yet written), at most until that turn's lease ends and at most ``turn_wait_s``;
+        with ``turn_id`` it marks that turn in flight for ``lease_s``."""
         cid = parse_id(conversation_id)
         pool = await self.pg()
-        deadline = time.monotonic() + (lease_s if turn_id is not None else self.turn_wait_s)
+        deadline = time.monotonic() + self.turn_wait_s
         wait = True
         while True:
             with self.turns.expect(cid) as cleared:

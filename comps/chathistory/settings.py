@@ -34,8 +34,8 @@ class ChatHistorySettings(ServiceSettings):
         default=3.0,
         ge=0,
         le=60,
-        description="Longest a read of a conversation's context or messages waits while a chat turn of it is in "
-        "flight (its answer not yet stored by a gateway); a gateway's own next turn waits up to its turn's lease.",
+        description="Longest a read of a conversation's context or messages (a gateway's next turn too) waits while "
+        "a chat turn of it is in flight (its answer not yet stored by a gateway); then it reads what there is.",
     )
     max_import_conversations: int = Field(default=1000, ge=1, description="Most conversations in one import.")
     max_page: int = Field(default=200, ge=1, le=1000, description="Most rows in one page of a list.")

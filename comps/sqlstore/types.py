@@ -30,7 +30,19 @@ def _json_without_nul(value: Any) -> Any:
         raise PydanticCustomError("json_type", "must not hold integers beyond 64 bits") from None
     if b"\\u0000" in encoded:
         raise PydanticCustomError("nul_character", "must not contain NUL characters (\\u0000)")
+    if _has_huge_float(value):  # jsonb keeps 1e300 as a number it writes back as a 301-digit integer
+        raise PydanticCustomError("json_type", "must not hold integers beyond 64 bits (nor numbers that large)")
     return value
+
+
+def _has_huge_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return abs(value) >= 2.0**63
+    if isinstance(value, dict):
+        return any(_has_huge_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_huge_float(v) for v in value)
+    return False
 
 
 def _not_a_number(value: Any) -> Any:
