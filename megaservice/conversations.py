@@ -56,6 +56,7 @@ NOT_SAVED = Counter(
     ["stage"],
 )
 DOWN_FOR_S = 5.0  # after a failed write, replies say "not saved" this long without trying the store first
+MAX_TURN_S = 900.0  # the longest a turn's mark in flight is renewed (an answer is over long before)
 
 
 class Memory:
@@ -165,8 +166,9 @@ class Memory:
             turn.renewal = asyncio.get_running_loop().call_later(self.lease_s / 2, self._renew, turn)
 
     def _renew(self, turn: Turn) -> None:
-        """A long answer: its mark is renewed every half lease until it is written."""
-        if not turn.ended:
+        """A long answer: its mark is renewed every half lease until it is written (never past `MAX_TURN_S`, so
+        that a turn some failure left unended cannot hold its conversation's readers for ever)."""
+        if not turn.ended and time.perf_counter() - turn.started < MAX_TURN_S:
             turn.marking = asyncio.create_task(self._put_mark(turn), name=f"renew-{turn.conversation_id}")
 
     def release(self, turn: Turn) -> None:

@@ -27,6 +27,7 @@ class FakeChatHistory:
         self.writes: list[list[str]] = []
         self.marks: list[str] = []  # turns marked in flight by a PUT (the context read marks the others)
         self.cleared: list[str] = []  # the turn each write clears
+        self.marked = asyncio.Event()
         self.release = asyncio.Event()
 
     async def request_json(self, method: str, url: str, **_: Any) -> dict[str, Any]:
@@ -35,8 +36,9 @@ class FakeChatHistory:
 
     @asynccontextmanager
     async def stream(self, method: str, url: str, *, content: bytes | None = None, **_: Any) -> AsyncIterator[None]:
-        if method == "PUT":  # a turn marked in flight, without a read
+        if method == "PUT":  # a turn marked in flight, without a read (or its mark renewed)
             self.marks.append(url.rsplit("/", 1)[1].split("?")[0])
+            self.marked.set()
             yield
             return
         await self.release.wait()
@@ -94,5 +96,25 @@ def test_another_user_never_gets_a_conversation_from_the_writes_in_flight() -> N
         assert store.reads == 2 and theirs.history == []
         store.release.set()
         await memory.drain()
+
+    asyncio.run(main())
+
+
+def test_a_long_answer_renews_its_mark_until_it_is_written() -> None:
+    async def main() -> None:
+        caller_headers_var.set(Caller("9d4c5e1a-0000-4000-8000-000000000001", "ann", "user").headers())
+        store = FakeChatHistory([])
+        memory = Memory("http://chathistory", timeout_s=5, budget_tokens=100, lease_s=0.02)
+        turn = await memory.begin(ChatQnARequest(messages="q?", conversation_id=CID), store)  # type: ignore[arg-type]
+        while len(store.marks) < 2:  # the context read marked it; then renewed every half lease
+            store.marked.clear()
+            await store.marked.wait()
+        assert set(store.marks) == {turn.turn_id}
+        turn.parts = ["a."]
+        turn.end(cut_short=False)
+        store.release.set()
+        await memory.drain()
+        assert store.cleared == [turn.turn_id]
+        assert turn.renewal is not None and turn.renewal.cancelled()  # no renewal after the write
 
     asyncio.run(main())
