@@ -148,16 +148,24 @@ class Memory:
         finds the mark or the answer."""
         turn.marking = asyncio.create_task(self._put_mark(turn), name=f"mark-{turn.conversation_id}")
 
+    async def _send(
+        self, http: HttpClient, method: str, path: str, headers: dict[str, str], content: bytes | None = None
+    ) -> None:
+        """One call to chathistory whose answer is only its success (a write, a mark, a release)."""
+        async with http.stream(
+            method,
+            f"{self.base}/{path}",
+            node="chathistory",
+            timeout_s=self.timeout_s,
+            content=content,
+            headers=headers,
+        ):
+            pass
+
     async def _put_mark(self, turn: Turn) -> None:
         try:
-            async with turn.http.stream(
-                "PUT",
-                f"{self.base}/{turn.conversation_id}/turns/{turn.turn_id}?lease_s={self.lease_s:g}",
-                node="chathistory",
-                timeout_s=self.timeout_s,
-                headers=turn.headers,
-            ):
-                pass
+            path = f"{turn.conversation_id}/turns/{turn.turn_id}?lease_s={self.lease_s:g}"
+            await self._send(turn.http, "PUT", path, turn.headers)
         except UpstreamError as exc:  # the write will tell the store is down; reads just do not wait
             log.warning("conversation %s: the turn was not marked in flight: %s", turn.conversation_id, exc.message)
         except Exception:  # never let a background call fail silently
@@ -193,14 +201,7 @@ class Memory:
             if marking is not None:
                 await asyncio.wait([marking])
             try:
-                async with http.stream(
-                    "DELETE",
-                    f"{self.base}/{cid}/turns/{turn_id}",
-                    node="chathistory",
-                    timeout_s=self.timeout_s,
-                    headers=headers,
-                ):
-                    pass
+                await self._send(http, "DELETE", f"{cid}/turns/{turn_id}", headers)
             except UpstreamError as exc:  # the mark expires with its lease
                 log.warning("conversation %s: the turn was not released: %s", cid, exc.message)
             except Exception:  # never let a background call fail silently
@@ -261,15 +262,7 @@ class Memory:
             "turn_id": turn.turn_id,
         }
         try:
-            async with turn.http.stream(
-                "POST",
-                f"{self.base}/{turn.conversation_id}/messages",
-                node="chathistory",
-                timeout_s=self.timeout_s,
-                content=orjson.dumps(body),
-                headers=turn.headers,
-            ):
-                pass
+            await self._send(turn.http, "POST", f"{turn.conversation_id}/messages", turn.headers, orjson.dumps(body))
         except UpstreamError as exc:
             NOT_SAVED.labels("save").inc()
             self.down_until = time.monotonic() + DOWN_FOR_S
