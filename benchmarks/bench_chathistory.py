@@ -209,10 +209,10 @@ async def bench(db_url: str, args: argparse.Namespace) -> list[tuple[str, str, s
                     await r.read()
                     assert r.status == 200, r.status
 
-            async def begin(base: str) -> None:  # a new turn each time (its mark cleared after, not timed)
-                await call("POST", f"{base}/v1/conversations/{convo}/turns", orjson.dumps(
-                    {"turn_id": str(uuid.uuid4()), "max_tokens": 1024, "lease_s": 0.001}
-                ))  # fmt: skip
+            async def begin(base: str) -> None:  # a new turn each time, whose mark ends at once (no write comes)
+                await call(
+                    "POST", f"{base}/v1/conversations/{convo}/turns/{uuid.uuid4()}?max_tokens=1024&lease_s=0.001"
+                )
 
             figures: dict[str, Callable[[str], Callable[[], Awaitable[None]]]] = {
                 "context of a 200-turn conversation, HTTP": lambda base: (

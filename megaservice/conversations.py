@@ -12,7 +12,7 @@ after the answer has gone out. ``store: true`` without an id starts a new conver
   selects it), so it always sees the previous turn. Its own write waits for the one before, so turns are stored
   in order.
 - Across gateway replicas: a turn is marked in flight in chathistory when it begins (the context read
-  ``POST .../turns`` marks it; a new conversation's, or one whose context is known here, is marked by a ``PUT``
+  ``POST .../turns/{turn}`` marks it; a new conversation's, or one whose context is known here, is marked by a ``PUT``
   sent while the answer is prepared, which the answer's end waits for: nearly always long done). The mark is
   renewed every half lease during a long answer and cleared by the write (a request that fails releases it), and
   chathistory's reads of that conversation wait while it holds (`comps/chathistory/turns.py`): a request that
@@ -92,14 +92,12 @@ class Memory:
             self._mark(turn)
             return turn
         turn_id = str(uuid.uuid4())
-        body = {"turn_id": turn_id, "max_tokens": self.budget, "lease_s": self.lease_s}
         try:
             ctx = await http.request_json(
-                "POST",  # the context, once no other turn is in flight (at most a lease), and this turn marked
-                f"{self.base}/{cid}/turns",
+                "POST",  # the context, once no other turn is in flight, and this turn marked in flight
+                f"{self.base}/{cid}/turns/{turn_id}?max_tokens={self.budget}&lease_s={self.lease_s:g}",
                 node="chathistory",
                 timeout_s=self.timeout_s + self.lease_s,  # chathistory may wait for a turn in flight
-                content=orjson.dumps(body),
                 headers=headers,
             )
         except asyncio.CancelledError:  # the search failed first: the mark may have been made

@@ -119,18 +119,6 @@ class Append(BaseModel):
     turn_id: uuid.UUID | None = Field(default=None, description="The turn in flight this answers: its mark is cleared.")
 
 
-class TurnStart(BaseModel):
-    """A chat turn begins: its context is read and the turn marked in flight (`comps/chathistory/turns.py`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    turn_id: uuid.UUID
-    max_tokens: int = Field(default=1024, ge=1, le=1_000_000)
-    lease_s: float = Field(
-        default=10.0, gt=0, le=300, description="How long the mark holds unless renewed, written or released."
-    )
-
-
 class Appended(BaseModel):
     conversation_id: str
     message_ids: list[str]

@@ -35,7 +35,6 @@ from comps.chathistory.protocol import (
     OpeaFeedbackGet,
     OpeaGet,
     SessionCounts,
-    TurnStart,
 )
 from comps.chathistory.service import ChatHistory, title_of
 from comps.chathistory.settings import ChatHistorySettings
@@ -184,14 +183,19 @@ def build_router(settings: ChatHistorySettings) -> APIRouter:
             user, conversation_id, body.messages, create=body.create, title=body.title, turn_id=body.turn_id
         )
 
-    @router.post("/v1/conversations/{conversation_id}/turns", response_model=Context)
-    async def begin_turn(conversation_id: str, body: TurnStart, service: Service, user: User) -> Response:
+    @router.post("/v1/conversations/{conversation_id}/turns/{turn_id}", response_model=Context)
+    async def begin_turn(
+        conversation_id: str,
+        turn_id: uuid.UUID,
+        service: Service,
+        user: User,
+        max_tokens: Annotated[int, Query(ge=1, le=1_000_000)] = 1024,
+        lease_s: Annotated[float, Query(gt=0, le=300, description="How long the mark holds unless renewed")] = 10.0,
+    ) -> Response:
         """A chat turn begins (the gateway): the context, as ``/context`` answers it, read once no other turn of
         the conversation is in flight (waiting at most the service's ``turn_wait_s``), and this turn marked in
-        flight for ``lease_s`` (until its answer is written, or released)."""
-        return json_response(
-            await service.context(user, conversation_id, body.max_tokens, turn_id=body.turn_id, lease_s=body.lease_s)
-        )
+        flight for ``lease_s`` (until its answer is written, or released). No body: the hot path of every turn."""
+        return json_response(await service.context(user, conversation_id, max_tokens, turn_id=turn_id, lease_s=lease_s))
 
     @router.put("/v1/conversations/{conversation_id}/turns/{turn_id}", status_code=204)
     async def mark_turn(

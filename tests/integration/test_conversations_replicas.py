@@ -80,7 +80,7 @@ def is_write(method: str, path: str) -> bool:
 
 def is_begin(cid: str) -> Callable[[str, str], bool]:
     """A gateway's begin of a turn of that conversation (its context read, which marks the turn)."""
-    return lambda method, path: method == "POST" and path == f"/v1/conversations/{cid}/turns"
+    return lambda method, path: method == "POST" and path.startswith(f"/v1/conversations/{cid}/turns/")
 
 
 def pending_turns(database_url: str, cid: str) -> int:

@@ -155,9 +155,6 @@ def _bombard_all(
     assert not failures, f"{len(failures)} of {sent} answers wrong:\n" + "\n".join(failures)
 
 
-TURN_ID = str(uuid.uuid4())
-
-
 def test_chathistory_survives_malformed_requests(conversation_stores: dict[str, Service]) -> None:
     svc = conversation_stores["comps.chathistory"]
     headers = {"Authorization": f"Bearer {INTERNAL}", **Caller(str(uuid.uuid4()), "fuzz", "user").headers()}
@@ -178,11 +175,8 @@ def test_chathistory_survives_malformed_requests(conversation_stores: dict[str, 
             "/v1/feedback/create": {"chat_id": cid, "feedback_data": {"is_thumbs_up": True, "rating": 5}},
             "/v1/feedback/get": {"chat_id": cid},
             "/v1/feedback/delete": {"feedback_id": str(uuid.uuid4())},
-            # last: a turn it marks in flight makes the reads of that conversation wait (bounded), released below
-            "/v1/conversations/{conversation_id}/turns": {"turn_id": TURN_ID, "max_tokens": 100, "lease_s": 0.001},
         }  # fmt: skip
         _bombard_all(svc, headers, valid, {"conversation_id": cid, "message_id": answer})
-        assert c.delete(f"/v1/conversations/{cid}/turns/{TURN_ID}").status_code == 204
         # still answering, and what was there is intact
         assert [m["role"] for m in c.get(f"/v1/conversations/{cid}/messages").json()["data"]][:2] == [
             "user",
