@@ -233,17 +233,19 @@ def _outline_paths(reader: Any) -> dict[int, tuple[str, ...]]:
 
 def html_to_markdown(data: bytes) -> str:
     """The main content of an HTML page as Markdown (headings as ``#`` lines, lists, tables, code), without
-    navigation, sidebars, footers and scripts (trafilatura); the page's title as first heading when the
-    content has none. A page where trafilatura finds no main content (a fragment, a tiny page) is read whole."""
+    navigation, sidebars, footers and scripts (trafilatura), with the short notes under headings that it would
+    drop (`keep_heading_notes`); the page's title as first heading when the content has none. A page where
+    trafilatura finds no main content (a fragment, a tiny page) is read whole."""
     import trafilatura
 
     title = _html_title(data)
-    tree = trafilatura.load_html(data)
-    if tree is not None:
-        keep_heading_notes(tree)
+    page = trafilatura.load_html(data)
+    if page is not None:
+        keep_heading_notes(page)
     body = trafilatura.extract(
-        tree if tree is not None else data, output_format="markdown", include_tables=True, include_comments=False, include_links=False,
-        include_images=False, include_formatting=True, favor_recall=True, deduplicate=False, with_metadata=False,
+        data if page is None else page, output_format="markdown", include_tables=True, include_comments=False,
+        include_links=False, include_images=False, include_formatting=True, favor_recall=True, deduplicate=False,
+        with_metadata=False,
     ) or _visible_text(data)  # fmt: skip
     body = _BLANK_RUN.sub("\n\n", body).strip()
     if title and not body.startswith("#"):
