@@ -35,7 +35,7 @@ from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from comps.core.errors import ConfigError, ServiceError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from comps.core.http import HttpClient
+from comps.core.http import MODEL_HEADER, HttpClient
 from comps.core.observability import tracer
 
 T = TypeVar("T")
@@ -77,8 +77,11 @@ class Node:
     read_timeout_s: float | None = None  # streaming only: longest wait between two events
     streaming: bool = False
     ready_path: str = "/v1/ready"
-    # Called with the hop's span (when recorded), request, validated answer (None: failed), upstream answers.
-    describe: Callable[[Span, Any, Any, Mapping[str, Any]], None] | None = field(default=None, compare=False)
+    # Called with the hop's span (when recorded), request, validated answer (None: failed), upstream answers
+    # and the model the answer's `MODEL_HEADER` names (None: not said).
+    describe: Callable[[Span, Any, Any, Mapping[str, Any], str | None], None] | None = field(
+        default=None, compare=False
+    )
 
     @property
     def target(self) -> str:
@@ -322,6 +325,7 @@ class Graph:
                             "POST", node.target, node=node.name, timeout_s=node.timeout_s, content=body
                         ) as resp:
                             raw = await resp.read()
+                            model = resp.headers.get(MODEL_HEADER)
                 except TimeoutError:
                     raise UpstreamTimeout(
                         f"{node.name} did not answer within {node.timeout_s:g}s", node=node.name
@@ -333,13 +337,13 @@ class Graph:
                         f"{node.name} answered with an unexpected body: {_first_error(exc)}", node=node.name
                     ) from None
                 if node.describe is not None and span.is_recording():
-                    node.describe(span, request, answer, upstream or {})
+                    node.describe(span, request, answer, upstream or {}, model)
                 return answer
             except ServiceError as exc:
                 count_error(node.name, exc)
                 _mark_failed(span, exc)
                 if node.describe is not None and span.is_recording():
-                    node.describe(span, request, None, upstream or {})
+                    node.describe(span, request, None, upstream or {}, None)
                 raise
             finally:
                 step.latency.observe(time.perf_counter() - started)

@@ -14,6 +14,7 @@ Nothing here runs for a span that is not recorded (no exporter configured).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -97,7 +98,12 @@ class Tracing:
     # -- upstream answers) -----------------------------------------------------------------------------------
 
     def embedding(
-        self, span: Span, request: EmbeddingRequest, answer: EmbeddingResponse | None, _: Mapping[str, Any]
+        self,
+        span: Span,
+        request: EmbeddingRequest,
+        answer: EmbeddingResponse | None,
+        _: Mapping[str, Any],
+        _model: str | None = None,
     ) -> None:
         attrs: dict[str, AttributeValue] = {
             A.OPENINFERENCE_SPAN_KIND: Kind.EMBEDDING.value,
@@ -113,7 +119,12 @@ class Tracing:
         span.set_attributes(attrs)
 
     def retriever(
-        self, span: Span, request: RetrievalRequest, answer: RetrievalResponse | None, _: Mapping[str, Any]
+        self,
+        span: Span,
+        request: RetrievalRequest,
+        answer: RetrievalResponse | None,
+        _: Mapping[str, Any],
+        _model: str | None = None,
     ) -> None:
         meta = {**_scope(request.collection, request.collections), "search_type": request.search_type, "k": request.k}
         attrs: dict[str, AttributeValue] = {
@@ -125,19 +136,26 @@ class Tracing:
             attrs[A.INPUT_VALUE] = request.text
             attrs[A.INPUT_MIME_TYPE] = _TEXT
         for i, doc in enumerate(answer.documents if answer is not None else ()):
-            prefix = f"{A.RETRIEVAL_DOCUMENTS}.{i}."
-            self._document(attrs, prefix, doc, doc.score)
-            attrs[prefix + Doc.DOCUMENT_METADATA] = _dumps(doc.metadata.model_dump(exclude_defaults=True))
+            keys = _document_keys(A.RETRIEVAL_DOCUMENTS, i)
+            self._document(attrs, keys, doc, doc.score)
+            attrs[keys[3]] = doc.metadata.model_dump_json(exclude_defaults=True)
         span.set_attributes(attrs)
 
     def reranker(
-        self, span: Span, request: RerankRequest, answer: list[RerankResult] | None, upstream: Mapping[str, Any]
+        self,
+        span: Span,
+        request: RerankRequest,
+        answer: list[RerankResult] | None,
+        upstream: Mapping[str, Any],
+        model: str | None = None,
     ) -> None:
-        """The documents in and out by id and score (their metadata is on the retriever's span)."""
+        """The model and the documents in and out by id and score (their metadata is on the retriever's span)."""
         attrs: dict[str, AttributeValue] = {
             A.OPENINFERENCE_SPAN_KIND: Kind.RERANKER.value,
             G.GEN_AI_OPERATION_NAME: "rerank",
         }
+        if model:
+            attrs[Rerank.RERANKER_MODEL_NAME] = attrs[G.GEN_AI_RESPONSE_MODEL] = model
         if request.top_n is not None:
             attrs[Rerank.RERANKER_TOP_K] = request.top_n
         if self.content:
@@ -146,21 +164,28 @@ class Tracing:
         docs: Sequence[RetrievedDocument] = retrieved.documents if isinstance(retrieved, RetrievalResponse) else ()
         if len(docs) == len(request.texts):  # else not the retriever's documents: no ids to name
             for i, doc in enumerate(docs):
-                self._document(attrs, f"{Rerank.RERANKER_INPUT_DOCUMENTS}.{i}.", doc, doc.score)
+                self._document(attrs, _document_keys(Rerank.RERANKER_INPUT_DOCUMENTS, i), doc, doc.score)
             for i, result in enumerate(answer or ()):
                 if 0 <= result.index < len(docs):
                     doc = docs[result.index]
-                    self._document(attrs, f"{Rerank.RERANKER_OUTPUT_DOCUMENTS}.{i}.", doc, result.score)
+                    self._document(attrs, _document_keys(Rerank.RERANKER_OUTPUT_DOCUMENTS, i), doc, result.score)
         span.set_attributes(attrs)
 
-    def _document(self, attrs: dict[str, AttributeValue], prefix: str, doc: RetrievedDocument, score: float) -> None:
-        attrs[prefix + Doc.DOCUMENT_ID] = doc.id
-        attrs[prefix + Doc.DOCUMENT_SCORE] = score
+    def _document(
+        self, attrs: dict[str, AttributeValue], keys: tuple[str, ...], doc: RetrievedDocument, score: float
+    ) -> None:
+        attrs[keys[0]] = doc.id
+        attrs[keys[1]] = score
         if self.content:
-            attrs[prefix + Doc.DOCUMENT_CONTENT] = doc.text
+            attrs[keys[2]] = doc.text
 
     def llm(
-        self, span: Span, request: ChatCompletionRequest, answer: ChatCompletion | None, _: Mapping[str, Any]
+        self,
+        span: Span,
+        request: ChatCompletionRequest,
+        answer: ChatCompletion | None,
+        _: Mapping[str, Any],
+        _model: str | None = None,
     ) -> None:
         """A whole (non-streamed) answer."""
         attrs = self.llm_request(request)
@@ -284,6 +309,18 @@ class StreamTrace:
         )
         self.llm.set_attributes(self.attrs)
         self.tracing.chain_answer(self.chain, text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _document_keys(documents: str, i: int) -> tuple[str, str, str, str]:
+    """The attribute names of the ``i``-th of a span's ``documents``: id, score, content, metadata (made once)."""
+    prefix = f"{documents}.{i}."
+    return (
+        prefix + Doc.DOCUMENT_ID,
+        prefix + Doc.DOCUMENT_SCORE,
+        prefix + Doc.DOCUMENT_CONTENT,
+        prefix + Doc.DOCUMENT_METADATA,
+    )
 
 
 def _scope(collection: str | None, collections: list[str] | None) -> dict[str, object]:

@@ -23,6 +23,7 @@ T = TypeVar("T")
 
 MAX_JSON_BYTES = 64 * 1024 * 1024  # most bytes of one JSON answer read into memory (a full embedding batch fits)
 ERROR_BODY_BYTES = 8192  # what is read of an upstream error answer
+MODEL_HEADER = "x-chatqna-model"  # names the model that made an answer whose body cannot (TEI's /rerank list)
 KEEPALIVE_S = 15  # an idle pooled connection is closed by the client after this; servers keep theirs longer
 
 

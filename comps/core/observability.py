@@ -17,7 +17,7 @@ import uuid
 from opentelemetry import trace
 from opentelemetry.propagate import extract, inject
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from prometheus_client import Counter, Histogram
@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from comps.core.caller import caller_headers_var
 from comps.core.otlp import OtlpHttpSpanExporter, parse_headers
+from comps.core.spans import LeanTracerProvider
 
 REQUEST_ID_HEADER = "x-request-id"
 PROBE_PATHS = frozenset({"/metrics", "/v1/health_check", "/v1/ready"})  # neither logged nor traced
@@ -82,33 +83,34 @@ def setup_logging(service: str, fmt: str = "plain", level: str = "INFO") -> None
 def setup_tracing(
     service: str, otlp_endpoint: str | None, sample_ratio: float = 1.0, otlp_headers: str | None = None
 ) -> None:
-    """Install the SDK tracer provider; spans are exported over OTLP/HTTP only when an endpoint is set.
+    """Install the tracer provider (`comps.core.spans`); spans are exported over OTLP/HTTP only when an endpoint
+    is set, in batches (the SDK's ``BatchSpanProcessor``, its ``OTEL_BSP_*`` variables).
 
     With an exporter, ``sample_ratio`` of the traces that start here are recorded (a caller's sampled flag
     decides for the traces it started). ``otlp_headers`` (``key1=value1,key2=value2``) go with every export."""
-    if isinstance(trace.get_tracer_provider(), TracerProvider):
+    if isinstance(trace.get_tracer_provider(), LeanTracerProvider):
         return
     # Without an exporter, a trace that no caller sampled is not recorded: its spans still carry and pass
-    # on the trace context (traceparent) but cost half as much, since nothing would ever read them.
+    # on the trace context (traceparent) but cost a fraction, since nothing would ever read them.
     sampler = ParentBased(TraceIdRatioBased(sample_ratio) if otlp_endpoint else ALWAYS_OFF)
-    provider = TracerProvider(resource=Resource.create({"service.name": service}), sampler=sampler)
+    processor = SpanProcessor()  # takes nothing
     if otlp_endpoint:
         exporter = OtlpHttpSpanExporter(otlp_endpoint.rstrip("/") + "/v1/traces", parse_headers(otlp_headers))
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
+        processor = BatchSpanProcessor(exporter)
+    trace.set_tracer_provider(LeanTracerProvider(Resource.create({"service.name": service}), sampler, processor))
 
 
 def flush_spans() -> None:
     """Export what is buffered (on shutdown: a process ended by a signal runs no atexit hooks)."""
     provider = trace.get_tracer_provider()
-    if isinstance(provider, TracerProvider):
+    if isinstance(provider, LeanTracerProvider):
         provider.force_flush(5000)
 
 
 @functools.cache
 def tracer() -> trace.Tracer:
     """The process's tracer, made once: `trace.get_tracer` is slow (tens of µs); a tracer obtained before
-    `setup_tracing` is a proxy that switches to the SDK provider once it is set."""
+    `setup_tracing` is a proxy that switches to the process's provider once it is set."""
     return trace.get_tracer("chatqna")
 
 

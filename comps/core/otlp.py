@@ -85,10 +85,27 @@ def _key(key: str) -> bytes:
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
-    """Repeated ``KeyValue`` fields under ``tag``."""
+    """Repeated ``KeyValue`` fields under ``tag`` (the encoder's hot loop: short strings and numbers inline)."""
     if not attributes:
         return b""
-    return b"".join(_field(tag, _key(k) + _field(b"\x12", _value(v))) for k, v in attributes.items())
+    out = []
+    for k, v in attributes.items():
+        cls = v.__class__
+        if cls is str:
+            encoded = v.encode()
+            n = len(encoded)
+            value = b"\x0a" + _SMALL[n] + encoded if n < 0x80 else _field(b"\x0a", encoded)
+        elif cls is float:
+            value = b"\x21" + _double(v)
+        elif cls is int:
+            value = b"\x18" + _varint(v)
+        else:
+            value = _value(v)
+        n = len(value)
+        kv = (_keys.get(k) or _key(k)) + (b"\x12" + _SMALL[n] + value if n < 0x80 else _field(b"\x12", value))
+        n = len(kv)
+        out.append(tag + _SMALL[n] + kv if n < 0x80 else _field(tag, kv))
+    return b"".join(out)
 
 
 def _flags(parent: SpanContext | None) -> bytes:

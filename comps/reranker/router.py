@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Response
 
 from comps.core.app import create_app, ready_backend
 from comps.core.backends import load_backend
+from comps.core.http import MODEL_HEADER
 from comps.core.settings import resolve_model_path
 from comps.reranker.backends import REGISTRY, Reranker
 from comps.reranker.protocol import RerankingRequest, RerankingResponse, RerankRequest, RerankResult
@@ -24,8 +25,10 @@ def build_router(service: RerankerService) -> APIRouter:
     router = APIRouter(tags=["reranker"])
 
     @router.post("/rerank", response_model=list[RerankResult], response_model_exclude_none=True)
-    async def rerank(body: RerankRequest, backend: RerankerDep) -> list[RerankResult]:
-        """TEI rerank: ``[{"index", "score", "text"?}]``, best first."""
+    async def rerank(body: RerankRequest, backend: RerankerDep, response: Response) -> list[RerankResult]:
+        """TEI rerank: ``[{"index", "score", "text"?}]``, best first; the ``x-chatqna-model`` header names the
+        model (or method) that scored."""
+        response.headers[MODEL_HEADER] = backend.model_name
         return await service.tei(backend, body)
 
     @router.post("/v1/reranking", response_model=RerankingResponse)

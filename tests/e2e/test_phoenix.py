@@ -105,6 +105,8 @@ def test_phoenix_shows_a_chain_with_embedding_retriever_reranker_and_llm_spans(
     retrieved = by_kind["RETRIEVER"]["attributes"]
     ids = {v for k, v in retrieved.items() if k.startswith("retrieval.documents.") and k.endswith(".document.id")}
     assert {s["id"] for s in body["sources"]} <= ids
+    assert by_kind["RERANKER"]["attributes"]["reranker.model_name"] == "stub-reranker"
+    assert by_kind["EMBEDDING"]["attributes"]["embedding.model_name"] == "stub-embedding"
     # Content is off by default: no question, passage or answer text reached Phoenix.
     dumped = str(found)
     for text in [QUESTION, "".join(TOKENS), *(d["text"] for d in DOCS)]:

@@ -91,6 +91,8 @@ def test_auto_picks_the_cross_encoder_and_readiness_names_it(cross, tiny_model: 
         "cpu",
         512,
     )
+    scored = post(cross, "/rerank", {"query": QUERY, "texts": TEXTS[:2]})
+    assert scored.headers["x-chatqna-model"] == tiny_model.name  # what the gateway's RERANKER span names
 
 
 def test_scores_equal_in_process_predict_sorted_best_first(cross, reference) -> None:
@@ -147,6 +149,7 @@ def test_too_long_pair_is_truncated_by_default_and_refused_without_truncation(cr
 def test_remote_backend_gives_the_upstreams_ranking_and_errors(remote, cross) -> None:
     ready = httpx.get(f"{remote.url}/v1/ready").json()
     assert (ready["backend"], ready["remote_url"]) == ("remote", cross.url)
+    assert post(remote, "/rerank", {"query": QUERY, "texts": TEXTS[:1]}).headers["x-chatqna-model"] == cross.url
     for raw in (False, True):
         body = {"query": QUERY, "texts": TEXTS, "raw_scores": raw, "return_text": True}
         direct, via = post(cross, "/rerank", body).json(), post(remote, "/rerank", body).json()
@@ -183,7 +186,7 @@ def test_lexical_fusion_puts_the_answering_passage_first(
 ) -> None:
     texts = [P[i] for i in retrieved]
     r = post(lexical, "/rerank", {"query": question, "texts": texts, "return_text": True})
-    assert r.status_code == 200
+    assert r.status_code == 200 and r.headers["x-chatqna-model"] == "lexical-fusion"
     got = r.json()
     assert got[0]["text"] == P[answer]
     assert [g["score"] for g in got] == sorted((g["score"] for g in got), reverse=True)

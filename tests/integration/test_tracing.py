@@ -118,6 +118,7 @@ def test_one_question_is_a_chain_of_embedding_retriever_reranker_and_llm_spans(
     kept = documents(rr, "reranker.output_documents")
     assert [(d["id"], d["score"]) for d in kept] == [(s["id"], s["score"]) for s in sources]
     assert rr.attributes["reranker.top_k"] == 3
+    assert rr.attributes["reranker.model_name"] == rr.attributes["gen_ai.response.model"] == "stub-reranker"
 
     # The LLM's span: model, parameters and the reply's own token counts.
     llm = hops["llm"].attributes

@@ -291,7 +291,9 @@ class Stubs:
         n = len(body["texts"])
         ranked = [{"index": i, "score": round(0.99 - 0.1 * r, 3)} for r, i in enumerate(reversed(range(n)))]
         top_n = body.get("top_n")
-        return self._json(ranked[:top_n] if top_n else ranked)
+        resp = self._json(ranked[:top_n] if top_n else ranked)
+        resp.headers["x-chatqna-model"] = "stub-reranker"  # as the reranker service names its model
+        return resp
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         try:

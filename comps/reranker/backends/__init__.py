@@ -16,5 +16,7 @@ REGISTRY = {
 class Reranker(Backend, Protocol):
     """What every reranker backend offers the service, besides the kit's `Backend` methods."""
 
+    model_name: str  # what scores: the model folder's name, the method, or the remote server
+
     async def score(self, query: str, texts: list[str], *, truncate: bool, raw: bool) -> list[float]:
         """One relevance score per text, in the order of ``texts`` (higher is better)."""

@@ -20,6 +20,7 @@ class CrossEncoderReranker:
             raise ConfigError("RERANKER_BACKEND=cross-encoder needs RERANKER_MODEL (a model folder or path)")
         self.settings = settings
         self.path = model_folder(settings.model, settings.models_dir, "RERANKER_MODEL")
+        self.model_name = self.path.name
         self.device = "unloaded"
         self.max_seq_length = 0
         self._model: Any = None

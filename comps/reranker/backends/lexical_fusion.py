@@ -84,7 +84,7 @@ def fuse(query: str, texts: Sequence[str], k: int) -> list[float]:
 
 
 class LexicalFusionReranker:
-    name = "lexical-fusion"
+    name = model_name = "lexical-fusion"
 
     def __init__(self, settings: RerankerSettings) -> None:
         self.k = settings.rrf_k

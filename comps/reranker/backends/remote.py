@@ -22,6 +22,7 @@ class RemoteReranker:
             raise ConfigError("RERANKER_BACKEND=remote needs RERANKER_REMOTE_URL (the server's base URL)")
         self.settings = settings
         self.base_url = settings.remote_url.rstrip("/")
+        self.model_name = self.base_url
         self.headers = bearer(settings.remote_api_key)
         self._http: HttpClient | None = None
 
