@@ -27,6 +27,7 @@ from comps.dataprep.protocol import DocumentKind
 
 if TYPE_CHECKING:
     from langchain_text_splitters import RecursiveCharacterTextSplitter
+    from lxml.html import HtmlElement
 
 MARKDOWN_KINDS = frozenset({"markdown", "html", "docx"})
 HEADERS = [("#", "h1"), ("##", "h2"), ("###", "h3"), ("####", "h4")]
@@ -56,6 +57,11 @@ _HTML_BLOCKS = (
     "address",
 )
 _HTML_DROP = ("script", "style", "noscript", "template", "svg", "head", "nav", "footer", "form", "iframe")
+_HEADING_TAGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+_INLINE_TAGS = frozenset(
+    "a abbr b bdi bdo br cite code data del dfn em i ins kbd mark q s samp small span strong sub sup time u var".split()
+)
+NOTE_MAX_CHARS = 160  # "Added in: v8.0.0", "Deprecated since: v7.0.0", "Stability: 2 - Stable", a byline, a date
 
 
 class ParseError(ValueError):
@@ -227,19 +233,57 @@ def _outline_paths(reader: Any) -> dict[int, tuple[str, ...]]:
 
 def html_to_markdown(data: bytes) -> str:
     """The main content of an HTML page as Markdown (headings as ``#`` lines, lists, tables, code), without
-    navigation, sidebars, footers and scripts (trafilatura); the page's title as first heading when the
-    content has none. A page where trafilatura finds no main content (a fragment, a tiny page) is read whole."""
+    navigation, sidebars, footers and scripts (trafilatura), with the short notes under headings that it would
+    drop (`keep_heading_notes`); the page's title as first heading when the content has none. A page where
+    trafilatura finds no main content (a fragment, a tiny page) is read whole."""
     import trafilatura
 
     title = _html_title(data)
+    page = trafilatura.load_html(data)
+    if page is not None:
+        keep_heading_notes(page)
     body = trafilatura.extract(
-        data, output_format="markdown", include_tables=True, include_comments=False, include_links=False,
-        include_images=False, include_formatting=True, favor_recall=True, deduplicate=False, with_metadata=False,
+        data if page is None else page, output_format="markdown", include_tables=True, include_comments=False,
+        include_links=False, include_images=False, include_formatting=True, favor_recall=True, deduplicate=False,
+        with_metadata=False,
     ) or _visible_text(data)  # fmt: skip
     body = _BLANK_RUN.sub("\n\n", body).strip()
     if title and not body.startswith("#"):
         body = f"# {title}\n\n{body}"
     return body
+
+
+def keep_heading_notes(tree: HtmlElement) -> None:
+    """Short lines of text in ``div``s of their own right under a heading ("Added in: v8.0.0", "Deprecated since:
+    v7.0.0", "Stability: 2 - Stable", a post's date) become plain paragraphs, so that trafilatura keeps them: it
+    drops blocks by their class names (``api_metadata`` holds "meta") and by their share of link text. Only a
+    ``div`` of inline content, at most `NOTE_MAX_CHARS` of text, at most half of it link text, whose previous
+    sibling with text is a heading or such a note, is changed; the blocks around it (navigation, sidebars,
+    footers: lists of links, containers) keep their names and are judged by trafilatura as before."""
+    notes: set[HtmlElement] = set()
+    for div in list(tree.iter("div")):  # document order: a note after a note is seen after it
+        if _is_note(div) and _after_heading(div, notes):
+            notes.add(div)
+    for div in notes:
+        div.attrib.clear()
+        div.tag = "p"
+
+
+def _is_note(element: HtmlElement) -> bool:
+    if any(isinstance(c.tag, str) and c.tag not in _INLINE_TAGS for c in element):
+        return False
+    text = " ".join(element.text_content().split())
+    links = sum(len(" ".join(a.text_content().split())) for a in element.iter("a"))
+    return 0 < len(text) <= NOTE_MAX_CHARS and links * 2 <= len(text)
+
+
+def _after_heading(element: HtmlElement, notes: set[HtmlElement]) -> bool:
+    before = element.getprevious()
+    while before is not None and (not isinstance(before.tag, str) or not before.text_content().strip()):
+        before = before.getprevious()  # comments and empty elements (<p></p>) in between
+    if before is None:
+        return False
+    return before.tag in _HEADING_TAGS or before in notes
 
 
 def _html_title(data: bytes) -> str:

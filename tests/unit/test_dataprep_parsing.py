@@ -82,6 +82,29 @@ def test_html_keeps_the_main_content_with_its_headings_and_drops_navigation_and_
     assert any(c.startswith("Travel and expenses > Claims\n\n") and "no paper copies" in c for c in chunks)
 
 
+API_PAGE = (
+    b"<html><head><title>lamp | Lamplighter docs</title></head><body>"
+    b"<div id='side' class='sidebar'><div class='intro'><a href='/'>Lamplighter</a></div>"
+    b"<ul><li><a href='lamp.html'>lamp</a></li><li><a href='wick.html'>wick</a></li></ul></div>"
+    b"<div id='content' role='main'><h2>Lamp</h2>"
+    b"<div class='api_metadata'><span>Deprecated since: v7.0.0</span></div><p></p>"
+    b"<div class='api_stability'><a href='stability.html'>Stability: 0</a> - Deprecated</div>"
+    b"<p>The lamp module lights the lamps of the old town, one street at a time, every evening at dusk.</p>"
+    b"<h3>lamp.light(street)</h3><div class='api_metadata'><span>Added in: v0.5.1</span></div>"
+    b"<p>Lights every lamp of <code>street</code> and returns how many were lit, counting broken ones too.</p>"
+    b"<div class='post-meta'>Reviewed by the lamplighters' guild last winter.</div></div>"
+    b"<div class='footer'>Copyright 2031 the Lamplighters. Built with docgen.</div></body></html>"
+)
+
+
+def test_html_keeps_short_notes_under_headings_but_not_navigation_sidebars_or_footers() -> None:
+    joined = "\n".join(texts(parse_document(API_PAGE, "html", 1000, 0)))
+    for kept in ("Deprecated since: v7.0.0", "Stability: 0 - Deprecated", "Added in: v0.5.1", "lights the lamps"):
+        assert kept in joined
+    for gone in ("wick", "Lamplighter\n", "Copyright", "Reviewed by"):  # sidebar links, footer, a note under no heading
+        assert gone not in joined
+
+
 def test_html_fragments_are_read_whole_and_get_the_title() -> None:
     chunks = parse_document(b"<html><head><title>Page</title></head><body><p>Body.</p></body></html>", "html", 100, 0)
     assert texts(chunks) == ["Page\n\nBody."]
