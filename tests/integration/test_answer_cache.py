@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from comps.vectorstore import documents, schema
 from comps.vectorstore.stores import make_store
 from comps.vectorstore.versions import content_versions, version_key
-from tests.support.procs import Service, start_service
+from tests.support.procs import Service, start_chathistory, start_service
 from tests.support.sse import sse_data
 from tests.support.stubs import DIM, TOKENS, VECTOR, StubMesh
 
@@ -61,13 +61,7 @@ def running_stack(redis_url: str, database_url: str, logs: Path, *, backend: str
     with StubMesh() as mesh, ExitStack() as running:
         history = None
         if backend == "redis":
-            history = start_service(
-                "comps.chathistory",
-                "CHATHISTORY_",
-                {"DATABASE_URL": database_url, "CHATHISTORY_API_KEY": INTERNAL},
-                log_dir=logs,
-                timeout_s=120,
-            )
+            history = start_chathistory(database_url, INTERNAL, logs)
             running.callback(history.stop)
         env = {
             **mesh.env(),

@@ -20,7 +20,7 @@ import pytest
 from comps.identity.service import ANONYMOUS
 from comps.sqlstore.db import asyncpg_dsn
 from tests.support.http_hold import HoldingProxy
-from tests.support.procs import Service, start_service
+from tests.support.procs import Service, start_chathistory, start_service
 from tests.support.stubs import StubMesh
 
 pytestmark = pytest.mark.integration
@@ -45,13 +45,7 @@ def replicas(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     logs = tmp_path_factory.mktemp("replicas")
     services: list[Service] = []
     with StubMesh() as mesh:
-        chathistory = start_service(
-            "comps.chathistory",
-            "CHATHISTORY_",
-            {"DATABASE_URL": database_url, "CHATHISTORY_API_KEY": INTERNAL},
-            log_dir=logs,
-            timeout_s=120,
-        )
+        chathistory = start_chathistory(database_url, INTERNAL, logs)
         services.append(chathistory)
         proxy, seen_b = HoldingProxy(chathistory.url).start(), HoldingProxy(chathistory.url).start()
         try:

@@ -22,7 +22,7 @@ import jwt
 import openai
 import pytest
 
-from tests.support.procs import Service, start_service
+from tests.support.procs import Service, start_chathistory, start_service
 from tests.support.stubs import StubMesh
 
 pytestmark = pytest.mark.integration
@@ -69,13 +69,7 @@ def stack(redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFa
             log_dir=logs,
             timeout_s=120,
         )
-        chathistory = start_service(
-            "comps.chathistory",
-            "CHATHISTORY_",
-            {"DATABASE_URL": database_url, "CHATHISTORY_API_KEY": INTERNAL},
-            log_dir=logs,
-            timeout_s=120,
-        )
+        chathistory = start_chathistory(database_url, INTERNAL, logs)
         env = {
             **mesh.env(),
             "GATEWAY_AUTH_ENABLED": "true",

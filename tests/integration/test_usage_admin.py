@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from comps.runtime.process import free_port
-from tests.support.procs import Service, start_service
+from tests.support.procs import Service, start_chathistory, start_service
 from tests.support.stubs import TOKENS, StubMesh
 from tests.support.tcp_gate import TcpGate
 
@@ -57,13 +57,7 @@ class Stack:
 def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("usage")
     with StubMesh() as mesh, StubMesh(only=("llm",)) as beta:
-        chathistory = start_service(
-            "comps.chathistory",
-            "CHATHISTORY_",
-            {"DATABASE_URL": database_url, "CHATHISTORY_API_KEY": INTERNAL},
-            log_dir=logs,
-            timeout_s=120,
-        )
+        chathistory = start_chathistory(database_url, INTERNAL, logs)
         models = {"alpha": mesh.url("llm"), "beta": beta.url("llm"), "gamma": f"http://127.0.0.1:{free_port()}"}
         env = {
             **mesh.env(),

@@ -100,3 +100,9 @@ def start_service(
         proc.stop()
         raise
     return Service(name, url, port, proc)
+
+
+def start_chathistory(database_url: str, api_key: str, log_dir: Path | None = None) -> Service:
+    """A chathistory process on ``database_url``, reached with the internal ``api_key``."""
+    env = {"DATABASE_URL": database_url, "CHATHISTORY_API_KEY": api_key}
+    return start_service("comps.chathistory", "CHATHISTORY_", env, log_dir=log_dir, timeout_s=120)
