@@ -178,6 +178,7 @@ def create_app(
             settings.otlp_endpoint,
             settings.trace_sample_ratio,
             settings.otlp_headers.get_secret_value() if settings.otlp_headers else None,
+            settings.trace_export_delay_ms / 1000,
         )
         await state.http.start()
         warm_task = asyncio.create_task(_warm_up(state), name="warm-up")

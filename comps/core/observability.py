@@ -18,13 +18,12 @@ from opentelemetry import trace
 from opentelemetry.propagate import extract, inject
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from comps.core.caller import caller_headers_var
-from comps.core.otlp import OtlpHttpSpanExporter, parse_headers
+from comps.core.otlp import OtlpSpanBatcher, parse_headers
 from comps.core.spans import LeanTracerProvider
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -81,10 +80,14 @@ def setup_logging(service: str, fmt: str = "plain", level: str = "INFO") -> None
 
 
 def setup_tracing(
-    service: str, otlp_endpoint: str | None, sample_ratio: float = 1.0, otlp_headers: str | None = None
+    service: str,
+    otlp_endpoint: str | None,
+    sample_ratio: float = 1.0,
+    otlp_headers: str | None = None,
+    export_delay_s: float = 5.0,
 ) -> None:
     """Install the tracer provider (`comps.core.spans`); spans are exported over OTLP/HTTP only when an endpoint
-    is set, in batches (the SDK's ``BatchSpanProcessor``, its ``OTEL_BSP_*`` variables).
+    is set, in batches at most ``export_delay_s`` apart (`comps.core.otlp.OtlpSpanBatcher`).
 
     With an exporter, ``sample_ratio`` of the traces that start here are recorded (a caller's sampled flag
     decides for the traces it started). ``otlp_headers`` (``key1=value1,key2=value2``) go with every export."""
@@ -95,8 +98,8 @@ def setup_tracing(
     sampler = ParentBased(TraceIdRatioBased(sample_ratio) if otlp_endpoint else ALWAYS_OFF)
     processor = SpanProcessor()  # takes nothing
     if otlp_endpoint:
-        exporter = OtlpHttpSpanExporter(otlp_endpoint.rstrip("/") + "/v1/traces", parse_headers(otlp_headers))
-        processor = BatchSpanProcessor(exporter)
+        endpoint = otlp_endpoint.rstrip("/") + "/v1/traces"
+        processor = OtlpSpanBatcher(endpoint, parse_headers(otlp_headers), delay_s=export_delay_s)
     trace.set_tracer_provider(LeanTracerProvider(Resource.create({"service.name": service}), sampler, processor))
 
 

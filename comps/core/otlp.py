@@ -2,10 +2,11 @@
 
 The SDK's OTLP exporter builds a protobuf object per span, attribute and value before serialising them
 (about two thirds of what tracing costs a service); this writes the same ``ExportTraceServiceRequest``
-bytes directly, with each attribute key encoded once per process. It runs in the SDK's batch span
-processor thread, never on the event loop, and posts each batch with ``http.client`` on one kept-alive
-connection. A batch the collector does not take is dropped with a warning (the trace is lost, the
-service goes on).
+bytes directly, with each attribute key encoded once per process. `OtlpSpanBatcher` encodes each span as it
+ends (so that no span waits in memory for the exporter, and no second thread competes with the event loop for
+the interpreter while encoding) and posts the encoded batches with ``http.client`` from one background thread,
+on one kept-alive connection. A batch the collector does not take is dropped with a warning (the trace is lost,
+the service goes on).
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from __future__ import annotations
 import http.client
 import logging
 import struct
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace import SpanContext
 
 log = logging.getLogger(__name__)
@@ -160,17 +161,33 @@ def _span(span: ReadableSpan) -> bytes:
     return b"".join(parts)
 
 
-def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
-    """An ``ExportTraceServiceRequest`` (opentelemetry-proto) holding ``spans``, grouped by resource and scope."""
-    groups: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
-    for span in spans:
-        resource, scope = span.resource, span.instrumentation_scope
-        scopes = groups.setdefault(id(resource), (resource, {}))[1]
-        scopes.setdefault(id(scope), (scope, []))[1].append(_field(b"\x12", _span(span)))
+_Groups = dict[tuple[int, int], tuple[Any, Any, list[bytes]]]  # (resource, scope) ids -> both, encoded spans
+
+
+def _encoded(span: ReadableSpan) -> bytes:
+    """``span`` as a ``ScopeSpans.spans`` field."""
+    return _field(b"\x12", _span(span))
+
+
+def _group(groups: _Groups, span: ReadableSpan, encoded: bytes) -> None:
+    """Add ``span``'s encoding to its resource's and scope's group."""
+    resource, scope = span.resource, span.instrumentation_scope
+    key = (id(resource), id(scope))
+    group = groups.get(key)
+    if group is None:
+        group = groups[key] = (resource, scope, [])
+    group[2].append(encoded)
+
+
+def _request(groups: _Groups) -> bytes:
+    """An ``ExportTraceServiceRequest`` (opentelemetry-proto) of the grouped spans."""
+    by_resource: dict[int, tuple[Any, list[tuple[Any, list[bytes]]]]] = {}
+    for resource, scope, encoded in groups.values():
+        by_resource.setdefault(id(resource), (resource, []))[1].append((scope, encoded))
     out = []
-    for resource, scopes in groups.values():
+    for resource, scopes in by_resource.values():
         body = _field(b"\x0a", _attributes(b"\x0a", resource.attributes))
-        for scope, encoded in scopes.values():
+        for scope, encoded in scopes:
             scope_body = b""
             if scope is not None:
                 scope_body = _field(b"\x0a", scope.name.encode())
@@ -187,6 +204,14 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     return b"".join(out)
 
 
+def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
+    """An ``ExportTraceServiceRequest`` holding ``spans``, grouped by resource and scope."""
+    groups: _Groups = {}
+    for span in spans:
+        _group(groups, span, _encoded(span))
+    return _request(groups)
+
+
 def parse_headers(value: str | None) -> dict[str, str]:
     """``OTEL_EXPORTER_OTLP_HEADERS``: ``key1=value1,key2=value2`` (values URL-encoded)."""
     headers = {}
@@ -197,10 +222,19 @@ def parse_headers(value: str | None) -> dict[str, str]:
     return headers
 
 
-class OtlpHttpSpanExporter(SpanExporter):
-    """Posts each batch to ``endpoint`` (``.../v1/traces``) as ``application/x-protobuf``."""
+class OtlpSpanBatcher(SpanProcessor):
+    """Encodes each recorded span when it ends, on the thread that ends it (a service's event loop: a few µs, and
+    the span is freed at once instead of waiting in a queue), and posts what has gathered to ``endpoint``
+    (``.../v1/traces``, ``application/x-protobuf``) from one background thread: every ``delay_s``, or as soon as
+    `BATCH_SPANS` wait. Beyond `QUEUE_SPANS` waiting (a collector slower than the spans come) new spans are dropped
+    and counted in the next warning."""
 
-    def __init__(self, endpoint: str, headers: Mapping[str, str] | None = None, timeout_s: float = 10.0) -> None:
+    BATCH_SPANS = 512
+    QUEUE_SPANS = 2048
+
+    def __init__(
+        self, endpoint: str, headers: Mapping[str, str] | None = None, delay_s: float = 5.0, timeout_s: float = 10.0
+    ) -> None:
         url = urlsplit(endpoint)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"OTLP endpoint {endpoint!r} is not an http(s) URL")
@@ -209,18 +243,70 @@ class OtlpHttpSpanExporter(SpanExporter):
         self._port = url.port
         self._path = url.path or "/"
         self._headers = {**(headers or {}), "Content-Type": "application/x-protobuf"}
+        self._delay_s = delay_s
         self._timeout_s = timeout_s
         self._conn: http.client.HTTPConnection | None = None
         self._warned: float | None = None
+        self._lock = threading.Lock()  # the spans gathered: appended by any thread, taken by the poster
+        self._groups: _Groups = {}
+        self._count = 0
+        self._dropped = 0
+        self._posting = threading.Lock()  # one post at a time (the thread's, or a flush's)
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def on_end(self, span: ReadableSpan) -> None:
+        ctx = span.context
+        if ctx is None or not ctx.trace_flags.sampled:
+            return
+        encoded = _encoded(span)
+        with self._lock:
+            if self._count >= self.QUEUE_SPANS:
+                self._dropped += 1
+                return
+            _group(self._groups, span, encoded)
+            self._count += 1
+            full = self._count >= self.BATCH_SPANS
+            if self._thread is None:  # started by the first span (after a fork, in the process that records)
+                self._thread = threading.Thread(target=self._run, name="otlp-export", daemon=True)
+                self._thread.start()
+        if full:
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait(self._delay_s)
+            self._wake.clear()
+            self._export()
+
+    def _export(self) -> bool:
+        """Post what has gathered; False when the collector did not take it (the spans are dropped)."""
+        with self._posting:
+            with self._lock:
+                groups, n, dropped = self._groups, self._count, self._dropped
+                self._groups, self._count, self._dropped = {}, 0, 0
+            if not n:
+                return True
+            if dropped:
+                self._warn(f"dropped {dropped} spans: more than {self.QUEUE_SPANS} were waiting for the collector")
+            body = _request(groups)
+            try:
+                try:
+                    status = self._post(body)
+                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                    status = self._post(body)  # the kept-alive connection was closed by the collector: once more
+            except (OSError, http.client.HTTPException) as exc:
+                return self._failed(n, f"{type(exc).__name__}: {exc}")
+            if not 200 <= status < 300:
+                return self._failed(n, f"HTTP {status}")
+            return True
+
+    def _post(self, body: bytes) -> int:
         if self._conn is None:
             cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
             self._conn = cls(self._host, self._port, timeout=self._timeout_s)
-        return self._conn
-
-    def _post(self, body: bytes) -> int:
-        conn = self._connection()
+        conn = self._conn
         try:
             conn.request("POST", self._path, body=body, headers=self._headers)
             resp = conn.getresponse()
@@ -231,31 +317,24 @@ class OtlpHttpSpanExporter(SpanExporter):
             self._conn = None
             raise
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        body = encode_spans(spans)
-        try:
-            try:
-                status = self._post(body)
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                status = self._post(body)  # the kept-alive connection was closed by the collector: once more
-        except OSError as exc:
-            return self._failed(len(spans), f"{type(exc).__name__}: {exc}")
-        except http.client.HTTPException as exc:
-            return self._failed(len(spans), f"{type(exc).__name__}: {exc}")
-        if not 200 <= status < 300:
-            return self._failed(len(spans), f"HTTP {status}")
-        return SpanExportResult.SUCCESS
+    def _failed(self, n: int, why: str) -> bool:
+        self._warn(f"dropped {n} spans: the OTLP collector at {self._host} did not take them ({why})")
+        return False
 
-    def _failed(self, n: int, why: str) -> SpanExportResult:
+    def _warn(self, message: str) -> None:
         now = time.monotonic()
-        if (
-            self._warned is None or now - self._warned >= _WARN_EVERY_S
-        ):  # a collector that is down: one line a minute, not per batch
+        if self._warned is None or now - self._warned >= _WARN_EVERY_S:  # a collector that is down: one a minute
             self._warned = now
-            log.warning("dropped %d spans: the OTLP collector at %s did not take them (%s)", n, self._host, why)
-        return SpanExportResult.FAILURE
+            log.warning("%s", message)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Post what has gathered now (on shutdown), in the calling thread."""
+        return self._export()
 
     def shutdown(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        self._export()
         if self._conn is not None:
             self._conn.close()
             self._conn = None

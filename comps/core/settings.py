@@ -53,6 +53,13 @@ class ServiceSettings(BaseSettings):
         description="Fraction of the traces starting at this service that are recorded and exported "
         "(a caller's sampled flag decides for its own).",
     )
+    trace_export_delay_ms: int = Field(
+        default=5000,
+        ge=1,
+        le=600_000,
+        validation_alias=AliasChoices("OTEL_BSP_SCHEDULE_DELAY", "trace_export_delay_ms"),
+        description="Longest wait before the spans gathered are exported (sooner when 512 are waiting).",
+    )
     trace_content: bool = Field(
         default=False,
         validation_alias=AliasChoices("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "trace_content"),

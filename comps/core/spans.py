@@ -4,9 +4,9 @@ The SDK's ``Span`` checks and copies each attribute under a lock, copies the who
 builds several helper objects per span: in the gateway (5 spans and ~75 attributes a request) that was most of
 what tracing cost, 0.2-0.5 ms of CPU per request. `LeanTracerProvider` implements the same API (so code and any
 instrumentation library written against ``opentelemetry.trace`` work unchanged) with spans that keep their
-attributes in a plain dict until they end; the SDK still does the rest: the sampler decides as it would
-(``ParentBased(TraceIdRatioBased)``), `Resource` names the service, and its ``BatchSpanProcessor`` queues ended
-spans for the exporter (`comps.core.otlp`, which reads the same fields an SDK ``ReadableSpan`` has).
+attributes in a plain dict until they end. The SDK's sampler decides (``ParentBased(TraceIdRatioBased)``; a span
+under a local parent follows it without asking) and its `Resource` names the service; an ended span goes to the
+span processor (`comps.core.otlp.OtlpSpanBatcher`, which reads the fields an SDK ``ReadableSpan`` has).
 
 Attribute values are trusted to be what the API allows (str, bool, int, float, bytes or a sequence of one of
 them); ``None`` is dropped, a list is kept as a tuple, so that changing it afterwards changes nothing.
@@ -27,7 +27,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, SpanProcessor
 from opentelemetry.sdk.trace.sampling import Decision, Sampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -177,14 +177,17 @@ class LeanTracer(trace.Tracer):
         parent = trace.get_current_span(context).get_span_context()
         trace_id = parent.trace_id if parent.is_valid else random.getrandbits(128) or 1
         span_id = random.getrandbits(64) or 1
-        sampling = provider.sampler.should_sample(context, trace_id, name, kind, attributes, links)
-        recorded = sampling.decision is Decision.RECORD_AND_SAMPLE
-        ctx = SpanContext(trace_id, span_id, False, _SAMPLED if recorded else _NOT_SAMPLED, sampling.trace_state)
+        attrs = dict(attributes) if attributes else {}
+        trace_state: TraceState | None
+        if parent.is_valid and not parent.is_remote:  # a local child follows its parent (`ParentBased`'s rule)
+            recorded, trace_state = parent.trace_flags.sampled, parent.trace_state
+        else:
+            sampling = provider.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            recorded, trace_state = sampling.decision is Decision.RECORD_AND_SAMPLE, sampling.trace_state
+            attrs.update(sampling.attributes or {})
+        ctx = SpanContext(trace_id, span_id, False, _SAMPLED if recorded else _NOT_SAMPLED, trace_state)
         if not recorded:
             return trace.NonRecordingSpan(ctx)
-        attrs = dict(attributes) if attributes else {}
-        if sampling.attributes:
-            attrs.update(sampling.attributes)
         return LeanSpan(
             provider.processor,
             name,

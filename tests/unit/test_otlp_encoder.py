@@ -14,13 +14,14 @@ from opentelemetry.propagate import extract, inject
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler, TraceIdRatioBased
 
-from comps.core.otlp import OtlpHttpSpanExporter, encode_spans, parse_headers
+from comps.core.otlp import OtlpSpanBatcher, encode_spans, parse_headers
 from comps.core.spans import LeanTracerProvider
 from comps.runtime.process import free_port
+from tests.support.otlp import OtlpCollector
 
 pytestmark = pytest.mark.unit
 
@@ -51,15 +52,41 @@ def test_headers_are_read_as_the_otlp_variable_writes_them() -> None:
     assert parse_headers(None) == {}
 
 
-def test_a_collector_that_is_down_fails_the_batch_without_raising() -> None:
-    exporter = OtlpHttpSpanExporter(f"http://127.0.0.1:{free_port()}/v1/traces", timeout_s=2)
-    assert exporter.export(_spans()) is SpanExportResult.FAILURE
-    exporter.shutdown()
+def test_a_collector_that_is_down_fails_the_batch_without_raising(caplog: pytest.LogCaptureFixture) -> None:
+    batcher = OtlpSpanBatcher(f"http://127.0.0.1:{free_port()}/v1/traces", timeout_s=2)
+    for span in _spans():
+        batcher.on_end(span)
+    assert batcher.force_flush() is False
+    assert "did not take them (ConnectionRefusedError" in caplog.text
+    batcher.shutdown()
+
+
+def test_the_batcher_posts_what_the_encoder_writes_when_a_batch_is_full_and_drops_beyond_its_queue(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spans = _spans()
+    with OtlpCollector() as collector:
+        batcher = OtlpSpanBatcher(collector.url + "/v1/traces", delay_s=600)  # only a full batch is posted
+        batcher.BATCH_SPANS = len(spans)
+        for span in spans:
+            batcher.on_end(span)
+        got = collector.wait_for(lambda received: received if len(received) == len(spans) else None, 20)
+        assert sorted(s.name for s in got) == sorted(s.name for s in spans)
+        assert collector.posts == 1
+
+        batcher.QUEUE_SPANS = 3  # a collector that cannot keep up: the spans beyond the queue are dropped
+        batcher.BATCH_SPANS = 100
+        for span in spans:
+            batcher.on_end(span)
+        assert batcher.force_flush() is True
+        assert len(collector.spans) == len(spans) + 3
+        assert f"dropped {len(spans) - 3} spans: more than 3 were waiting" in caplog.text
+        batcher.shutdown()
 
 
 def test_an_endpoint_that_is_not_a_url_is_refused() -> None:
     with pytest.raises(ValueError, match="not an http"):
-        OtlpHttpSpanExporter("127.0.0.1:4318/v1/traces")
+        OtlpSpanBatcher("127.0.0.1:4318/v1/traces")
 
 
 # -- the lean tracer provider (comps.core.spans) -------------------------------------------------------------
