@@ -341,6 +341,7 @@ class BearerAuthMiddleware:
 
 
 SERVER_KEEPALIVE_S = 2 * KEEPALIVE_S
+GC_YOUNG_THRESHOLD = 10_000  # container allocations between young-generation collections (see `serve`)
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
@@ -365,6 +366,10 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
     # (tens of ms each in the gateway; spans waiting for export made them several times more frequent).
     gc.collect()
     gc.freeze()
+    # A young-generation collection every 700 container allocations (CPython's default) ran every few requests
+    # and cost ~0.5 ms each in the gateway: ~0.2 ms of every request's CPU. Every 10,000, the same garbage goes
+    # in ~20x fewer collections (gateway on stubs: CPU per streamed request 2.66 -> 2.23 ms).
+    gc.set_threshold(GC_YOUNG_THRESHOLD)
     uvicorn.Server(config).run()
     if fatal_reason():
         sys.exit(FATAL_EXIT_CODE)
