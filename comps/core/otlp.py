@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import SpanKind, StatusCode
 
 log = logging.getLogger(__name__)
 
@@ -109,36 +109,46 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     return b"".join(out)
 
 
-def _flags(parent: SpanContext | None) -> bytes:
-    flags = _FLAGS_HAS_IS_REMOTE | (_FLAGS_IS_REMOTE if parent is not None and parent.is_remote else 0)
-    return b"\x85\x01" + _fixed32(flags)  # field 16, fixed32
-
-
 def _count(tag: bytes, n: int) -> bytes:
     return tag + _varint(n) if n else b""
 
 
+_KINDS = {kind: b"\x30" + _SMALL[kind.value + 1] for kind in SpanKind}  # the SDK's start at 0, OTLP's at 1
+_FLAGS = {
+    remote: b"\x85\x01" + _fixed32(_FLAGS_HAS_IS_REMOTE | (_FLAGS_IS_REMOTE if remote else 0))
+    for remote in (False, True)
+}
+
+
 def _span(span: ReadableSpan) -> bytes:
+    """A ``Span`` message's body (the common case, a span without events, links or a status message, in a few
+    concatenations)."""
     ctx = span.get_span_context()
     assert ctx is not None  # an SDK span always has one
-    parts = [b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big"), b"\x12\x08" + ctx.span_id.to_bytes(8, "big")]
+    parent = span.parent
+    out = b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big") + b"\x12\x08" + ctx.span_id.to_bytes(8, "big")
     if ctx.trace_state:
-        parts.append(_field(b"\x1a", ",".join(f"{k}={v}" for k, v in ctx.trace_state.items()).encode()))
-    if span.parent is not None:
-        parts.append(b"\x22\x08" + span.parent.span_id.to_bytes(8, "big"))
-    parts += (
-        _field(b"\x2a", span.name.encode()),
-        b"\x30" + _SMALL[span.kind.value + 1],  # the SDK's kinds start at 0, OTLP's at 1 (0: unspecified)
-        b"\x39" + _fixed64(span.start_time or 0),
-        b"\x41" + _fixed64(span.end_time or 0),
-        _attributes(b"\x4a", span.attributes),
-        _count(b"\x50", span.dropped_attributes),
+        out += _field(b"\x1a", ",".join(f"{k}={v}" for k, v in ctx.trace_state.items()).encode())
+    if parent is not None:
+        out += b"\x22\x08" + parent.span_id.to_bytes(8, "big")
+    name = span.name.encode()
+    out += (
+        (b"\x2a" + _SMALL[len(name)] + name if len(name) < 0x80 else _field(b"\x2a", name))
+        + _KINDS[span.kind]
+        + b"\x39"
+        + _fixed64(span.start_time or 0)
+        + b"\x41"
+        + _fixed64(span.end_time or 0)
+        + _attributes(b"\x4a", span.attributes)
     )
+    if span.dropped_attributes:
+        out += b"\x50" + _varint(span.dropped_attributes)
     for event in span.events:
         body = b"\x09" + _fixed64(event.timestamp) + _field(b"\x12", event.name.encode())
         body += _attributes(b"\x1a", event.attributes) + _count(b"\x20", event.dropped_attributes)
-        parts.append(_field(b"\x5a", body))
-    parts.append(_count(b"\x60", span.dropped_events))
+        out += _field(b"\x5a", body)
+    if span.dropped_events:
+        out += b"\x60" + _varint(span.dropped_events)
     for link in span.links:
         body = (
             b"\x0a\x10"
@@ -147,18 +157,17 @@ def _span(span: ReadableSpan) -> bytes:
             + link.context.span_id.to_bytes(8, "big")
         )
         body += _attributes(b"\x22", link.attributes) + _count(b"\x28", link.dropped_attributes)
-        parts.append(
-            _field(
-                b"\x6a",
-                body + b"\x35" + _fixed32(_FLAGS_HAS_IS_REMOTE | (_FLAGS_IS_REMOTE if link.context.is_remote else 0)),
-            )
-        )
-    parts.append(_count(b"\x70", span.dropped_links))
+        out += _field(b"\x6a", body + b"\x35" + _FLAGS[link.context.is_remote][2:])
+    if span.dropped_links:
+        out += b"\x70" + _varint(span.dropped_links)
     status = span.status
-    message = _field(b"\x12", status.description.encode()) if status.description else b""
-    parts.append(_field(b"\x7a", message + _count(b"\x18", status.status_code.value)))
-    parts.append(_flags(span.parent))
-    return b"".join(parts)
+    code = status.status_code
+    if status.description or code is not StatusCode.UNSET:
+        message = _field(b"\x12", status.description.encode()) if status.description else b""
+        out += _field(b"\x7a", message + _count(b"\x18", code.value))
+    else:
+        out += b"\x7a\x00"  # an empty Status
+    return out + _FLAGS[parent is not None and parent.is_remote]
 
 
 _Groups = dict[tuple[int, int], tuple[Any, Any, list[bytes]]]  # (resource, scope) ids -> both, encoded spans
