@@ -43,12 +43,13 @@ from comps.vectorstore.documents import Chunk, CollectionMissing, DocumentRecord
 from comps.vectorstore.names import validate_collection
 from comps.vectorstore.schema import CollectionInfo
 from comps.vectorstore.search import (
-    SEARCH_TYPES,
     CollectionSummary,
     Hit,
     Query,
+    check_dimension,
     filter_values,
     mmr,
+    query_vector,
     query_words,
     rrf,
 )
@@ -369,17 +370,8 @@ class PgvectorStore:
             return []  # the collection was deleted between reading its row and its table
 
     async def _search(self, collection: str, query: Query) -> list[Hit]:
-        validate_collection(collection)
-        if query.search_type not in SEARCH_TYPES:
-            raise BadRequest(
-                f"search_type {query.search_type!r} is not one of {', '.join(SEARCH_TYPES)}", param="search_type"
-            )
+        vector = query_vector(collection, query)
         filters = filter_values(query.filters)
-        vector = np.asarray(query.vector, dtype=np.float32).reshape(-1)
-        if query.search_type == "similarity_distance_threshold" and query.distance_threshold is None:
-            raise BadRequest(
-                "search_type similarity_distance_threshold needs distance_threshold", param="distance_threshold"
-            )
         kind = query.search_type
         limit = query.k if kind.startswith("similarity") else max(query.fetch_k, query.k)
         ef = max(query.ef_runtime or DEFAULT_EF_SEARCH, limit)
@@ -392,13 +384,7 @@ class PgvectorStore:
             )
             if info is None:
                 return []
-            if info["dim"] != vector.size:
-                raise BadRequest(
-                    f"collection {collection!r} holds {info['dim']}-dimensional vectors; the query embedding has "
-                    f"{vector.size} dimensions (embedded with another model?)",
-                    param="embedding",
-                    code="dimension_mismatch",
-                )
+            check_dimension(collection, info["dim"], vector)
             table = chunks_table(info["id"])
             if kind in ("similarity", "similarity_score_threshold", "similarity_distance_threshold"):
                 hits = [self._hit(collection, row) for row in await self._knn(conn, table, vector, limit, filters)]

@@ -209,29 +209,40 @@ def _normalize(m: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- search
 
 
-async def search(r: aioredis.Redis, collection: str, query: Query) -> list[Hit]:
-    """Run ``query`` against ``collection``; best first. Bad input raises `BadRequest`."""
+def query_vector(collection: str, query: Query) -> np.ndarray:
+    """The query's embedding, once its collection name, search type and threshold are valid (`BadRequest` if not):
+    what every store checks before it searches."""
     validate_collection(collection)
     if query.search_type not in SEARCH_TYPES:
         raise BadRequest(
             f"search_type {query.search_type!r} is not one of {', '.join(SEARCH_TYPES)}", param="search_type"
         )
-    flt = build_filter(query.filters)
-    vector = np.asarray(query.vector, dtype=np.float32).reshape(-1)
     if query.search_type == "similarity_distance_threshold" and query.distance_threshold is None:
         raise BadRequest(
             "search_type similarity_distance_threshold needs distance_threshold", param="distance_threshold"
         )
-    info = await schema.collection_info(r, collection)
-    if info is None:
-        return []
-    if info.dim != vector.size:
+    return np.asarray(query.vector, dtype=np.float32).reshape(-1)
+
+
+def check_dimension(collection: str, dim: int, vector: np.ndarray) -> None:
+    """A query embedded with another model than the collection's is a 400, not an empty answer."""
+    if dim != vector.size:
         raise BadRequest(
-            f"collection {collection!r} holds {info.dim}-dimensional vectors; the query embedding has {vector.size} "
+            f"collection {collection!r} holds {dim}-dimensional vectors; the query embedding has {vector.size} "
             "dimensions (embedded with another model?)",
             param="embedding",
             code="dimension_mismatch",
         )
+
+
+async def search(r: aioredis.Redis, collection: str, query: Query) -> list[Hit]:
+    """Run ``query`` against ``collection``; best first. Bad input raises `BadRequest`."""
+    vector = query_vector(collection, query)
+    flt = build_filter(query.filters)
+    info = await schema.collection_info(r, collection)
+    if info is None:
+        return []
+    check_dimension(collection, info.dim, vector)
     ef = query.ef_runtime if info.algorithm == "HNSW" else None
     try:
         return await _run(r, collection, query, vector, flt, ef)
