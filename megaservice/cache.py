@@ -35,7 +35,7 @@ import time
 import unicodedata
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -53,7 +53,7 @@ from comps.vectorstore.client import redis_errors
 from comps.vectorstore.versions import version_key
 from megaservice import prompt as prompt_text
 from megaservice.protocol import ChatQnARequest
-from megaservice.sse import delta_content
+from megaservice.sse import StreamedAnswer
 
 if TYPE_CHECKING:  # the store's modules (numpy, asyncpg) load only when one is configured
     from comps.vectorstore.versions import PgVersions
@@ -319,33 +319,12 @@ class Lookup:
     vector: array[float] | None = None  # the question's unit embedding (semantic matching), stored with the answer
 
 
-@dataclass(slots=True)
-class Capture:
-    """A streamed answer as it passes (content, model, finish, usage), to be stored when it ends well."""
+class Capture(StreamedAnswer):
+    """A streamed answer as it passes, to be stored under ``lookup`` when it ends well."""
 
-    lookup: Lookup
-    parts: list[str] = field(default_factory=list)
-    model: str = ""
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    failed: bool = False
-
-    def observe(self, chunk: object) -> None:
-        if not isinstance(chunk, dict):
-            self.failed = True
-            return
-        if "error" in chunk:
-            self.failed = True
-        if isinstance(chunk.get("model"), str):
-            self.model = chunk["model"]
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
-        if (content := delta_content(chunk)) is not None:
-            self.parts.append(content)
-        choices = chunk.get("choices")
-        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
-            if isinstance(finish := choices[0].get("finish_reason"), str):
-                self.finish_reason = finish
+    def __init__(self, lookup: Lookup) -> None:
+        super().__init__()
+        self.lookup = lookup
 
 
 Embed = Callable[[str], Awaitable[list[float]]]

@@ -46,7 +46,7 @@ from comps.core.http import HttpClient
 from comps.core.observability import outgoing_headers
 from comps.identity.auth import principal_of
 from megaservice.protocol import ChatQnARequest, Message
-from megaservice.sse import delta_content
+from megaservice.sse import StreamedAnswer
 
 log = logging.getLogger("megaservice.conversations")
 
@@ -276,7 +276,7 @@ class Memory:
             await asyncio.wait(tasks, timeout=timeout_s)
 
 
-class Turn:
+class Turn(StreamedAnswer):
     """One question and its answer in a conversation: what to send, and what to store afterwards."""
 
     def __init__(
@@ -291,6 +291,7 @@ class Turn:
         new: bool,
         saved: bool,
     ) -> None:
+        super().__init__()  # the answer, as its chunks pass (`observe`) or whole (`completed`)
         self.memory = memory
         self.http = http
         self.headers = headers
@@ -300,10 +301,7 @@ class Turn:
         self.new = new
         self.saved = saved
         self.started = time.perf_counter()
-        self.parts: list[str] = []
         self.sources: list[dict[str, Any]] = []
-        self.model: str | None = None
-        self.usage: dict[str, Any] | None = None
         self.prompt: Any = None  # the registry prompt used (megaservice.prompts.UsedPrompt)
         self.history: list[Message] = []  # the earlier turns put before the question
         self.cached = False  # the answer came from the answer cache
@@ -321,17 +319,6 @@ class Turn:
     def extras(self) -> dict[str, Any]:
         """What the reply (or the first chunk) says about the conversation."""
         return {"conversation_id": self.conversation_id, "conversation_saved": self.saved}
-
-    def observe(self, chunk: object) -> None:
-        """One streamed chunk: its content, model and usage."""
-        if not isinstance(chunk, dict):
-            return
-        if isinstance(chunk.get("model"), str):
-            self.model = chunk["model"]
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
-        if (content := delta_content(chunk)) is not None:
-            self.parts.append(content)
 
     def completed(self, completion: dict[str, Any]) -> None:
         """A whole (non-streamed) completion."""

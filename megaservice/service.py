@@ -412,7 +412,9 @@ class _Relay:
         c = self.capture
         if c is None or self.cache is None or c.failed or c.finish_reason is None:
             return
-        await self.cache.store(c.lookup, Answer(c.model, "".join(c.parts), c.finish_reason, c.usage, self.sources))
+        await self.cache.store(
+            c.lookup, Answer(c.model or "", "".join(c.parts), c.finish_reason, c.usage, self.sources)
+        )
 
     def _end(self) -> None:
         if self.turn is not None:

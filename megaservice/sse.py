@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -65,3 +66,33 @@ def delta_content(chunk: object) -> str | None:
     delta = choices[0].get("delta")
     content = delta.get("content") if isinstance(delta, dict) else None
     return content if isinstance(content, str) else None
+
+
+class StreamedAnswer:
+    """What a streamed answer's chunks said as they passed: its content, model, usage and finish reason, and
+    whether a chunk was an error (or not a chunk). The one reader of chunks for the answer cache's capture and
+    a conversation's turn."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.model: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.finish_reason: str | None = None
+        self.failed = False
+
+    def observe(self, chunk: object) -> None:
+        if not isinstance(chunk, dict):
+            self.failed = True
+            return
+        if "error" in chunk:
+            self.failed = True
+        if isinstance(chunk.get("model"), str):
+            self.model = chunk["model"]
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        if (content := delta_content(chunk)) is not None:
+            self.parts.append(content)
+        choices = chunk.get("choices")
+        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
+            if isinstance(finish := choices[0].get("finish_reason"), str):
+                self.finish_reason = finish
