@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import openai
 import orjson
 import pytest
 
+from tests.support.database import pending_turns
 from tests.support.otlp import OtlpCollector, Span
 from tests.support.procs import Service, start_service
 from tests.support.stubs import StubMesh
@@ -277,6 +279,7 @@ def test_user_b_never_sees_continues_exports_or_deletes_user_as_conversation(sta
             f"/v1/conversations/{cid}/messages", json={"messages": [{"role": "user", "content": "x"}], "create": True}
         ),
         "delete it": b.delete(f"/v1/conversations/{cid}"),
+        "begin a turn of it": b.post(f"/v1/conversations/{cid}/turns/{uuid.uuid4()}"),
         "OPEA get": b.post("/v1/chathistory/get", json={"user": "whoever", "id": cid}),
         "OPEA delete": b.post("/v1/chathistory/delete", json={"user": "whoever", "id": cid}),
         "OPEA overwrite": b.post("/v1/chathistory/create", json={"id": cid, "data": {"messages": "x"}}),
@@ -290,6 +293,9 @@ def test_user_b_never_sees_continues_exports_or_deletes_user_as_conversation(sta
     assert b.get("/v1/conversations/export").json()["conversations"] == []
     assert b.post("/v1/chathistory/get", json={"user": "whoever"}).json() == []
     assert len(a.get(f"/v1/conversations/{cid}/messages").json()["data"]) == 2  # untouched
+    # B cannot leave a turn of A's conversation in flight (it would hold A's reads): marking is the gateway's own
+    assert b.put(f"/v1/conversations/{cid}/turns/{uuid.uuid4()}").status_code == 405
+    assert pending_turns(stack.database_url, cid) == 0
     # headers from outside do not name another user
     spoofed = {"x-chatqna-user-id": a.get("/v1/auth/me").json()["id"]}
     assert b.get(f"/v1/conversations/{cid}", headers=spoofed).status_code == 404

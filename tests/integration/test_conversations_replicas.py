@@ -4,7 +4,6 @@ answer (a write that is slow, made by the test), so the follow-up on gateway B c
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,13 +11,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import httpx
 import orjson
 import pytest
 
 from comps.identity.service import ANONYMOUS
-from comps.sqlstore.db import asyncpg_dsn
+from tests.support.database import pending_turns
 from tests.support.http_hold import HoldingProxy
 from tests.support.procs import Service, start_chathistory, start_service
 from tests.support.stubs import StubMesh
@@ -75,17 +73,6 @@ def is_write(method: str, path: str) -> bool:
 def is_begin(cid: str) -> Callable[[str, str], bool]:
     """A gateway's begin of a turn of that conversation (its context read, which marks the turn)."""
     return lambda method, path: method == "POST" and path.startswith(f"/v1/conversations/{cid}/turns/")
-
-
-def pending_turns(database_url: str, cid: str) -> int:
-    async def count() -> int:
-        conn = await asyncpg.connect(asyncpg_dsn(database_url))
-        try:
-            return int(await conn.fetchval("SELECT count(*) FROM pending_turns WHERE conversation_id = $1", cid))
-        finally:
-            await conn.close()
-
-    return asyncio.run(count())
 
 
 def test_a_follow_up_on_another_replica_sees_the_turn_still_being_written(replicas: Replicas) -> None:
