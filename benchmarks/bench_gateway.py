@@ -7,12 +7,19 @@
 
 With ``--usage``: two of our gateways (auth off) on the same stubs and the same PostgreSQL (embedded, a temporary
 folder), one recording every request's usage (batched writes off the request path) and one not; requests/s at
-concurrency 64 (median of interleaved rounds), gateway CPU per request, and the records written.
+concurrency 64 (median of interleaved rounds, every other one in reverse order; a ratio is the median of each
+round's own), gateway CPU per request, and the records written.
 
 With ``--tracing``: four of our gateways on the same stubs: no exporter (off), exporting every span over OTLP/HTTP
 to a collector process (tests/support/otlp.py, which decodes each export) with text kept out of spans (on), with
 it in (on + content), and with 1 trace in 10 recorded (OTEL_TRACES_SAMPLER_ARG=0.1); requests/s at concurrency 64
-(median of interleaved rounds) and gateway CPU per request.
+and gateway CPU per request, measured as with ``--usage``.
+
+With ``--tracing --instructions``: the same gateways (off, on, on + content) one after another, each run under
+valgrind's callgrind and counted only while it serves the same requests (warmed up first; its exports included): user
+instructions per request, which come out the same run after run (±0.5%) where this shared machine's clock varies by
+±10% (needs ``valgrind``; a few minutes). Instructions leave out the kernel's work and memory stalls: a guide to what
+tracing adds, next to the timed figures, not a replacement for them.
 
 With ``--auth``: two of our gateways on the same stubs, one with accounts off and one with accounts on (an
 embedded PostgreSQL in a temporary folder); the same requests with no credentials (off), an access JWT and an
@@ -360,6 +367,7 @@ def main() -> None:
     ap.add_argument("--auth", action="store_true", help="auth off vs JWT vs API key instead of OPEA")
     ap.add_argument("--tracing", action="store_true", help="tracing off vs exporting to a collector instead of OPEA")
     ap.add_argument("--rounds", type=int, help="with --tracing: interleaved rounds (default 7, quick 3)")
+    ap.add_argument("--instructions", action="store_true", help="with --tracing: instructions per request (callgrind)")
     ap.add_argument("--usage", action="store_true", help="usage accounting off vs on instead of OPEA")
     args = ap.parse_args()
     if args.usage:
@@ -367,6 +375,9 @@ def main() -> None:
         return
     if args.auth:
         main_auth(args.quick)
+        return
+    if args.tracing and args.instructions:
+        main_tracing_instructions(args.quick)
         return
     if args.tracing:
         main_tracing(args.quick, args.rounds)
@@ -561,8 +572,9 @@ async def bench_modes(
     target: str,
     rounds: int | None = None,
 ) -> list[tuple]:
-    """Gateways in several modes on the same stubs, the first the baseline: requests/s at concurrency 64 (median of
-    interleaved rounds) and gateway CPU per request, non-streaming and streaming."""
+    """Gateways in several modes on the same stubs, the first the baseline: requests/s at concurrency 64 and gateway
+    CPU per request (medians of interleaved rounds; each ratio the median of the rounds' own), non-streaming and
+    streaming."""
     rounds = rounds or (3 if quick else 5)
     dur = 1.5 if quick else 3.0
     rows: list[tuple] = []
@@ -579,20 +591,21 @@ async def bench_modes(
             rps: dict[str, list[float]] = {m: [] for m in modes}
             cpu: dict[str, list[float]] = {m: [] for m in modes}
             errors = dict.fromkeys(modes, 0)
-            for _ in range(rounds):  # interleaved rounds share the machine's noise
-                for mode in modes:
+            for i in range(rounds):  # interleaved rounds share the machine's noise; every other one in reverse
+                for mode in modes if i % 2 == 0 else reversed(modes):
                     run = await load(lambda m=mode, s=stream: c.gateway(urls[m] + "/v1/chatqna", s), 64, duration_s=dur,
                                      proc=procs[mode])  # fmt: skip
                     rps[mode].append(run.rps)
                     cpu[mode].append(run.cpu_s / max(1, len(run.latencies)))
                     errors[mode] += run.errors
             kind = "streaming (20 chunks)" if stream else "non-streaming"
-            base, base_cpu = statistics.median(rps[modes[0]]), statistics.median(cpu[modes[0]])
-            for mode in modes:
-                r, u = statistics.median(rps[mode]), statistics.median(cpu[mode])
+            for mode in modes:  # a ratio: the median of the rounds' own (the baseline measured in the same round)
+                ratio = statistics.median(a / b for a, b in zip(rps[mode], rps[modes[0]], strict=True))
+                cpu_ratio = statistics.median(a / b for a, b in zip(cpu[mode], cpu[modes[0]], strict=True))
                 rows.append(
-                    (f"req/s c=64, {kind}, {mode}", f"{r:.0f}", f"{r / base:.2f}x", f"{u * 1e3:.3f}",
-                     f"{u / base_cpu:.2f}x", f"errors {errors[mode]}", target if mode != modes[0] else "")
+                    (f"req/s c=64, {kind}, {mode}", f"{statistics.median(rps[mode]):.0f}", f"{ratio:.2f}x",
+                     f"{statistics.median(cpu[mode]) * 1e3:.3f}", f"{cpu_ratio:.2f}x", f"errors {errors[mode]}",
+                     target if mode != modes[0] else "")
                 )  # fmt: skip
     return rows
 
@@ -640,6 +653,78 @@ def main_tracing(quick: bool, rounds: int | None) -> None:
     load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     print_table(f"gateway tracing off vs exporting over OTLP/HTTP ({load})",
                 ("metric", "value", "vs off", "CPU ms/req", "vs off", "", "target"), rows)  # fmt: skip
+
+
+def main_tracing_instructions(quick: bool) -> None:
+    """Instructions per request of the gateway tracing off, on and on with content (see the module's text)."""
+    import shutil
+    import signal
+    import tempfile
+
+    if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        sys.exit("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    count = 100 if quick else 300
+    started: list[Proc] = []
+    rows: list[tuple] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            stubs = start_stubs(started)
+            collector_port = free_port()
+            started.append(
+                Proc("otlp-collector", [sys.executable, "-m", "tests.support.otlp", str(collector_port)], {})
+            )
+            hops = {f"GATEWAY_{k.upper()}_URL": v for k, v in stubs.items()}
+            exporting = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
+                         "OTEL_BSP_SCHEDULE_DELAY": "500"}  # fmt: skip
+            envs = {
+                "off": {},
+                "on": {**exporting, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "false"},
+                "on + content": {**exporting, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"},
+            }
+            for stream in (False, True):
+                counts: dict[str, float] = {}
+                for i, (mode, env) in enumerate(envs.items()):
+                    out = Path(tmp) / f"callgrind-{int(stream)}-{i}"
+                    port = free_port()
+                    url = f"http://127.0.0.1:{port}"
+                    proc = Proc(f"gateway-instructions-{i}",
+                                ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+                                 sys.executable, "-m", "megaservice"],
+                                {"GATEWAY_PORT": str(port), "GATEWAY_AUTH_ENABLED": "false", **hops,
+                                 **env})  # fmt: skip
+                    try:
+                        proc.wait_http(url + "/v1/ready", timeout_s=300)
+                        asyncio.run(_drive(url, stubs, stream, 100))  # warm: imports, caches, connections
+                        time.sleep(1.0)  # the warm-up's spans exported
+                        subprocess.run(["callgrind_control", "-i", "on", str(proc.proc.pid)], check=True,
+                                       capture_output=True)  # fmt: skip
+                        asyncio.run(_drive(url, stubs, stream, count))
+                        time.sleep(1.0)  # and these requests' spans
+                        subprocess.run(["callgrind_control", "-i", "off", str(proc.proc.pid)], check=True,
+                                       capture_output=True)  # fmt: skip
+                    finally:
+                        proc.proc.send_signal(signal.SIGINT)  # a clean exit writes the counts
+                        proc.proc.wait(120)
+                        proc.stop()
+                    totals = [line for line in out.read_text().splitlines() if line.startswith("totals:")]
+                    counts[mode] = int(totals[0].split()[1]) / count
+                kind = "streaming (20 chunks)" if stream else "non-streaming"
+                for mode, n in counts.items():
+                    rows.append((f"instructions/request, {kind}, {mode}", f"{n / 1e6:.3f} M",
+                                 f"{n / counts['off']:.3f}x", f"+{(n - counts['off']) / 1e3:.0f} k"))  # fmt: skip
+        finally:
+            for p in reversed(started):
+                p.stop()
+    print_table(f"gateway instructions per request under callgrind ({count} requests each, concurrency 8)",
+                ("metric", "value", "vs off", "added"), rows)  # fmt: skip
+
+
+async def _drive(url: str, stubs: dict[str, str], stream: bool, count: int) -> None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        await set_llm(session, stubs["llm"], tokens=20, chunk_delay_s=0.0)
+        run = await load(lambda: Client(session, stubs).gateway(url + "/v1/chatqna", stream), 8, count=count)
+    if run.errors:
+        raise RuntimeError(f"{run.errors} of {count} requests failed")
 
 
 USAGE_MODES = ("usage off", "usage on")

@@ -462,7 +462,7 @@ class _Relay:
         if data.startswith(b'{"error"'):
             NODE_ERRORS.labels("llm", "stream_error").inc()
             self.failed = True
-        if b'"choices":[]' in data:  # the usage chunk (the LLM is always asked for it)
+        if data.find(b'"choices":[]') != -1:  # the usage chunk (the LLM is always asked for it)
             if self.meter is not None:
                 usage = (chunk if chunk is not None else _json(data)) or {}
                 self.meter.usage(usage.get("usage") if isinstance(usage, dict) else None)

@@ -29,7 +29,7 @@ async def event_blocks(content: aiohttp.StreamReader) -> AsyncIterator[list[byte
     pending = b""
     while chunk := await content.readany():
         data = pending + chunk
-        if b"\r" in data:
+        if data.find(b"\r") != -1:  # (``in`` tries its operand as a byte's value first: an exception each time)
             keep_cr = data.endswith(b"\r")  # its LF may come with the next read
             data = data.replace(b"\r\n", b"\n")
             if keep_cr:
@@ -48,7 +48,7 @@ async def event_blocks(content: aiohttp.StreamReader) -> AsyncIterator[list[byte
 def data_of(block: bytes) -> bytes | None:
     """An event's data (its ``data:`` lines joined by newlines); None for an event without data
     (a comment or keep-alive)."""
-    if block.startswith(b"data: ") and b"\n" not in block:  # what OpenAI-style servers send
+    if block.startswith(b"data: ") and block.find(b"\n") == -1:  # what OpenAI-style servers send
         return block[6:]
     lines = [
         line[6:] if line.startswith(b"data: ") else line[5:] for line in block.split(b"\n") if line.startswith(b"data:")

@@ -14,7 +14,6 @@ Nothing here runs for a span that is not recorded (no exporter configured).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -135,10 +134,11 @@ class Tracing:
         if self.content and request.text is not None:
             attrs[A.INPUT_VALUE] = request.text
             attrs[A.INPUT_MIME_TYPE] = _TEXT
-        for i, doc in enumerate(answer.documents if answer is not None else ()):
-            keys = _document_keys(A.RETRIEVAL_DOCUMENTS, i)
+        docs = answer.documents if answer is not None else []
+        for keys, doc in zip(_document_keys(A.RETRIEVAL_DOCUMENTS, len(docs)), docs, strict=False):
             self._document(attrs, keys, doc, doc.score)
-            attrs[keys[3]] = doc.metadata.model_dump_json(exclude_defaults=True)
+            metadata = doc.metadata
+            attrs[keys[3]] = metadata.__pydantic_serializer__.to_json(metadata, exclude_defaults=True).decode()
         span.set_attributes(attrs)
 
     def reranker(
@@ -163,12 +163,14 @@ class Tracing:
         retrieved = upstream.get("retriever")
         docs: Sequence[RetrievedDocument] = retrieved.documents if isinstance(retrieved, RetrievalResponse) else ()
         if len(docs) == len(request.texts):  # else not the retriever's documents: no ids to name
-            for i, doc in enumerate(docs):
-                self._document(attrs, _document_keys(Rerank.RERANKER_INPUT_DOCUMENTS, i), doc, doc.score)
-            for i, result in enumerate(answer or ()):
+            for keys, doc in zip(_document_keys(Rerank.RERANKER_INPUT_DOCUMENTS, len(docs)), docs, strict=False):
+                self._document(attrs, keys, doc, doc.score)
+            results = answer or []
+            for keys, result in zip(
+                _document_keys(Rerank.RERANKER_OUTPUT_DOCUMENTS, len(results)), results, strict=False
+            ):
                 if 0 <= result.index < len(docs):
-                    doc = docs[result.index]
-                    self._document(attrs, _document_keys(Rerank.RERANKER_OUTPUT_DOCUMENTS, i), doc, result.score)
+                    self._document(attrs, keys, docs[result.index], result.score)
         span.set_attributes(attrs)
 
     def _document(
@@ -286,7 +288,12 @@ class StreamTrace:
     def event(self, data: bytes, chunk: object = None) -> None:
         """One event's data; ``chunk`` is it already parsed, when the relay did."""
         if chunk is None:
-            if not (self.tracing.content or self.model is None or b'"usage"' in data or b'"finish_reason":"' in data):
+            if not (
+                self.tracing.content
+                or self.model is None
+                or data.find(b'"usage"') != -1  # (``find``: see `megaservice.sse.event_blocks`)
+                or data.find(b'"finish_reason":"') != -1
+            ):
                 return
             try:
                 chunk = orjson.loads(data)
@@ -311,16 +318,20 @@ class StreamTrace:
         self.tracing.chain_answer(self.chain, text)
 
 
-@functools.lru_cache(maxsize=1024)
-def _document_keys(documents: str, i: int) -> tuple[str, str, str, str]:
-    """The attribute names of the ``i``-th of a span's ``documents``: id, score, content, metadata (made once)."""
-    prefix = f"{documents}.{i}."
-    return (
-        prefix + Doc.DOCUMENT_ID,
-        prefix + Doc.DOCUMENT_SCORE,
-        prefix + Doc.DOCUMENT_CONTENT,
-        prefix + Doc.DOCUMENT_METADATA,
-    )
+_keys_of: dict[str, list[tuple[str, str, str, str]]] = {}
+
+
+def _document_keys(documents: str, n: int) -> list[tuple[str, str, str, str]]:
+    """The attribute names of (at least) the first ``n`` of a span's ``documents``, each document's id, score,
+    content and metadata (made once)."""
+    keys = _keys_of.get(documents)
+    if keys is None or len(keys) < n:
+        prefixes = [f"{documents}.{i}." for i in range(max(n, 16))]
+        keys = _keys_of[documents] = [
+            (p + Doc.DOCUMENT_ID, p + Doc.DOCUMENT_SCORE, p + Doc.DOCUMENT_CONTENT, p + Doc.DOCUMENT_METADATA)
+            for p in prefixes
+        ]
+    return keys
 
 
 def _scope(collection: str | None, collections: list[str] | None) -> dict[str, object]:

@@ -58,7 +58,7 @@ class ServiceSettings(BaseSettings):
         ge=1,
         le=600_000,
         validation_alias=AliasChoices("OTEL_BSP_SCHEDULE_DELAY", "trace_export_delay_ms"),
-        description="Longest wait before the spans gathered are exported (sooner when 512 are waiting).",
+        description="Longest wait before the spans gathered are exported (sooner when 2048 are waiting).",
     )
     trace_content: bool = Field(
         default=False,

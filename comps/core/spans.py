@@ -32,7 +32,7 @@ from opentelemetry.util.types import Attributes, AttributeValue
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
-_UNSET = Status(StatusCode.UNSET)
+UNSET_STATUS = Status(StatusCode.UNSET)  # a span's until it is set (the encoder knows it by identity)
 
 
 def _clean(value: Any) -> Any:
@@ -82,7 +82,7 @@ class LeanSpan(trace.Span):
         )
         self.events: list[Event] = []
         self.links = tuple(links)
-        self.status = _UNSET
+        self.status = UNSET_STATUS
         self.resource = resource
         self.instrumentation_scope = scope
         self.start_time = start_time or time.time_ns()

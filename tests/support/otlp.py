@@ -73,6 +73,8 @@ class OtlpCollector:
         collector = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # kept-alive connections, as a real collector keeps them
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":

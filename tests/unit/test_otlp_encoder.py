@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler, TraceIdRatioBased
 
+from comps.core import otlp
 from comps.core.otlp import OtlpSpanBatcher, encode_spans, parse_headers
 from comps.core.spans import LeanTracerProvider
 from comps.runtime.process import free_port
@@ -42,6 +43,30 @@ def test_the_encoding_equals_the_sdks() -> None:
     ours = ExportTraceServiceRequest.FromString(encode_spans(spans))
     assert ours == sdk_encode_spans(spans)
     assert len(ours.resource_spans[0].scope_spans) == 2
+    assert encode_spans(spans) == encode_spans(spans)  # again, its strings from the encoder's cache
+
+
+def test_values_equal_as_keys_keep_their_own_types_and_a_full_cache_is_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The encoder keeps string attributes encoded (`otlp._fields`); 1, 1.0 and True are one dict key, yet each
+    is encoded as its own type, before and after a string of the same key is kept, and when the cache fills up."""
+    monkeypatch.setattr(otlp, "_FIELD_CACHE_MAX", 3)
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=RESOURCE)
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("t")
+    values: list[Any] = ["1", 1, 1.0, True, ("1",), (1,), (True,), "1", f"s{random.random()}", "1", 1.0]
+    for value in values:
+        with tracer.start_as_current_span("s", attributes={"x": value, "y": "same"}):
+            pass
+    spans = memory.get_finished_spans()
+    for _ in range(2):
+        ours = ExportTraceServiceRequest.FromString(encode_spans(spans))
+        assert ours == sdk_encode_spans(spans)
+        kinds = [span.attributes[0].value.WhichOneof("value") for span in ours.resource_spans[0].scope_spans[0].spans]
+        assert kinds[:7] == ["string_value", "int_value", "double_value", "bool_value", *["array_value"] * 3]
+        assert len(otlp._fields[b"\x4a"]) <= 3
 
 
 def test_headers_are_read_as_the_otlp_variable_writes_them() -> None:
