@@ -17,13 +17,25 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TypedDict
 
+_HANDED_OUT_MAX = 8192  # ports remembered by `free_port` (a mesh asks for a few dozen)
+_handed_out: set[int] = set()
+_handing = threading.Lock()
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on right now and that this process has not handed out before:
+    the kernel may offer a port again as soon as the probe closes, and two services given one port before either
+    binds it would collide (seen: the embedding and LLM services of one mesh, both on the same port)."""
+    with _handing:
+        if len(_handed_out) >= _HANDED_OUT_MAX:
+            _handed_out.clear()
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port: int = s.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:
