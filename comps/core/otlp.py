@@ -3,8 +3,8 @@
 The SDK's OTLP exporter builds a protobuf object per span, attribute and value before serialising them
 (about two thirds of what tracing costs a service); this writes the same ``ExportTraceServiceRequest``
 bytes directly, with each attribute key, and each short string attribute while it keeps coming back, encoded once
-(`_attributes`; measured with ``valgrind --tool=callgrind`` on the gateway, the instructions it takes per traced
-request are a guide that the noisy clock is not). `OtlpSpanBatcher` encodes each span as it
+(`_attributes`; what it costs a traced request: ``benchmarks/bench_gateway.py --tracing --instructions``).
+`OtlpSpanBatcher` encodes each span as it
 ends (so that no span waits in memory for the exporter, and no second thread competes with the event loop for
 the interpreter while encoding) and posts the encoded batches with ``http.client`` from one background thread,
 on one kept-alive connection. A batch the collector does not take is dropped with a warning (the trace is lost,

@@ -69,6 +69,7 @@ class OtlpCollector:
         self.keep = keep
         self.received = 0
         self.posts = 0
+        self.connections: set[tuple[str, int]] = set()  # the exporters' addresses (one each, when kept alive)
         self._changed = threading.Condition()
         collector = self
 
@@ -81,6 +82,7 @@ class OtlpCollector:
                     self.send_error(404 if self.path != "/v1/traces" else 415)
                     return
                 request = ExportTraceServiceRequest.FromString(body)
+                collector.connections.add(self.client_address[:2])
                 collector._add(request)
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)

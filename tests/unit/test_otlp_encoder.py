@@ -106,6 +106,7 @@ def test_the_batcher_posts_what_the_encoder_writes_when_a_batch_is_full_and_drop
         assert batcher.force_flush() is True
         assert len(collector.spans) == len(spans) + 3
         assert f"dropped {len(spans) - 3} spans: more than 3 were waiting" in caplog.text
+        assert collector.posts == 2 and len(collector.connections) == 1  # both posts on one kept-alive connection
         batcher.shutdown()
 
 
