@@ -10,13 +10,15 @@ folder), one recording every request's usage (batched writes off the request pat
 concurrency 64 (median of interleaved rounds, every other one in reverse order; a ratio is the median of each
 round's own), gateway CPU per request, and the records written.
 
-With ``--tracing``: four of our gateways on the same stubs: no exporter (off), exporting every span over OTLP/HTTP
+With ``--tracing``: five of our gateways on the same stubs: no exporter (off), exporting every span over OTLP/HTTP
 to a collector process (tests/support/otlp.py, which decodes each export) with text kept out of spans (on), with
-it in (on + content), and with 1 trace in 10 recorded (OTEL_TRACES_SAMPLER_ARG=0.1); requests/s at concurrency 64
-and gateway CPU per request, measured as with ``--usage``.
+it in (on + content), with 1 trace in 10 recorded (OTEL_TRACES_SAMPLER_ARG=0.1), and a second gateway with no
+exporter (off, again: what the machine's noise alone makes of two equal gateways); requests/s at concurrency 64 and
+gateway CPU per request, measured as with ``--usage``.
 
 With ``--tracing --instructions``: the same gateways (off, on, on + content) one after another, each run under
-valgrind's callgrind and counted only while it serves the same requests (warmed up first; its exports included): user
+valgrind's callgrind and counted only while it serves the same requests (warmed up first; its exports included, a
+few hundred spans a post, as at full speed): user
 instructions per request, which come out the same run after run (±0.5%) where this shared machine's clock varies by
 ±10% (needs ``valgrind``; a few minutes). Instructions leave out the kernel's work and memory stalls: a guide to what
 tracing adds, next to the timed figures, not a replacement for them.
@@ -366,7 +368,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the benchmark)")
     ap.add_argument("--auth", action="store_true", help="auth off vs JWT vs API key instead of OPEA")
     ap.add_argument("--tracing", action="store_true", help="tracing off vs exporting to a collector instead of OPEA")
-    ap.add_argument("--rounds", type=int, help="with --tracing: interleaved rounds (default 7, quick 3)")
+    ap.add_argument("--rounds", type=int, help="with --tracing: interleaved rounds (default 8, quick 4: even, so that each mode is as often early as late in a round)")
     ap.add_argument("--instructions", action="store_true", help="with --tracing: instructions per request (callgrind)")
     ap.add_argument("--usage", action="store_true", help="usage accounting off vs on instead of OPEA")
     args = ap.parse_args()
@@ -560,7 +562,7 @@ def main_auth(quick: bool) -> None:
     print_table("gateway auth off vs on (JWT, API key)", ("metric", "value", "vs off", "", "target"), rows)
 
 
-TRACING_MODES = ("off", "on", "on + content", "on, 10% sampled")
+TRACING_MODES = ("off", "on", "on + content", "on, 10% sampled", "off, again")
 
 
 async def bench_modes(
@@ -630,6 +632,7 @@ def main_tracing(quick: bool, rounds: int | None) -> None:
             "on": {**exporting, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "false"},
             "on + content": {**exporting, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"},
             "on, 10% sampled": {**exporting, "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+            "off, again": {},
         }
         procs = {
             mode: Proc(
@@ -645,7 +648,7 @@ def main_tracing(quick: bool, rounds: int | None) -> None:
         install_uvloop()
         load_before = os.getloadavg()[0]
         rows = asyncio.run(
-            bench_modes(quick, procs, urls, stubs, TRACING_MODES, ">= 0.9x off", rounds or (3 if quick else 7))
+            bench_modes(quick, procs, urls, stubs, TRACING_MODES, ">= 0.9x off", rounds or (4 if quick else 8))
         )
     finally:
         for p in reversed(started):
@@ -674,8 +677,10 @@ def main_tracing_instructions(quick: bool) -> None:
                 Proc("otlp-collector", [sys.executable, "-m", "tests.support.otlp", str(collector_port)], {})
             )
             hops = {f"GATEWAY_{k.upper()}_URL": v for k, v in stubs.items()}
+            # Posts every 5 s (the default): under callgrind's slowdown a post then carries a few hundred spans,
+            # as one does at full speed (2048 at most); the sleeps below let each run's spans go out.
             exporting = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
-                         "OTEL_BSP_SCHEDULE_DELAY": "500"}  # fmt: skip
+                         "OTEL_BSP_SCHEDULE_DELAY": "5000"}  # fmt: skip
             envs = {
                 "off": {},
                 "on": {**exporting, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "false"},
@@ -695,11 +700,12 @@ def main_tracing_instructions(quick: bool) -> None:
                     try:
                         proc.wait_http(url + "/v1/ready", timeout_s=300)
                         asyncio.run(_drive(url, stubs, stream, 100))  # warm: imports, caches, connections
-                        time.sleep(1.0)  # the warm-up's spans exported
+                        settle_s = 6.0 if env else 0.5
+                        time.sleep(settle_s)  # the warm-up's spans exported
                         subprocess.run(["callgrind_control", "-i", "on", str(proc.proc.pid)], check=True,
                                        capture_output=True)  # fmt: skip
                         asyncio.run(_drive(url, stubs, stream, count))
-                        time.sleep(1.0)  # and these requests' spans
+                        time.sleep(settle_s)  # and these requests' spans
                         subprocess.run(["callgrind_control", "-i", "off", str(proc.proc.pid)], check=True,
                                        capture_output=True)  # fmt: skip
                     finally:

@@ -39,8 +39,12 @@ from megaservice.adapters import Question
 
 FIRST_TOKEN_EVENT = "First Token Stream Event"  # what OpenInference's own instrumentations record
 TTFT_MS = "chatqna.time_to_first_token_ms"  # on the CHAIN span: from the request's arrival
+# Enum values read once (an enum's ``.value`` is a Python call).
 _JSON = Mime.JSON.value
 _TEXT = Mime.TEXT.value
+_CHAIN, _EMBEDDING, _RETRIEVER, _RERANKER, _LLM = (
+    k.value for k in (Kind.CHAIN, Kind.EMBEDDING, Kind.RETRIEVER, Kind.RERANKER, Kind.LLM)
+)
 # The request fields that are the LLM's invocation parameters, and their gen_ai.* names where one exists.
 _PARAMS: dict[str, str] = {
     "model": G.GEN_AI_REQUEST_MODEL,
@@ -74,7 +78,7 @@ class Tracing:
         if not span.is_recording():
             return
         attrs: dict[str, AttributeValue] = {
-            A.OPENINFERENCE_SPAN_KIND: Kind.CHAIN.value,
+            A.OPENINFERENCE_SPAN_KIND: _CHAIN,
             A.METADATA: _dumps({"pipeline": pipeline, **_scope(q.request.collection, q.request.collections)}),
         }
         principal = getattr(request.state, "principal", None)
@@ -105,7 +109,7 @@ class Tracing:
         _model: str | None = None,
     ) -> None:
         attrs: dict[str, AttributeValue] = {
-            A.OPENINFERENCE_SPAN_KIND: Kind.EMBEDDING.value,
+            A.OPENINFERENCE_SPAN_KIND: _EMBEDDING,
             G.GEN_AI_OPERATION_NAME: "embeddings",
         }
         if self.content:
@@ -127,7 +131,7 @@ class Tracing:
     ) -> None:
         meta = {**_scope(request.collection, request.collections), "search_type": request.search_type, "k": request.k}
         attrs: dict[str, AttributeValue] = {
-            A.OPENINFERENCE_SPAN_KIND: Kind.RETRIEVER.value,
+            A.OPENINFERENCE_SPAN_KIND: _RETRIEVER,
             G.GEN_AI_OPERATION_NAME: "retrieval",
             A.METADATA: _dumps(meta),
         }
@@ -151,7 +155,7 @@ class Tracing:
     ) -> None:
         """The model and the documents in and out by id and score (their metadata is on the retriever's span)."""
         attrs: dict[str, AttributeValue] = {
-            A.OPENINFERENCE_SPAN_KIND: Kind.RERANKER.value,
+            A.OPENINFERENCE_SPAN_KIND: _RERANKER,
             G.GEN_AI_OPERATION_NAME: "rerank",
         }
         if model:
@@ -203,7 +207,7 @@ class Tracing:
         span.set_attributes(attrs)
 
     def llm_request(self, request: ChatCompletionRequest) -> dict[str, AttributeValue]:
-        attrs: dict[str, AttributeValue] = {A.OPENINFERENCE_SPAN_KIND: Kind.LLM.value, G.GEN_AI_OPERATION_NAME: "chat"}
+        attrs: dict[str, AttributeValue] = {A.OPENINFERENCE_SPAN_KIND: _LLM, G.GEN_AI_OPERATION_NAME: "chat"}
         params = {}
         for name in request.model_fields_set & _PARAMS.keys():
             value = getattr(request, name)

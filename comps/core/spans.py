@@ -14,11 +14,12 @@ them); ``None`` is dropped, a list is kept as a tuple, so that changing it after
 
 from __future__ import annotations
 
+import functools
+import inspect
 import random
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import context as context_api
@@ -32,7 +33,7 @@ from opentelemetry.util.types import Attributes, AttributeValue
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
-UNSET_STATUS = Status(StatusCode.UNSET)  # a span's until it is set (the encoder knows it by identity)
+_UNSET_STATUS = Status(StatusCode.UNSET)  # a span's until it is set
 
 
 def _clean(value: Any) -> Any:
@@ -43,9 +44,9 @@ class LeanSpan(trace.Span):
     """A recording span; what the exporter reads are plain attributes (``ReadableSpan``'s names)."""
 
     __slots__ = (
-        "_context",
         "_processor",
         "attributes",
+        "context",
         "end_time",
         "events",
         "instrumentation_scope",
@@ -73,7 +74,7 @@ class LeanSpan(trace.Span):
         scope: InstrumentationScope,
     ) -> None:
         self._processor = processor
-        self._context = ctx
+        self.context = ctx
         self.name = name
         self.parent = parent
         self.kind = kind
@@ -82,7 +83,7 @@ class LeanSpan(trace.Span):
         )
         self.events: list[Event] = []
         self.links = tuple(links)
-        self.status = UNSET_STATUS
+        self.status = _UNSET_STATUS
         self.resource = resource
         self.instrumentation_scope = scope
         self.start_time = start_time or time.time_ns()
@@ -90,12 +91,8 @@ class LeanSpan(trace.Span):
 
     # -- what the exporter and the span processor read --------------------------------------------------------
 
-    @property
-    def context(self) -> SpanContext:
-        return self._context
-
     def get_span_context(self) -> SpanContext:
-        return self._context
+        return self.context
 
     # -- the API ------------------------------------------------------------------------------------------------
 
@@ -201,8 +198,7 @@ class LeanTracer(trace.Tracer):
             self._scope,
         )
 
-    @contextmanager
-    def start_as_current_span(  # type: ignore[override]  # the API's is a decorated generator too
+    def start_as_current_span(  # type: ignore[override]  # the API's returns its own context manager class
         self,
         name: str,
         context: context_api.Context | None = None,
@@ -213,15 +209,75 @@ class LeanTracer(trace.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
         end_on_exit: bool = True,
-    ) -> Iterator[trace.Span]:
-        span = self.start_span(name, context, kind, attributes, links, start_time)
-        with trace.use_span(
-            span,
-            end_on_exit=end_on_exit,
-            record_exception=record_exception,
-            set_status_on_exception=set_status_on_exception,
-        ) as current:
-            yield current
+    ) -> CurrentSpan:
+        return CurrentSpan(
+            self,
+            (name, context, kind, attributes, links, start_time),
+            end_on_exit,
+            record_exception,
+            set_status_on_exception,
+        )
+
+
+class CurrentSpan:
+    """What ``start_as_current_span`` returns: the span started and made current on entry; on exit an
+    ``Exception`` recorded and made the span's status (unless told not to), the context restored and the span
+    ended: the API's ``use_span``, as a class rather than two generators under contextlib (half what a span costs
+    the gateway). Like the API's, it decorates a function too (an async one for its whole run)."""
+
+    __slots__ = ("_args", "_end_on_exit", "_record_exception", "_set_status", "_span", "_token", "_tracer")
+
+    def __init__(
+        self,
+        tracer: LeanTracer,
+        args: tuple[Any, ...],
+        end_on_exit: bool,
+        record_exception: bool,
+        set_status_on_exception: bool,
+    ) -> None:
+        self._tracer = tracer
+        self._args = args
+        self._end_on_exit = end_on_exit
+        self._record_exception = record_exception
+        self._set_status = set_status_on_exception
+
+    def __enter__(self) -> trace.Span:
+        span = self._span = self._tracer.start_span(*self._args)
+        self._token = context_api.attach(trace.set_span_in_context(span))
+        return span
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        span = self._span
+        try:
+            context_api.detach(self._token)
+            if isinstance(exc, Exception) and span.is_recording():  # not a GeneratorExit or a cancellation
+                if self._record_exception:
+                    span.record_exception(exc)
+                if self._set_status:
+                    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        finally:
+            if self._end_on_exit:
+                span.end()
+
+    def _again(self) -> CurrentSpan:
+        return CurrentSpan(self._tracer, self._args, self._end_on_exit, self._record_exception, self._set_status)
+
+    def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                with self._again():
+                    return await func(*args, **kwargs)
+
+            return run_async
+
+        @functools.wraps(func)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with self._again():
+                return func(*args, **kwargs)
+
+        return run
 
 
 class LeanTracerProvider(trace.TracerProvider):

@@ -81,12 +81,13 @@ def test_gateway_image_carries_identity_and_nothing_heavier() -> None:
 
 def test_the_installed_package_carries_every_source_file(tmp_path: Path) -> None:
     """`pip install .` (what the images run) ships each file under comps/ and megaservice/: the migrations
-    folders have no __init__.py and non-Python files (alembic's script template) need package data."""
+    folders have no __init__.py and non-Python files (alembic's script template) need package data; a C source is
+    shipped compiled (the OTLP encoder, comps/core/_otlp.c)."""
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so")  # a checkout's own build left out
     for name in ("comps", "megaservice"):
         shutil.copytree(REPO / name, src / name, ignore=ignore)
     result = subprocess.run(
@@ -115,9 +116,10 @@ def test_the_installed_package_carries_every_source_file(tmp_path: Path) -> None
         path.relative_to(src).as_posix()
         for name in ("comps", "megaservice")
         for path in (src / name).rglob("*")
-        if path.is_file()
+        if path.is_file() and path.suffix != ".c"
     }
     assert sources - shipped == set(), "missing from the installed package (add them to package data)"
+    assert any(re.fullmatch(r"comps/core/_otlp\..*\.so", name) for name in shipped), "the encoder is not compiled"
 
 
 @pytest.mark.parametrize("kind", list(DOCKERFILES))
