@@ -368,7 +368,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the benchmark)")
     ap.add_argument("--auth", action="store_true", help="auth off vs JWT vs API key instead of OPEA")
     ap.add_argument("--tracing", action="store_true", help="tracing off vs exporting to a collector instead of OPEA")
-    ap.add_argument("--rounds", type=int, help="with --tracing: interleaved rounds (default 8, quick 4: even, so that each mode is as often early as late in a round)")
+    ap.add_argument("--rounds", type=int, help="with --tracing: interleaved rounds (default 8, quick 4; even)")
     ap.add_argument("--instructions", action="store_true", help="with --tracing: instructions per request (callgrind)")
     ap.add_argument("--usage", action="store_true", help="usage accounting off vs on instead of OPEA")
     args = ap.parse_args()
