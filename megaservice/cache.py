@@ -318,6 +318,14 @@ class Lookup:
     answer: Answer | None = None
     vector: array[float] | None = None  # the question's unit embedding (semantic matching), stored with the answer
 
+    @property
+    def match(self) -> str | None:
+        """How the stored answer was found: ``exact`` (the same normalised question) or ``semantic`` (a paraphrase,
+        by its embedding); None on a miss."""
+        if self.answer is None:
+            return None
+        return "exact" if self.vector is None else "semantic"
+
 
 class Capture(StreamedAnswer):
     """A streamed answer as it passes, to be stored under ``lookup`` when it ends well."""
@@ -454,8 +462,8 @@ class AnswerCache:
             found.answer = await self._decoded(found.key.digest, raw, counted=True)
         if found.answer is None and self.semantic:
             await self._paraphrase(found)
-        if found.answer is not None:
-            HITS.labels("exact" if found.vector is None else "semantic").inc()
+        if found.match is not None:
+            HITS.labels(found.match).inc()
         else:
             MISSES.inc()
         return found

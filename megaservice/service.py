@@ -139,7 +139,7 @@ class ChatQnA:
             if look is not None and look.answer is not None:
                 self._counts[pipe.name, req.stream].inc()
                 self.tracing.chain(
-                    trace.get_current_span(), pipe.name, q, request, turn.conversation_id if turn else None
+                    trace.get_current_span(), pipe.name, q, request, turn.conversation_id if turn else None, look
                 )
                 if meter is not None:
                     meter.cached = True
@@ -154,7 +154,9 @@ class ChatQnA:
                 if standalone:
                     q = dataclasses.replace(q, query=standalone)
             self._counts[pipe.name, req.stream].inc()
-            self.tracing.chain(trace.get_current_span(), pipe.name, q, request, turn.conversation_id if turn else None)
+            self.tracing.chain(
+                trace.get_current_span(), pipe.name, q, request, turn.conversation_id if turn else None, look
+            )
             try:
                 if not req.stream:
                     return await until_disconnect(request, self._complete(pipe, q, http, turn, later, meter, look))

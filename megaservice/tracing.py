@@ -15,7 +15,7 @@ Nothing here runs for a span that is not recorded (no exporter configured).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from openinference.semconv.trace import DocumentAttributes as Doc
@@ -37,8 +37,15 @@ from comps.reranker.protocol import RerankRequest, RerankResult
 from comps.retriever.protocol import RetrievalRequest, RetrievalResponse, RetrievedDocument
 from megaservice.adapters import Question
 
+if TYPE_CHECKING:
+    from megaservice.cache import Lookup
+
 FIRST_TOKEN_EVENT = "First Token Stream Event"  # what OpenInference's own instrumentations record
 TTFT_MS = "chatqna.time_to_first_token_ms"  # on the CHAIN span: from the request's arrival
+# On the CHAIN span of a request the answer cache looked up: whether it held the answer (a hit makes no hop spans)
+# and how it was found (`megaservice.cache.Lookup.match`: exact, semantic). OpenInference has no name for these.
+CACHE_HIT = "chatqna.cache.hit"
+CACHE_MATCH = "chatqna.cache.match"
 # Enum values read once (an enum's ``.value`` is a Python call).
 _JSON = Mime.JSON.value
 _TEXT = Mime.TEXT.value
@@ -72,9 +79,17 @@ class Tracing:
 
     # -- the pipeline (the gateway's request span) ---------------------------------------------------------
 
-    def chain(self, span: Span, pipeline: str, q: Question, request: Request, conversation: str | None) -> None:
-        """The request's span is the pipeline: its user, conversation, pipeline, collection and (with content)
-        question."""
+    def chain(
+        self,
+        span: Span,
+        pipeline: str,
+        q: Question,
+        request: Request,
+        conversation: str | None,
+        look: Lookup | None = None,
+    ) -> None:
+        """The request's span is the pipeline: its user, conversation, pipeline, collection, the answer cache's
+        outcome (when it was asked) and (with content) question."""
         if not span.is_recording():
             return
         attrs: dict[str, AttributeValue] = {
@@ -86,6 +101,10 @@ class Tracing:
             attrs[A.USER_ID] = principal.user_id
         if conversation is not None:  # Phoenix groups a conversation's traces as a session
             attrs[A.SESSION_ID] = attrs[G.GEN_AI_CONVERSATION_ID] = conversation
+        if look is not None:
+            attrs[CACHE_HIT] = look.answer is not None
+            if look.match is not None:
+                attrs[CACHE_MATCH] = look.match
         if self.content:
             attrs[A.INPUT_VALUE] = next((m.text() for m in reversed(q.chat) if m.role == "user"), "")
             attrs[A.INPUT_MIME_TYPE] = _TEXT

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from comps.vectorstore import documents, schema
 from comps.vectorstore.stores import make_store
 from comps.vectorstore.versions import content_versions, version_key
+from tests.support.otlp import OtlpCollector, Span
 from tests.support.procs import Service, start_chathistory, start_service
 from tests.support.sse import sse_data
 from tests.support.stubs import DIM, TOKENS, VECTOR, StubMesh
@@ -37,11 +38,12 @@ ANSWER = "".join(TOKENS)
 
 
 class Stack:
-    def __init__(self, mesh: StubMesh, redis_url: str, gateway: Service) -> None:
+    def __init__(self, mesh: StubMesh, redis_url: str, gateway: Service, collector: OtlpCollector) -> None:
         self.mesh = mesh
         self.redis_url = redis_url
         self.gateway = gateway
         self.url = gateway.url
+        self.collector = collector
 
     def client(self, token: str) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
@@ -57,8 +59,9 @@ class Stack:
 
 @contextmanager
 def running_stack(redis_url: str, database_url: str, logs: Path, *, backend: str = "redis") -> Iterator[Stack]:
-    """Stubs, a gateway whose vector store is ``backend`` and, with the Redis store, chathistory."""
-    with StubMesh() as mesh, ExitStack() as running:
+    """Stubs, a gateway whose vector store is ``backend`` (its spans to a collector) and, with the Redis store,
+    chathistory."""
+    with StubMesh() as mesh, OtlpCollector() as collector, ExitStack() as running:
         history = None
         if backend == "redis":
             history = start_chathistory(database_url, INTERNAL, logs)
@@ -76,10 +79,12 @@ def running_stack(redis_url: str, database_url: str, logs: Path, *, backend: str
             "GATEWAY_PROMPTS_URL": "",
             "CHATQNA_ADMIN_USER": ADMIN[0],
             "CHATQNA_ADMIN_PASSWORD": ADMIN[1],
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
         }
         gateway = start_service("megaservice", "GATEWAY_", env, name="gateway", log_dir=logs, timeout_s=120)
         running.callback(gateway.stop)
-        yield Stack(mesh, redis_url, gateway)
+        yield Stack(mesh, redis_url, gateway, collector)
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +169,36 @@ def test_a_streamed_hit_is_the_same_sse_grammar_with_usage_when_asked(stack: Sta
     plain = stream(admin, messages=q, collection=coll)
     assert plain[0]["cached"] is True and all(c["choices"] for c in plain)
     assert ask(admin, messages=q, collection=coll)["cached"] is True and stack.llm_calls() == calls + 1
+
+
+def test_a_traces_chain_span_says_whether_the_cache_held_the_answer(stack: Stack, admin: httpx.Client) -> None:
+    """A miss's CHAIN span says so and its trace has the hops; a hit's says how it matched and its trace has no
+    hop at all; a request the cache was not asked about (cache: false) says nothing of the cache."""
+    coll, q = shared_collection(admin), question()
+    traces = {}
+    for outcome, body in (("miss", {}), ("hit", {}), ("bypass", {"cache": False})):
+        traces[outcome] = trace_id = secrets.token_hex(16)
+        r = admin.post(
+            "/v1/chatqna",
+            json={"messages": q, "collection": coll, **body},
+            headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
+        )
+        assert r.status_code == 200 and r.json()["cached"] is (outcome == "hit"), r.text
+
+    def chains(spans: list[Span]) -> dict[str, Span] | None:
+        found = {o: s for s in spans for o, t in traces.items() if s.trace_id == t and s.kind == "CHAIN"}
+        return found if len(found) == 3 else None
+
+    chain = stack.collector.wait_for(chains)
+    assert (
+        chain["miss"].attributes["chatqna.cache.hit"] is False and "chatqna.cache.match" not in chain["miss"].attributes
+    )
+    assert chain["hit"].attributes["chatqna.cache.hit"] is True
+    assert chain["hit"].attributes["chatqna.cache.match"] == "exact"
+    assert not {"chatqna.cache.hit", "chatqna.cache.match"} & chain["bypass"].attributes.keys()
+    hops = {"EMBEDDING", "RETRIEVER", "RERANKER", "LLM"}  # a hop's span ends before its request's CHAIN span
+    assert hops <= {s.kind for s in stack.collector.trace(traces["miss"])}
+    assert not hops & {s.kind for s in stack.collector.trace(traces["hit"])}
 
 
 def test_cache_false_bypasses_and_a_temperature_is_not_cached(stack: Stack, admin: httpx.Client) -> None:
@@ -346,6 +381,7 @@ def test_semantic_matching_serves_a_paraphrase_only_within_the_same_context(redi
             if found.answer is None:
                 await cache.store(found, Answer("m", f"answer to {question}", "stop", None, []))
                 return False
+            assert found.match == ("exact" if found.answer.question == question else "semantic")
             return found.answer.question == "Who keeps the lamp?"
 
         got = [
