@@ -102,9 +102,10 @@ class Tracing:
         if conversation is not None:  # Phoenix groups a conversation's traces as a session
             attrs[A.SESSION_ID] = attrs[G.GEN_AI_CONVERSATION_ID] = conversation
         if look is not None:
-            attrs[CACHE_HIT] = look.answer is not None
-            if look.match is not None:
-                attrs[CACHE_MATCH] = look.match
+            match = look.match
+            attrs[CACHE_HIT] = match is not None
+            if match is not None:
+                attrs[CACHE_MATCH] = match
         if self.content:
             attrs[A.INPUT_VALUE] = next((m.text() for m in reversed(q.chat) if m.role == "user"), "")
             attrs[A.INPUT_MIME_TYPE] = _TEXT

@@ -2,9 +2,9 @@
  * ``LeanSpan``, read by the same attribute names) as the protobuf bytes the OpenTelemetry SDK's encoder writes
  * (opentelemetry-proto's trace.proto and common.proto), straight into one buffer.
  *
- * Why C: encoding in Python, even with the encoded fields cached, was the largest part of what tracing cost the
- * gateway (~280 k instructions a request of ~610 k, 5 spans and ~75 attributes); this writes the same bytes for a
- * tenth of that. Checked field for field against the SDK's encoder (tests/unit/test_otlp_encoder.py, by hand
+ * Why C: encoding in Python, even with the encoded fields cached, was the largest part of what tracing added to
+ * the gateway (~280 k instructions a request of ~610 k, 5 spans and ~60 attributes); this writes the same bytes in
+ * ~15 k (benchmarks/bench_gateway.py --tracing --instructions). Checked field for field against the SDK's encoder (tests/unit/test_otlp_encoder.py, by hand
  * and by hypothesis).
  *
  * Values as the SDK's ``_encode_value`` takes them: None (an empty AnyValue), bool, str, int (int64; beyond it,
